@@ -1,0 +1,143 @@
+// Command plinth runs a plinth member: a strongly consistent key-value store
+// that speaks the etcd v3 API. Its flags carry etcd's names and meanings, so
+// an etcd command line for a single member starts plinth unchanged.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/plinthdb/plinth/internal/server"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+func run(args []string, stderr io.Writer) int {
+	cfg, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) || errors.Is(err, errVersion) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "plinth: %v\n", err)
+		return 2
+	}
+	srv, err := server.New(*cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "plinth: %v\n", err)
+		return 1
+	}
+	if err := srv.Start(); err != nil {
+		fmt.Fprintf(stderr, "plinth: %v\n", err)
+		return 1
+	}
+	cfg.Logger.Info("plinth member started", "name", cfg.Name, "data-dir", cfg.DataDir, "client-addrs", strings.Join(srv.ClientAddrs(), ","))
+
+	sigC := make(chan os.Signal, 1)
+	signal.Notify(sigC, syscall.SIGINT, syscall.SIGTERM)
+	select {
+	case sig := <-sigC:
+		cfg.Logger.Info("stopping", "signal", sig.String())
+		srv.Stop()
+		return 0
+	case <-srv.Failed():
+		err := srv.Err()
+		srv.Stop()
+		fmt.Fprintf(stderr, "plinth: %v\n", err)
+		return 1
+	}
+}
+
+var errVersion = errors.New("version printed")
+
+func parseFlags(args []string, stderr io.Writer) (*server.Config, error) {
+	fs := flag.NewFlagSet("plinth", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		name            = fs.String("name", "default", "human-readable name for this member")
+		dataDir         = fs.String("data-dir", "plinth.data", "path to the data directory")
+		listenClient    = fs.String("listen-client-urls", "http://127.0.0.1:2379", "comma-separated URLs to listen on for client traffic")
+		advertiseClient = fs.String("advertise-client-urls", "http://127.0.0.1:2379", "comma-separated client URLs to advertise to the cluster")
+		listenPeer      = fs.String("listen-peer-urls", "http://127.0.0.1:2380", "comma-separated URLs to listen on for peer traffic")
+		advertisePeer   = fs.String("initial-advertise-peer-urls", "http://127.0.0.1:2380", "comma-separated peer URLs of this member to advertise to the cluster")
+		initialCluster  = fs.String("initial-cluster", "", "initial cluster configuration for bootstrapping, name=url,... (default: this member alone, <name>=<initial-advertise-peer-urls>)")
+		clusterState    = fs.String("initial-cluster-state", "new", "initial cluster state: new or existing")
+		clusterToken    = fs.String("initial-cluster-token", "etcd-cluster", "initial cluster token, which makes the cluster's and members' IDs unique")
+		maxRequestBytes = fs.Int("max-request-bytes", 1572864, "largest client request the server accepts, in bytes")
+		logLevel        = fs.String("log-level", "info", "log level: debug, info, warn or error")
+		heartbeat       = fs.Uint("heartbeat-interval", 100, "time (in milliseconds) of a heartbeat interval")
+		election        = fs.Uint("election-timeout", 1000, "time (in milliseconds) for an election to timeout")
+		snapshotCount   = fs.Uint64("snapshot-count", 10000, "number of applied Raft entries to keep in the log for lagging members")
+		version         = fs.Bool("version", false, "print the version and exit")
+	)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q (flags take the form --name=value)", fs.Arg(0))
+	}
+	if *version {
+		fmt.Fprintf(stderr, "plinth, etcd API version %s\n", server.Version)
+		return nil, errVersion
+	}
+	level, err := parseLevel(*logLevel)
+	if err != nil {
+		return nil, err
+	}
+	cfg := &server.Config{
+		Name:                *name,
+		DataDir:             *dataDir,
+		InitialClusterState: *clusterState,
+		InitialClusterToken: *clusterToken,
+		MaxRequestBytes:     *maxRequestBytes,
+		HeartbeatInterval:   time.Duration(*heartbeat) * time.Millisecond,
+		ElectionTimeout:     time.Duration(*election) * time.Millisecond,
+		SnapshotCount:       *snapshotCount,
+		Logger:              slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
+	}
+	if cfg.ListenClientURLs, err = server.ParseURLs(*listenClient); err != nil {
+		return nil, fmt.Errorf("--listen-client-urls: %w", err)
+	}
+	if cfg.AdvertiseClientURLs, err = server.ParseURLs(*advertiseClient); err != nil {
+		return nil, fmt.Errorf("--advertise-client-urls: %w", err)
+	}
+	if cfg.ListenPeerURLs, err = server.ParseURLs(*listenPeer); err != nil {
+		return nil, fmt.Errorf("--listen-peer-urls: %w", err)
+	}
+	if cfg.AdvertisePeerURLs, err = server.ParseURLs(*advertisePeer); err != nil {
+		return nil, fmt.Errorf("--initial-advertise-peer-urls: %w", err)
+	}
+	if *initialCluster == "" {
+		*initialCluster = *name + "=" + *advertisePeer
+	}
+	if cfg.InitialCluster, err = server.ParseInitialCluster(*initialCluster); err != nil {
+		return nil, fmt.Errorf("--initial-cluster: %w", err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	switch strings.ToLower(s) {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info":
+		return slog.LevelInfo, nil
+	case "warn", "warning":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("--log-level is %q, want debug, info, warn or error", s)
+}

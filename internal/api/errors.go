@@ -1,0 +1,52 @@
+package api
+
+import (
+	"context"
+	"errors"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/status"
+
+	"github.com/plinthdb/plinth/internal/mvcc"
+	"github.com/plinthdb/plinth/internal/raftnode"
+)
+
+// Errors the backend returns that have etcd equivalents.
+var (
+	ErrRequestTooLarge = errors.New("api: request is too large")
+	ErrTimeout         = errors.New("api: request timed out")
+)
+
+// toGRPC maps an error to the status etcd answers with, so clients that
+// compare against rpctypes (and their retry logic) behave as with etcd.
+func toGRPC(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	switch {
+	case errors.Is(err, mvcc.ErrCompacted):
+		return rpctypes.ErrGRPCCompacted
+	case errors.Is(err, mvcc.ErrFutureRev):
+		return rpctypes.ErrGRPCFutureRev
+	case errors.Is(err, mvcc.ErrKeyNotFound):
+		return rpctypes.ErrGRPCKeyNotFound
+	case errors.Is(err, mvcc.ErrLeaseNotFound):
+		return rpctypes.ErrGRPCLeaseNotFound
+	case errors.Is(err, ErrRequestTooLarge):
+		return rpctypes.ErrGRPCRequestTooLarge
+	case errors.Is(err, ErrTimeout):
+		return rpctypes.ErrGRPCTimeout
+	case errors.Is(err, raftnode.ErrStopped):
+		return rpctypes.ErrGRPCStopped
+	case errors.Is(err, raftnode.ErrLeaderChanged):
+		return rpctypes.ErrGRPCLeaderChanged
+	case errors.Is(err, context.Canceled):
+		return rpctypes.ErrGRPCCanceled
+	case errors.Is(err, context.DeadlineExceeded):
+		return rpctypes.ErrGRPCDeadlineExceeded
+	}
+	return status.Error(status.Code(err), err.Error())
+}

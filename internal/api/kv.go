@@ -1,0 +1,118 @@
+// Package api serves the etcd v3 gRPC API: it validates each request, hands
+// it to the backend (Raft for writes and linearizable reads, the local MVCC
+// store for serializable ones), maps errors to etcd's rpctypes, and fills the
+// response header. It holds no state of its own and must never change state
+// except through the backend's Propose.
+package api
+
+import (
+	"context"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/plinthdb/plinth/internal/mvcc"
+)
+
+// MaxTxnOps is the largest number of operations in one list of a transaction,
+// etcd's default.
+const MaxTxnOps = 128
+
+// Backend is what the API needs from the server.
+type Backend interface {
+	// Propose replicates req through Raft and returns its applied answer.
+	Propose(ctx context.Context, req *pb.InternalRaftRequest) (proto.Message, error)
+	// ReadIndex returns once a read of the local store is linearizable.
+	ReadIndex(ctx context.Context) error
+	// KV is the local MVCC store.
+	KV() *mvcc.Store
+	// FillHeader sets the member's identity and Raft term in h, and the
+	// current revision when h has none.
+	FillHeader(h *pb.ResponseHeader)
+}
+
+// KV serves the etcd KV service.
+type KV struct {
+	pb.UnimplementedKVServer
+	b Backend
+}
+
+// NewKV returns the KV service over b.
+func NewKV(b Backend) *KV { return &KV{b: b} }
+
+// Range implements KV.Range.
+func (s *KV) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeResponse, error) {
+	if err := checkRange(req); err != nil {
+		return nil, err
+	}
+	if !req.Serializable {
+		if err := s.b.ReadIndex(ctx); err != nil {
+			return nil, toGRPC(err)
+		}
+	}
+	resp, err := s.b.KV().Range(req)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	s.b.FillHeader(resp.Header)
+	return resp, nil
+}
+
+// Put implements KV.Put.
+func (s *KV) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, error) {
+	if err := checkPut(req); err != nil {
+		return nil, err
+	}
+	resp, err := s.b.Propose(ctx, &pb.InternalRaftRequest{Put: req})
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	r := resp.(*pb.PutResponse)
+	s.b.FillHeader(r.Header)
+	return r, nil
+}
+
+// DeleteRange implements KV.DeleteRange.
+func (s *KV) DeleteRange(ctx context.Context, req *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+	if err := checkDelete(req); err != nil {
+		return nil, err
+	}
+	resp, err := s.b.Propose(ctx, &pb.InternalRaftRequest{DeleteRange: req})
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	r := resp.(*pb.DeleteRangeResponse)
+	s.b.FillHeader(r.Header)
+	return r, nil
+}
+
+// Txn implements KV.Txn.
+func (s *KV) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse, error) {
+	if err := checkTxn(req, MaxTxnOps); err != nil {
+		return nil, err
+	}
+	if err := checkDuplicates(req.Success); err != nil {
+		return nil, err
+	}
+	if err := checkDuplicates(req.Failure); err != nil {
+		return nil, err
+	}
+	resp, err := s.b.Propose(ctx, &pb.InternalRaftRequest{Txn: req})
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	r := resp.(*pb.TxnResponse)
+	s.b.FillHeader(r.Header)
+	return r, nil
+}
+
+// Compact implements KV.Compact.
+func (s *KV) Compact(ctx context.Context, req *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+	resp, err := s.b.Propose(ctx, &pb.InternalRaftRequest{Compaction: req})
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	r := resp.(*pb.CompactionResponse)
+	s.b.FillHeader(r.Header)
+	return r, nil
+}

@@ -1,0 +1,157 @@
+// Package apply is plinth's deterministic state machine: it turns committed
+// Raft entries into changes of the MVCC store (and, as they arrive, of leases,
+// auth and membership), one Pebble batch per group of entries, committed
+// together with the applied index. A crash at any point therefore replays
+// exactly the entries whose effects were not committed: nothing is applied
+// twice and nothing is lost.
+//
+// apply must stay deterministic: the same entries on the same state give the
+// same state and the same answers on every member. It never reads the clock,
+// never consults local configuration, and never calls out to the network.
+package apply
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/cockroachdb/pebble/v2"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	raftpb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/plinthdb/plinth/internal/mvcc"
+	"github.com/plinthdb/plinth/internal/storage"
+)
+
+// ErrUnsupported is the answer to a request kind this member cannot apply yet.
+var ErrUnsupported = errors.New("apply: unsupported request")
+
+// Result is the outcome of one applied request.
+type Result struct {
+	ID   uint64        // the request's ID, which its proposer waits on
+	Resp proto.Message // nil when Err is set
+	Err  error         // a request error (mvcc.ErrCompacted, ...), never an I/O error
+	// Done, when not nil, is closed once work the request started in the
+	// background has finished (a physical compaction).
+	Done <-chan struct{}
+}
+
+// Applier applies committed entries. Its methods are called from one
+// goroutine, the apply loop.
+type Applier struct {
+	db      *pebble.DB
+	kv      *mvcc.Store
+	logger  *slog.Logger
+	applied uint64
+}
+
+// New returns an Applier that resumes after the applied index stored in db.
+func New(db *pebble.DB, kv *mvcc.Store, logger *slog.Logger) (*Applier, error) {
+	applied, err := storage.GetMetaUint64(db, storage.MetaAppliedIndex)
+	if err != nil {
+		return nil, err
+	}
+	return &Applier{db: db, kv: kv, logger: logger, applied: applied}, nil
+}
+
+// AppliedIndex returns the index of the last applied entry.
+func (a *Applier) AppliedIndex() uint64 { return a.applied }
+
+// noLeases answers for the lease table until leases exist: no lease is live,
+// so a put that names one fails as etcd's does with an unknown lease.
+func noLeases(int64) bool { return false }
+
+// Apply applies ents in order and commits their effects, the applied index and
+// cs (when not nil, the configuration after them) in one batch. Entries at or
+// below the applied index are skipped. It returns the result of each entry that
+// carries a request; an error means the state could not be written, and the
+// member must stop.
+func (a *Applier) Apply(ents []*raftpb.Entry, cs *raftpb.ConfState) ([]Result, error) {
+	b := a.kv.NewBatch()
+	var results []Result
+	last := a.applied
+	for _, e := range ents {
+		if e.GetIndex() <= last {
+			continue
+		}
+		if e.GetIndex() != last+1 {
+			b.Abort()
+			return nil, fmt.Errorf("apply: entry %d follows applied index %d", e.GetIndex(), last)
+		}
+		last = e.GetIndex()
+		if e.GetType() != raftpb.EntryType_EntryNormal || len(e.GetData()) == 0 {
+			continue // configuration changes reach raft in the raft loop; cs carries their result
+		}
+		res, err := a.applyRequest(b, e)
+		if err != nil {
+			b.Abort()
+			return nil, fmt.Errorf("apply entry %d: %w", e.GetIndex(), err)
+		}
+		results = append(results, res)
+	}
+	if last == a.applied && cs == nil {
+		b.Abort()
+		return results, nil
+	}
+	if err := storage.PutMetaUint64(b.Writer(), storage.MetaAppliedIndex, last); err != nil {
+		b.Abort()
+		return nil, err
+	}
+	if cs != nil {
+		if err := storage.SaveConfState(b.Writer(), cs); err != nil {
+			b.Abort()
+			return nil, err
+		}
+	}
+	if err := b.Commit(); err != nil {
+		return nil, fmt.Errorf("apply entries up to %d: %w", last, err)
+	}
+	a.applied = last
+	return results, nil
+}
+
+func (a *Applier) applyRequest(b *mvcc.Batch, e *raftpb.Entry) (Result, error) {
+	var req pb.InternalRaftRequest
+	if err := proto.Unmarshal(e.GetData(), &req); err != nil {
+		return Result{}, fmt.Errorf("decode request: %w", err)
+	}
+	res := Result{ID: req.ID}
+	var err error
+	switch {
+	case req.Put != nil:
+		res.Resp, err = b.Put(req.Put, noLeases)
+	case req.DeleteRange != nil:
+		res.Resp, err = b.DeleteRange(req.DeleteRange)
+	case req.Txn != nil:
+		res.Resp, err = b.Txn(req.Txn, noLeases)
+	case req.Range != nil:
+		res.Resp, err = b.Range(req.Range)
+	case req.Compaction != nil:
+		var done <-chan struct{}
+		res.Resp, done, err = b.Compact(req.Compaction.Revision)
+		if err == nil && req.Compaction.Physical {
+			res.Done = done
+		}
+	default:
+		err = ErrUnsupported
+	}
+	if err != nil {
+		if !isRequestError(err) {
+			return Result{}, err
+		}
+		res.Resp, res.Err = nil, err
+	}
+	return res, nil
+}
+
+// isRequestError tells the errors that are a request's answer, and leave the
+// state untouched, from failures to read or write the state.
+func isRequestError(err error) bool {
+	for _, re := range []error{mvcc.ErrCompacted, mvcc.ErrFutureRev, mvcc.ErrKeyNotFound, mvcc.ErrLeaseNotFound, ErrUnsupported} {
+		if errors.Is(err, re) {
+			return true
+		}
+	}
+	return false
+}

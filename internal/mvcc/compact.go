@@ -1,0 +1,194 @@
+package mvcc
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/plinthdb/plinth/internal/storage"
+)
+
+// compactBatchSize bounds the deletions committed at once, so compacting a
+// large history never builds one huge batch.
+const compactBatchSize = 4096
+
+// compactor deletes the versions that a compaction made unreachable. It runs
+// on its own goroutine, owned by the Store, which starts it in Open and stops
+// it in Close.
+//
+// After a compaction at rev, a read at any revision >= rev must still see the
+// same answer, so for each key it keeps the newest version at or before rev
+// (unless that version is a tombstone) and every version after rev. Older
+// versions of a key are deleted before its tombstone, so a concurrent reader
+// never finds an old version with the tombstone above it gone.
+type compactor struct {
+	db     *pebble.DB
+	logger *slog.Logger
+
+	mu      sync.Mutex // guards the fields below; never held across I/O
+	done    int64      // newest compaction revision fully applied
+	want    int64      // newest compaction revision asked for
+	waiters map[int64]chan struct{}
+	wake    chan struct{}
+	stopC   chan struct{}
+	stopped chan struct{}
+}
+
+func newCompactor(db *pebble.DB, logger *slog.Logger, done int64) *compactor {
+	c := &compactor{
+		db: db, logger: logger, done: done, want: done,
+		waiters: map[int64]chan struct{}{},
+		wake:    make(chan struct{}, 1),
+		stopC:   make(chan struct{}),
+		stopped: make(chan struct{}),
+	}
+	go c.run()
+	return c
+}
+
+func (c *compactor) schedule(rev int64) {
+	c.mu.Lock()
+	if rev > c.want {
+		c.want = rev
+	}
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// doneCh returns a channel closed once compaction up to rev has finished.
+func (c *compactor) doneCh(rev int64) <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch, ok := c.waiters[rev]
+	if !ok {
+		ch = make(chan struct{})
+		if rev <= c.done {
+			close(ch)
+			return ch
+		}
+		c.waiters[rev] = ch
+	}
+	return ch
+}
+
+func (c *compactor) stop() {
+	close(c.stopC)
+	<-c.stopped
+}
+
+func (c *compactor) run() {
+	defer close(c.stopped)
+	for {
+		c.mu.Lock()
+		done, want := c.done, c.want
+		c.mu.Unlock()
+		if want > done {
+			if err := c.compact(want); err != nil {
+				select {
+				case <-c.stopC:
+					return
+				default:
+				}
+				c.logger.Error("compaction failed; retrying on the next compaction request", "revision", want, "err", err)
+			} else {
+				c.finish(want)
+				continue
+			}
+		}
+		select {
+		case <-c.stopC:
+			return
+		case <-c.wake:
+		}
+	}
+}
+
+func (c *compactor) finish(rev int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.done = rev
+	for r, ch := range c.waiters {
+		if r <= rev {
+			close(ch)
+			delete(c.waiters, r)
+		}
+	}
+}
+
+// compact deletes every version unreachable by reads at revisions >= rev.
+func (c *compactor) compact(rev int64) error {
+	iter, err := c.db.NewIter(&pebble.IterOptions{
+		LowerBound: []byte{storage.PrefixHistory},
+		UpperBound: []byte{storage.PrefixHistory + 1},
+	})
+	if err != nil {
+		return fmt.Errorf("mvcc: compact to %d: %w", rev, err)
+	}
+	defer func() { _ = iter.Close() }()
+
+	b := c.db.NewBatch()
+	defer func() { _ = b.Close() }()
+	var doomed [][]byte // this key's unreachable versions, newest first
+	var prefix []byte
+	var rec record
+	valid := iter.First()
+	for valid {
+		select {
+		case <-c.stopC:
+			return fmt.Errorf("mvcc: compaction to %d stopped", rev)
+		default:
+		}
+		k := iter.Key()
+		prefix = append(prefix[:0], k[:historyUserPrefixLen(k)]...)
+		valid = iter.SeekGE(appendInvertedRev(prefix, rev))
+		doomed = doomed[:0]
+		keep := true // the newest version <= rev survives unless it is a tombstone
+		for ; valid; valid = iter.Next() {
+			k = iter.Key()
+			if len(k) != len(prefix)+8 || !bytes.HasPrefix(k, prefix) {
+				break
+			}
+			if keep {
+				keep = false
+				v, err := iter.ValueAndErr()
+				if err != nil {
+					return fmt.Errorf("mvcc: compact to %d: %w", rev, err)
+				}
+				if err := decodeRecord(v, &rec); err != nil {
+					return err
+				}
+				if !rec.tombstone {
+					continue
+				}
+			}
+			doomed = append(doomed, append([]byte(nil), k...))
+		}
+		for i := len(doomed) - 1; i >= 0; i-- {
+			if err := b.Delete(doomed[i], nil); err != nil {
+				return fmt.Errorf("mvcc: compact to %d: %w", rev, err)
+			}
+		}
+		if b.Count() >= compactBatchSize {
+			if err := b.Commit(pebble.NoSync); err != nil {
+				return fmt.Errorf("mvcc: compact to %d: %w", rev, err)
+			}
+			b.Reset()
+		}
+	}
+	if err := iter.Error(); err != nil {
+		return fmt.Errorf("mvcc: compact to %d: %w", rev, err)
+	}
+	if err := storage.PutMetaUint64(b, storage.MetaCompactDone, uint64(rev)); err != nil {
+		return err
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return fmt.Errorf("mvcc: compact to %d: %w", rev, err)
+	}
+	return nil
+}

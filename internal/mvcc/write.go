@@ -1,0 +1,457 @@
+package mvcc
+
+import (
+	"bytes"
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+
+	"github.com/plinthdb/plinth/internal/storage"
+)
+
+// LeaseExists tells a write whether a lease ID is live. mvcc stores a key's
+// lease but does not know leases; the caller (apply) answers for it.
+type LeaseExists func(id int64) bool
+
+// Batch collects the writes of consecutive requests into one Pebble batch.
+// Each request sees the effects of the requests before it in the same batch.
+// Nothing is visible to readers until Commit.
+type Batch struct {
+	s          *Store
+	b          *pebble.Batch // indexed: reads see the batch's own writes
+	rev        int64         // revision after the requests staged so far
+	compactRev int64
+	compactTo  int64 // a compaction staged in this batch, 0 if none
+	buf        []byte
+}
+
+// NewBatch starts a batch on top of the committed state. Only one batch may be
+// open at a time.
+func (s *Store) NewBatch() *Batch {
+	s.viewMu.RLock()
+	rev, compactRev := s.rev, s.compactRev
+	s.viewMu.RUnlock()
+	return &Batch{s: s, b: s.db.NewIndexedBatch(), rev: rev, compactRev: compactRev}
+}
+
+// Writer exposes the batch so the caller can stage its own state (the applied
+// index) atomically with the requests.
+func (b *Batch) Writer() pebble.Writer { return b.b }
+
+// Rev returns the revision after the requests staged so far.
+func (b *Batch) Rev() int64 { return b.rev }
+
+// Commit makes the batch visible to readers, without syncing (the Raft log
+// already holds the entries it came from), and closes it.
+func (b *Batch) Commit() error {
+	defer func() { _ = b.b.Close() }()
+	if err := storage.PutMetaUint64(b.b, storage.MetaRevision, uint64(b.rev)); err != nil {
+		return err
+	}
+	if b.compactTo != 0 {
+		if err := storage.PutMetaUint64(b.b, storage.MetaCompacted, uint64(b.compactTo)); err != nil {
+			return err
+		}
+	}
+	s := b.s
+	s.viewMu.Lock()
+	err := b.b.Commit(pebble.NoSync)
+	if err == nil {
+		s.rev, s.compactRev = b.rev, b.compactRev
+	}
+	s.viewMu.Unlock()
+	if err != nil {
+		return fmt.Errorf("mvcc: commit batch at revision %d: %w", b.rev, err)
+	}
+	if b.compactTo != 0 {
+		s.compactor.schedule(b.compactTo)
+	}
+	return nil
+}
+
+// Abort discards the batch.
+func (b *Batch) Abort() { _ = b.b.Close() }
+
+// writeTxn is one write request in a batch: every change it makes carries
+// revision begin+1.
+type writeTxn struct {
+	b       *Batch
+	begin   int64
+	changed bool
+}
+
+func (b *Batch) begin() *writeTxn { return &writeTxn{b: b, begin: b.rev} }
+
+// rev is the revision a read inside the request sees, and the one its header
+// reports: the next revision once it has written anything.
+func (t *writeTxn) rev() int64 {
+	if t.changed {
+		return t.begin + 1
+	}
+	return t.begin
+}
+
+func (t *writeTxn) end() {
+	if t.changed {
+		t.b.rev = t.begin + 1
+	}
+}
+
+func (t *writeTxn) put(key, value []byte, lease int64) error {
+	rev := t.begin + 1
+	var prev record
+	found, err := getLatest(t.b.b, key, &prev)
+	if err != nil {
+		return err
+	}
+	rec := record{createRevision: rev, modRevision: rev, version: 1, lease: lease, value: value}
+	if found {
+		rec.createRevision = prev.createRevision
+		rec.version = prev.version + 1
+	}
+	t.b.buf = appendRecord(t.b.buf[:0], &rec)
+	if err := t.b.b.Set(latestKey(key), t.b.buf, nil); err != nil {
+		return fmt.Errorf("mvcc: stage put %q: %w", key, err)
+	}
+	if err := t.b.b.Set(historyKey(key, rev), t.b.buf, nil); err != nil {
+		return fmt.Errorf("mvcc: stage put %q: %w", key, err)
+	}
+	t.changed = true
+	return nil
+}
+
+// deleteRange deletes the live keys in sp and returns them as they were.
+func (t *writeTxn) deleteRange(sp span) ([]*mvccpb.KeyValue, error) {
+	sc := scan{}
+	if err := readLatest(t.b.b, sp, &sc); err != nil {
+		return nil, err
+	}
+	if len(sc.kvs) == 0 {
+		return nil, nil
+	}
+	rev := t.begin + 1
+	tomb := record{tombstone: true, modRevision: rev}
+	t.b.buf = appendRecord(t.b.buf[:0], &tomb)
+	for _, kv := range sc.kvs {
+		if err := t.b.b.Delete(latestKey(kv.Key), nil); err != nil {
+			return nil, fmt.Errorf("mvcc: stage delete %q: %w", kv.Key, err)
+		}
+		if err := t.b.b.Set(historyKey(kv.Key, rev), t.b.buf, nil); err != nil {
+			return nil, fmt.Errorf("mvcc: stage delete %q: %w", kv.Key, err)
+		}
+	}
+	t.changed = true
+	return sc.kvs, nil
+}
+
+// rangeReq executes a range inside a write request: it sees the request's own
+// writes, at the request's revision.
+func (t *writeTxn) rangeReq(req *pb.RangeRequest) (*pb.RangeResponse, error) {
+	cur := t.rev()
+	plan, err := planRange(req, cur, t.b.compactRev)
+	if err != nil {
+		return nil, err
+	}
+	var iter *pebble.Iterator
+	if !plan.sp.empty() {
+		lower, upper := plan.bounds()
+		iter, err = t.b.b.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+		if err != nil {
+			return nil, fmt.Errorf("mvcc: open iterator: %w", err)
+		}
+	}
+	return plan.run(iter, req, cur)
+}
+
+// Put executes a put request.
+func (b *Batch) Put(req *pb.PutRequest, leaseExists LeaseExists) (*pb.PutResponse, error) {
+	if req.Lease != 0 && !leaseExists(req.Lease) {
+		return nil, ErrLeaseNotFound
+	}
+	t := b.begin()
+	resp, err := t.putReq(req)
+	if err != nil {
+		return nil, err
+	}
+	t.end()
+	return resp, nil
+}
+
+func (t *writeTxn) putReq(req *pb.PutRequest) (*pb.PutResponse, error) {
+	value, lease := req.Value, req.Lease
+	resp := &pb.PutResponse{Header: &pb.ResponseHeader{}}
+	if req.IgnoreValue || req.IgnoreLease || req.PrevKv {
+		var prev record
+		found, err := getLatest(t.b.b, req.Key, &prev)
+		if err != nil {
+			return nil, err
+		}
+		if !found && (req.IgnoreValue || req.IgnoreLease) {
+			return nil, ErrKeyNotFound
+		}
+		if found {
+			if req.IgnoreValue {
+				value = prev.value
+			}
+			if req.IgnoreLease {
+				lease = prev.lease
+			}
+			if req.PrevKv {
+				resp.PrevKv = prev.keyValue(req.Key, false)
+			}
+		}
+	}
+	if err := t.put(req.Key, value, lease); err != nil {
+		return nil, err
+	}
+	resp.Header.Revision = t.rev()
+	return resp, nil
+}
+
+// DeleteRange executes a delete request.
+func (b *Batch) DeleteRange(req *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+	t := b.begin()
+	resp, err := t.deleteReq(req)
+	if err != nil {
+		return nil, err
+	}
+	t.end()
+	return resp, nil
+}
+
+func (t *writeTxn) deleteReq(req *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+	deleted, err := t.deleteRange(newSpan(req.Key, req.RangeEnd))
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.DeleteRangeResponse{Header: &pb.ResponseHeader{Revision: t.rev()}, Deleted: int64(len(deleted))}
+	if req.PrevKv {
+		resp.PrevKvs = deleted
+	}
+	return resp, nil
+}
+
+// Range executes a range request against the batch, seeing its writes.
+func (b *Batch) Range(req *pb.RangeRequest) (*pb.RangeResponse, error) {
+	return b.begin().rangeReq(req)
+}
+
+// Compact executes a compaction request: reads below rev fail from now on, and
+// the versions they would need are deleted in the background. The returned
+// channel is closed once they are gone (for physical compaction requests).
+func (b *Batch) Compact(rev int64) (*pb.CompactionResponse, <-chan struct{}, error) {
+	if rev <= b.compactRev {
+		return nil, nil, ErrCompacted
+	}
+	if rev > b.rev {
+		return nil, nil, ErrFutureRev
+	}
+	b.compactRev, b.compactTo = rev, rev
+	return &pb.CompactionResponse{Header: &pb.ResponseHeader{Revision: b.rev}}, b.s.compactor.doneCh(rev), nil
+}
+
+// Txn executes a transaction: the compares of it and of every nested
+// transaction are evaluated first, against the state before the transaction;
+// then the chosen branch is checked, and only then executed, so a transaction
+// that fails leaves no trace.
+func (b *Batch) Txn(req *pb.TxnRequest, leaseExists LeaseExists) (*pb.TxnResponse, error) {
+	t := b.begin()
+	path, err := t.comparePath(req)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := t.checkTxn(req, path, leaseExists); err != nil {
+		return nil, err
+	}
+	resp, _, err := t.executeTxn(req, path)
+	if err != nil {
+		return nil, err
+	}
+	resp.Header.Revision = t.rev()
+	t.end()
+	return resp, nil
+}
+
+// comparePath evaluates the compares of req and of the transactions nested in
+// the branch each one takes, depth first, in request order.
+func (t *writeTxn) comparePath(req *pb.TxnRequest) ([]bool, error) {
+	ok, err := t.compares(req.Compare)
+	if err != nil {
+		return nil, err
+	}
+	path := []bool{ok}
+	for _, op := range branch(req, ok) {
+		if nested := op.GetRequestTxn(); nested != nil {
+			sub, err := t.comparePath(nested)
+			if err != nil {
+				return nil, err
+			}
+			path = append(path, sub...)
+		}
+	}
+	return path, nil
+}
+
+func branch(req *pb.TxnRequest, succeeded bool) []*pb.RequestOp {
+	if succeeded {
+		return req.Success
+	}
+	return req.Failure
+}
+
+func (t *writeTxn) compares(cmps []*pb.Compare) (bool, error) {
+	for _, c := range cmps {
+		ok, err := t.compare(c)
+		if err != nil || !ok {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+// compare holds when every key in its range satisfies it. On no key at all, a
+// value compare fails (a missing value cannot be told from an empty one) and
+// the others compare against zero.
+func (t *writeTxn) compare(c *pb.Compare) (bool, error) {
+	sc := scan{}
+	if err := readLatest(t.b.b, newSpan(c.Key, c.RangeEnd), &sc); err != nil {
+		return false, err
+	}
+	if len(sc.kvs) == 0 {
+		if c.Target == pb.Compare_VALUE {
+			return false, nil
+		}
+		return compareKV(c, &mvccpb.KeyValue{}), nil
+	}
+	for _, kv := range sc.kvs {
+		if !compareKV(c, kv) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+func compareKV(c *pb.Compare, kv *mvccpb.KeyValue) bool {
+	var result int
+	switch c.Target {
+	case pb.Compare_VALUE:
+		want := []byte{}
+		if v, ok := c.TargetUnion.(*pb.Compare_Value); ok {
+			want = v.Value
+		}
+		result = bytes.Compare(kv.Value, want)
+	case pb.Compare_CREATE:
+		result = compareInt(kv.CreateRevision, c.GetCreateRevision())
+	case pb.Compare_MOD:
+		result = compareInt(kv.ModRevision, c.GetModRevision())
+	case pb.Compare_VERSION:
+		result = compareInt(kv.Version, c.GetVersion())
+	case pb.Compare_LEASE:
+		result = compareInt(kv.Lease, c.GetLease())
+	}
+	switch c.Result {
+	case pb.Compare_EQUAL:
+		return result == 0
+	case pb.Compare_NOT_EQUAL:
+		return result != 0
+	case pb.Compare_GREATER:
+		return result > 0
+	case pb.Compare_LESS:
+		return result < 0
+	}
+	return true
+}
+
+func compareInt(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// checkTxn finds the errors the chosen branches would hit before anything is
+// written: ranges at future or compacted revisions, puts that need an absent
+// key, unknown leases. It returns how many nested transactions it walked.
+func (t *writeTxn) checkTxn(req *pb.TxnRequest, path []bool, leaseExists LeaseExists) (int, error) {
+	walked := 0
+	for _, op := range branch(req, path[0]) {
+		switch r := op.Request.(type) {
+		case *pb.RequestOp_RequestRange:
+			rev := r.RequestRange.GetRevision()
+			switch {
+			case rev == 0:
+			case rev > t.begin:
+				return 0, ErrFutureRev
+			case rev < t.b.compactRev:
+				return 0, ErrCompacted
+			}
+		case *pb.RequestOp_RequestPut:
+			put := r.RequestPut
+			if put.GetIgnoreValue() || put.GetIgnoreLease() {
+				var prev record
+				found, err := getLatest(t.b.b, put.GetKey(), &prev)
+				if err != nil {
+					return 0, err
+				}
+				if !found {
+					return 0, ErrKeyNotFound
+				}
+			}
+			if put.GetLease() != 0 && !leaseExists(put.GetLease()) {
+				return 0, ErrLeaseNotFound
+			}
+		case *pb.RequestOp_RequestTxn:
+			n, err := t.checkTxn(r.RequestTxn, path[1+walked:], leaseExists)
+			if err != nil {
+				return 0, err
+			}
+			walked += n + 1
+		}
+	}
+	return walked, nil
+}
+
+// executeTxn runs the branch path chose for req. Nested responses carry only
+// the revision in their headers; a nested transaction's header stays empty.
+func (t *writeTxn) executeTxn(req *pb.TxnRequest, path []bool) (*pb.TxnResponse, int, error) {
+	ops := branch(req, path[0])
+	resp := &pb.TxnResponse{Header: &pb.ResponseHeader{}, Succeeded: path[0], Responses: make([]*pb.ResponseOp, len(ops))}
+	walked := 0
+	for i, op := range ops {
+		switch r := op.Request.(type) {
+		case *pb.RequestOp_RequestRange:
+			rr, err := t.rangeReq(r.RequestRange)
+			if err != nil {
+				return nil, 0, err
+			}
+			resp.Responses[i] = &pb.ResponseOp{Response: &pb.ResponseOp_ResponseRange{ResponseRange: rr}}
+		case *pb.RequestOp_RequestPut:
+			pr, err := t.putReq(r.RequestPut)
+			if err != nil {
+				return nil, 0, err
+			}
+			resp.Responses[i] = &pb.ResponseOp{Response: &pb.ResponseOp_ResponsePut{ResponsePut: pr}}
+		case *pb.RequestOp_RequestDeleteRange:
+			dr, err := t.deleteReq(r.RequestDeleteRange)
+			if err != nil {
+				return nil, 0, err
+			}
+			resp.Responses[i] = &pb.ResponseOp{Response: &pb.ResponseOp_ResponseDeleteRange{ResponseDeleteRange: dr}}
+		case *pb.RequestOp_RequestTxn:
+			tr, n, err := t.executeTxn(r.RequestTxn, path[1+walked:])
+			if err != nil {
+				return nil, 0, err
+			}
+			walked += n + 1
+			resp.Responses[i] = &pb.ResponseOp{Response: &pb.ResponseOp_ResponseTxn{ResponseTxn: tr}}
+		default:
+			resp.Responses[i] = &pb.ResponseOp{}
+		}
+	}
+	return resp, walked, nil
+}

@@ -1,0 +1,535 @@
+// Package raftnode owns plinth's raft.RawNode. One goroutine, the raft loop,
+// is the only code that touches the RawNode: it ticks it, feeds it proposals
+// and read requests, persists what each Ready asks (entries and hard state in
+// one synced Pebble batch), and hands committed entries to a second goroutine,
+// the apply loop, which applies them to the state machine. Splitting the two
+// lets the next batch of entries reach the disk while the previous one is
+// applied.
+//
+// Everything else talks to the node through its methods, which pass typed
+// messages to the loops. The raft loop never blocks on a client: proposals
+// wait in a bounded channel, and only while a leader is known.
+package raftnode
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"go.etcd.io/raft/v3"
+	raftpb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/plinthdb/plinth/internal/storage"
+)
+
+// Errors returned to callers waiting on the node.
+var (
+	ErrStopped       = errors.New("raftnode: stopped")
+	ErrLeaderChanged = errors.New("raftnode: leader changed")
+)
+
+// StateMachine receives committed entries, in order, on the apply loop. cs is
+// the configuration after them when they changed it, nil otherwise. An error
+// stops the node: the state could not be written.
+type StateMachine interface {
+	Apply(ents []*raftpb.Entry, cs *raftpb.ConfState) error
+}
+
+// Config configures a Node.
+type Config struct {
+	ID            uint64
+	Peers         []uint64      // initial voters; used only when the log is empty
+	TickInterval  time.Duration // the heartbeat interval
+	ElectionTicks int           // election timeout, in ticks
+	Applied       uint64        // index of the last entry the state machine holds
+	// LogRetention is how many applied entries the log keeps for followers
+	// that fall behind; the log is truncated behind it every LogRetention
+	// entries.
+	LogRetention uint64
+	Logger       *slog.Logger
+}
+
+type proposal struct {
+	data []byte
+	errC chan error
+}
+
+type applyTask struct {
+	ents []*raftpb.Entry
+	cs   *raftpb.ConfState
+}
+
+// Node runs a Raft member.
+type Node struct {
+	cfg Config
+	db  *pebble.DB
+	log *storage.LogStore
+	sm  StateMachine
+	rn  *raft.RawNode // owned by the raft loop
+
+	proposeC chan proposal
+	readC    chan chan error
+	applyC   chan applyTask
+	stopC    chan struct{}
+	wg       sync.WaitGroup
+
+	failOnce sync.Once
+	failErr  error
+	failedC  chan struct{} // closed when a loop failed; failErr says why
+
+	term       atomic.Uint64
+	lead       atomic.Uint64
+	commitIdx  atomic.Uint64
+	appliedIdx atomic.Uint64
+
+	reads readWaits
+}
+
+// New opens the Raft member over the log in log. It does not start it.
+func New(cfg Config, db *pebble.DB, log *storage.LogStore, sm StateMachine) (*Node, error) {
+	if cfg.LogRetention == 0 {
+		cfg.LogRetention = 10000
+	}
+	rcfg := &raft.Config{
+		ID:                        cfg.ID,
+		ElectionTick:              cfg.ElectionTicks,
+		HeartbeatTick:             1,
+		Storage:                   log,
+		Applied:                   cfg.Applied,
+		MaxSizePerMsg:             1 << 20,
+		MaxCommittedSizePerReady:  16 << 20,
+		MaxUncommittedEntriesSize: 1 << 30,
+		MaxInflightMsgs:           256,
+		CheckQuorum:               true,
+		PreVote:                   true,
+		Logger:                    raftLogger{cfg.Logger},
+	}
+	rn, err := raft.NewRawNode(rcfg)
+	if err != nil {
+		return nil, fmt.Errorf("raftnode: %w", err)
+	}
+	last, err := log.LastIndex()
+	if err != nil {
+		return nil, err
+	}
+	if last == 0 {
+		peers := make([]raft.Peer, len(cfg.Peers))
+		for i, id := range cfg.Peers {
+			peers[i] = raft.Peer{ID: id}
+		}
+		if err := rn.Bootstrap(peers); err != nil {
+			return nil, fmt.Errorf("raftnode: bootstrap: %w", err)
+		}
+	}
+	n := &Node{
+		cfg: cfg, db: db, log: log, sm: sm, rn: rn,
+		proposeC: make(chan proposal, 4096),
+		readC:    make(chan chan error, 4096),
+		applyC:   make(chan applyTask, 64),
+		stopC:    make(chan struct{}),
+		failedC:  make(chan struct{}),
+	}
+	n.appliedIdx.Store(cfg.Applied)
+	return n, nil
+}
+
+// Start runs the raft and apply loops.
+func (n *Node) Start() {
+	n.wg.Add(2)
+	go func() { defer n.wg.Done(); n.raftLoop() }()
+	go func() { defer n.wg.Done(); n.applyLoop() }()
+}
+
+// Stop stops both loops and waits for them. Waiting callers get ErrStopped.
+func (n *Node) Stop() {
+	select {
+	case <-n.stopC:
+	default:
+		close(n.stopC)
+	}
+	n.wg.Wait()
+	n.reads.failAll(ErrStopped)
+}
+
+// Failed is closed when the node stopped on an error; Err tells which.
+func (n *Node) Failed() <-chan struct{} { return n.failedC }
+
+// Err returns the error the node failed with, if it did.
+func (n *Node) Err() error {
+	select {
+	case <-n.failedC:
+		return n.failErr
+	default:
+		return nil
+	}
+}
+
+func (n *Node) fail(err error) {
+	n.failOnce.Do(func() {
+		n.failErr = err
+		n.cfg.Logger.Error("raft member stopped", "err", err)
+		close(n.failedC)
+	})
+}
+
+// Term returns the current Raft term.
+func (n *Node) Term() uint64 { return n.term.Load() }
+
+// Leader returns the ID of the known leader, 0 if none.
+func (n *Node) Leader() uint64 { return n.lead.Load() }
+
+// CommitIndex returns the highest index known committed.
+func (n *Node) CommitIndex() uint64 { return n.commitIdx.Load() }
+
+// AppliedIndex returns the index of the last applied entry.
+func (n *Node) AppliedIndex() uint64 { return n.appliedIdx.Load() }
+
+// Propose hands data to Raft. It returns once the leader accepted it into its
+// log (not once it is committed) or failed to.
+func (n *Node) Propose(ctx context.Context, data []byte) error {
+	p := proposal{data: data, errC: make(chan error, 1)}
+	select {
+	case n.proposeC <- p:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.stopC:
+		return ErrStopped
+	case <-n.failedC:
+		return ErrStopped
+	}
+	select {
+	case err := <-p.errC:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.stopC:
+		return ErrStopped
+	case <-n.failedC:
+		return ErrStopped
+	}
+}
+
+// ReadIndex returns once the local state machine holds every entry that was
+// committed when it was called: a read served after it is linearizable.
+// Concurrent calls share one Raft read index round.
+func (n *Node) ReadIndex(ctx context.Context) error {
+	errC := make(chan error, 1)
+	select {
+	case n.readC <- errC:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.stopC:
+		return ErrStopped
+	case <-n.failedC:
+		return ErrStopped
+	}
+	select {
+	case err := <-errC:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.stopC:
+		return ErrStopped
+	case <-n.failedC:
+		return ErrStopped
+	}
+}
+
+func (n *Node) raftLoop() {
+	ticker := time.NewTicker(n.cfg.TickInterval)
+	defer ticker.Stop()
+	var (
+		pendingReads []chan error
+		inflight     = map[uint64][]chan error{}
+		readSeq      uint64
+		truncated    = n.cfg.Applied
+	)
+	n.maybeCampaign()
+	for {
+		// Accept proposals only while a leader is known, as raft's own
+		// node does: without one they would be dropped anyway.
+		proposeC := n.proposeC
+		if n.lead.Load() == raft.None {
+			proposeC = nil
+		}
+		select {
+		case <-n.stopC:
+			failReads(inflight, ErrStopped)
+			return
+		case <-ticker.C:
+			n.rn.Tick()
+			n.maybeCampaign()
+		case p := <-proposeC:
+			n.propose(p)
+		drain:
+			for i := 0; i < 4096; i++ {
+				select {
+				case p := <-n.proposeC:
+					n.propose(p)
+				default:
+					break drain
+				}
+			}
+		case r := <-n.readC:
+			pendingReads = append(pendingReads, r)
+		}
+	drainReads:
+		for {
+			select {
+			case r := <-n.readC:
+				pendingReads = append(pendingReads, r)
+			default:
+				break drainReads
+			}
+		}
+		if len(pendingReads) > 0 {
+			readSeq++
+			var ctx [8]byte
+			binary.BigEndian.PutUint64(ctx[:], readSeq)
+			n.rn.ReadIndex(ctx[:])
+			inflight[readSeq] = pendingReads
+			pendingReads = nil
+		}
+		for n.rn.HasReady() {
+			if err := n.handleReady(inflight); err != nil {
+				n.fail(err)
+				failReads(inflight, ErrStopped)
+				return
+			}
+		}
+		if applied := n.appliedIdx.Load(); applied >= truncated+2*n.cfg.LogRetention {
+			to := applied - n.cfg.LogRetention
+			if err := n.truncate(to); err != nil {
+				n.fail(err)
+				failReads(inflight, ErrStopped)
+				return
+			}
+			truncated = to
+		}
+	}
+}
+
+func (n *Node) propose(p proposal) {
+	p.errC <- n.rn.Propose(p.data)
+}
+
+// maybeCampaign starts an election at once when this member is the only
+// voter: there is nobody to wait for.
+func (n *Node) maybeCampaign() {
+	st := n.rn.BasicStatus()
+	if st.RaftState == raft.StateLeader {
+		return
+	}
+	cs := n.log.ConfState()
+	if len(cs.GetVoters()) == 1 && cs.GetVoters()[0] == n.cfg.ID && len(cs.GetVotersOutgoing()) == 0 {
+		_ = n.rn.Campaign()
+	}
+}
+
+func (n *Node) handleReady(inflight map[uint64][]chan error) error {
+	rd := n.rn.Ready()
+	if rd.SoftState != nil {
+		prev := n.lead.Swap(rd.SoftState.Lead)
+		if prev != rd.SoftState.Lead {
+			n.cfg.Logger.Info("leader changed", "leader", fmt.Sprintf("%x", rd.SoftState.Lead), "state", rd.SoftState.RaftState.String())
+			// Read index requests die with a leader change; their
+			// callers retry.
+			failReads(inflight, ErrLeaderChanged)
+		}
+	}
+	if !raft.IsEmptySnap(rd.Snapshot) {
+		return fmt.Errorf("raftnode: received a snapshot at index %d: installing snapshots needs clustering, which this member does not run", rd.Snapshot.GetMetadata().GetIndex())
+	}
+	if len(rd.Entries) > 0 || !raft.IsEmptyHardState(rd.HardState) {
+		b := n.db.NewBatch()
+		if err := n.log.Append(b, rd.HardState, rd.Entries); err != nil {
+			_ = b.Close()
+			return err
+		}
+		opts := pebble.NoSync
+		if rd.MustSync {
+			opts = pebble.Sync
+		}
+		if err := b.Commit(opts); err != nil {
+			_ = b.Close()
+			return fmt.Errorf("raftnode: persist %d entries: %w", len(rd.Entries), err)
+		}
+		_ = b.Close()
+		n.log.AfterAppend(rd.HardState, rd.Entries)
+	}
+	if rd.HardState != nil {
+		n.term.Store(rd.HardState.GetTerm())
+		n.commitIdx.Store(rd.HardState.GetCommit())
+	}
+	for _, m := range rd.Messages {
+		// A single member has nobody to talk to; peers arrive with clustering.
+		n.cfg.Logger.Debug("dropping message to unknown peer", "to", m.GetTo(), "type", m.GetType().String())
+	}
+	for _, rs := range rd.ReadStates {
+		if len(rs.RequestCtx) != 8 {
+			continue
+		}
+		seq := binary.BigEndian.Uint64(rs.RequestCtx)
+		if waiters, ok := inflight[seq]; ok {
+			delete(inflight, seq)
+			n.reads.add(rs.Index, waiters, n.appliedIdx.Load())
+		}
+	}
+	if len(rd.CommittedEntries) > 0 {
+		var cs *raftpb.ConfState
+		for _, e := range rd.CommittedEntries {
+			if e.GetType() == raftpb.EntryType_EntryNormal {
+				continue
+			}
+			c, err := n.applyConfChange(e)
+			if err != nil {
+				return err
+			}
+			cs = c
+		}
+		select {
+		case n.applyC <- applyTask{ents: rd.CommittedEntries, cs: cs}:
+		case <-n.stopC:
+			return nil
+		case <-n.failedC:
+			return n.failErr
+		}
+	}
+	n.rn.Advance(rd)
+	return nil
+}
+
+func (n *Node) applyConfChange(e *raftpb.Entry) (*raftpb.ConfState, error) {
+	var cc raftpb.ConfChangeI
+	switch e.GetType() {
+	case raftpb.EntryType_EntryConfChange:
+		var c raftpb.ConfChange
+		if err := proto.Unmarshal(e.GetData(), &c); err != nil {
+			return nil, fmt.Errorf("raftnode: decode conf change at %d: %w", e.GetIndex(), err)
+		}
+		cc = &c
+	case raftpb.EntryType_EntryConfChangeV2:
+		var c raftpb.ConfChangeV2
+		if err := proto.Unmarshal(e.GetData(), &c); err != nil {
+			return nil, fmt.Errorf("raftnode: decode conf change at %d: %w", e.GetIndex(), err)
+		}
+		cc = &c
+	default:
+		return nil, fmt.Errorf("raftnode: entry %d has unknown type %v", e.GetIndex(), e.GetType())
+	}
+	return n.rn.ApplyConfChange(cc), nil
+}
+
+func (n *Node) applyLoop() {
+	for {
+		select {
+		case <-n.stopC:
+			return
+		case <-n.failedC:
+			return
+		case t := <-n.applyC:
+			if err := n.sm.Apply(t.ents, t.cs); err != nil {
+				n.fail(fmt.Errorf("raftnode: apply: %w", err))
+				return
+			}
+			if t.cs != nil {
+				n.log.AfterConfState(t.cs)
+			}
+			last := t.ents[len(t.ents)-1].GetIndex()
+			n.appliedIdx.Store(last)
+			n.reads.advance(last)
+		}
+	}
+}
+
+func (n *Node) truncate(to uint64) error {
+	b := n.db.NewBatch()
+	defer func() { _ = b.Close() }()
+	term, err := n.log.Truncate(b, to)
+	if err != nil {
+		return err
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return fmt.Errorf("raftnode: truncate log to %d: %w", to, err)
+	}
+	n.log.AfterTruncate(to, term)
+	return nil
+}
+
+func failReads(inflight map[uint64][]chan error, err error) {
+	for seq, waiters := range inflight {
+		for _, w := range waiters {
+			w <- err
+		}
+		delete(inflight, seq)
+	}
+}
+
+// readWaits holds read requests whose read index is known, until the apply
+// loop reaches it.
+type readWaits struct {
+	mu        sync.Mutex // guards the fields below; never held while blocking
+	appliedTo uint64
+	waiting   []readWait // in arrival order; indexes are nondecreasing
+}
+
+type readWait struct {
+	index   uint64
+	waiters []chan error
+}
+
+func (r *readWaits) add(index uint64, waiters []chan error, applied uint64) {
+	r.mu.Lock()
+	if applied > r.appliedTo {
+		r.appliedTo = applied
+	}
+	if index <= r.appliedTo {
+		r.mu.Unlock()
+		for _, w := range waiters {
+			w <- nil
+		}
+		return
+	}
+	r.waiting = append(r.waiting, readWait{index: index, waiters: waiters})
+	r.mu.Unlock()
+}
+
+func (r *readWaits) advance(index uint64) {
+	r.mu.Lock()
+	r.appliedTo = index
+	var ready []readWait
+	keep := r.waiting[:0]
+	for _, w := range r.waiting {
+		if w.index <= index {
+			ready = append(ready, w)
+		} else {
+			keep = append(keep, w)
+		}
+	}
+	r.waiting = keep
+	r.mu.Unlock()
+	for _, w := range ready {
+		for _, c := range w.waiters {
+			c <- nil
+		}
+	}
+}
+
+func (r *readWaits) failAll(err error) {
+	r.mu.Lock()
+	waiting := r.waiting
+	r.waiting = nil
+	r.mu.Unlock()
+	for _, w := range waiting {
+		for _, c := range w.waiters {
+			c <- err
+		}
+	}
+}

@@ -1,0 +1,159 @@
+package server
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Config is a member's configuration, with etcd's meanings.
+type Config struct {
+	Name                string
+	DataDir             string
+	ListenClientURLs    []url.URL
+	AdvertiseClientURLs []url.URL
+	ListenPeerURLs      []url.URL
+	AdvertisePeerURLs   []url.URL
+	// InitialCluster maps member names to their peer URLs.
+	InitialCluster      map[string][]url.URL
+	InitialClusterState string // "new" or "existing"
+	InitialClusterToken string
+	MaxRequestBytes     int
+	HeartbeatInterval   time.Duration
+	ElectionTimeout     time.Duration
+	// SnapshotCount is how many applied entries the Raft log keeps.
+	SnapshotCount uint64
+	Logger        *slog.Logger
+}
+
+// ParseURLs parses a comma-separated list of URLs as etcd's flags take them.
+func ParseURLs(s string) ([]url.URL, error) {
+	var out []url.URL
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		u, err := url.Parse(part)
+		if err != nil {
+			return nil, fmt.Errorf("invalid URL %q: %w", part, err)
+		}
+		if u.Scheme != "http" && u.Scheme != "https" {
+			return nil, fmt.Errorf("invalid URL %q: scheme must be http or https", part)
+		}
+		if u.Host == "" || u.Port() == "" {
+			return nil, fmt.Errorf("invalid URL %q: want scheme://host:port", part)
+		}
+		if u.Path != "" && u.Path != "/" {
+			return nil, fmt.Errorf("invalid URL %q: must not have a path", part)
+		}
+		out = append(out, *u)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no URL in %q", s)
+	}
+	return out, nil
+}
+
+// ParseInitialCluster parses "name=url,name=url".
+func ParseInitialCluster(s string) (map[string][]url.URL, error) {
+	out := map[string][]url.URL{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		name, raw, ok := strings.Cut(part, "=")
+		if !ok || name == "" {
+			return nil, fmt.Errorf("invalid initial cluster entry %q: want name=url", part)
+		}
+		urls, err := ParseURLs(raw)
+		if err != nil {
+			return nil, fmt.Errorf("initial cluster member %s: %w", name, err)
+		}
+		out[name] = append(out[name], urls...)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("initial cluster %q names no member", s)
+	}
+	return out, nil
+}
+
+// Validate checks that the configuration describes a member this build can run.
+func (c *Config) Validate() error {
+	if c.Name == "" {
+		return fmt.Errorf("--name must not be empty")
+	}
+	if c.DataDir == "" {
+		return fmt.Errorf("--data-dir must not be empty")
+	}
+	for _, u := range append(append([]url.URL{}, c.ListenClientURLs...), c.ListenPeerURLs...) {
+		if u.Scheme == "https" {
+			return fmt.Errorf("%s: TLS is not supported yet; use http", u.String())
+		}
+	}
+	if c.InitialClusterState != "new" && c.InitialClusterState != "existing" {
+		return fmt.Errorf("--initial-cluster-state is %q, want new or existing", c.InitialClusterState)
+	}
+	self, ok := c.InitialCluster[c.Name]
+	if !ok {
+		return fmt.Errorf("--initial-cluster has no member named %q (this member's --name)", c.Name)
+	}
+	if !sameURLs(self, c.AdvertisePeerURLs) {
+		return fmt.Errorf("--initial-cluster has %s=%s but --initial-advertise-peer-urls is %s",
+			c.Name, joinURLs(self), joinURLs(c.AdvertisePeerURLs))
+	}
+	if len(c.InitialCluster) > 1 {
+		return fmt.Errorf("--initial-cluster names %d members: this build runs single-member clusters only", len(c.InitialCluster))
+	}
+	if c.MaxRequestBytes <= 0 {
+		return fmt.Errorf("--max-request-bytes must be positive")
+	}
+	if c.HeartbeatInterval <= 0 || c.ElectionTimeout < 5*c.HeartbeatInterval {
+		return fmt.Errorf("--election-timeout (%v) must be at least 5 times --heartbeat-interval (%v)", c.ElectionTimeout, c.HeartbeatInterval)
+	}
+	return nil
+}
+
+func sameURLs(a, b []url.URL) bool {
+	as, bs := urlStrings(a), urlStrings(b)
+	slices.Sort(as)
+	slices.Sort(bs)
+	return slices.Equal(as, bs)
+}
+
+func urlStrings(us []url.URL) []string {
+	out := make([]string, len(us))
+	for i, u := range us {
+		out[i] = u.String()
+	}
+	return out
+}
+
+func joinURLs(us []url.URL) string { return strings.Join(urlStrings(us), ",") }
+
+// memberID derives a member's ID from its peer URLs and the cluster token, so
+// the same command line always names the same member.
+func memberID(peerURLs []url.URL, token string) uint64 {
+	us := urlStrings(peerURLs)
+	slices.Sort(us)
+	sum := sha256.Sum256([]byte(strings.Join(us, ",") + "\x00" + token))
+	return binary.BigEndian.Uint64(sum[:8])
+}
+
+// clusterID derives the cluster's ID from its initial members.
+func clusterID(members []uint64, token string) uint64 {
+	ids := slices.Clone(members)
+	slices.Sort(ids)
+	h := sha256.New()
+	for _, id := range ids {
+		_ = binary.Write(h, binary.BigEndian, id)
+	}
+	h.Write([]byte(token))
+	return binary.BigEndian.Uint64(h.Sum(nil)[:8])
+}

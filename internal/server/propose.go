@@ -1,0 +1,132 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/plinthdb/plinth/internal/api"
+	"github.com/plinthdb/plinth/internal/apply"
+)
+
+// Propose implements api.Backend: it gives req an ID, replicates it, and waits
+// until the apply loop returns its answer.
+//
+// A request that is not answered within the request timeout fails with
+// api.ErrTimeout, as etcd's does, so a client is never left hanging.
+func (s *Server) Propose(ctx context.Context, req *pb.InternalRaftRequest) (proto.Message, error) {
+	parent := ctx
+	ctx, cancel := context.WithTimeout(ctx, s.requestTimeout())
+	defer cancel()
+	resp, err := s.propose(ctx, req)
+	if err != nil && ctx.Err() != nil && parent.Err() == nil {
+		return nil, api.ErrTimeout
+	}
+	return resp, err
+}
+
+// requestTimeout is etcd's: 5s plus two election timeouts.
+func (s *Server) requestTimeout() time.Duration {
+	return 5*time.Second + 2*s.cfg.ElectionTimeout
+}
+
+func (s *Server) propose(ctx context.Context, req *pb.InternalRaftRequest) (proto.Message, error) {
+	req.ID = s.ids.next()
+	data, err := proto.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("encode request: %w", err)
+	}
+	if len(data) > s.cfg.MaxRequestBytes {
+		return nil, api.ErrRequestTooLarge
+	}
+	ch := s.waits.register(req.ID)
+	if err := s.node.Propose(ctx, data); err != nil {
+		s.waits.cancel(req.ID)
+		return nil, err
+	}
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		if r.Done != nil {
+			select {
+			case <-r.Done:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		return r.Resp, nil
+	case <-ctx.Done():
+		s.waits.cancel(req.ID)
+		return nil, ctx.Err()
+	}
+}
+
+// idGenerator makes request IDs unique across members and restarts: the top
+// 16 bits are the member's, the rest count up from the start time in
+// milliseconds (shifted left 8 bits to leave room within a millisecond).
+type idGenerator struct {
+	prefix uint64
+	suffix atomic.Uint64
+}
+
+const idSuffixBits = 48
+
+func newIDGenerator(memberID uint64, now time.Time) *idGenerator {
+	g := &idGenerator{prefix: (memberID & 0xffff) << idSuffixBits}
+	g.suffix.Store((uint64(now.UnixMilli()) << 8) & (1<<idSuffixBits - 1))
+	return g
+}
+
+func (g *idGenerator) next() uint64 {
+	return g.prefix | (g.suffix.Add(1) & (1<<idSuffixBits - 1))
+}
+
+// waitRegistry connects proposers with the results of their entries.
+type waitRegistry struct {
+	mu      sync.Mutex // guards waiting; never held while sending
+	waiting map[uint64]chan apply.Result
+}
+
+func (w *waitRegistry) init() { w.waiting = map[uint64]chan apply.Result{} }
+
+func (w *waitRegistry) register(id uint64) <-chan apply.Result {
+	ch := make(chan apply.Result, 1)
+	w.mu.Lock()
+	w.waiting[id] = ch
+	w.mu.Unlock()
+	return ch
+}
+
+func (w *waitRegistry) cancel(id uint64) {
+	w.mu.Lock()
+	delete(w.waiting, id)
+	w.mu.Unlock()
+}
+
+// trigger delivers r to its proposer, if it is still waiting on this member.
+func (w *waitRegistry) trigger(id uint64, r apply.Result) {
+	w.mu.Lock()
+	ch, ok := w.waiting[id]
+	delete(w.waiting, id)
+	w.mu.Unlock()
+	if ok {
+		ch <- r
+	}
+}
+
+func (w *waitRegistry) failAll(err error) {
+	w.mu.Lock()
+	waiting := w.waiting
+	w.waiting = map[uint64]chan apply.Result{}
+	w.mu.Unlock()
+	for _, ch := range waiting {
+		ch <- apply.Result{Err: err}
+	}
+}

@@ -1,0 +1,277 @@
+// Package server builds a plinth member from its configuration and runs it:
+// it opens the Pebble database, the MVCC store, the state machine and the
+// Raft node in that order, serves the etcd gRPC API on the client URLs, and
+// takes them down in the reverse order. It also carries requests between the
+// API and Raft: proposing them and waiting for their applied results.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	raftpb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/plinthdb/plinth/internal/api"
+	"github.com/plinthdb/plinth/internal/apply"
+	"github.com/plinthdb/plinth/internal/mvcc"
+	"github.com/plinthdb/plinth/internal/raftnode"
+	"github.com/plinthdb/plinth/internal/storage"
+)
+
+// Version is the etcd API version plinth answers as: the semantics it copies.
+const Version = "3.6.0"
+
+// grpcOverheadBytes is the room gRPC messages get above the request size
+// limit, so that an oversized request reaches the server and gets etcd's
+// "request is too large" instead of a transport error.
+const grpcOverheadBytes = 512 * 1024
+
+// Server is one running plinth member.
+type Server struct {
+	cfg       Config
+	logger    *slog.Logger
+	db        *pebble.DB
+	kv        *mvcc.Store
+	applier   *apply.Applier
+	node      *raftnode.Node
+	grpc      *grpc.Server
+	listeners []net.Listener
+
+	clusterID uint64
+	memberID  uint64
+	ids       *idGenerator
+	waits     waitRegistry
+
+	serveWG  sync.WaitGroup
+	stopOnce sync.Once
+}
+
+// New opens the member's state in cfg.DataDir and prepares it to serve.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	logger := cfg.Logger
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	db, err := storage.Open(filepath.Join(cfg.DataDir, "db"), logger)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, logger: logger, db: db}
+	s.waits.init()
+	if err := s.open(); err != nil {
+		if s.kv != nil {
+			s.kv.Close()
+		}
+		_ = db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) open() error {
+	if err := s.loadIdentity(); err != nil {
+		return err
+	}
+	s.ids = newIDGenerator(s.memberID, time.Now())
+	logStore, err := storage.OpenLogStore(s.db)
+	if err != nil {
+		return err
+	}
+	if s.kv, err = mvcc.Open(s.db, s.logger); err != nil {
+		return err
+	}
+	if s.applier, err = apply.New(s.db, s.kv, s.logger); err != nil {
+		return err
+	}
+	electionTicks := int(s.cfg.ElectionTimeout / s.cfg.HeartbeatInterval)
+	s.node, err = raftnode.New(raftnode.Config{
+		ID:            s.memberID,
+		Peers:         []uint64{s.memberID},
+		TickInterval:  s.cfg.HeartbeatInterval,
+		ElectionTicks: electionTicks,
+		Applied:       s.applier.AppliedIndex(),
+		LogRetention:  s.cfg.SnapshotCount,
+		Logger:        s.logger,
+	}, s.db, logStore, stateMachine{s})
+	return err
+}
+
+// loadIdentity reads the cluster and member IDs, or, on a new data dir,
+// derives and stores them.
+func (s *Server) loadIdentity() error {
+	cid, err := storage.GetMetaUint64(s.db, storage.MetaClusterID)
+	if err != nil {
+		return err
+	}
+	mid, err := storage.GetMetaUint64(s.db, storage.MetaMemberID)
+	if err != nil {
+		return err
+	}
+	if cid != 0 && mid != 0 {
+		s.clusterID, s.memberID = cid, mid
+		return nil
+	}
+	if s.cfg.InitialClusterState == "existing" {
+		return fmt.Errorf("--initial-cluster-state=existing on an empty data dir: joining a running cluster is not supported yet")
+	}
+	s.memberID = memberID(s.cfg.AdvertisePeerURLs, s.cfg.InitialClusterToken)
+	s.clusterID = clusterID([]uint64{s.memberID}, s.cfg.InitialClusterToken)
+	b := s.db.NewBatch()
+	defer func() { _ = b.Close() }()
+	if err := storage.PutMetaUint64(b, storage.MetaClusterID, s.clusterID); err != nil {
+		return err
+	}
+	if err := storage.PutMetaUint64(b, storage.MetaMemberID, s.memberID); err != nil {
+		return err
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("store member identity: %w", err)
+	}
+	return nil
+}
+
+// Start starts Raft and serves clients on the listen client URLs.
+func (s *Server) Start() error {
+	s.node.Start()
+	s.grpc = grpc.NewServer(
+		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes+grpcOverheadBytes),
+		grpc.MaxSendMsgSize(math.MaxInt32),
+		grpc.MaxConcurrentStreams(math.MaxUint32),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+	)
+	pb.RegisterKVServer(s.grpc, api.NewKV(s))
+	pb.RegisterMaintenanceServer(s.grpc, api.NewMaintenance(s))
+	pb.RegisterClusterServer(s.grpc, api.NewCluster(s))
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(s.grpc, hs)
+	for _, u := range s.cfg.ListenClientURLs {
+		l, err := net.Listen("tcp", u.Host)
+		if err != nil {
+			s.Stop()
+			return fmt.Errorf("listen on %s: %w", u.String(), err)
+		}
+		s.listeners = append(s.listeners, l)
+	}
+	for _, l := range s.listeners {
+		s.serveWG.Add(1)
+		go func() {
+			defer s.serveWG.Done()
+			if err := s.grpc.Serve(l); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				s.logger.Error("client listener failed", "addr", l.Addr().String(), "err", err)
+			}
+		}()
+		s.logger.Info("serving client requests", "addr", l.Addr().String())
+	}
+	return nil
+}
+
+// ClientAddrs returns the addresses the member listens on for clients.
+func (s *Server) ClientAddrs() []string {
+	out := make([]string, len(s.listeners))
+	for i, l := range s.listeners {
+		out[i] = l.Addr().String()
+	}
+	return out
+}
+
+// Failed is closed if the member stopped on an internal error.
+func (s *Server) Failed() <-chan struct{} { return s.node.Failed() }
+
+// Err tells why the member failed, if it did.
+func (s *Server) Err() error { return s.node.Err() }
+
+// Stop stops serving, stops Raft and closes the database. In-flight requests
+// get a few seconds to finish.
+func (s *Server) Stop() {
+	s.stopOnce.Do(func() {
+		if s.grpc != nil {
+			done := make(chan struct{})
+			go func() { s.grpc.GracefulStop(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(3 * time.Second):
+				s.grpc.Stop()
+				<-done
+			}
+		}
+		s.serveWG.Wait()
+		s.node.Stop()
+		s.waits.failAll(raftnode.ErrStopped)
+		s.kv.Close()
+		if err := s.db.Close(); err != nil {
+			s.logger.Error("close database", "err", err)
+		}
+	})
+}
+
+// stateMachine feeds committed entries to the applier and hands each result
+// to the request waiting for it.
+type stateMachine struct{ s *Server }
+
+func (m stateMachine) Apply(ents []*raftpb.Entry, cs *raftpb.ConfState) error {
+	results, err := m.s.applier.Apply(ents, cs)
+	if err != nil {
+		return err
+	}
+	for _, r := range results {
+		m.s.waits.trigger(r.ID, r)
+	}
+	return nil
+}
+
+// KV implements api.Backend.
+func (s *Server) KV() *mvcc.Store { return s.kv }
+
+// FillHeader implements api.Backend.
+func (s *Server) FillHeader(h *pb.ResponseHeader) {
+	h.ClusterId = s.clusterID
+	h.MemberId = s.memberID
+	h.RaftTerm = s.node.Term()
+	if h.Revision == 0 {
+		h.Revision = s.kv.Rev()
+	}
+}
+
+// ReadIndex implements api.Backend.
+func (s *Server) ReadIndex(ctx context.Context) error { return s.node.ReadIndex(ctx) }
+
+// Status implements api.StatusSource.
+func (s *Server) Status() api.MemberStatus {
+	usage := s.db.Metrics().DiskSpaceUsage()
+	return api.MemberStatus{
+		Version:      Version,
+		DBSize:       int64(usage),
+		DBSizeInUse:  int64(usage),
+		Leader:       s.node.Leader(),
+		RaftIndex:    s.node.CommitIndex(),
+		RaftTerm:     s.node.Term(),
+		AppliedIndex: s.node.AppliedIndex(),
+	}
+}
+
+// Members implements api.MemberSource.
+func (s *Server) Members() []api.Member {
+	return []api.Member{{
+		ID:         s.memberID,
+		Name:       s.cfg.Name,
+		PeerURLs:   urlStrings(s.cfg.AdvertisePeerURLs),
+		ClientURLs: urlStrings(s.cfg.AdvertiseClientURLs),
+	}}
+}
