@@ -1,0 +1,528 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// The end-to-end tests run plinthctl's commands against a real server: by
+// default a plinth built from this module (cmd/plinth) and started in a temp
+// dir; with PLINTHCTL_TEST_ENDPOINT=host:port against that server instead
+// (any etcd v3 server; the tests write keys under a fresh prefix and compact
+// its history up to their own writes).
+
+const endpointEnv = "PLINTHCTL_TEST_ENDPOINT"
+
+// testServer returns the endpoint of a server for the test.
+func testServer(t *testing.T) string {
+	t.Helper()
+	if ep := os.Getenv(endpointEnv); ep != "" {
+		return ep
+	}
+	return startPlinth(t)
+}
+
+// moduleRoot is the directory of this module's go.mod.
+func moduleRoot(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		t.Fatalf("go env GOMOD: %v", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		t.Fatal("go env GOMOD: not in a module")
+	}
+	return filepath.Dir(gomod)
+}
+
+// freePort asks the kernel for a free TCP port on 127.0.0.1.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("pick a free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startPlinth builds cmd/plinth, starts one member on free ports with its
+// data in a temp dir, waits until it answers a Get, and stops it (SIGTERM,
+// then SIGKILL) when the test ends. It skips the test only when cmd/plinth
+// has no Go files yet.
+func startPlinth(t *testing.T) string {
+	t.Helper()
+	root := moduleRoot(t)
+	srcs, _ := filepath.Glob(filepath.Join(root, "cmd", "plinth", "*.go"))
+	hasSource := false
+	for _, s := range srcs {
+		if !strings.HasSuffix(s, "_test.go") {
+			hasSource = true
+		}
+	}
+	if !hasSource {
+		t.Skipf("cmd/plinth has no Go files yet in %s; set %s=host:port to run against another server", root, endpointEnv)
+	}
+
+	bin := filepath.Join(t.TempDir(), "plinth")
+	build := exec.Command("go", "build", "-o", bin, "github.com/plinthdb/plinth/cmd/plinth")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build cmd/plinth: %v\n%s", err, out)
+	}
+	return startServer(t, bin)
+}
+
+// startServer starts the server binary bin (which takes etcd's flags) as a
+// single member and returns its client endpoint once it answers a Get.
+func startServer(t *testing.T, bin string) string {
+	t.Helper()
+	dir := t.TempDir()
+	client := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	peer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	logPath := filepath.Join(dir, "plinth.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	cmd := exec.Command(bin,
+		"--data-dir", filepath.Join(dir, "data"),
+		"--listen-client-urls", client, "--advertise-client-urls", client,
+		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+		"--initial-cluster", "default="+peer,
+	)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start plinth: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			t.Errorf("plinth (pid %d) did not stop within 10s of SIGTERM; killing it", cmd.Process.Pid)
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			if b, err := os.ReadFile(logPath); err == nil {
+				t.Logf("plinth log:\n%s", lastLines(string(b), 40))
+			}
+		}
+	})
+
+	ep := strings.TrimPrefix(client, "http://")
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatalf("client for %s: %v", ep, err)
+	}
+	defer c.Close()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := c.Get(ctx, "plinthctl-e2e-ready")
+		cancel()
+		if err == nil {
+			return ep
+		}
+		select {
+		case werr := <-exited:
+			exited <- werr // for the cleanup
+			b, _ := os.ReadFile(logPath)
+			t.Fatalf("plinth exited before serving (%v):\n%s", werr, lastLines(string(b), 40))
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("plinth at %s did not answer a Get within 20s: %v", ep, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// ctlResult is what one plinthctl run printed and its exit code.
+type ctlResult struct {
+	out, err string
+	code     int
+}
+
+// ctl runs plinthctl in-process against ep with stdin and args.
+func ctl(t *testing.T, ep, stdin string, args ...string) ctlResult {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	args = append([]string{"--endpoints", ep}, args...)
+	code := run(context.Background(), args, strings.NewReader(stdin), &out, &errOut)
+	return ctlResult{out: out.String(), err: errOut.String(), code: code}
+}
+
+// ok runs plinthctl and fails the test unless it exits 0 with no stderr.
+func ok(t *testing.T, ep, stdin string, args ...string) string {
+	t.Helper()
+	r := ctl(t, ep, stdin, args...)
+	if r.code != 0 || r.err != "" {
+		t.Fatalf("plinthctl %q: exit %d, stderr %q, stdout %q", args, r.code, r.err, r.out)
+	}
+	return r.out
+}
+
+// wantOut runs plinthctl and checks its exact stdout.
+func wantOut(t *testing.T, ep, stdin, want string, args ...string) {
+	t.Helper()
+	if got := ok(t, ep, stdin, args...); got != want {
+		t.Errorf("plinthctl %q:\ngot  %q\nwant %q", args, got, want)
+	}
+}
+
+// wantFail runs plinthctl and checks that it fails with code and a stderr
+// containing msg.
+func wantFail(t *testing.T, ep string, code int, msg string, args ...string) {
+	t.Helper()
+	r := ctl(t, ep, "", args...)
+	if r.code != code || !strings.Contains(r.err, msg) {
+		t.Errorf("plinthctl %q: exit %d, stderr %q; want exit %d and stderr containing %q", args, r.code, r.err, code, msg)
+	}
+}
+
+// jsonRange is the part of get -w json that the tests read.
+type jsonRange struct {
+	Header struct {
+		ClusterID uint64 `json:"cluster_id"`
+		MemberID  uint64 `json:"member_id"`
+		Revision  int64  `json:"revision"`
+		RaftTerm  uint64 `json:"raft_term"`
+	} `json:"header"`
+	Kvs []struct {
+		Key            []byte `json:"key"` // base64 in the JSON
+		Value          []byte `json:"value"`
+		CreateRevision int64  `json:"create_revision"`
+		ModRevision    int64  `json:"mod_revision"`
+		Version        int64  `json:"version"`
+		Lease          int64  `json:"lease"`
+	} `json:"kvs"`
+	More  bool  `json:"more"`
+	Count int64 `json:"count"`
+}
+
+func getJSON(t *testing.T, ep string, args ...string) jsonRange {
+	t.Helper()
+	out := ok(t, ep, "", append([]string{"get", "-w", "json"}, args...)...)
+	var r jsonRange
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("get -w json: %v in %q", err, out)
+	}
+	return r
+}
+
+func TestEndToEnd(t *testing.T) {
+	ep := testServer(t)
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	p := fmt.Sprintf("e2e-%d/", time.Now().UnixNano()) // every key of this run
+
+	t.Run("put and get", func(t *testing.T) {
+		wantOut(t, ep, "", "OK\n", "put", p+"a", "1")
+		wantOut(t, ep, "", "OK\n"+p+"a\n1\n", "put", "--prev-kv", p+"a", "2")
+		wantOut(t, ep, "from stdin\n", "OK\n", "put", p+"b")
+		wantOut(t, ep, "", "OK\n", "put", "--", p+"c", "-3") // a value may start with '-' after --
+		wantOut(t, ep, "", p+"a\n2\n", "get", p+"a")
+		wantOut(t, ep, "", p+"b\nfrom stdin\n\n", "get", p+"b")
+		wantOut(t, ep, "", "", "get", p+"missing")
+		all := p + "a\n2\n" + p + "b\nfrom stdin\n\n" + p + "c\n-3\n"
+		wantOut(t, ep, "", all, "get", "--prefix", p)
+		wantOut(t, ep, "", all, "get", p+"a", p+"d")
+		wantOut(t, ep, "", all, "get", "--from-key", p, "--limit", "3")
+		wantOut(t, ep, "", all, "get", "--prefix", p, "--consistency", "s")
+		wantOut(t, ep, "", p+"a\n\n"+p+"b\n\n"+p+"c\n\n", "get", "--prefix", "--keys-only", p)
+		wantOut(t, ep, "", "2\nfrom stdin\n\n-3\n", "get", "--prefix", "--print-value-only", p)
+		wantOut(t, ep, "", p+"a\n2\n", "get", "--prefix", "--limit", "1", p)
+		wantOut(t, ep, "", p+"c\n-3\n"+p+"b\nfrom stdin\n\n"+p+"a\n2\n", "get", "--prefix", "--order", "DESCEND", p)
+		wantOut(t, ep, "", p+"c\n-3\n", "get", "--prefix", "--sort-by", "MODIFY", "--order", "DESCEND", "--limit", "1", p)
+		wantOut(t, ep, "", p+"a\n2\n", "get", "--prefix", "--sort-by", "VERSION", "--order", "DESCEND", "--limit", "1", p)
+		wantOut(t, ep, "", "3\n", "get", "--prefix", "--count-only", p)
+		wantOut(t, ep, "", hexBytes([]byte(p+"a"))+"\n"+`\x32`+"\n", "get", p+"a", "--hex")
+	})
+
+	t.Run("range stream", func(t *testing.T) {
+		r := ctl(t, ep, "", "get", "--prefix", "--stream", p)
+		if r.code != 0 && strings.Contains(r.err, "method RangeStream not implemented") {
+			t.Skipf("the server has no KV.RangeStream yet: %s", strings.TrimSpace(r.err))
+		}
+		all := p + "a\n2\n" + p + "b\nfrom stdin\n\n" + p + "c\n-3\n"
+		if r.code != 0 || r.out != all {
+			t.Errorf("get --prefix --stream: exit %d, stderr %q, stdout %q; want %q", r.code, r.err, r.out, all)
+		}
+		wantOut(t, ep, "", p+"a\n2\n", "get", "--prefix", "--stream", "--limit", "1", p)
+		wantOut(t, ep, "", "3\n", "get", "--prefix", "--stream", "--count-only", p)
+	})
+
+	t.Run("revisions", func(t *testing.T) {
+		r := getJSON(t, ep, p+"a")
+		if len(r.Kvs) != 1 || r.Kvs[0].Version != 2 {
+			t.Fatalf("get %sa: %+v, want one key at version 2", p, r)
+		}
+		first := r.Kvs[0].CreateRevision
+		wantOut(t, ep, "", p+"a\n1\n", "get", p+"a", "--rev", strconv.FormatInt(first, 10))
+		wantOut(t, ep, "", p+"a\n2\n", "get", "--prefix", p, "--min-mod-rev", strconv.FormatInt(first+1, 10), "--max-mod-rev", strconv.FormatInt(first+1, 10))
+		wantOut(t, ep, "", p+"b\nfrom stdin\n\n"+p+"c\n-3\n", "get", "--prefix", p, "--min-create-rev", strconv.FormatInt(first+1, 10))
+		wantOut(t, ep, "", p+"a\n2\n", "get", "--prefix", p, "--max-create-rev", strconv.FormatInt(first, 10))
+	})
+
+	t.Run("json is the range response", func(t *testing.T) {
+		r := getJSON(t, ep, "--prefix", p)
+		want, err := c.Get(ctx, p, clientv3.WithPrefix())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Count != 3 || len(r.Kvs) != 3 || len(want.Kvs) != 3 {
+			t.Fatalf("get -w json: %+v", r)
+		}
+		if r.Header.ClusterID != want.Header.ClusterId || r.Header.MemberID != want.Header.MemberId || r.Header.RaftTerm == 0 {
+			t.Errorf("header %+v, want ids of %v", r.Header, want.Header)
+		}
+		for i, kv := range want.Kvs {
+			got := r.Kvs[i]
+			if string(got.Key) != string(kv.Key) || string(got.Value) != string(kv.Value) ||
+				got.CreateRevision != kv.CreateRevision || got.ModRevision != kv.ModRevision || got.Version != kv.Version {
+				t.Errorf("kv %d = %+v, want %v", i, got, kv)
+			}
+		}
+		// Byte fields are base64 strings and integers are JSON numbers, as
+		// etcdctl prints them.
+		out := ok(t, ep, "", "get", "-w", "json", p+"a")
+		wantKey := `"key":"` + base64.StdEncoding.EncodeToString([]byte(p+"a")) + `"`
+		if !strings.Contains(out, wantKey) || !strings.Contains(out, `"value":"Mg=="`) || !strings.Contains(out, `"version":2,`) {
+			t.Errorf("get -w json = %s; want %s, \"value\":\"Mg==\" and \"version\":2", out, wantKey)
+		}
+		if out := ok(t, ep, "", "get", "-w", "fields", p+"a"); !strings.Contains(out, `"Value" : "2"`+"\n") {
+			t.Errorf("get -w fields = %s", out)
+		}
+		if out := ok(t, ep, "", "get", "-w", "table", p+"a"); !strings.Contains(out, "│ "+p+"a │ 2     │") {
+			t.Errorf("get -w table = %s", out)
+		}
+	})
+
+	t.Run("del", func(t *testing.T) {
+		wantOut(t, ep, "", "OK\n", "put", p+"del/1", "x")
+		wantOut(t, ep, "", "OK\n", "put", p+"del/2", "y")
+		wantOut(t, ep, "", "OK\n", "put", p+"del/3", "z")
+		wantOut(t, ep, "", "0\n", "del", p+"del/none")
+		wantOut(t, ep, "", "1\n", "del", p+"del/1")
+		wantOut(t, ep, "", "2\n"+p+"del/2\ny\n"+p+"del/3\nz\n", "del", "--prefix", "--prev-kv", p+"del/")
+		wantOut(t, ep, "", "0\n", "del", p+"del/", p+"del0")
+		out := ok(t, ep, "", "del", "-w", "json", p+"nothing")
+		if !strings.HasPrefix(out, `{"header":{"cluster_id":`) || strings.Contains(out, "deleted") {
+			t.Errorf("del -w json = %s; want a header and no deleted count (zero is left out)", out)
+		}
+	})
+
+	t.Run("txn", func(t *testing.T) {
+		in := fmt.Sprintf("mod(%q) > \"0\"\nvalue(%q) = \"2\"\n\nput %s v1 --prev-kv\nget %s\ndel %s\n\nput %s nope\n\n",
+			p+"a", p+"a", p+"t1", p+"a", p+"none", p+"t1")
+		wantOut(t, ep, in, "SUCCESS\n\nOK\n\n"+p+"a\n2\n\n0\n", "txn")
+		in = fmt.Sprintf("version(%q) = \"0\"\n\nput %s nope\n\nput %s \"second value\" --prev-kv\nget %s\n\n",
+			p+"t1", p+"t1", p+"t1", p+"b")
+		wantOut(t, ep, in, "FAILURE\n\nOK\n"+p+"t1\nv1\n\n"+p+"b\nfrom stdin\n\n", "txn")
+		wantOut(t, ep, "\nget "+p+"t1\n\n\n",
+			"compares:\nsuccess requests (get, put, del):\nfailure requests (get, put, del):\nSUCCESS\n\n"+p+"t1\nsecond value\n", "txn", "-i")
+		in = fmt.Sprintf("create(%q) = \"0\"\n\n\n\n", p+"t1")
+		if out := ok(t, ep, in, "txn", "-w", "json"); !strings.HasPrefix(out, `{"header":{`) || strings.Contains(out, "succeeded") {
+			t.Errorf("txn -w json (failed, no ops) = %s", out)
+		}
+		in = fmt.Sprintf("\nput %s 1\n\n", p+"t2")
+		if out := ok(t, ep, in, "txn", "-w", "json"); !strings.Contains(out, `"succeeded":true,"responses":[{"Response":{"response_put":{"header":{"revision":`) {
+			t.Errorf("txn -w json = %s", out)
+		}
+
+		r := ctl(t, ep, "bogus(\"k\") = \"1\"\n\n\n\n", "txn")
+		if r.code != exitInvalidInput || !strings.Contains(r.err, "Error: txn: line 1: malformed comparison") {
+			t.Errorf("txn with a bad compare: exit %d, stderr %q", r.code, r.err)
+		}
+		r = ctl(t, ep, fmt.Sprintf("\nput %s 1\ndel %s\n\n\n", p+"dup", p+"dup"), "txn")
+		if r.code != exitError || r.err != "Error: etcdserver: duplicate key given in txn request\n" {
+			t.Errorf("txn with a duplicate key: exit %d, stderr %q", r.code, r.err)
+		}
+		wantOut(t, ep, "", p+"t1\nsecond value\n", "get", p+"t1") // nothing above changed it
+	})
+
+	t.Run("lease", func(t *testing.T) {
+		lease, err := c.Grant(ctx, 600)
+		if status.Code(err) == codes.Unimplemented {
+			t.Skipf("the server has no Lease service yet: %v", err)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Revoke(context.Background(), lease.ID)
+		id := strconv.FormatInt(int64(lease.ID), 16)
+		wantOut(t, ep, "", "OK\n", "put", "--lease", id, p+"leased", "v")
+		if r := getJSON(t, ep, p+"leased"); len(r.Kvs) != 1 || r.Kvs[0].Lease != int64(lease.ID) {
+			t.Errorf("get -w json after put --lease=%s: %+v", id, r)
+		}
+		wantOut(t, ep, "", "OK\n", "put", "--ignore-lease", p+"leased", "w")
+		if r := getJSON(t, ep, p+"leased"); len(r.Kvs) != 1 || r.Kvs[0].Lease != int64(lease.ID) || string(r.Kvs[0].Value) != "w" {
+			t.Errorf("get after put --ignore-lease: %+v", r)
+		}
+		wantOut(t, ep, "", "OK\n", "put", "--ignore-value", p+"leased")
+		if r := getJSON(t, ep, p+"leased"); len(r.Kvs) != 1 || r.Kvs[0].Lease != 0 || string(r.Kvs[0].Value) != "w" {
+			t.Errorf("get after put --ignore-value (which drops the lease): %+v", r)
+		}
+		wantOut(t, ep, "", "OK\n", "put", "--ignore-value", "--lease", id, p+"leased")
+		wantOut(t, ep, fmt.Sprintf("lease(%q) = %q\n\nget %s\n\n\n", p+"leased", id, p+"leased"), "SUCCESS\n\n"+p+"leased\nw\n", "txn")
+		wantFail(t, ep, exitError, "Error: etcdserver: requested lease not found", "put", "--lease", "123abc", p+"x", "v")
+		wantFail(t, ep, exitBadArgs, "Error: bad lease ID", "put", "--lease", "xyz", p+"x", "v")
+		wantFail(t, ep, exitError, "Error: etcdserver: key not found", "put", "--ignore-value", p+"x")
+	})
+
+	t.Run("compaction", func(t *testing.T) {
+		ok(t, ep, "", "put", p+"compact", "old")
+		r := getJSON(t, ep, p+"compact")
+		old := r.Header.Revision
+		ok(t, ep, "", "put", p+"compact", "new")
+		rev := strconv.FormatInt(old+1, 10)
+		wantOut(t, ep, "", "compacted revision "+rev+"\n", "compaction", rev)
+		wantFail(t, ep, exitError, "Error: etcdserver: mvcc: required revision has been compacted\n",
+			"get", p+"compact", "--rev", strconv.FormatInt(old, 10))
+		wantFail(t, ep, exitError, "Error: etcdserver: mvcc: required revision has been compacted\n", "compaction", rev)
+		wantOut(t, ep, "", p+"compact\nnew\n", "get", p+"compact", "--rev", rev)
+		ok(t, ep, "", "put", p+"compact", "newer")
+		cur := getJSON(t, ep, p+"compact").Header.Revision
+		wantOut(t, ep, "", fmt.Sprintf("compacted revision %d\n", cur), "compaction", "--physical", strconv.FormatInt(cur, 10))
+		wantFail(t, ep, exitError, "Error: etcdserver: mvcc: required revision is a future revision\n", "compaction", strconv.FormatInt(cur+1000, 10))
+		wantFail(t, ep, exitError, "Error: etcdserver: mvcc: required revision is a future revision\n", "get", p+"compact", "--rev", strconv.FormatInt(cur+1000, 10))
+	})
+
+	t.Run("endpoint status", func(t *testing.T) {
+		want, err := c.Status(ctx, ep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := fmt.Sprintf("%x", want.Header.MemberId)
+		out := ok(t, ep, "", "endpoint", "status", "-w", "table")
+		lines := strings.Split(out, "\n")
+		if len(lines) != 6 || !strings.Contains(lines[1], "ENDPOINT") || !strings.Contains(lines[1], "RAFT APPLIED INDEX │ ERRORS │") ||
+			!strings.Contains(lines[3], "│ "+ep+" │ "+id+" │") || !strings.Contains(lines[3], "│      true │      false │") {
+			t.Errorf("endpoint status -w table =\n%s", out)
+		}
+		out = ok(t, ep, "", "endpoint", "status")
+		if !strings.HasPrefix(out, ep+", "+id+", "+want.Version+", ") || !strings.Contains(out, ", true, false, ") {
+			t.Errorf("endpoint status = %q", out)
+		}
+		var st []struct {
+			Endpoint string
+			Status   struct {
+				Header struct {
+					MemberID uint64 `json:"member_id"`
+				} `json:"header"`
+				Version string `json:"version"`
+				Leader  uint64 `json:"leader"`
+				DBSize  int64  `json:"dbSize"`
+			}
+		}
+		out = ok(t, ep, "", "endpoint", "status", "-w", "json")
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			t.Fatalf("endpoint status -w json: %v in %s", err, out)
+		}
+		if len(st) != 1 || st[0].Endpoint != ep || st[0].Status.Version != want.Version || st[0].Status.Leader != want.Header.MemberId ||
+			st[0].Status.Header.MemberID != want.Header.MemberId || st[0].Status.DBSize <= 0 {
+			t.Errorf("endpoint status -w json = %s", out)
+		}
+	})
+
+	t.Run("usage errors", func(t *testing.T) {
+		wantFail(t, ep, exitBadArgs, "Error: get command needs one argument", "get")
+		wantFail(t, ep, exitBadArgs, "Error: put command needs 1 argument and input from stdin or 2 arguments", "put")
+		wantFail(t, ep, exitBadArgs, "Error: del command needs one argument", "del")
+		wantFail(t, ep, exitBadArgs, "Error: compaction command needs 1 argument", "compaction")
+		wantFail(t, ep, exitBadArgs, "cannot be set at the same time", "get", "--prefix", "--from-key", p)
+		wantFail(t, ep, exitBadArgs, "print-value-only is only for `--write-out=simple`", "get", "--print-value-only", "-w", "json", p)
+		wantFail(t, ep, exitBadFeature, "Error: bad sort target", "get", "--sort-by", "SIZE", p)
+		wantFail(t, ep, exitBadFeature, "Error: unsupported output format", "get", "-w", "yaml", p)
+		wantFail(t, ep, exitBadFeature, "Error: table not supported as output format", "put", "-w", "table", p+"t", "v")
+		wantFail(t, ep, exitError, `Error: unknown command "nope"`, "nope")
+		wantFail(t, ep, exitError, "Error: unknown flag: --nope", "get", "--nope", p)
+	})
+
+	t.Run("version", func(t *testing.T) {
+		out := ok(t, ep, "", "version")
+		if !strings.HasPrefix(out, "plinthctl version: ") || !strings.HasSuffix(out, "\nAPI version: 3.7\n") {
+			t.Errorf("version = %q", out)
+		}
+	})
+
+	t.Run("unreachable endpoint", func(t *testing.T) {
+		down := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		r := ctl(t, down, "", "--command-timeout", "300ms", "get", "k")
+		if r.code != exitError || r.err != "Error: context deadline exceeded\n" {
+			t.Errorf("get from a closed port: exit %d, stderr %q", r.code, r.err)
+		}
+		r = ctl(t, down, "", "--command-timeout", "300ms", "endpoint", "status", "-w", "table")
+		if r.code != exitError || r.err != "Failed to get the status of endpoint "+down+" (context deadline exceeded)\n" {
+			t.Errorf("endpoint status of a closed port: exit %d, stderr %q", r.code, r.err)
+		}
+	})
+
+	// The binary, through main: exit codes reach the shell.
+	t.Run("binary", func(t *testing.T) {
+		bin := filepath.Join(t.TempDir(), "plinthctl")
+		build := exec.Command("go", "build", "-o", bin, "github.com/plinthdb/plinth/cmd/plinthctl")
+		build.Dir = moduleRoot(t)
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("go build cmd/plinthctl: %v\n%s", err, out)
+		}
+		cmd := exec.Command(bin, "--endpoints", ep, "put", p+"bin")
+		cmd.Stdin = strings.NewReader("piped")
+		if out, err := cmd.CombinedOutput(); err != nil || string(out) != "OK\n" {
+			t.Fatalf("plinthctl put (stdin): %v %q", err, out)
+		}
+		if out, err := exec.Command(bin, "--endpoints", ep, "get", p+"bin").CombinedOutput(); err != nil || string(out) != p+"bin\npiped\n" {
+			t.Errorf("plinthctl get: %v %q", err, out)
+		}
+		var ee *exec.ExitError
+		out, err := exec.Command(bin, "--endpoints", ep, "get").CombinedOutput()
+		if !errors.As(err, &ee) || ee.ExitCode() != exitBadArgs {
+			t.Errorf("plinthctl get (no key): %v %q, want exit %d", err, out, exitBadArgs)
+		}
+		out, err = exec.Command(bin, "--endpoints", ep, "get", p+"bin", "--rev", "1000000000000").CombinedOutput()
+		if !errors.As(err, &ee) || ee.ExitCode() != exitError || string(out) != "Error: etcdserver: mvcc: required revision is a future revision\n" {
+			t.Errorf("plinthctl get --rev (future): %v %q, want exit %d", err, out, exitError)
+		}
+	})
+
+	if _, err := c.Delete(ctx, p, clientv3.WithPrefix()); err != nil {
+		t.Errorf("clean up %s: %v", p, err)
+	}
+}
