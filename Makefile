@@ -16,7 +16,7 @@ build:
 # detector (fuzz targets run their seed corpora), the crash tests, the
 # differential tests against a reference etcd, and the benchmark harness's
 # own tests.
-test: vet test-unit
+test: vet test-unit test-bench
 
 vet:
 	@test -z "$$(gofmt -l cmd internal test bench)" || { echo "gofmt needed:"; gofmt -l cmd internal test bench; exit 1; }
@@ -26,10 +26,12 @@ test-unit:
 	$(GO) test -race -count=1 -timeout 15m ./...
 
 test-compat:
-	cd test/compat && $(GO) vet ./... && $(GO) test -count=1 -timeout 15m ./...
+	$(GO) -C test/compat vet ./...
+	$(GO) -C test/compat test -count=1 -timeout 15m ./...
 
 test-bench:
-	cd bench && $(GO) vet ./... && $(GO) test -count=1 -timeout 10m ./...
+	$(GO) -C bench vet ./...
+	$(GO) -C bench test -count=1 -timeout 10m ./...
 
 # Longer fuzzing of every fuzz target, FUZZTIME each.
 fuzz:
@@ -37,9 +39,10 @@ fuzz:
 	$(GO) test ./internal/mvcc -run '^$$' -fuzz FuzzRecord -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/api -run '^$$' -fuzz FuzzValidate -fuzztime $(FUZZTIME)
 
-# Side-by-side benchmark of plinth, etcd and a do-nothing gRPC floor; prints ratios.
+# Side-by-side benchmark of plinth, etcd and a do-nothing gRPC floor; prints
+# ratios. BENCHFLAGS passes flags to benchrun (e.g. -quick, -loads=put).
 bench:
-	cd bench && $(GO) run ./cmd/benchrun
+	$(GO) -C bench run ./cmd/benchrun $(BENCHFLAGS)
 
 clean:
 	rm -rf $(BIN)

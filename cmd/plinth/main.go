@@ -77,6 +77,8 @@ func parseFlags(args []string, stderr io.Writer) (*server.Config, error) {
 		heartbeat       = fs.Uint("heartbeat-interval", 100, "time (in milliseconds) of a heartbeat interval")
 		election        = fs.Uint("election-timeout", 1000, "time (in milliseconds) for an election to timeout")
 		snapshotCount   = fs.Uint64("snapshot-count", 10000, "number of applied Raft entries to keep in the log for lagging members")
+		metricsURLs     = fs.String("listen-metrics-urls", "", "comma-separated URLs to serve HTTP diagnostics on (pprof, with --enable-pprof)")
+		enablePprof     = fs.Bool("enable-pprof", false, "serve runtime profiling data at /debug/pprof/ on --listen-metrics-urls")
 		version         = fs.Bool("version", false, "print the version and exit")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -116,6 +118,12 @@ func parseFlags(args []string, stderr io.Writer) (*server.Config, error) {
 	if cfg.AdvertisePeerURLs, err = server.ParseURLs(*advertisePeer); err != nil {
 		return nil, fmt.Errorf("--initial-advertise-peer-urls: %w", err)
 	}
+	if *metricsURLs != "" {
+		if cfg.ListenMetricsURLs, err = server.ParseURLs(*metricsURLs); err != nil {
+			return nil, fmt.Errorf("--listen-metrics-urls: %w", err)
+		}
+	}
+	cfg.EnablePprof = *enablePprof
 	if *initialCluster == "" {
 		*initialCluster = *name + "=" + *advertisePeer
 	}

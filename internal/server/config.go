@@ -28,7 +28,11 @@ type Config struct {
 	ElectionTimeout     time.Duration
 	// SnapshotCount is how many applied entries the Raft log keeps.
 	SnapshotCount uint64
-	Logger        *slog.Logger
+	// ListenMetricsURLs serve HTTP diagnostics: /debug/pprof/ when
+	// EnablePprof is set.
+	ListenMetricsURLs []url.URL
+	EnablePprof       bool
+	Logger            *slog.Logger
 }
 
 // ParseURLs parses a comma-separated list of URLs as etcd's flags take them.
@@ -96,6 +100,9 @@ func (c *Config) Validate() error {
 		if u.Scheme == "https" {
 			return fmt.Errorf("%s: TLS is not supported yet; use http", u.String())
 		}
+	}
+	if c.EnablePprof && len(c.ListenMetricsURLs) == 0 {
+		return fmt.Errorf("--enable-pprof needs --listen-metrics-urls to serve on")
 	}
 	if c.InitialClusterState != "new" && c.InitialClusterState != "existing" {
 		return fmt.Errorf("--initial-cluster-state is %q, want new or existing", c.InitialClusterState)

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -42,14 +43,15 @@ const grpcOverheadBytes = 512 * 1024
 
 // Server is one running plinth member.
 type Server struct {
-	cfg       Config
-	logger    *slog.Logger
-	db        *pebble.DB
-	kv        *mvcc.Store
-	applier   *apply.Applier
-	node      *raftnode.Node
-	grpc      *grpc.Server
-	listeners []net.Listener
+	cfg        Config
+	logger     *slog.Logger
+	db         *pebble.DB
+	kv         *mvcc.Store
+	applier    *apply.Applier
+	node       *raftnode.Node
+	grpc       *grpc.Server
+	listeners  []net.Listener
+	httpServer *http.Server // diagnostics; nil unless metrics URLs are set
 
 	clusterID uint64
 	memberID  uint64
@@ -169,6 +171,10 @@ func (s *Server) Start() error {
 		}
 		s.listeners = append(s.listeners, l)
 	}
+	if err := s.startDiagnostics(); err != nil {
+		s.Stop()
+		return err
+	}
 	for _, l := range s.listeners {
 		s.serveWG.Add(1)
 		go func() {
@@ -210,6 +216,9 @@ func (s *Server) Stop() {
 				s.grpc.Stop()
 				<-done
 			}
+		}
+		if s.httpServer != nil {
+			_ = s.httpServer.Close()
 		}
 		s.serveWG.Wait()
 		s.node.Stop()

@@ -1,0 +1,373 @@
+// Command benchrun races plinth against the reference etcd (the version pinned in
+// bench/go.mod) and the floor (bench/floor, a KV server that does no work) with the
+// etcd benchmark tool, in alternating rounds on the same machine, and prints per load
+// the medians of requests/sec, p99 latency and server CPU per request, with the ratios
+// plinth/etcd, plinth/floor and etcd/floor. See bench/README.md.
+//
+// Run it from the repository root as
+//
+//	go -C bench run ./cmd/benchrun [flags]
+//
+// It builds plinth (go build ./cmd/plinth in the repository root), etcd, the floor and
+// the benchmark tool into -out, and goes on without plinth when plinth does not build.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/plinthdb/plinth/bench/internal/harness"
+)
+
+const benchModule = "github.com/plinthdb/plinth/bench"
+
+type config struct {
+	rounds       int
+	loads        string
+	servers      string
+	clients      int
+	conns        int
+	putTotal     int
+	rangeTotal   int
+	total        int
+	keySize      int
+	valSize      int
+	keySpace     int
+	sequential   bool
+	quick        bool
+	plinthBin    string
+	out          string
+	dataRoot     string
+	quota        int64
+	roundTimeout time.Duration
+	verbose      bool
+}
+
+func main() {
+	var c config
+	flag.IntVar(&c.rounds, "rounds", 3, "rounds per load; each round runs every server once, in turn")
+	flag.StringVar(&c.loads, "loads", "put,range-l,range-s", "loads to run: put, range-l (linearizable), range-s (serializable)")
+	flag.StringVar(&c.servers, "servers", "plinth,etcd,floor", "servers to race, in the order each round runs them")
+	flag.IntVar(&c.clients, "clients", 1000, "benchmark --clients")
+	flag.IntVar(&c.conns, "conns", 100, "benchmark --conns")
+	flag.IntVar(&c.putTotal, "put-total", 100000, "requests per put round")
+	flag.IntVar(&c.rangeTotal, "range-total", 200000, "requests per range round")
+	flag.IntVar(&c.total, "total", 0, "requests per round for every load (overrides -put-total and -range-total)")
+	flag.IntVar(&c.keySize, "key-size", 8, "benchmark put --key-size")
+	flag.IntVar(&c.valSize, "val-size", 256, "benchmark put --val-size, and the size of the value range loads read")
+	flag.IntVar(&c.keySpace, "key-space-size", 100000, "benchmark put --key-space-size")
+	flag.BoolVar(&c.sequential, "sequential-keys", true, "benchmark put --sequential-keys (false: random keys)")
+	flag.BoolVar(&c.quick, "quick", false, "smoke test: 1 round, 5000 puts and 10000 ranges (explicit flags still win)")
+	flag.StringVar(&c.plinthBin, "plinth-bin", "", "use this plinth executable instead of building ./cmd/plinth")
+	flag.StringVar(&c.out, "out", "", "directory for the built executables (default: bench/out)")
+	flag.StringVar(&c.dataRoot, "data-root", "", "directory under which each server gets a fresh data directory (default: the system temp dir)")
+	flag.Int64Var(&c.quota, "quota-backend-bytes", 0, "pass --quota-backend-bytes to etcd and plinth when positive")
+	flag.DurationVar(&c.roundTimeout, "round-timeout", 3*time.Minute, "limit on one server's round (start, load, stop)")
+	flag.BoolVar(&c.verbose, "v", false, "print the benchmark tool's output of every round")
+	flag.Parse()
+	if c.quick {
+		set := map[string]bool{}
+		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		if !set["rounds"] {
+			c.rounds = 1
+		}
+		if !set["put-total"] {
+			c.putTotal = 5000
+		}
+		if !set["range-total"] {
+			c.rangeTotal = 10000
+		}
+	}
+	if c.total > 0 {
+		c.putTotal, c.rangeTotal = c.total, c.total
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, c); err != nil {
+		fmt.Fprintf(os.Stderr, "benchrun: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, c config) error {
+	if c.rounds < 1 || c.clients < 1 || c.conns < 1 || c.putTotal < 1 || c.rangeTotal < 1 {
+		return errors.New("-rounds, -clients, -conns and the totals must be positive")
+	}
+	loads, err := makeLoads(c)
+	if err != nil {
+		return err
+	}
+	benchDir, err := findBenchDir()
+	if err != nil {
+		return err
+	}
+	repoRoot := filepath.Dir(benchDir)
+	if c.out == "" {
+		c.out = filepath.Join(benchDir, "out")
+	}
+	if c.out, err = filepath.Abs(c.out); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(c.out, 0o755); err != nil {
+		return err
+	}
+
+	wanted := splitList(c.servers)
+	for _, name := range wanted {
+		if name != "plinth" && name != "etcd" && name != "floor" {
+			return fmt.Errorf("unknown server %q (want plinth, etcd, floor)", name)
+		}
+	}
+
+	// Build: the bench module's executables in one go build, then plinth.
+	logf("building etcd, floor and the benchmark tool into %s", c.out)
+	if err := goBuild(ctx, benchDir, c.out+string(filepath.Separator),
+		"./cmd/etcd", "./cmd/floor", "go.etcd.io/etcd/v3/tools/benchmark"); err != nil {
+		return err
+	}
+	specs := map[string]harness.Spec{
+		"etcd":  {Name: "etcd", Bin: filepath.Join(c.out, "etcd"), Args: harness.EtcdArgs(c.quota)},
+		"floor": {Name: "floor", Bin: filepath.Join(c.out, "floor"), Args: harness.FloorArgs(c.valSize)},
+	}
+	var notes []string
+	if contains(wanted, "plinth") {
+		bin, err := plinthBinary(ctx, c, repoRoot)
+		if err != nil {
+			logf("plinth left out of this run: %v", err)
+			first, _, _ := strings.Cut(err.Error(), "\n")
+			notes = append(notes, "plinth left out of this run: "+first+" (see the build output above)")
+		} else {
+			specs["plinth"] = harness.Spec{Name: "plinth", Bin: bin, Args: harness.EtcdArgs(c.quota)}
+		}
+	}
+	var servers []harness.Spec
+	for _, name := range wanted {
+		if s, ok := specs[name]; ok {
+			servers = append(servers, s)
+		}
+	}
+	client := harness.Client{Bin: filepath.Join(c.out, "benchmark"), Clients: c.clients, Conns: c.conns}
+
+	var header bytes.Buffer
+	fmt.Fprintf(&header, "benchrun: %d CPUs, %s/%s, %s; %s\n", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH,
+		runtime.Version(), moduleVersions(ctx, benchDir))
+	fmt.Fprintf(&header, "servers: %s; %d round(s) per load, servers in turn, each on a fresh data dir\n",
+		names(servers), c.rounds)
+	for _, n := range notes {
+		fmt.Fprintln(&header, n)
+	}
+	logf("%s", strings.TrimSpace(header.String()))
+
+	// Rounds: for each load, round after round, every server in turn.
+	var tables bytes.Buffer
+	failed := 0
+	start := time.Now()
+	for _, load := range loads {
+		results := map[string][]harness.Result{}
+		tried := map[string]int{}
+		for r := 1; r <= c.rounds; r++ {
+			for _, spec := range servers {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				tried[spec.Name]++
+				res, err := runRound(ctx, c, client, spec, load)
+				if err != nil {
+					if ctx.Err() != nil {
+						return ctx.Err() // interrupted: the round's failure is ours
+					}
+					failed++
+					logf("%-8s %-8s round %d: FAILED: %v", load.Name, spec.Name, r, err)
+					continue
+				}
+				results[spec.Name] = append(results[spec.Name], res)
+				p99, _ := res.Report.P(99)
+				logf("%-8s %-8s round %d: %8.0f req/s  p99 %7.2f ms  server CPU %6.1f µs/req  client CPU %6.1f µs/req  failed %d",
+					load.Name, spec.Name, r, res.Report.RPS, ms(p99), us(res.ServerCPUPerRequest()),
+					us(res.ClientCPUPerRequest()), res.Report.ErrorCount())
+				if c.verbose {
+					fmt.Fprintln(os.Stderr, res.Output)
+				}
+			}
+		}
+		var sums []summary
+		for _, spec := range servers {
+			sums = append(sums, summarize(spec.Name, tried[spec.Name], results[spec.Name]))
+		}
+		printTable(&tables, describeLoad(load, client)+" (medians over rounds)", sums)
+	}
+	fmt.Print(header.String())
+	fmt.Print(tables.String())
+	fmt.Printf("\nbenchrun: done in %s\n", time.Since(start).Round(time.Second))
+	if failed > 0 {
+		return fmt.Errorf("%d round(s) failed", failed)
+	}
+	return nil
+}
+
+// runRound starts a fresh server, runs the load against it and stops it.
+func runRound(ctx context.Context, c config, client harness.Client, spec harness.Spec, load harness.Load) (harness.Result, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.roundTimeout)
+	defer cancel()
+	srv, err := harness.Start(ctx, spec, c.dataRoot)
+	if err != nil {
+		return harness.Result{}, err
+	}
+	res, err := client.Run(ctx, srv, load)
+	if stopErr := srv.Stop(); err == nil && stopErr != nil {
+		err = stopErr
+	}
+	return res, err
+}
+
+func makeLoads(c config) ([]harness.Load, error) {
+	var loads []harness.Load
+	for _, name := range splitList(c.loads) {
+		switch name {
+		case "put":
+			loads = append(loads, harness.PutLoad(c.putTotal, c.keySize, c.valSize, c.keySpace, c.sequential))
+		case "range-l", "range-s":
+			loads = append(loads, harness.RangeLoad(c.rangeTotal, c.valSize, strings.TrimPrefix(name, "range-")))
+		default:
+			return nil, fmt.Errorf("unknown load %q (want put, range-l, range-s)", name)
+		}
+	}
+	if len(loads) == 0 {
+		return nil, errors.New("no loads")
+	}
+	return loads, nil
+}
+
+// plinthBinary returns -plinth-bin, or builds ./cmd/plinth in the repository root.
+func plinthBinary(ctx context.Context, c config, repoRoot string) (string, error) {
+	if c.plinthBin != "" {
+		// A relative path may be meant from the repository root (make runs benchrun
+		// with go -C bench, so the working directory is bench/).
+		candidates := []string{c.plinthBin}
+		if !filepath.IsAbs(c.plinthBin) {
+			candidates = append(candidates, filepath.Join(repoRoot, c.plinthBin))
+		}
+		for _, cand := range candidates {
+			bin, err := filepath.Abs(cand)
+			if err != nil {
+				return "", err
+			}
+			if st, err := os.Stat(bin); err == nil && !st.IsDir() {
+				return bin, nil
+			}
+		}
+		return "", fmt.Errorf("-plinth-bin %s: no such file (looked in %s)", c.plinthBin, strings.Join(candidates, ", "))
+	}
+	bin := filepath.Join(c.out, "plinth")
+	logf("building plinth (%s) into %s", repoRoot, bin)
+	if err := goBuild(ctx, repoRoot, bin, "./cmd/plinth"); err != nil {
+		return "", err
+	}
+	return bin, nil
+}
+
+// goBuild runs go build -o out pkgs... in dir.
+func goBuild(ctx context.Context, dir, out string, pkgs ...string) error {
+	args := append([]string{"build", "-o", out}, pkgs...)
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Dir = dir
+	b, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("go %s (in %s): %w\n%s", strings.Join(args, " "), dir, err, strings.TrimSpace(string(b)))
+	}
+	return nil
+}
+
+// findBenchDir walks up from the working directory to the directory whose go.mod
+// declares the bench module.
+func findBenchDir() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if moduleOf(filepath.Join(dir, "go.mod")) == benchModule {
+			return dir, nil
+		}
+		if sub := filepath.Join(dir, "bench"); moduleOf(filepath.Join(sub, "go.mod")) == benchModule {
+			return sub, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("no %s module above the working directory; run from the repository (go -C bench run ./cmd/benchrun)", benchModule)
+		}
+		dir = parent
+	}
+}
+
+// moduleOf returns the module path declared in a go.mod file, or "".
+func moduleOf(gomod string) string {
+	f, err := os.Open(gomod)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), "module "); ok {
+			return strings.Trim(strings.TrimSpace(rest), `"`)
+		}
+	}
+	return ""
+}
+
+// moduleVersions names the etcd versions that bench/go.mod pins.
+func moduleVersions(ctx context.Context, benchDir string) string {
+	cmd := exec.CommandContext(ctx, "go", "list", "-m", "-f", "{{.Path}} {{.Version}}",
+		"go.etcd.io/etcd/server/v3", "go.etcd.io/etcd/v3")
+	cmd.Dir = benchDir
+	b, err := cmd.Output()
+	if err != nil {
+		return "etcd versions unknown"
+	}
+	return strings.Join(strings.Split(strings.TrimSpace(string(b)), "\n"), ", ")
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func contains(xs []string, x string) bool {
+	for _, y := range xs {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
+
+func names(specs []harness.Spec) string {
+	var ns []string
+	for _, s := range specs {
+		ns = append(ns, s.Name)
+	}
+	return strings.Join(ns, ", ")
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}

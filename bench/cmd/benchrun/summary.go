@@ -1,0 +1,118 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/plinthdb/plinth/bench/internal/harness"
+)
+
+// summary is the medians of one server's rounds of one load.
+type summary struct {
+	server string
+	rounds int     // rounds that measured
+	tried  int     // rounds run, failed ones included
+	errors int     // failed requests, over all rounds
+	rps    float64 // requests per second
+	p99    time.Duration
+	cpu    time.Duration // server CPU per request
+	client time.Duration // benchmark tool CPU per request
+}
+
+// summarize takes the medians of a server's measured rounds out of tried.
+func summarize(server string, tried int, rs []harness.Result) summary {
+	s := summary{server: server, rounds: len(rs), tried: tried}
+	var rps []float64
+	var p99, cpu, client []time.Duration
+	for _, r := range rs {
+		s.errors += r.Report.ErrorCount()
+		rps = append(rps, r.Report.RPS)
+		p, _ := r.Report.P(99)
+		p99 = append(p99, p)
+		cpu = append(cpu, r.ServerCPUPerRequest())
+		client = append(client, r.ClientCPUPerRequest())
+	}
+	s.rps = median(rps)
+	s.p99 = median(p99)
+	s.cpu = median(cpu)
+	s.client = median(client)
+	return s
+}
+
+// median returns the middle value (the mean of the two middle values for an even
+// count), or zero for none.
+func median[T ~int64 | ~float64](xs []T) T {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// ratio returns a/b formatted, or "-" when b is zero.
+func ratio(a, b float64) string {
+	if b == 0 || a == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fx", a/b)
+}
+
+// printTable writes the medians of each server and the ratios between them.
+func printTable(w io.Writer, title string, sums []summary) {
+	fmt.Fprintf(w, "\n== %s ==\n", title)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "server\trounds\treq/s\tp99 ms\tserver CPU µs/req\tclient CPU µs/req\tfailed reqs\t")
+	for _, s := range sums {
+		if s.rounds == 0 {
+			fmt.Fprintf(tw, "%s\t0/%d\t-\t-\t-\t-\t-\t\n", s.server, s.tried)
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%d/%d\t%.0f\t%.2f\t%.1f\t%.1f\t%d\t\n",
+			s.server, s.rounds, s.tried, s.rps, ms(s.p99), us(s.cpu), us(s.client), s.errors)
+	}
+	tw.Flush()
+
+	byName := map[string]summary{}
+	for _, s := range sums {
+		byName[s.server] = s
+	}
+	pairs := [][2]string{{"plinth", "etcd"}, {"plinth", "floor"}, {"etcd", "floor"}}
+	var lines [][2]summary
+	for _, p := range pairs {
+		a, okA := byName[p[0]]
+		b, okB := byName[p[1]]
+		if okA && okB && a.rounds > 0 && b.rounds > 0 {
+			lines = append(lines, [2]summary{a, b})
+		}
+	}
+	if len(lines) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "ratio\treq/s\tp99\tserver CPU/req\t")
+	for _, l := range lines {
+		a, b := l[0], l[1]
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", a.server+"/"+b.server,
+			ratio(a.rps, b.rps), ratio(ms(a.p99), ms(b.p99)), ratio(us(a.cpu), us(b.cpu)))
+	}
+	tw.Flush()
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+// describeLoad is the benchmark tool arguments of a load, for table titles.
+func describeLoad(l harness.Load, c harness.Client) string {
+	return fmt.Sprintf("%s: benchmark --clients=%d --conns=%d %s --total=%d",
+		l.Name, c.Clients, c.Conns, strings.Join(l.Args, " "), l.Total)
+}

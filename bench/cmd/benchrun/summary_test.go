@@ -1,0 +1,88 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/plinthdb/plinth/bench/internal/benchout"
+	"github.com/plinthdb/plinth/bench/internal/harness"
+)
+
+func TestMedian(t *testing.T) {
+	tests := []struct {
+		name string
+		in   []float64
+		want float64
+	}{
+		{"none", nil, 0},
+		{"one", []float64{7}, 7},
+		{"odd", []float64{9, 1, 5}, 5},
+		{"even", []float64{4, 1, 3, 2}, 2.5},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := median(tt.in); got != tt.want {
+				t.Fatalf("median(%v) = %v, want %v", tt.in, got, tt.want)
+			}
+		})
+	}
+	in := []time.Duration{3, 1, 2}
+	if median(in) != 2 || in[0] != 3 {
+		t.Fatalf("median must not reorder its input: %v", in)
+	}
+}
+
+func result(server string, rps float64, p99 time.Duration, cpu time.Duration, requests int) harness.Result {
+	return harness.Result{
+		Server:    server,
+		Requests:  requests,
+		ServerCPU: cpu,
+		Report: benchout.Report{
+			RPS:         rps,
+			Percentiles: map[float64]time.Duration{99: p99},
+			Errors:      map[string]int{},
+		},
+	}
+}
+
+func TestSummaryTable(t *testing.T) {
+	etcd := summarize("etcd", 3, []harness.Result{
+		result("etcd", 20000, 80*time.Millisecond, 600*time.Millisecond, 10000), // 60µs/req
+		result("etcd", 22000, 90*time.Millisecond, 500*time.Millisecond, 10000), // 50µs/req
+		result("etcd", 21000, 70*time.Millisecond, 700*time.Millisecond, 10000), // 70µs/req
+	})
+	floor := summarize("floor", 2, []harness.Result{
+		result("floor", 40000, 40*time.Millisecond, 200*time.Millisecond, 10000), // 20µs/req
+	})
+	if etcd.rps != 21000 || etcd.p99 != 80*time.Millisecond || etcd.cpu != 60*time.Microsecond {
+		t.Fatalf("etcd summary %+v", etcd)
+	}
+	var b bytes.Buffer
+	plinth := summarize("plinth", 3, nil)
+	printTable(&b, "put", []summary{plinth, etcd, floor})
+	out := b.String()
+	for _, want := range []string{"etcd/floor", "0.53x", "2.00x", "3.00x", "60.0", "20.0", "3/3", "1/2", "0/3"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "plinth/") {
+		t.Errorf("table has plinth ratios without plinth:\n%s", out)
+	}
+}
+
+func TestMakeLoads(t *testing.T) {
+	c := config{loads: "put, range-s", putTotal: 10, rangeTotal: 20, keySize: 8, valSize: 256, keySpace: 100}
+	loads, err := makeLoads(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(loads) != 2 || loads[0].Name != "put" || loads[0].Total != 10 || loads[1].Name != "range-s" || loads[1].Total != 20 {
+		t.Fatalf("loads %+v", loads)
+	}
+	if _, err := makeLoads(config{loads: "watch"}); err == nil {
+		t.Fatal("unknown load accepted")
+	}
+}
