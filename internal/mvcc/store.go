@@ -43,7 +43,7 @@ type Store struct {
 	// never held across a sync or a scan.
 	viewMu     sync.RWMutex
 	rev        int64 // current revision; 1 on an empty store, as in etcd
-	compactRev int64 // reads below this revision fail with ErrCompacted
+	compactRev int64 // reads below this revision fail with ErrCompacted; -1 before any compaction
 
 	compactor *compactor
 }
@@ -58,18 +58,26 @@ func Open(db *pebble.DB, logger *slog.Logger) (*Store, error) {
 	if rev == 0 {
 		rev = 1
 	}
-	compacted, err := storage.GetMetaUint64(db, storage.MetaCompacted)
-	if err != nil {
+	// As in etcd, a store that was never compacted has compaction revision
+	// -1, so that compacting at 0 succeeds once.
+	compactRev := int64(-1)
+	if _, found, err := storage.GetMeta(db, storage.MetaCompacted); err != nil {
 		return nil, err
+	} else if found {
+		c, err := storage.GetMetaUint64(db, storage.MetaCompacted)
+		if err != nil {
+			return nil, err
+		}
+		compactRev = int64(c)
 	}
 	done, err := storage.GetMetaUint64(db, storage.MetaCompactDone)
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{db: db, logger: logger, rev: int64(rev), compactRev: int64(compacted)}
+	s := &Store{db: db, logger: logger, rev: int64(rev), compactRev: compactRev}
 	s.compactor = newCompactor(db, logger, int64(done))
-	if compacted > done {
-		s.compactor.schedule(int64(compacted))
+	if compactRev > int64(done) {
+		s.compactor.schedule(compactRev)
 	}
 	return s, nil
 }

@@ -23,7 +23,7 @@ type Batch struct {
 	b          *pebble.Batch // indexed: reads see the batch's own writes
 	rev        int64         // revision after the requests staged so far
 	compactRev int64
-	compactTo  int64 // a compaction staged in this batch, 0 if none
+	compactTo  int64 // a compaction staged in this batch, -1 if none
 	buf        []byte
 }
 
@@ -33,7 +33,7 @@ func (s *Store) NewBatch() *Batch {
 	s.viewMu.RLock()
 	rev, compactRev := s.rev, s.compactRev
 	s.viewMu.RUnlock()
-	return &Batch{s: s, b: s.db.NewIndexedBatch(), rev: rev, compactRev: compactRev}
+	return &Batch{s: s, b: s.db.NewIndexedBatch(), rev: rev, compactRev: compactRev, compactTo: -1}
 }
 
 // Writer exposes the batch so the caller can stage its own state (the applied
@@ -50,7 +50,7 @@ func (b *Batch) Commit() error {
 	if err := storage.PutMetaUint64(b.b, storage.MetaRevision, uint64(b.rev)); err != nil {
 		return err
 	}
-	if b.compactTo != 0 {
+	if b.compactTo >= 0 {
 		if err := storage.PutMetaUint64(b.b, storage.MetaCompacted, uint64(b.compactTo)); err != nil {
 			return err
 		}
@@ -65,7 +65,7 @@ func (b *Batch) Commit() error {
 	if err != nil {
 		return fmt.Errorf("mvcc: commit batch at revision %d: %w", b.rev, err)
 	}
-	if b.compactTo != 0 {
+	if b.compactTo > 0 {
 		s.compactor.schedule(b.compactTo)
 	}
 	return nil
