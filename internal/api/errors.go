@@ -15,6 +15,7 @@ import (
 var (
 	ErrRequestTooLarge = errors.New("api: request is too large")
 	ErrTimeout         = errors.New("api: request timed out")
+	ErrNoLeader        = errors.New("api: no leader")
 )
 
 // toGRPC maps an error to the status etcd answers with, so clients that
@@ -39,6 +40,10 @@ func toGRPC(err error) error {
 		return rpctypes.ErrGRPCRequestTooLarge
 	case errors.Is(err, ErrTimeout):
 		return rpctypes.ErrGRPCTimeout
+	case errors.Is(err, ErrNoLeader):
+		return rpctypes.ErrGRPCNoLeader
+	case errors.Is(err, raftnode.ErrDropped):
+		return rpctypes.ErrGRPCRequestTooManyRequests
 	case errors.Is(err, raftnode.ErrStopped):
 		return rpctypes.ErrGRPCStopped
 	case errors.Is(err, raftnode.ErrLeaderChanged):

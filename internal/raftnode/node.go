@@ -33,6 +33,7 @@ import (
 var (
 	ErrStopped       = errors.New("raftnode: stopped")
 	ErrLeaderChanged = errors.New("raftnode: leader changed")
+	ErrDropped       = errors.New("raftnode: proposal dropped")
 )
 
 // StateMachine receives committed entries, in order, on the apply loop. cs is
@@ -53,12 +54,15 @@ type Config struct {
 	// that fall behind; the log is truncated behind it every LogRetention
 	// entries.
 	LogRetention uint64
-	Logger       *slog.Logger
+	// OnDropped is told of each proposal that Raft refused (no leader, or
+	// too much uncommitted data), so its proposer stops waiting.
+	OnDropped func(id uint64, err error)
+	Logger    *slog.Logger
 }
 
 type proposal struct {
+	id   uint64
 	data []byte
-	errC chan error
 }
 
 type applyTask struct {
@@ -156,6 +160,16 @@ func (n *Node) Stop() {
 	}
 	n.wg.Wait()
 	n.reads.failAll(ErrStopped)
+	for {
+		select {
+		case r := <-n.readC:
+			r <- ErrStopped
+		case p := <-n.proposeC:
+			n.cfg.OnDropped(p.id, ErrStopped)
+		default:
+			return
+		}
+	}
 }
 
 // Failed is closed when the node stopped on an error; Err tells which.
@@ -191,28 +205,15 @@ func (n *Node) CommitIndex() uint64 { return n.commitIdx.Load() }
 // AppliedIndex returns the index of the last applied entry.
 func (n *Node) AppliedIndex() uint64 { return n.appliedIdx.Load() }
 
-// Propose hands data to Raft. It returns once the leader accepted it into its
-// log (not once it is committed) or failed to.
-func (n *Node) Propose(ctx context.Context, data []byte) error {
-	p := proposal{data: data, errC: make(chan error, 1)}
+// Propose queues data for Raft under the caller's id and returns once it is
+// queued. The outcome arrives later: through the state machine once the entry
+// is applied, or through Config.OnDropped if the leader refuses it.
+func (n *Node) Propose(ctx context.Context, id uint64, data []byte) error {
 	select {
-	case n.proposeC <- p:
+	case n.proposeC <- proposal{id: id, data: data}:
+		return nil
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-n.stopC:
-		return ErrStopped
-	case <-n.failedC:
-		return ErrStopped
-	}
-	select {
-	case err := <-p.errC:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-n.stopC:
-		return ErrStopped
-	case <-n.failedC:
-		return ErrStopped
 	}
 }
 
@@ -225,20 +226,12 @@ func (n *Node) ReadIndex(ctx context.Context) error {
 	case n.readC <- errC:
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-n.stopC:
-		return ErrStopped
-	case <-n.failedC:
-		return ErrStopped
 	}
 	select {
 	case err := <-errC:
 		return err
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-n.stopC:
-		return ErrStopped
-	case <-n.failedC:
-		return ErrStopped
 	}
 }
 
@@ -317,7 +310,9 @@ func (n *Node) raftLoop() {
 }
 
 func (n *Node) propose(p proposal) {
-	p.errC <- n.rn.Propose(p.data)
+	if err := n.rn.Propose(p.data); err != nil {
+		n.cfg.OnDropped(p.id, fmt.Errorf("%w: %w", ErrDropped, err))
+	}
 }
 
 // maybeCampaign starts an election at once when this member is the only

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/plinthdb/plinth/internal/api"
 	"github.com/plinthdb/plinth/internal/apply"
+	"github.com/plinthdb/plinth/internal/raftnode"
 )
 
 // Propose implements api.Backend: it gives req an ID, replicates it, and waits
@@ -19,23 +21,11 @@ import (
 //
 // A request that is not answered within the request timeout fails with
 // api.ErrTimeout, as etcd's does, so a client is never left hanging.
+//
+// A request that is not answered within the request timeout fails with
+// api.ErrTimeout, as etcd's does, so a client is never left hanging: the wait
+// registry's sweeper fails it.
 func (s *Server) Propose(ctx context.Context, req *pb.InternalRaftRequest) (proto.Message, error) {
-	parent := ctx
-	ctx, cancel := context.WithTimeout(ctx, s.requestTimeout())
-	defer cancel()
-	resp, err := s.propose(ctx, req)
-	if err != nil && ctx.Err() != nil && parent.Err() == nil {
-		return nil, api.ErrTimeout
-	}
-	return resp, err
-}
-
-// requestTimeout is etcd's: 5s plus two election timeouts.
-func (s *Server) requestTimeout() time.Duration {
-	return 5*time.Second + 2*s.cfg.ElectionTimeout
-}
-
-func (s *Server) propose(ctx context.Context, req *pb.InternalRaftRequest) (proto.Message, error) {
 	req.ID = s.ids.next()
 	data, err := proto.Marshal(req)
 	if err != nil {
@@ -45,7 +35,7 @@ func (s *Server) propose(ctx context.Context, req *pb.InternalRaftRequest) (prot
 		return nil, api.ErrRequestTooLarge
 	}
 	ch := s.waits.register(req.ID)
-	if err := s.node.Propose(ctx, data); err != nil {
+	if err := s.node.Propose(ctx, req.ID, data); err != nil {
 		s.waits.cancel(req.ID)
 		return nil, err
 	}
@@ -68,6 +58,19 @@ func (s *Server) propose(ctx context.Context, req *pb.InternalRaftRequest) (prot
 	}
 }
 
+// proposalDropped is raftnode's OnDropped: the proposer learns at once.
+func (s *Server) proposalDropped(id uint64, err error) {
+	if errors.Is(err, raftnode.ErrDropped) && s.node.Leader() == 0 {
+		err = api.ErrNoLeader
+	}
+	s.waits.trigger(id, apply.Result{ID: id, Err: err})
+}
+
+// requestTimeout is etcd's: 5s plus two election timeouts.
+func (s *Server) requestTimeout() time.Duration {
+	return 5*time.Second + 2*s.cfg.ElectionTimeout
+}
+
 // idGenerator makes request IDs unique across members and restarts: the top
 // 16 bits are the member's, the rest count up from the start time in
 // milliseconds (shifted left 8 bits to leave room within a millisecond).
@@ -88,18 +91,25 @@ func (g *idGenerator) next() uint64 {
 	return g.prefix | (g.suffix.Add(1) & (1<<idSuffixBits - 1))
 }
 
-// waitRegistry connects proposers with the results of their entries.
+// waitRegistry connects proposers with the results of their entries, and
+// fails the ones that waited longer than the request timeout.
 type waitRegistry struct {
-	mu      sync.Mutex // guards waiting; never held while sending
-	waiting map[uint64]chan apply.Result
+	mu      sync.Mutex // guards the fields below; never held while sending
+	waiting map[uint64]waiter
+	now     int64 // coarse clock in ticks of the sweeper, for registration times
 }
 
-func (w *waitRegistry) init() { w.waiting = map[uint64]chan apply.Result{} }
+type waiter struct {
+	ch    chan apply.Result
+	since int64
+}
+
+func (w *waitRegistry) init() { w.waiting = map[uint64]waiter{} }
 
 func (w *waitRegistry) register(id uint64) <-chan apply.Result {
 	ch := make(chan apply.Result, 1)
 	w.mu.Lock()
-	w.waiting[id] = ch
+	w.waiting[id] = waiter{ch: ch, since: w.now}
 	w.mu.Unlock()
 	return ch
 }
@@ -113,20 +123,38 @@ func (w *waitRegistry) cancel(id uint64) {
 // trigger delivers r to its proposer, if it is still waiting on this member.
 func (w *waitRegistry) trigger(id uint64, r apply.Result) {
 	w.mu.Lock()
-	ch, ok := w.waiting[id]
+	wt, ok := w.waiting[id]
 	delete(w.waiting, id)
 	w.mu.Unlock()
 	if ok {
-		ch <- r
+		wt.ch <- r
+	}
+}
+
+// tick advances the coarse clock and fails every waiter registered more than
+// maxAge ticks ago with err.
+func (w *waitRegistry) tick(maxAge int64, err error) {
+	var expired []chan apply.Result
+	w.mu.Lock()
+	w.now++
+	for id, wt := range w.waiting {
+		if w.now-wt.since > maxAge {
+			expired = append(expired, wt.ch)
+			delete(w.waiting, id)
+		}
+	}
+	w.mu.Unlock()
+	for _, ch := range expired {
+		ch <- apply.Result{Err: err}
 	}
 }
 
 func (w *waitRegistry) failAll(err error) {
 	w.mu.Lock()
 	waiting := w.waiting
-	w.waiting = map[uint64]chan apply.Result{}
+	w.waiting = map[uint64]waiter{}
 	w.mu.Unlock()
-	for _, ch := range waiting {
-		ch <- apply.Result{Err: err}
+	for _, wt := range waiting {
+		wt.ch <- apply.Result{Err: err}
 	}
 }

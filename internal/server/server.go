@@ -60,6 +60,7 @@ type Server struct {
 
 	serveWG  sync.WaitGroup
 	stopOnce sync.Once
+	stopC    chan struct{} // closed by Stop; ends the request timeout sweeper
 }
 
 // New opens the member's state in cfg.DataDir and prepares it to serve.
@@ -75,7 +76,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, logger: logger, db: db}
+	s := &Server{cfg: cfg, logger: logger, db: db, stopC: make(chan struct{})}
 	s.waits.init()
 	if err := s.open(); err != nil {
 		if s.kv != nil {
@@ -110,6 +111,7 @@ func (s *Server) open() error {
 		ElectionTicks: electionTicks,
 		Applied:       s.applier.AppliedIndex(),
 		LogRetention:  s.cfg.SnapshotCount,
+		OnDropped:     s.proposalDropped,
 		Logger:        s.logger,
 	}, s.db, logStore, stateMachine{s})
 	return err
@@ -149,13 +151,42 @@ func (s *Server) loadIdentity() error {
 	return nil
 }
 
+// streamWorkers is the size of the gRPC stream worker pool. Requests beyond it
+// still get a goroutine of their own.
+const streamWorkers = 1024
+
+// sweepInterval is the resolution of request timeouts.
+const sweepInterval = 250 * time.Millisecond
+
+// sweepTimeouts fails the proposals that waited longer than the request
+// timeout. It runs until Stop.
+func (s *Server) sweepTimeouts() {
+	defer s.serveWG.Done()
+	maxAge := int64(s.requestTimeout() / sweepInterval)
+	t := time.NewTicker(sweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stopC:
+			return
+		case <-t.C:
+			s.waits.tick(maxAge, api.ErrTimeout)
+		}
+	}
+}
+
 // Start starts Raft and serves clients on the listen client URLs.
 func (s *Server) Start() error {
 	s.node.Start()
+	s.serveWG.Add(1)
+	go s.sweepTimeouts()
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes+grpcOverheadBytes),
 		grpc.MaxSendMsgSize(math.MaxInt32),
 		grpc.MaxConcurrentStreams(math.MaxUint32),
+		// A pool of long-lived stream workers: their stacks stay grown,
+		// where a fresh goroutine per request grows its stack every time.
+		grpc.NumStreamWorkers(streamWorkers),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	)
 	pb.RegisterKVServer(s.grpc, api.NewKV(s))
@@ -220,6 +251,7 @@ func (s *Server) Stop() {
 		if s.httpServer != nil {
 			_ = s.httpServer.Close()
 		}
+		close(s.stopC)
 		s.serveWG.Wait()
 		s.node.Stop()
 		s.waits.failAll(raftnode.ErrStopped)

@@ -11,7 +11,8 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// tailCacheSize is how many of the newest entries LogStore keeps in memory.
+// tailCacheSize is how many of the newest entries LogStore keeps in memory (at
+// least; up to twice as many between trims).
 // Raft reads the newest entries again right after appending them (to apply
 // them, and later to send them to followers), so they are served without a
 // Pebble read.
@@ -302,10 +303,12 @@ func (s *LogStore) AfterAppend(hs *pb.HardState, ents []*pb.Entry) {
 		panic(fmt.Sprintf("storage: append at %d leaves a gap after last index %d", first, s.lastIndex))
 	}
 	s.tail = append(s.tail, ents...)
-	if n := len(s.tail); n > tailCacheSize {
-		kept := make([]*pb.Entry, tailCacheSize, tailCacheSize*2)
-		copy(kept, s.tail[n-tailCacheSize:])
-		s.tail = kept
+	if n := len(s.tail); n > 2*tailCacheSize {
+		// Slide the newest entries to the front of the same array, so the
+		// cache costs no allocation in the steady state.
+		kept := copy(s.tail, s.tail[n-tailCacheSize:])
+		clear(s.tail[kept:n])
+		s.tail = s.tail[:kept]
 	}
 	s.lastIndex = ents[len(ents)-1].GetIndex()
 }
