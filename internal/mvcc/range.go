@@ -59,6 +59,22 @@ func (p rangePlan) bounds() (lower, upper []byte) {
 	return p.sp.latestBounds()
 }
 
+// pointLatest reports whether the plan reads one key at the current revision.
+func (p rangePlan) pointLatest() bool { return p.sp.end == nil && !p.sp.fromKey && !p.historical }
+
+// answerPoint shapes the answer of a point read that found rec (or nothing):
+// the same answer run would give for a scan that met at most that one key.
+func (p rangePlan) answerPoint(req *pb.RangeRequest, curRev int64, found bool, rec *record) *pb.RangeResponse {
+	sc := scan{limit: p.limit, countOnly: p.countOnly}
+	if found {
+		sc.count = 1
+		if sc.wantMore() {
+			sc.kvs = []*mvccpb.KeyValue{rec.keyValue(req.Key, false)}
+		}
+	}
+	return p.shape(sc, req, curRev)
+}
+
 // run scans iter (nil for an empty span; it is closed) and shapes the answer:
 // filters, sort, limit, keys_only.
 func (p rangePlan) run(iter *pebble.Iterator, req *pb.RangeRequest, curRev int64) (*pb.RangeResponse, error) {
@@ -74,9 +90,15 @@ func (p rangePlan) run(iter *pebble.Iterator, req *pb.RangeRequest, curRev int64
 			return nil, err
 		}
 	}
+	return p.shape(sc, req, curRev), nil
+}
+
+// shape turns what a scan collected into the answer: filters, sort, limit,
+// keys_only.
+func (p rangePlan) shape(sc scan, req *pb.RangeRequest, curRev int64) *pb.RangeResponse {
 	resp := &pb.RangeResponse{Header: &pb.ResponseHeader{Revision: curRev}, Count: int64(sc.count)}
 	if p.countOnly {
-		return resp, nil
+		return resp
 	}
 	kvs := pruneKVs(sc.kvs, req)
 	sortKVs(kvs, req)
@@ -90,7 +112,7 @@ func (p rangePlan) run(iter *pebble.Iterator, req *pb.RangeRequest, curRev int64
 		}
 	}
 	resp.Kvs = kvs
-	return resp, nil
+	return resp
 }
 
 // pruneKVs drops the versions outside req's create and mod revision filters.

@@ -110,6 +110,17 @@ func (s *Store) Range(req *pb.RangeRequest) (*pb.RangeResponse, error) {
 		s.viewMu.RUnlock()
 		return nil, err
 	}
+	if plan.pointLatest() {
+		// The commonest read, one key now: a Get, done under the lock
+		// because it has no iterator to pin its view.
+		var rec record
+		found, err := getLatest(s.db, req.Key, &rec)
+		s.viewMu.RUnlock()
+		if err != nil {
+			return nil, err
+		}
+		return plan.answerPoint(req, curRev, found, &rec), nil
+	}
 	var iter *pebble.Iterator
 	if !plan.sp.empty() {
 		lower, upper := plan.bounds()
