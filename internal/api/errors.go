@@ -42,7 +42,7 @@ func toGRPC(err error) error {
 		return rpctypes.ErrGRPCTimeout
 	case errors.Is(err, ErrNoLeader):
 		return rpctypes.ErrGRPCNoLeader
-	case errors.Is(err, raftnode.ErrDropped):
+	case errors.Is(err, raftnode.ErrDropped), errors.Is(err, raftnode.ErrTooManyRequests):
 		return rpctypes.ErrGRPCRequestTooManyRequests
 	case errors.Is(err, raftnode.ErrStopped):
 		return rpctypes.ErrGRPCStopped

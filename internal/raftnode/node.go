@@ -34,6 +34,9 @@ var (
 	ErrStopped       = errors.New("raftnode: stopped")
 	ErrLeaderChanged = errors.New("raftnode: leader changed")
 	ErrDropped       = errors.New("raftnode: proposal dropped")
+	// ErrTooManyRequests is returned when requests queue faster than Raft
+	// takes them.
+	ErrTooManyRequests = errors.New("raftnode: too many requests")
 )
 
 // StateMachine receives committed entries, in order, on the apply loop. cs is
@@ -60,6 +63,12 @@ type Config struct {
 	Logger    *slog.Logger
 }
 
+// Queue bounds: beyond them, requests fail with ErrTooManyRequests.
+const (
+	maxQueuedProposals = 1 << 14
+	maxQueuedReads     = 1 << 14
+)
+
 type proposal struct {
 	id   uint64
 	data []byte
@@ -78,11 +87,11 @@ type Node struct {
 	sm  StateMachine
 	rn  *raft.RawNode // owned by the raft loop
 
-	proposeC chan proposal
-	readC    chan chan error
-	applyC   chan applyTask
-	stopC    chan struct{}
-	wg       sync.WaitGroup
+	proposals *inbox[proposal]
+	reads0    *inbox[chan error] // read requests waiting for a read index round
+	applyC    chan applyTask
+	stopC     chan struct{}
+	wg        sync.WaitGroup
 
 	failOnce sync.Once
 	failErr  error
@@ -134,11 +143,11 @@ func New(cfg Config, db *pebble.DB, log *storage.LogStore, sm StateMachine) (*No
 	}
 	n := &Node{
 		cfg: cfg, db: db, log: log, sm: sm, rn: rn,
-		proposeC: make(chan proposal, 4096),
-		readC:    make(chan chan error, 4096),
-		applyC:   make(chan applyTask, 64),
-		stopC:    make(chan struct{}),
-		failedC:  make(chan struct{}),
+		proposals: newInbox[proposal](maxQueuedProposals),
+		reads0:    newInbox[chan error](maxQueuedReads),
+		applyC:    make(chan applyTask, 64),
+		stopC:     make(chan struct{}),
+		failedC:   make(chan struct{}),
 	}
 	n.appliedIdx.Store(cfg.Applied)
 	return n, nil
@@ -160,15 +169,11 @@ func (n *Node) Stop() {
 	}
 	n.wg.Wait()
 	n.reads.failAll(ErrStopped)
-	for {
-		select {
-		case r := <-n.readC:
-			r <- ErrStopped
-		case p := <-n.proposeC:
-			n.cfg.OnDropped(p.id, ErrStopped)
-		default:
-			return
-		}
+	for _, r := range n.reads0.drain(nil) {
+		r <- ErrStopped
+	}
+	for _, p := range n.proposals.drain(nil) {
+		n.cfg.OnDropped(p.id, ErrStopped)
 	}
 }
 
@@ -208,24 +213,32 @@ func (n *Node) AppliedIndex() uint64 { return n.appliedIdx.Load() }
 // Propose queues data for Raft under the caller's id and returns once it is
 // queued. The outcome arrives later: through the state machine once the entry
 // is applied, or through Config.OnDropped if the leader refuses it.
-func (n *Node) Propose(ctx context.Context, id uint64, data []byte) error {
+// When too many proposals wait already, it fails with ErrTooManyRequests:
+// backpressure reaches the client instead of memory growing without bound.
+func (n *Node) Propose(id uint64, data []byte) error {
 	select {
-	case n.proposeC <- proposal{id: id, data: data}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+	case <-n.stopC:
+		return ErrStopped
+	default:
 	}
+	if !n.proposals.push(proposal{id: id, data: data}) {
+		return ErrTooManyRequests
+	}
+	return nil
 }
 
 // ReadIndex returns once the local state machine holds every entry that was
 // committed when it was called: a read served after it is linearizable.
 // Concurrent calls share one Raft read index round.
 func (n *Node) ReadIndex(ctx context.Context) error {
-	errC := make(chan error, 1)
 	select {
-	case n.readC <- errC:
-	case <-ctx.Done():
-		return ctx.Err()
+	case <-n.stopC:
+		return ErrStopped
+	default:
+	}
+	errC := make(chan error, 1)
+	if !n.reads0.push(errC) {
+		return ErrTooManyRequests
 	}
 	select {
 	case err := <-errC:
@@ -239,19 +252,14 @@ func (n *Node) raftLoop() {
 	ticker := time.NewTicker(n.cfg.TickInterval)
 	defer ticker.Stop()
 	var (
-		pendingReads []chan error
-		inflight     = map[uint64][]chan error{}
-		readSeq      uint64
-		truncated    = n.cfg.Applied
+		proposals []proposal
+		reads     []chan error
+		inflight  = map[uint64][]chan error{}
+		readSeq   uint64
+		truncated = n.cfg.Applied
 	)
 	n.maybeCampaign()
 	for {
-		// Accept proposals only while a leader is known, as raft's own
-		// node does: without one they would be dropped anyway.
-		proposeC := n.proposeC
-		if n.lead.Load() == raft.None {
-			proposeC = nil
-		}
 		select {
 		case <-n.stopC:
 			failReads(inflight, ErrStopped)
@@ -259,36 +267,23 @@ func (n *Node) raftLoop() {
 		case <-ticker.C:
 			n.rn.Tick()
 			n.maybeCampaign()
-		case p := <-proposeC:
-			n.propose(p)
-		drain:
-			for i := 0; i < 4096; i++ {
-				select {
-				case p := <-n.proposeC:
-					n.propose(p)
-				default:
-					break drain
-				}
-			}
-		case r := <-n.readC:
-			pendingReads = append(pendingReads, r)
+		case <-n.proposals.wake:
+		case <-n.reads0.wake:
 		}
-	drainReads:
-		for {
-			select {
-			case r := <-n.readC:
-				pendingReads = append(pendingReads, r)
-			default:
-				break drainReads
+		// Proposals are taken only while a leader is known, as raft's own
+		// node does: without one they would be dropped. They wait queued.
+		if n.lead.Load() != raft.None {
+			proposals = n.proposals.drain(proposals)
+			for _, p := range proposals {
+				n.propose(p)
 			}
 		}
-		if len(pendingReads) > 0 {
+		if reads = n.reads0.drain(reads); len(reads) > 0 {
 			readSeq++
 			var ctx [8]byte
 			binary.BigEndian.PutUint64(ctx[:], readSeq)
 			n.rn.ReadIndex(ctx[:])
-			inflight[readSeq] = pendingReads
-			pendingReads = nil
+			inflight[readSeq] = append([]chan error(nil), reads...)
 		}
 		for n.rn.HasReady() {
 			if err := n.handleReady(inflight); err != nil {

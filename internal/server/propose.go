@@ -35,7 +35,7 @@ func (s *Server) Propose(ctx context.Context, req *pb.InternalRaftRequest) (prot
 		return nil, api.ErrRequestTooLarge
 	}
 	ch := s.waits.register(req.ID)
-	if err := s.node.Propose(ctx, req.ID, data); err != nil {
+	if err := s.node.Propose(req.ID, data); err != nil {
 		s.waits.cancel(req.ID)
 		return nil, err
 	}

@@ -1,0 +1,12 @@
+// Package crash holds plinth's crash-safety tests: a plinth member runs as a
+// child process under concurrent write load, is killed with SIGKILL at random
+// moments, and is restarted on the same data directory, again and again.
+// After every restart the tests prove, from the answers the clients were
+// given, that every acknowledged write is still there at the revision it was
+// acknowledged with, that no request was applied twice, that transactions are
+// all or nothing, and that revisions agree with the real-time order of the
+// requests.
+//
+// The package has no non-test code; it must never import plinth's internal
+// packages: it speaks to plinth only over the wire, as a client would.
+package crash
