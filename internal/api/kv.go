@@ -97,6 +97,22 @@ func (s *KV) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse, erro
 	if err := checkDuplicates(req.Failure); err != nil {
 		return nil, err
 	}
+	if mvcc.IsReadOnly(req) {
+		// A transaction that only reads needs no log entry, as in etcd:
+		// a read index makes it linearizable unless every range in it
+		// asked to be serializable.
+		if !txnSerializable(req) {
+			if err := s.b.ReadIndex(ctx); err != nil {
+				return nil, toGRPC(err)
+			}
+		}
+		resp, err := s.b.KV().ReadTxn(req)
+		if err != nil {
+			return nil, toGRPC(err)
+		}
+		s.b.FillHeader(resp.Header)
+		return resp, nil
+	}
 	resp, err := s.b.Propose(ctx, &pb.InternalRaftRequest{Txn: req})
 	if err != nil {
 		return nil, toGRPC(err)
@@ -115,4 +131,24 @@ func (s *KV) Compact(ctx context.Context, req *pb.CompactionRequest) (*pb.Compac
 	r := resp.(*pb.CompactionResponse)
 	s.b.FillHeader(r.Header)
 	return r, nil
+}
+
+// txnSerializable reports whether every range in a read-only transaction,
+// nested ones included, asked for a serializable read.
+func txnSerializable(req *pb.TxnRequest) bool {
+	for _, ops := range [][]*pb.RequestOp{req.Success, req.Failure} {
+		for _, op := range ops {
+			switch r := op.Request.(type) {
+			case *pb.RequestOp_RequestRange:
+				if !r.RequestRange.GetSerializable() {
+					return false
+				}
+			case *pb.RequestOp_RequestTxn:
+				if !txnSerializable(r.RequestTxn) {
+					return false
+				}
+			}
+		}
+	}
+	return true
 }

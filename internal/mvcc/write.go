@@ -74,35 +74,43 @@ func (b *Batch) Commit() error {
 // Abort discards the batch.
 func (b *Batch) Abort() { _ = b.b.Close() }
 
-// writeTxn is one write request in a batch: every change it makes carries
-// revision begin+1.
-type writeTxn struct {
-	b       *Batch
-	begin   int64
-	changed bool
+// txn is one request executing against a view: every change it makes
+// carries revision begin+1. In a Batch it reads and writes the batch; a
+// read-only transaction on committed state reads a snapshot and has no w.
+type txn struct {
+	r          pebble.Reader
+	w          *pebble.Batch // nil when the request may not write
+	buf        []byte
+	begin      int64
+	compactRev int64
+	changed    bool
 }
 
-func (b *Batch) begin() *writeTxn { return &writeTxn{b: b, begin: b.rev} }
+func (b *Batch) begin() *txn {
+	return &txn{r: b.b, w: b.b, buf: b.buf, begin: b.rev, compactRev: b.compactRev}
+}
+
+// finish takes a successful request's revision into the batch.
+func (b *Batch) finish(t *txn) {
+	if t.changed {
+		b.rev = t.begin + 1
+	}
+	b.buf = t.buf
+}
 
 // rev is the revision a read inside the request sees, and the one its header
 // reports: the next revision once it has written anything.
-func (t *writeTxn) rev() int64 {
+func (t *txn) rev() int64 {
 	if t.changed {
 		return t.begin + 1
 	}
 	return t.begin
 }
 
-func (t *writeTxn) end() {
-	if t.changed {
-		t.b.rev = t.begin + 1
-	}
-}
-
-func (t *writeTxn) put(key, value []byte, lease int64) error {
+func (t *txn) put(key, value []byte, lease int64) error {
 	rev := t.begin + 1
 	var prev record
-	found, err := getLatest(t.b.b, key, &prev)
+	found, err := getLatest(t.r, key, &prev)
 	if err != nil {
 		return err
 	}
@@ -111,11 +119,11 @@ func (t *writeTxn) put(key, value []byte, lease int64) error {
 		rec.createRevision = prev.createRevision
 		rec.version = prev.version + 1
 	}
-	t.b.buf = appendRecord(t.b.buf[:0], &rec)
-	if err := t.b.b.Set(latestKey(key), t.b.buf, nil); err != nil {
+	t.buf = appendRecord(t.buf[:0], &rec)
+	if err := t.w.Set(latestKey(key), t.buf, nil); err != nil {
 		return fmt.Errorf("mvcc: stage put %q: %w", key, err)
 	}
-	if err := t.b.b.Set(historyKey(key, rev), t.b.buf, nil); err != nil {
+	if err := t.w.Set(historyKey(key, rev), t.buf, nil); err != nil {
 		return fmt.Errorf("mvcc: stage put %q: %w", key, err)
 	}
 	t.changed = true
@@ -123,9 +131,9 @@ func (t *writeTxn) put(key, value []byte, lease int64) error {
 }
 
 // deleteRange deletes the live keys in sp and returns them as they were.
-func (t *writeTxn) deleteRange(sp span) ([]*mvccpb.KeyValue, error) {
+func (t *txn) deleteRange(sp span) ([]*mvccpb.KeyValue, error) {
 	sc := scan{}
-	if err := readLatest(t.b.b, sp, &sc); err != nil {
+	if err := readLatest(t.r, sp, &sc); err != nil {
 		return nil, err
 	}
 	if len(sc.kvs) == 0 {
@@ -133,12 +141,12 @@ func (t *writeTxn) deleteRange(sp span) ([]*mvccpb.KeyValue, error) {
 	}
 	rev := t.begin + 1
 	tomb := record{tombstone: true, modRevision: rev}
-	t.b.buf = appendRecord(t.b.buf[:0], &tomb)
+	t.buf = appendRecord(t.buf[:0], &tomb)
 	for _, kv := range sc.kvs {
-		if err := t.b.b.Delete(latestKey(kv.Key), nil); err != nil {
+		if err := t.w.Delete(latestKey(kv.Key), nil); err != nil {
 			return nil, fmt.Errorf("mvcc: stage delete %q: %w", kv.Key, err)
 		}
-		if err := t.b.b.Set(historyKey(kv.Key, rev), t.b.buf, nil); err != nil {
+		if err := t.w.Set(historyKey(kv.Key, rev), t.buf, nil); err != nil {
 			return nil, fmt.Errorf("mvcc: stage delete %q: %w", kv.Key, err)
 		}
 	}
@@ -148,16 +156,16 @@ func (t *writeTxn) deleteRange(sp span) ([]*mvccpb.KeyValue, error) {
 
 // rangeReq executes a range inside a write request: it sees the request's own
 // writes, at the request's revision.
-func (t *writeTxn) rangeReq(req *pb.RangeRequest) (*pb.RangeResponse, error) {
+func (t *txn) rangeReq(req *pb.RangeRequest) (*pb.RangeResponse, error) {
 	cur := t.rev()
-	plan, err := planRange(req, cur, t.b.compactRev)
+	plan, err := planRange(req, cur, t.compactRev)
 	if err != nil {
 		return nil, err
 	}
 	var iter *pebble.Iterator
 	if !plan.sp.empty() {
 		lower, upper := plan.bounds()
-		iter, err = t.b.b.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+		iter, err = t.r.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
 		if err != nil {
 			return nil, fmt.Errorf("mvcc: open iterator: %w", err)
 		}
@@ -175,16 +183,16 @@ func (b *Batch) Put(req *pb.PutRequest, leaseExists LeaseExists) (*pb.PutRespons
 	if err != nil {
 		return nil, err
 	}
-	t.end()
+	b.finish(t)
 	return resp, nil
 }
 
-func (t *writeTxn) putReq(req *pb.PutRequest) (*pb.PutResponse, error) {
+func (t *txn) putReq(req *pb.PutRequest) (*pb.PutResponse, error) {
 	value, lease := req.Value, req.Lease
 	resp := &pb.PutResponse{Header: &pb.ResponseHeader{}}
 	if req.IgnoreValue || req.IgnoreLease || req.PrevKv {
 		var prev record
-		found, err := getLatest(t.b.b, req.Key, &prev)
+		found, err := getLatest(t.r, req.Key, &prev)
 		if err != nil {
 			return nil, err
 		}
@@ -217,11 +225,11 @@ func (b *Batch) DeleteRange(req *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse
 	if err != nil {
 		return nil, err
 	}
-	t.end()
+	b.finish(t)
 	return resp, nil
 }
 
-func (t *writeTxn) deleteReq(req *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+func (t *txn) deleteReq(req *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
 	deleted, err := t.deleteRange(newSpan(req.Key, req.RangeEnd))
 	if err != nil {
 		return nil, err
@@ -258,6 +266,15 @@ func (b *Batch) Compact(rev int64) (*pb.CompactionResponse, <-chan struct{}, err
 // that fails leaves no trace.
 func (b *Batch) Txn(req *pb.TxnRequest, leaseExists LeaseExists) (*pb.TxnResponse, error) {
 	t := b.begin()
+	resp, err := t.run(req, leaseExists)
+	if err != nil {
+		return nil, err
+	}
+	b.finish(t)
+	return resp, nil
+}
+
+func (t *txn) run(req *pb.TxnRequest, leaseExists LeaseExists) (*pb.TxnResponse, error) {
 	path, err := t.comparePath(req)
 	if err != nil {
 		return nil, err
@@ -270,13 +287,44 @@ func (b *Batch) Txn(req *pb.TxnRequest, leaseExists LeaseExists) (*pb.TxnRespons
 		return nil, err
 	}
 	resp.Header.Revision = t.rev()
-	t.end()
 	return resp, nil
+}
+
+// IsReadOnly reports whether a transaction can write nothing on any path.
+func IsReadOnly(req *pb.TxnRequest) bool {
+	for _, ops := range [][]*pb.RequestOp{req.Success, req.Failure} {
+		for _, op := range ops {
+			switch r := op.Request.(type) {
+			case *pb.RequestOp_RequestPut, *pb.RequestOp_RequestDeleteRange:
+				return false
+			case *pb.RequestOp_RequestTxn:
+				if !IsReadOnly(r.RequestTxn) {
+					return false
+				}
+			}
+		}
+	}
+	return true
+}
+
+// ReadTxn executes a read-only transaction (see IsReadOnly) against
+// committed state, at one revision, without going through Raft: it changes
+// nothing, so it needs no log entry.
+func (s *Store) ReadTxn(req *pb.TxnRequest) (*pb.TxnResponse, error) {
+	if !IsReadOnly(req) {
+		return nil, fmt.Errorf("mvcc: ReadTxn given a transaction that writes")
+	}
+	s.viewMu.RLock()
+	snap := s.db.NewSnapshot()
+	t := &txn{r: snap, begin: s.rev, compactRev: s.compactRev}
+	s.viewMu.RUnlock()
+	defer func() { _ = snap.Close() }()
+	return t.run(req, nil)
 }
 
 // comparePath evaluates the compares of req and of the transactions nested in
 // the branch each one takes, depth first, in request order.
-func (t *writeTxn) comparePath(req *pb.TxnRequest) ([]bool, error) {
+func (t *txn) comparePath(req *pb.TxnRequest) ([]bool, error) {
 	ok, err := t.compares(req.Compare)
 	if err != nil {
 		return nil, err
@@ -301,7 +349,7 @@ func branch(req *pb.TxnRequest, succeeded bool) []*pb.RequestOp {
 	return req.Failure
 }
 
-func (t *writeTxn) compares(cmps []*pb.Compare) (bool, error) {
+func (t *txn) compares(cmps []*pb.Compare) (bool, error) {
 	for _, c := range cmps {
 		ok, err := t.compare(c)
 		if err != nil || !ok {
@@ -314,9 +362,9 @@ func (t *writeTxn) compares(cmps []*pb.Compare) (bool, error) {
 // compare holds when every key in its range satisfies it. On no key at all, a
 // value compare fails (a missing value cannot be told from an empty one) and
 // the others compare against zero.
-func (t *writeTxn) compare(c *pb.Compare) (bool, error) {
+func (t *txn) compare(c *pb.Compare) (bool, error) {
 	sc := scan{}
-	if err := readLatest(t.b.b, newSpan(c.Key, c.RangeEnd), &sc); err != nil {
+	if err := readLatest(t.r, newSpan(c.Key, c.RangeEnd), &sc); err != nil {
 		return false, err
 	}
 	if len(sc.kvs) == 0 {
@@ -377,7 +425,7 @@ func compareInt(a, b int64) int {
 // checkTxn finds the errors the chosen branches would hit before anything is
 // written: ranges at future or compacted revisions, puts that need an absent
 // key, unknown leases. It returns how many nested transactions it walked.
-func (t *writeTxn) checkTxn(req *pb.TxnRequest, path []bool, leaseExists LeaseExists) (int, error) {
+func (t *txn) checkTxn(req *pb.TxnRequest, path []bool, leaseExists LeaseExists) (int, error) {
 	walked := 0
 	for _, op := range branch(req, path[0]) {
 		switch r := op.Request.(type) {
@@ -387,14 +435,14 @@ func (t *writeTxn) checkTxn(req *pb.TxnRequest, path []bool, leaseExists LeaseEx
 			case rev == 0:
 			case rev > t.begin:
 				return 0, ErrFutureRev
-			case rev < t.b.compactRev:
+			case rev < t.compactRev:
 				return 0, ErrCompacted
 			}
 		case *pb.RequestOp_RequestPut:
 			put := r.RequestPut
 			if put.GetIgnoreValue() || put.GetIgnoreLease() {
 				var prev record
-				found, err := getLatest(t.b.b, put.GetKey(), &prev)
+				found, err := getLatest(t.r, put.GetKey(), &prev)
 				if err != nil {
 					return 0, err
 				}
@@ -418,7 +466,7 @@ func (t *writeTxn) checkTxn(req *pb.TxnRequest, path []bool, leaseExists LeaseEx
 
 // executeTxn runs the branch path chose for req. Nested responses carry only
 // the revision in their headers; a nested transaction's header stays empty.
-func (t *writeTxn) executeTxn(req *pb.TxnRequest, path []bool) (*pb.TxnResponse, int, error) {
+func (t *txn) executeTxn(req *pb.TxnRequest, path []bool) (*pb.TxnResponse, int, error) {
 	ops := branch(req, path[0])
 	resp := &pb.TxnResponse{Header: &pb.ResponseHeader{}, Succeeded: path[0], Responses: make([]*pb.ResponseOp, len(ops))}
 	walked := 0
