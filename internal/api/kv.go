@@ -152,3 +152,23 @@ func txnSerializable(req *pb.TxnRequest) bool {
 	}
 	return true
 }
+
+// RangeStream implements KV.RangeStream: Range's answer in chunks read at one
+// revision, with header, more and count on the last chunk.
+func (s *KV) RangeStream(req *pb.RangeRequest, stream pb.KV_RangeStreamServer) error {
+	if err := checkRange(req); err != nil {
+		return err
+	}
+	if !req.Serializable {
+		if err := s.b.ReadIndex(stream.Context()); err != nil {
+			return toGRPC(err)
+		}
+	}
+	err := s.b.KV().RangeStream(req, func(chunk *pb.RangeResponse) error {
+		if chunk.Header != nil {
+			s.b.FillHeader(chunk.Header)
+		}
+		return stream.Send(&pb.RangeStreamResponse{RangeResponse: chunk})
+	})
+	return toGRPC(err)
+}

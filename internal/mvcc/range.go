@@ -140,13 +140,7 @@ func pruneKVs(kvs []*mvccpb.KeyValue, req *pb.RangeRequest) []*mvccpb.KeyValue {
 // means ascending. The sort is sort.Sort on purpose: it is not stable, and
 // clients see the order it leaves equal elements in, which must match etcd's.
 func sortKVs(kvs []*mvccpb.KeyValue, req *pb.RangeRequest) {
-	order := req.SortOrder
-	switch {
-	case req.SortTarget != pb.RangeRequest_KEY && order == pb.RangeRequest_NONE:
-		order = pb.RangeRequest_ASCEND
-	case req.SortTarget == pb.RangeRequest_KEY && order == pb.RangeRequest_ASCEND:
-		order = pb.RangeRequest_NONE
-	}
+	_, order := sortOrder(req)
 	if order == pb.RangeRequest_NONE {
 		return
 	}
@@ -169,6 +163,20 @@ func sortKVs(kvs []*mvccpb.KeyValue, req *pb.RangeRequest) {
 		by = sort.Reverse(by)
 	}
 	sort.Sort(by)
+}
+
+// sortOrder normalises a request's sort: a target other than key with no order
+// means ascending, and ascending by key is the order scans produce anyway
+// (NONE).
+func sortOrder(req *pb.RangeRequest) (pb.RangeRequest_SortTarget, pb.RangeRequest_SortOrder) {
+	order := req.SortOrder
+	switch {
+	case req.SortTarget != pb.RangeRequest_KEY && order == pb.RangeRequest_NONE:
+		order = pb.RangeRequest_ASCEND
+	case req.SortTarget == pb.RangeRequest_KEY && order == pb.RangeRequest_ASCEND:
+		order = pb.RangeRequest_NONE
+	}
+	return req.SortTarget, order
 }
 
 type kvsBy struct {

@@ -6,6 +6,8 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+
+	"github.com/plinthdb/plinth/internal/storage"
 )
 
 // span is a user key range in etcd's conventions, already normalised:
@@ -82,96 +84,127 @@ func readLatest(r pebble.Reader, sp span, sc *scan) error {
 	return scanLatest(iter, sc)
 }
 
-// scanLatest consumes and closes iter, an iterator over the latest space.
-func scanLatest(iter *pebble.Iterator, sc *scan) error {
-	var rec record
-	for valid := iter.First(); valid; valid = iter.Next() {
-		sc.count++
-		if !sc.wantMore() {
-			continue
+// visitFunc is called for each live version a walk meets, in walk order: key
+// is the user key, v the stored record. Both alias iterator memory and are
+// valid only during the call. Returning false stops the walk.
+type visitFunc func(key, v []byte) (more bool, err error)
+
+// walkLatest consumes and closes iter, an iterator over the latest space,
+// visiting its keys in ascending order, or descending when reverse is set.
+func walkLatest(iter *pebble.Iterator, reverse bool, visit visitFunc) (err error) {
+	defer func() {
+		if cerr := iter.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("mvcc: scan latest: %w", cerr)
 		}
+	}()
+	valid := iter.First()
+	if reverse {
+		valid = iter.Last()
+	}
+	for valid {
 		v, err := iter.ValueAndErr()
 		if err != nil {
-			_ = iter.Close()
 			return fmt.Errorf("mvcc: read value: %w", err)
 		}
-		if err := decodeRecord(v, &rec); err != nil {
-			_ = iter.Close()
-			return fmt.Errorf("mvcc: key %q: %w", iter.Key()[1:], err)
+		more, err := visit(iter.Key()[1:], v)
+		if err != nil || !more {
+			return err
 		}
-		sc.kvs = append(sc.kvs, rec.keyValue(iter.Key()[1:], false))
+		if reverse {
+			valid = iter.Prev()
+		} else {
+			valid = iter.Next()
+		}
 	}
-	if err := iter.Close(); err != nil {
-		return fmt.Errorf("mvcc: scan latest: %w", err)
-	}
-	return nil
+	return iter.Error()
 }
 
-// readHistory scans sp as of rev from the history space of r: for each key,
-// the newest version at or before rev, unless that version is a tombstone.
-func readHistory(r pebble.Reader, sp span, rev int64, sc *scan) error {
-	if sp.empty() {
-		return nil
-	}
-	lower, upper := sp.historyBounds()
-	iter, err := r.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
-	if err != nil {
-		return fmt.Errorf("mvcc: open iterator: %w", err)
-	}
-	return scanHistory(iter, rev, sc)
-}
-
-// scanHistory consumes and closes iter, an iterator over the history space.
-func scanHistory(iter *pebble.Iterator, rev int64, sc *scan) (err error) {
+// walkHistory consumes and closes iter, an iterator over the history space,
+// visiting for each key the newest version at or before rev unless that
+// version is a tombstone: the state of the range as of rev. Keys come in
+// ascending order, or descending when reverse is set.
+func walkHistory(iter *pebble.Iterator, rev int64, reverse bool, visit visitFunc) (err error) {
 	defer func() {
 		if cerr := iter.Close(); cerr != nil && err == nil {
 			err = fmt.Errorf("mvcc: scan history: %w", cerr)
 		}
 	}()
-	var rec record
 	var prefix []byte
 	valid := iter.First()
+	if reverse {
+		valid = iter.Last()
+	}
 	for valid {
 		k := iter.Key()
-		n := historyUserPrefixLen(k)
-		prefix = append(prefix[:0], k[:n]...)
+		prefix = append(prefix[:0], k[:historyUserPrefixLen(k)]...)
 		_, vrev, err := decodeHistoryKey(k)
 		if err != nil {
 			return err
 		}
-		if vrev > rev {
-			// Versions sort newest first: jump to the newest one at or before rev.
-			valid = iter.SeekGE(appendInvertedRev(prefix, rev))
-			if !valid {
-				break
+		found := true
+		if vrev > rev || reverse {
+			// Versions sort newest first: jump to the newest one at or
+			// before rev (walking backwards, iter is on the oldest).
+			found = iter.SeekGE(appendInvertedRev(prefix, rev))
+			if found {
+				k = iter.Key()
+				found = len(k) == len(prefix)+8 && bytes.HasPrefix(k, prefix)
 			}
-			k = iter.Key()
-			if len(k) != len(prefix)+8 || !bytes.HasPrefix(k, prefix) {
-				continue // no version of this key at or before rev; k is the next key
+		}
+		if found {
+			v, err := iter.ValueAndErr()
+			if err != nil {
+				return fmt.Errorf("mvcc: read value: %w", err)
 			}
-		}
-		v, err := iter.ValueAndErr()
-		if err != nil {
-			return fmt.Errorf("mvcc: read value: %w", err)
-		}
-		if err := decodeRecord(v, &rec); err != nil {
-			return err
-		}
-		if !rec.tombstone {
-			sc.count++
-			if sc.wantMore() {
+			if len(v) == 0 {
+				return fmt.Errorf("mvcc: empty record at %x: %w", k, storage.ErrCorrupt)
+			}
+			if v[0]&flagTombstone == 0 {
 				key, _, err := decodeHistoryKey(k)
 				if err != nil {
 					return err
 				}
-				sc.kvs = append(sc.kvs, rec.keyValue(key, false))
+				more, err := visit(key, v)
+				if err != nil || !more {
+					return err
+				}
 			}
 		}
-		// Skip the rest of this key's versions.
-		next := append(prefix[:len(prefix)-1:len(prefix)-1], afterTerminator)
-		valid = iter.SeekGE(next)
+		switch {
+		case reverse:
+			valid = iter.SeekLT(append([]byte(nil), prefix...))
+		case found:
+			// Skip the rest of this key's versions.
+			valid = iter.SeekGE(append(prefix[:len(prefix)-1:len(prefix)-1], afterTerminator))
+		default:
+			// The seek above left iter on the next key already.
+			valid = iter.Valid()
+		}
 	}
 	return iter.Error()
+}
+
+// scanLatest consumes and closes iter, an iterator over the latest space.
+func scanLatest(iter *pebble.Iterator, sc *scan) error {
+	return walkLatest(iter, false, sc.visit)
+}
+
+// scanHistory consumes and closes iter, an iterator over the history space.
+func scanHistory(iter *pebble.Iterator, rev int64, sc *scan) error {
+	return walkHistory(iter, rev, false, sc.visit)
+}
+
+func (sc *scan) visit(key, v []byte) (bool, error) {
+	sc.count++
+	if !sc.wantMore() {
+		return true, nil
+	}
+	var rec record
+	if err := decodeRecord(v, &rec); err != nil {
+		return false, fmt.Errorf("mvcc: key %q: %w", key, err)
+	}
+	sc.kvs = append(sc.kvs, rec.keyValue(key, false))
+	return true, nil
 }
 
 func appendInvertedRev(prefix []byte, rev int64) []byte {
