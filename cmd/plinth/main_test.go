@@ -1,0 +1,84 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+func TestParseFlagsAcceptsAnEtcdCommandLine(t *testing.T) {
+	// A single-member etcd command line, as etcd's docs write it.
+	args := strings.Fields(`--name infra0 --data-dir /tmp/infra0 --listen-client-urls http://127.0.0.1:2379
+		--advertise-client-urls http://127.0.0.1:2379 --listen-peer-urls http://127.0.0.1:2380
+		--initial-advertise-peer-urls http://127.0.0.1:2380 --initial-cluster infra0=http://127.0.0.1:2380
+		--initial-cluster-state new --initial-cluster-token tkn --max-request-bytes=2097152 --log-level=warn
+		--heartbeat-interval=50 --election-timeout=500 --snapshot-count=5000`)
+	cfg, err := parseFlags(args, &bytes.Buffer{})
+	if err != nil {
+		t.Fatalf("parse: %v", err)
+	}
+	if cfg.Name != "infra0" || cfg.DataDir != "/tmp/infra0" || cfg.MaxRequestBytes != 2097152 ||
+		cfg.InitialClusterToken != "tkn" || cfg.SnapshotCount != 5000 || cfg.ElectionTimeout.Milliseconds() != 500 {
+		t.Fatalf("parsed config: %+v", cfg)
+	}
+	if got := cfg.ListenClientURLs[0].Host; got != "127.0.0.1:2379" {
+		t.Fatalf("client URL host %q", got)
+	}
+}
+
+func TestParseFlagsDefaults(t *testing.T) {
+	cfg, err := parseFlags(nil, &bytes.Buffer{})
+	if err != nil {
+		t.Fatalf("parse: %v", err)
+	}
+	if cfg.DataDir != "plinth.data" || cfg.ListenClientURLs[0].Host != "127.0.0.1:2379" || cfg.MaxRequestBytes != 1572864 {
+		t.Fatalf("defaults: data dir %q, client %q, max request %d", cfg.DataDir, cfg.ListenClientURLs[0].Host, cfg.MaxRequestBytes)
+	}
+	if _, ok := cfg.InitialCluster["default"]; !ok {
+		t.Fatalf("default initial cluster %v lacks this member", cfg.InitialCluster)
+	}
+}
+
+func TestParseFlagsRejectsBadInput(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown flag", []string{"--no-such-flag"}, "flag provided but not defined: -no-such-flag"},
+		{"malformed number", []string{"--max-request-bytes=lots"}, "invalid value"},
+		{"malformed url", []string{"--listen-client-urls=127.0.0.1:2379"}, "--listen-client-urls"},
+		{"url without port", []string{"--listen-client-urls=http://127.0.0.1"}, "want scheme://host:port"},
+		{"stray argument", []string{"extra"}, "unexpected argument"},
+		{"bad log level", []string{"--log-level=loud"}, "--log-level"},
+		{"bad cluster state", []string{"--initial-cluster-state=maybe"}, "--initial-cluster-state"},
+		{"member missing from cluster", []string{"--name=a", "--initial-cluster=b=http://127.0.0.1:2380"}, "no member named"},
+		{"peer url mismatch", []string{"--initial-cluster=default=http://127.0.0.1:9999"}, "--initial-advertise-peer-urls"},
+		{"several members", []string{"--initial-cluster=default=http://127.0.0.1:2380,b=http://127.0.0.1:2381"}, "single-member"},
+		{"election too short", []string{"--election-timeout=100"}, "--election-timeout"},
+		{"tls", []string{"--listen-client-urls=https://127.0.0.1:2379"}, "TLS"},
+		{"pprof without address", []string{"--enable-pprof"}, "--listen-metrics-urls"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			_, err := parseFlags(tc.args, &stderr)
+			if err == nil {
+				t.Fatalf("no error")
+			}
+			if msg := err.Error() + stderr.String(); !strings.Contains(msg, tc.want) {
+				t.Fatalf("error %q does not mention %q", msg, tc.want)
+			}
+		})
+	}
+}
+
+func TestRunExitsWithUsageErrorCode(t *testing.T) {
+	var stderr bytes.Buffer
+	if code := run([]string{"--bogus"}, &stderr); code != 2 {
+		t.Fatalf("exit code %d, want 2; stderr: %s", code, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "plinth:") {
+		t.Fatalf("stderr lacks a plinth: message: %s", stderr.String())
+	}
+}
