@@ -274,8 +274,10 @@ func (n *Node) raftLoop() {
 		// node does: without one they would be dropped. They wait queued.
 		if n.lead.Load() != raft.None {
 			proposals = n.proposals.drain(proposals)
-			for _, p := range proposals {
-				n.propose(p)
+			for len(proposals) > 0 {
+				k := min(len(proposals), maxEntriesPerProposal)
+				n.propose(proposals[:k])
+				proposals = proposals[k:]
 			}
 		}
 		if reads = n.reads0.drain(reads); len(reads) > 0 {
@@ -304,9 +306,23 @@ func (n *Node) raftLoop() {
 	}
 }
 
-func (n *Node) propose(p proposal) {
-	if err := n.rn.Propose(p.data); err != nil {
-		n.cfg.OnDropped(p.id, fmt.Errorf("%w: %w", ErrDropped, err))
+// maxEntriesPerProposal bounds how many queued proposals go to Raft in one
+// message.
+const maxEntriesPerProposal = 512
+
+// propose hands ps to Raft as one proposal message: Raft's per-message work
+// is paid once for the batch, and the batch is accepted or dropped whole.
+func (n *Node) propose(ps []proposal) {
+	ents := make([]*raftpb.Entry, len(ps))
+	for i, p := range ps {
+		ents[i] = &raftpb.Entry{Data: p.data}
+	}
+	from := n.cfg.ID
+	err := n.rn.Step(&raftpb.Message{Type: raftpb.MessageType_MsgProp.Enum(), From: &from, Entries: ents})
+	if err != nil {
+		for _, p := range ps {
+			n.cfg.OnDropped(p.id, fmt.Errorf("%w: %w", ErrDropped, err))
+		}
 	}
 }
 
