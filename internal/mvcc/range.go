@@ -2,6 +2,7 @@ package mvcc
 
 import (
 	"bytes"
+	"math"
 	"sort"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -40,7 +41,10 @@ func planRange(req *pb.RangeRequest, curRev, compactRev int64) (rangePlan, error
 		req.MinCreateRevision != 0 || req.MaxCreateRevision != 0 {
 		limit = 0
 	}
-	if limit > 0 {
+	switch {
+	case limit < 0:
+		limit = 0 // as etcd reads it: no limit
+	case limit > 0 && limit < math.MaxInt64:
 		limit++
 	}
 	return rangePlan{

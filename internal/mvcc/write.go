@@ -2,6 +2,7 @@ package mvcc
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -10,6 +11,10 @@ import (
 
 	"github.com/plinthdb/plinth/internal/storage"
 )
+
+// errPartialTxn marks a transaction that failed with writes staged: a broken
+// invariant that stops the member rather than commit half a transaction.
+var errPartialTxn = errors.New("mvcc: partial transaction")
 
 // LeaseExists tells a write whether a lease ID is live. mvcc stores a key's
 // lease but does not know leases; the caller (apply) answers for it.
@@ -279,11 +284,16 @@ func (t *txn) run(req *pb.TxnRequest, leaseExists LeaseExists) (*pb.TxnResponse,
 	if err != nil {
 		return nil, err
 	}
-	if _, err := t.checkTxn(req, path, leaseExists); err != nil {
+	if _, err := t.checkTxn(req, path, leaseExists, new([][]byte)); err != nil {
 		return nil, err
 	}
 	resp, _, err := t.executeTxn(req, path)
 	if err != nil {
+		if t.changed {
+			// checkTxn exists so that this cannot happen: the batch holds
+			// part of a transaction that failed, and must not commit.
+			return nil, fmt.Errorf("mvcc: transaction failed after writing (%w): %w", err, errPartialTxn)
+		}
 		return nil, err
 	}
 	resp.Header.Revision = t.rev()
@@ -424,8 +434,13 @@ func compareInt(a, b int64) int {
 
 // checkTxn finds the errors the chosen branches would hit before anything is
 // written: ranges at future or compacted revisions, puts that need an absent
-// key, unknown leases. It returns how many nested transactions it walked.
-func (t *txn) checkTxn(req *pb.TxnRequest, path []bool, leaseExists LeaseExists) (int, error) {
+// key, unknown leases. It walks the operations in execution order, so that a
+// put needing a key sees the deletes before it: request validation already
+// rejects a put of a key deleted in the same transaction, except when the
+// delete runs to the end of the key space (range_end "\x00"), which etcd's
+// duplicate check lets through. It returns how many nested transactions it
+// walked.
+func (t *txn) checkTxn(req *pb.TxnRequest, path []bool, leaseExists LeaseExists, deletedFrom *[][]byte) (int, error) {
 	walked := 0
 	for _, op := range branch(req, path[0]) {
 		switch r := op.Request.(type) {
@@ -438,6 +453,10 @@ func (t *txn) checkTxn(req *pb.TxnRequest, path []bool, leaseExists LeaseExists)
 			case rev < t.compactRev:
 				return 0, ErrCompacted
 			}
+		case *pb.RequestOp_RequestDeleteRange:
+			if newSpan(r.RequestDeleteRange.GetKey(), r.RequestDeleteRange.GetRangeEnd()).fromKey {
+				*deletedFrom = append(*deletedFrom, r.RequestDeleteRange.GetKey())
+			}
 		case *pb.RequestOp_RequestPut:
 			put := r.RequestPut
 			if put.GetIgnoreValue() || put.GetIgnoreLease() {
@@ -445,6 +464,11 @@ func (t *txn) checkTxn(req *pb.TxnRequest, path []bool, leaseExists LeaseExists)
 				found, err := getLatest(t.r, put.GetKey(), &prev)
 				if err != nil {
 					return 0, err
+				}
+				for _, from := range *deletedFrom {
+					if bytes.Compare(put.GetKey(), from) >= 0 {
+						found = false
+					}
 				}
 				if !found {
 					return 0, ErrKeyNotFound
@@ -454,7 +478,7 @@ func (t *txn) checkTxn(req *pb.TxnRequest, path []bool, leaseExists LeaseExists)
 				return 0, ErrLeaseNotFound
 			}
 		case *pb.RequestOp_RequestTxn:
-			n, err := t.checkTxn(r.RequestTxn, path[1+walked:], leaseExists)
+			n, err := t.checkTxn(r.RequestTxn, path[1+walked:], leaseExists, deletedFrom)
 			if err != nil {
 				return 0, err
 			}

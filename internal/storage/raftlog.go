@@ -235,6 +235,9 @@ func (s *LogStore) readEntry(i uint64) (*pb.Entry, error) {
 	if err := proto.Unmarshal(v, e); err != nil {
 		return nil, fmt.Errorf("storage: decode entry %d: %w: %v", i, ErrCorrupt, err)
 	}
+	if e.GetIndex() != i {
+		return nil, fmt.Errorf("storage: log has entry %d where %d belongs: %w", e.GetIndex(), i, ErrCorrupt)
+	}
 	return e, nil
 }
 

@@ -1,0 +1,265 @@
+package mvcc
+
+import (
+	"testing"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+
+	"github.com/plinthdb/plinth/internal/storage"
+)
+
+func equalRevs(a, b []int64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// TestCompaction checks what a physical compaction keeps: for each key the
+// newest version at or before the compaction revision (unless it is a
+// tombstone) and every later version.
+func TestCompaction(t *testing.T) {
+	ts := newTestStore(t)
+	ts.put("a", "1")        // 2
+	ts.put("a", "2")        // 3
+	ts.put("a", "3")        // 4
+	ts.put("gone", "1")     // 5
+	ts.del("gone", "")      // 6
+	ts.put("late", "1")     // 7
+	ts.del("late", "")      // 8  (tombstone after the compaction revision)
+	ts.put("a\x00", "1")    // 9
+	ts.put("re", "1")       // 10
+	ts.del("re", "")        // 11
+	ts.put("re", "2")       // 12
+	ts.put("\xff", "1")     // 13
+	ts.put("a\x00", "2")    // 14
+	ts.put("untouched", "") // 15
+
+	steps := []struct {
+		name string
+		rev  int64
+		want map[string][]int64 // history revisions per key, newest first
+	}{
+		{"at 3", 3, map[string][]int64{
+			"a": {4, 3}, "gone": {6, 5}, "late": {8, 7}, "a\x00": {14, 9}, "re": {12, 11, 10}, "\xff": {13}, "untouched": {15},
+		}},
+		{"at 7: a tombstone at or before the revision removes the key", 7, map[string][]int64{
+			"a": {4}, "late": {8, 7}, "a\x00": {14, 9}, "re": {12, 11, 10}, "\xff": {13}, "untouched": {15},
+		}},
+		{"at 11: recreated key keeps only its new life", 11, map[string][]int64{
+			"a": {4}, "a\x00": {14, 9}, "re": {12}, "\xff": {13}, "untouched": {15},
+		}},
+		{"at 15: the current revision", 15, map[string][]int64{
+			"a": {4}, "a\x00": {14}, "re": {12}, "\xff": {13}, "untouched": {15},
+		}},
+	}
+	for _, st := range steps {
+		t.Run(st.name, func(t *testing.T) {
+			// Everything readable at or after the revision before compaction.
+			before := map[int64]*pb.RangeResponse{}
+			for rev := st.rev; rev <= 15; rev++ {
+				resp, err := ts.s.Range(&pb.RangeRequest{Key: []byte("\x00"), RangeEnd: []byte("\x00"), Revision: rev})
+				if err != nil {
+					t.Fatal(err)
+				}
+				before[rev] = resp
+			}
+			ts.compact(st.rev)
+			if got := ts.s.CompactRev(); got != st.rev {
+				t.Fatalf("compact revision %d, want %d", got, st.rev)
+			}
+			got := ts.historyVersions()
+			if len(got) != len(st.want) {
+				t.Errorf("history holds keys %v, want %v", got, st.want)
+			}
+			for k, revs := range st.want {
+				if !equalRevs(got[k], revs) {
+					t.Errorf("history of %q: %v, want %v", k, got[k], revs)
+				}
+			}
+			for rev := st.rev; rev <= 15; rev++ {
+				resp, err := ts.s.Range(&pb.RangeRequest{Key: []byte("\x00"), RangeEnd: []byte("\x00"), Revision: rev})
+				if err != nil {
+					t.Fatalf("range at %d after compaction at %d: %v", rev, st.rev, err)
+				}
+				if !equalStrings(keysOf(resp.Kvs), keysOf(before[rev].Kvs)) || resp.Count != before[rev].Count {
+					t.Errorf("range at %d changed by compaction: %q, was %q", rev, keysOf(resp.Kvs), keysOf(before[rev].Kvs))
+				}
+				for i, kv := range resp.Kvs {
+					if kv.String() != before[rev].Kvs[i].String() {
+						t.Errorf("range at %d: %v, was %v", rev, kv, before[rev].Kvs[i])
+					}
+				}
+			}
+			if _, err := ts.s.Range(&pb.RangeRequest{Key: []byte("a"), Revision: st.rev - 1}); err != ErrCompacted {
+				t.Errorf("range below the compaction: %v, want ErrCompacted", err)
+			}
+		})
+	}
+	if got := ts.latestKeys(); !equalStrings(got, []string{"a", "a\x00", "re", "untouched", "\xff"}) {
+		t.Errorf("latest space after compaction: %q", got)
+	}
+}
+
+// TestCompactRequests checks the answers to compaction requests.
+func TestCompactRequests(t *testing.T) {
+	ts := newTestStore(t)
+	b := ts.s.NewBatch()
+	resp, done, err := b.Compact(0)
+	if err != nil {
+		t.Fatalf("compact 0 on a new store: %v", err)
+	}
+	if resp.Header.Revision != 1 {
+		t.Errorf("compact header revision %d, want 1", resp.Header.Revision)
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, done, 0)
+	ts.put("k", "1") // 2
+	ts.put("k", "2") // 3
+	ts.put("k", "3") // 4
+
+	cases := []struct {
+		name string
+		rev  int64
+		err  error
+	}{
+		{"zero again", 0, ErrCompacted},
+		{"future", 5, ErrFutureRev},
+		{"to 2", 2, nil},
+		{"same revision again", 2, ErrCompacted},
+		{"below", 1, ErrCompacted},
+		{"negative", -1, ErrCompacted},
+		{"to the current revision", 4, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			b := ts.s.NewBatch()
+			resp, done, err := b.Compact(c.rev)
+			if err != c.err {
+				b.Abort()
+				t.Fatalf("compact %d: %v, want %v", c.rev, err, c.err)
+			}
+			if err := b.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			if err != nil {
+				return
+			}
+			if resp.Header.Revision != 4 || ts.s.Rev() != 4 {
+				t.Errorf("compaction changed the revision: header %d, store %d", resp.Header.Revision, ts.s.Rev())
+			}
+			waitDone(t, done, c.rev)
+			if got := ts.s.CompactRev(); got != c.rev {
+				t.Errorf("compact revision %d, want %d", got, c.rev)
+			}
+		})
+	}
+
+	// A compaction in a batch applies to the requests after it.
+	b = ts.s.NewBatch()
+	if _, err := b.Put(&pb.PutRequest{Key: []byte("k"), Value: []byte("4")}, noLeases); err != nil { // 5
+		t.Fatal(err)
+	}
+	if _, _, err := b.Compact(5); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Range(&pb.RangeRequest{Key: []byte("k"), Revision: 4}); err != ErrCompacted {
+		t.Errorf("range in the batch below its compaction: %v, want ErrCompacted", err)
+	}
+	if _, err := b.Txn(&pb.TxnRequest{Success: []*pb.RequestOp{rangeOp(&pb.RangeRequest{Key: []byte("k"), Revision: 4})}}, noLeases); err != ErrCompacted {
+		t.Errorf("txn in the batch below its compaction: %v, want ErrCompacted", err)
+	}
+	b.Abort()
+	if got := ts.s.CompactRev(); got != 4 {
+		t.Errorf("aborted compaction moved the compact revision to %d", got)
+	}
+}
+
+// TestReopen checks that revision, compaction revision, versions and history
+// survive closing and reopening the database.
+func TestReopen(t *testing.T) {
+	ts := newTestStore(t)
+	ts.put("a", "1") // 2
+	ts.put("a", "2") // 3
+	ts.put("b", "1") // 4
+	ts.del("b", "")  // 5
+	ts.put("c", "1") // 6
+	ts.compact(3)
+	ts.reopen()
+
+	if got := ts.s.Rev(); got != 6 {
+		t.Fatalf("revision after reopen %d, want 6", got)
+	}
+	if got := ts.s.CompactRev(); got != 3 {
+		t.Fatalf("compact revision after reopen %d, want 3", got)
+	}
+	if _, err := ts.s.Range(&pb.RangeRequest{Key: []byte("a"), Revision: 2}); err != ErrCompacted {
+		t.Fatalf("range below the compaction after reopen: %v", err)
+	}
+	checkKV(t, "a at 3", ts.get("a", 3), "a", "2", 2, 3, 2, 0)
+	checkKV(t, "b at 4", ts.get("b", 4), "b", "1", 4, 4, 1, 0)
+	if got := ts.put("a", "3").Header.Revision; got != 7 {
+		t.Fatalf("first put after reopen at %d, want 7", got)
+	}
+	checkKV(t, "a", ts.get("a", 0), "a", "3", 2, 7, 3, 0)
+	b := ts.s.NewBatch()
+	if _, _, err := b.Compact(3); err != ErrCompacted {
+		t.Fatalf("compact at the old compaction after reopen: %v, want ErrCompacted", err)
+	}
+	b.Abort()
+
+	// A store that was never compacted reopens with compaction revision -1.
+	fresh := newTestStore(t)
+	fresh.put("x", "1")
+	fresh.reopen()
+	if fresh.s.Rev() != 2 || fresh.s.CompactRev() != -1 {
+		t.Fatalf("never-compacted store reopened at %d, compacted %d; want 2, -1", fresh.s.Rev(), fresh.s.CompactRev())
+	}
+}
+
+// TestReopenResumesCompaction simulates a crash after a compaction was
+// committed but before its physical part ran: Open must finish it.
+func TestReopenResumesCompaction(t *testing.T) {
+	ts := newTestStore(t)
+	ts.put("a", "1") // 2
+	ts.put("a", "2") // 3
+	ts.put("b", "1") // 4
+	ts.del("b", "")  // 5
+	ts.close()
+
+	db, err := storage.Open(ts.dir, discardLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wb := db.NewBatch()
+	if err := storage.PutMetaUint64(wb, storage.MetaCompacted, 5); err != nil {
+		t.Fatal(err)
+	}
+	if err := wb.Commit(nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	ts.open()
+	if got := ts.s.CompactRev(); got != 5 {
+		t.Fatalf("compact revision %d, want 5", got)
+	}
+	waitDone(t, ts.s.compactor.doneCh(5), 5)
+	hist := ts.historyVersions()
+	if len(hist) != 1 || !equalRevs(hist["a"], []int64{3}) {
+		t.Fatalf("history after resumed compaction: %v, want a: [3]", hist)
+	}
+	done, err := storage.GetMetaUint64(ts.db, storage.MetaCompactDone)
+	if err != nil || done != 5 {
+		t.Fatalf("compact-done mark %d (%v), want 5", done, err)
+	}
+}
