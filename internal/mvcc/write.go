@@ -459,6 +459,10 @@ func (t *txn) checkTxn(req *pb.TxnRequest, path []bool, leaseExists LeaseExists,
 			}
 		case *pb.RequestOp_RequestPut:
 			put := r.RequestPut
+			// etcd checks the lease before the key.
+			if put.GetLease() != 0 && !leaseExists(put.GetLease()) {
+				return 0, ErrLeaseNotFound
+			}
 			if put.GetIgnoreValue() || put.GetIgnoreLease() {
 				var prev record
 				found, err := getLatest(t.r, put.GetKey(), &prev)
@@ -473,9 +477,6 @@ func (t *txn) checkTxn(req *pb.TxnRequest, path []bool, leaseExists LeaseExists,
 				if !found {
 					return 0, ErrKeyNotFound
 				}
-			}
-			if put.GetLease() != 0 && !leaseExists(put.GetLease()) {
-				return 0, ErrLeaseNotFound
 			}
 		case *pb.RequestOp_RequestTxn:
 			n, err := t.checkTxn(r.RequestTxn, path[1+walked:], leaseExists, deletedFrom)

@@ -270,22 +270,23 @@ func (n *Node) raftLoop() {
 		case <-n.proposals.wake:
 		case <-n.reads0.wake:
 		}
-		// Proposals are taken only while a leader is known, as raft's own
-		// node does: without one they would be dropped. They wait queued.
+		// Proposals and read requests are taken only while a leader is
+		// known, as raft's own node does: without one raft would drop
+		// them. Until then they wait queued.
 		if n.lead.Load() != raft.None {
 			proposals = n.proposals.drain(proposals)
-			for len(proposals) > 0 {
-				k := min(len(proposals), maxEntriesPerProposal)
-				n.propose(proposals[:k])
-				proposals = proposals[k:]
+			for batch := proposals; len(batch) > 0; {
+				k := min(len(batch), maxEntriesPerProposal)
+				n.propose(batch[:k])
+				batch = batch[k:]
 			}
-		}
-		if reads = n.reads0.drain(reads); len(reads) > 0 {
-			readSeq++
-			var ctx [8]byte
-			binary.BigEndian.PutUint64(ctx[:], readSeq)
-			n.rn.ReadIndex(ctx[:])
-			inflight[readSeq] = append([]chan error(nil), reads...)
+			if reads = n.reads0.drain(reads); len(reads) > 0 {
+				readSeq++
+				var ctx [8]byte
+				binary.BigEndian.PutUint64(ctx[:], readSeq)
+				n.rn.ReadIndex(ctx[:])
+				inflight[readSeq] = append([]chan error(nil), reads...)
+			}
 		}
 		for n.rn.HasReady() {
 			if err := n.handleReady(inflight); err != nil {
