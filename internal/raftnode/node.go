@@ -103,6 +103,15 @@ type Node struct {
 	appliedIdx atomic.Uint64
 
 	reads readWaits
+
+	// Local reads: a leader that is the only voter needs no read index
+	// round. No other member can be elected without its vote, and every
+	// write acknowledged to a client has been applied here, so once the
+	// first entry of its term is applied (which puts every earlier
+	// entry in the state machine) its state is linearizable as it is.
+	soleVoter     bool          // raft loop only: the configuration is just this member
+	termStart     uint64        // raft loop only: first committed entry of this leader's term; 0 if not leader or unknown
+	localReadFrom atomic.Uint64 // termStart while local reads are safe, else 0
 }
 
 // New opens the Raft member over the log in log. It does not start it.
@@ -150,6 +159,7 @@ func New(cfg Config, db *pebble.DB, log *storage.LogStore, sm StateMachine) (*No
 		failedC:   make(chan struct{}),
 	}
 	n.appliedIdx.Store(cfg.Applied)
+	n.soleVoter = isSoleVoter(log.ConfState(), cfg.ID)
 	return n, nil
 }
 
@@ -231,6 +241,9 @@ func (n *Node) Propose(id uint64, data []byte) error {
 // committed when it was called: a read served after it is linearizable.
 // Concurrent calls share one Raft read index round.
 func (n *Node) ReadIndex(ctx context.Context) error {
+	if from := n.localReadFrom.Load(); from != 0 && n.appliedIdx.Load() >= from {
+		return nil
+	}
 	select {
 	case <-n.stopC:
 		return ErrStopped
@@ -334,10 +347,22 @@ func (n *Node) maybeCampaign() {
 	if st.RaftState == raft.StateLeader {
 		return
 	}
-	cs := n.log.ConfState()
-	if len(cs.GetVoters()) == 1 && cs.GetVoters()[0] == n.cfg.ID && len(cs.GetVotersOutgoing()) == 0 {
+	if n.soleVoter {
 		_ = n.rn.Campaign()
 	}
+}
+
+func isSoleVoter(cs *raftpb.ConfState, id uint64) bool {
+	return len(cs.GetVoters()) == 1 && cs.GetVoters()[0] == id && len(cs.GetVotersOutgoing()) == 0
+}
+
+// publishLocalReads decides whether ReadIndex may skip the read index round.
+func (n *Node) publishLocalReads() {
+	if n.soleVoter && n.termStart != 0 && n.lead.Load() == n.cfg.ID {
+		n.localReadFrom.Store(n.termStart)
+		return
+	}
+	n.localReadFrom.Store(0)
 }
 
 func (n *Node) handleReady(inflight map[uint64][]chan error) error {
@@ -350,6 +375,8 @@ func (n *Node) handleReady(inflight map[uint64][]chan error) error {
 			// callers retry.
 			failReads(inflight, ErrLeaderChanged)
 		}
+		n.termStart = 0
+		n.publishLocalReads()
 	}
 	if !raft.IsEmptySnap(rd.Snapshot) {
 		return fmt.Errorf("raftnode: received a snapshot at index %d: installing snapshots needs clustering, which this member does not run", rd.Snapshot.GetMetadata().GetIndex())
@@ -392,14 +419,23 @@ func (n *Node) handleReady(inflight map[uint64][]chan error) error {
 	if len(rd.CommittedEntries) > 0 {
 		var cs *raftpb.ConfState
 		for _, e := range rd.CommittedEntries {
+			if n.termStart == 0 && e.GetTerm() == n.term.Load() && n.lead.Load() == n.cfg.ID {
+				n.termStart = e.GetIndex()
+				n.publishLocalReads()
+			}
 			if e.GetType() == raftpb.EntryType_EntryNormal {
 				continue
 			}
+			// Stop local reads before the configuration changes.
+			n.soleVoter = false
+			n.publishLocalReads()
 			c, err := n.applyConfChange(e)
 			if err != nil {
 				return err
 			}
 			cs = c
+			n.soleVoter = isSoleVoter(cs, n.cfg.ID)
+			n.publishLocalReads()
 		}
 		select {
 		case n.applyC <- applyTask{ents: rd.CommittedEntries, cs: cs}:
