@@ -256,6 +256,7 @@ func (s *Server) Stop() {
 		s.node.Stop()
 		s.waits.failAll(raftnode.ErrStopped)
 		s.kv.Close()
+		s.logger.Debug("pebble metrics at stop\n" + s.db.Metrics().String())
 		if err := s.db.Close(); err != nil {
 			s.logger.Error("close database", "err", err)
 		}

@@ -53,18 +53,28 @@ func MetaKey(name string) []byte {
 	return append(k, name...)
 }
 
+// Memory budget of the database. The cache holds the memtables' reservation
+// (up to MemTableStopWritesThreshold of them) plus the blocks it caches.
+const (
+	memTableSize   = 32 << 20
+	blockCacheSize = 512 << 20
+)
+
 // Open opens (creating if needed) the Pebble database in dir, tuned for plinth:
-// bloom filters on every level, because MVCC puts look up keys that usually do
-// not exist yet.
+// bloom filters on every level, because MVCC puts look up keys that often do
+// not exist yet, and a block cache well above the memtables' size, because
+// Pebble reserves memtable memory out of the block cache: a cache no larger
+// than the memtables caches nothing, and every put's lookup of its key's
+// newest version would read and decompress blocks from disk.
 func Open(dir string, logger *slog.Logger) (*pebble.DB, error) {
 	opts := &pebble.Options{
 		Logger:                      pebbleLogger{logger},
-		MemTableSize:                64 << 20,
+		MemTableSize:                memTableSize,
 		MemTableStopWritesThreshold: 4,
 		L0CompactionThreshold:       4,
 		L0StopWritesThreshold:       1000,
 		LBaseMaxBytes:               64 << 20,
-		Cache:                       pebble.NewCache(128 << 20),
+		Cache:                       pebble.NewCache(blockCacheSize),
 	}
 	defer opts.Cache.Unref()
 	for i := range opts.Levels {
