@@ -23,6 +23,9 @@ type testStore struct {
 	dir string
 	db  *pebble.DB
 	s   *Store
+	// keyCacheMax, when set, replaces the key cache with one that small, so
+	// tests run through its evictions.
+	keyCacheMax int
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -45,6 +48,9 @@ func (ts *testStore) open() {
 	if err != nil {
 		_ = db.Close()
 		ts.t.Fatalf("open store: %v", err)
+	}
+	if ts.keyCacheMax > 0 {
+		s.keys = newKeyCache(ts.keyCacheMax)
 	}
 	ts.db, ts.s = db, s
 }

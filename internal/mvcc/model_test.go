@@ -153,13 +153,18 @@ func randomEnd(r *rand.Rand) string {
 // and a reopen.
 func TestModel(t *testing.T) {
 	for seed := uint64(1); seed <= 4; seed++ {
-		t.Run(fmt.Sprintf("seed %d", seed), func(t *testing.T) { runModel(t, seed) })
+		t.Run(fmt.Sprintf("seed %d", seed), func(t *testing.T) { runModel(t, seed, 0) })
 	}
+	// A key cache smaller than the key space: puts keep missing and
+	// evicting, and must still find every key's create revision and version.
+	t.Run("tiny key cache", func(t *testing.T) { runModel(t, 5, 2) })
 }
 
-func runModel(t *testing.T, seed uint64) {
+func runModel(t *testing.T, seed uint64, keyCacheMax int) {
 	r := rand.New(rand.NewPCG(seed, 42))
-	ts := newTestStore(t)
+	ts := &testStore{t: t, dir: t.TempDir(), keyCacheMax: keyCacheMax}
+	ts.open()
+	t.Cleanup(ts.close)
 	m := newModel()
 	randKey := func() string { return modelKeys[r.IntN(len(modelKeys))] }
 

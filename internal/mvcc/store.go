@@ -46,6 +46,7 @@ type Store struct {
 	compactRev int64 // reads below this revision fail with ErrCompacted; -1 before any compaction
 
 	compactor *compactor
+	keys      *keyCache // owned by the write path (Batch), see keyCache
 }
 
 // Open loads the store's revision from db and resumes an unfinished
@@ -74,7 +75,7 @@ func Open(db *pebble.DB, logger *slog.Logger) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{db: db, logger: logger, rev: int64(rev), compactRev: compactRev}
+	s := &Store{db: db, logger: logger, rev: int64(rev), compactRev: compactRev, keys: newKeyCache(keyCacheSize)}
 	s.compactor = newCompactor(db, logger, int64(done))
 	if compactRev > int64(done) {
 		s.compactor.schedule(compactRev)

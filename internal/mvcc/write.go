@@ -68,6 +68,7 @@ func (b *Batch) Commit() error {
 	}
 	s.viewMu.Unlock()
 	if err != nil {
+		s.keys.reset()
 		return fmt.Errorf("mvcc: commit batch at revision %d: %w", b.rev, err)
 	}
 	if b.compactTo > 0 {
@@ -76,8 +77,12 @@ func (b *Batch) Commit() error {
 	return nil
 }
 
-// Abort discards the batch.
-func (b *Batch) Abort() { _ = b.b.Close() }
+// Abort discards the batch, and with it the key cache, which may describe
+// the batch's writes.
+func (b *Batch) Abort() {
+	b.s.keys.reset()
+	_ = b.b.Close()
+}
 
 // txn is one request executing against a view: every change it makes
 // carries revision begin+1. In a Batch it reads and writes the batch; a
@@ -85,6 +90,7 @@ func (b *Batch) Abort() { _ = b.b.Close() }
 type txn struct {
 	r          pebble.Reader
 	w          *pebble.Batch // nil when the request may not write
+	keys       *keyCache     // nil when the request may not write
 	buf        []byte
 	begin      int64
 	compactRev int64
@@ -92,7 +98,7 @@ type txn struct {
 }
 
 func (b *Batch) begin() *txn {
-	return &txn{r: b.b, w: b.b, buf: b.buf, begin: b.rev, compactRev: b.compactRev}
+	return &txn{r: b.b, w: b.b, keys: b.s.keys, buf: b.buf, begin: b.rev, compactRev: b.compactRev}
 }
 
 // finish takes a successful request's revision into the batch.
@@ -112,15 +118,19 @@ func (t *txn) rev() int64 {
 	return t.begin
 }
 
-func (t *txn) put(key, value []byte, lease int64) error {
+// put writes key's next version. prev is the key's newest version when the
+// caller read it already (nil otherwise).
+func (t *txn) put(key, value []byte, lease int64, prev *keyMeta) error {
 	rev := t.begin + 1
-	var prev record
-	found, err := getLatest(t.r, key, &prev)
-	if err != nil {
-		return err
+	if prev == nil {
+		m, err := t.latestMeta(key)
+		if err != nil {
+			return err
+		}
+		prev = &m
 	}
 	rec := record{createRevision: rev, modRevision: rev, version: 1, lease: lease, value: value}
-	if found {
+	if prev.exists {
 		rec.createRevision = prev.createRevision
 		rec.version = prev.version + 1
 	}
@@ -131,8 +141,25 @@ func (t *txn) put(key, value []byte, lease int64) error {
 	if err := t.w.Set(historyKey(key, rev), t.buf, nil); err != nil {
 		return fmt.Errorf("mvcc: stage put %q: %w", key, err)
 	}
+	t.keys.set(key, keyMeta{exists: true, createRevision: rec.createRevision, version: rec.version})
 	t.changed = true
 	return nil
+}
+
+// latestMeta returns what a put needs of key's newest version, from the key
+// cache when it knows the key.
+func (t *txn) latestMeta(key []byte) (keyMeta, error) {
+	if m, ok := t.keys.get(key); ok {
+		return m, nil
+	}
+	var rec record
+	found, err := getLatest(t.r, key, &rec)
+	if err != nil {
+		return keyMeta{}, err
+	}
+	m := keyMeta{exists: found, createRevision: rec.createRevision, version: rec.version}
+	t.keys.set(key, m)
+	return m, nil
 }
 
 // deleteRange deletes the live keys in sp and returns them as they were.
@@ -154,6 +181,7 @@ func (t *txn) deleteRange(sp span) ([]*mvccpb.KeyValue, error) {
 		if err := t.w.Set(historyKey(kv.Key, rev), t.buf, nil); err != nil {
 			return nil, fmt.Errorf("mvcc: stage delete %q: %w", kv.Key, err)
 		}
+		t.keys.set(kv.Key, keyMeta{})
 	}
 	t.changed = true
 	return sc.kvs, nil
@@ -195,12 +223,14 @@ func (b *Batch) Put(req *pb.PutRequest, leaseExists LeaseExists) (*pb.PutRespons
 func (t *txn) putReq(req *pb.PutRequest) (*pb.PutResponse, error) {
 	value, lease := req.Value, req.Lease
 	resp := &pb.PutResponse{Header: &pb.ResponseHeader{}}
+	var meta *keyMeta
 	if req.IgnoreValue || req.IgnoreLease || req.PrevKv {
 		var prev record
 		found, err := getLatest(t.r, req.Key, &prev)
 		if err != nil {
 			return nil, err
 		}
+		meta = &keyMeta{exists: found, createRevision: prev.createRevision, version: prev.version}
 		if !found && (req.IgnoreValue || req.IgnoreLease) {
 			return nil, ErrKeyNotFound
 		}
@@ -216,7 +246,7 @@ func (t *txn) putReq(req *pb.PutRequest) (*pb.PutResponse, error) {
 			}
 		}
 	}
-	if err := t.put(req.Key, value, lease); err != nil {
+	if err := t.put(req.Key, value, lease, meta); err != nil {
 		return nil, err
 	}
 	resp.Header.Revision = t.rev()
