@@ -16,7 +16,7 @@ build:
 # detector (fuzz targets run their seed corpora), the crash tests, the
 # differential tests against a reference etcd, and the benchmark harness's
 # own tests.
-test: vet test-unit test-bench
+test: vet test-unit test-compat test-bench
 
 vet:
 	@test -z "$$(gofmt -l cmd internal test bench)" || { echo "gofmt needed:"; gofmt -l cmd internal test bench; exit 1; }

@@ -1,0 +1,306 @@
+package compat
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+const (
+	readyTimeout = 30 * time.Second
+	stopGrace    = 5 * time.Second
+)
+
+// server is one side of a comparison: a KV client on its own connection,
+// and the ids its response headers must carry for the whole run.
+type server struct {
+	name string
+	addr string // host:port of the client URL
+	kv   pb.KVClient
+
+	// clusterID and memberID are learnt from the first response header and
+	// must not change afterwards, restarts included (see checkHeader).
+	clusterID, memberID uint64
+
+	// restart stops the server and starts it again on the same data dir and
+	// ports; the connection above reconnects by itself.
+	restart func(t testing.TB)
+}
+
+// pair is the reference etcd and the target under test, both fresh.
+type pair struct {
+	ref, tgt *server
+}
+
+// startPair starts a fresh reference etcd and a fresh target; both are
+// stopped and their data removed when t ends.
+func startPair(t testing.TB) *pair {
+	t.Helper()
+	ref := startEmbedded(t, "etcd")
+	var tgt *server
+	if selftest {
+		tgt = startEmbedded(t, "etcd-selftest")
+	} else {
+		tgt = startBinary(t, "plinth", targetBin)
+	}
+	return &pair{ref: ref, tgt: tgt}
+}
+
+// freeURL reserves a free loopback port by listening on port 0 and returns
+// an http URL for it. The port is released before the server binds it; on a
+// test machine that race is accepted.
+func freeURL(t testing.TB) url.URL {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("compat: reserving a port: %v", err)
+	}
+	addr := l.Addr().String()
+	if err := l.Close(); err != nil {
+		t.Fatalf("compat: releasing a port: %v", err)
+	}
+	return url.URL{Scheme: "http", Host: addr}
+}
+
+// startEmbedded starts an etcd v3.7.3 member inside the test process.
+func startEmbedded(t testing.TB, name string) *server {
+	t.Helper()
+	dir := t.TempDir()
+	client, peer := freeURL(t), freeURL(t)
+	cfg := embed.NewConfig()
+	cfg.Name = "default"
+	cfg.Dir = filepath.Join(dir, "data")
+	cfg.ListenClientUrls = []url.URL{client}
+	cfg.AdvertiseClientUrls = []url.URL{client}
+	cfg.ListenPeerUrls = []url.URL{peer}
+	cfg.AdvertisePeerUrls = []url.URL{peer}
+	cfg.InitialCluster = "default=" + peer.String()
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(embeddedLogger(t, filepath.Join(dir, "etcd.log")))
+	// Durability is not what these tests compare; fsync only slows them.
+	cfg.UnsafeNoFsync = true
+	// A single member elects itself after an election timeout: keep it short.
+	cfg.TickMs = 10
+	cfg.ElectionMs = 100
+
+	var e *embed.Etcd
+	launch := func(t testing.TB) {
+		var err error
+		if e, err = embed.StartEtcd(cfg); err != nil {
+			t.Fatalf("compat: starting embedded %s: %v", name, err)
+		}
+		select {
+		case <-e.Server.ReadyNotify():
+		case err := <-e.Err():
+			t.Fatalf("compat: embedded %s failed: %v", name, err)
+		case <-time.After(readyTimeout):
+			t.Fatalf("compat: embedded %s not ready after %v", name, readyTimeout)
+		}
+	}
+	stop := func() {
+		if e != nil {
+			e.Close()
+			e = nil
+		}
+	}
+	launch(t)
+	t.Cleanup(stop) // after t.TempDir, so it runs before the directory is removed
+	s := dial(t, name, client.Host)
+	s.restart = func(t testing.TB) {
+		stop()
+		launch(t)
+		waitReady(t, s, nil, "")
+	}
+	waitReady(t, s, nil, "")
+	return s
+}
+
+// embeddedLogger logs warnings and worse to path, and also to stderr what
+// ends the process (etcd logs a broken invariant at fatal level, which exits
+// the whole test binary: without this, the test output would not say why).
+func embeddedLogger(t testing.TB, path string) *zap.Logger {
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatalf("compat: %v", err)
+	}
+	t.Cleanup(func() { f.Close() })
+	toFile := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(f), zapcore.WarnLevel)
+	toStderr := zapcore.NewCore(zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig()), zapcore.Lock(os.Stderr), zapcore.DPanicLevel)
+	return zap.New(zapcore.NewTee(toFile, toStderr), zap.AddCaller())
+}
+
+// startBinary starts the target as a separate process with etcd's flags and
+// waits until it answers a Get. It is stopped by pid when t ends: SIGTERM,
+// then SIGKILL after stopGrace.
+func startBinary(t testing.TB, name, bin string) *server {
+	t.Helper()
+	dir := t.TempDir()
+	client, peer := freeURL(t), freeURL(t)
+	logPath := filepath.Join(dir, name+".log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatalf("compat: %v", err)
+	}
+	var (
+		proc   *os.Process
+		exited chan struct{}
+	)
+	launch := func(t testing.TB) {
+		cmd := exec.Command(bin,
+			"--name", "default",
+			"--data-dir", filepath.Join(dir, "data"),
+			"--listen-client-urls", client.String(),
+			"--advertise-client-urls", client.String(),
+			"--listen-peer-urls", peer.String(),
+			"--initial-advertise-peer-urls", peer.String(),
+			"--initial-cluster", "default="+peer.String(),
+		)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("compat: starting %s: %v", bin, err)
+		}
+		proc, exited = cmd.Process, make(chan struct{})
+		done := exited
+		go func() {
+			_ = cmd.Wait()
+			close(done)
+		}()
+	}
+	stop := func() {
+		if proc != nil {
+			stopProcess(t, proc, exited)
+			proc = nil
+		}
+	}
+	launch(t)
+	// Registered after t.TempDir, so it runs before the directory is removed.
+	t.Cleanup(func() {
+		stop()
+		logf.Close()
+		if t.Failed() {
+			t.Logf("compat: last lines of %s's log:\n%s", name, tail(logPath, 40))
+		}
+	})
+	s := dial(t, name, client.Host)
+	s.restart = func(t testing.TB) {
+		stop()
+		fmt.Fprintf(logf, "--- compat: restarted ---\n")
+		launch(t)
+		waitReady(t, s, exited, logPath)
+	}
+	waitReady(t, s, exited, logPath)
+	return s
+}
+
+func stopProcess(t testing.TB, p *os.Process, exited <-chan struct{}) {
+	select {
+	case <-exited:
+		return
+	default:
+	}
+	_ = p.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+		return
+	case <-time.After(stopGrace):
+	}
+	t.Logf("compat: pid %d ignored SIGTERM for %v; killing it", p.Pid, stopGrace)
+	_ = p.Kill()
+	<-exited
+}
+
+// fastReconnect retries quickly while a just-started server is not yet
+// listening (gRPC's default first backoff is a second).
+var fastReconnect = grpc.ConnectParams{
+	Backoff:           backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+	MinConnectTimeout: 5 * time.Second,
+}
+
+// dial opens a gRPC connection that lets messages of any size through in
+// both directions, so that the server, not the client, enforces limits.
+func dial(t testing.TB, name, hostport string) *server {
+	t.Helper()
+	conn, err := grpc.NewClient("passthrough:///"+hostport,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(fastReconnect),
+		grpc.WithDefaultCallOptions(
+			grpc.MaxCallRecvMsgSize(math.MaxInt32),
+			grpc.MaxCallSendMsgSize(math.MaxInt32),
+		),
+	)
+	if err != nil {
+		t.Fatalf("compat: dialing %s at %s: %v", name, hostport, err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &server{name: name, addr: hostport, kv: pb.NewKVClient(conn)}
+}
+
+// waitReady polls a linearizable Get through the etcd client (so the client
+// is shown to work against the server) until it succeeds. A non-nil exited
+// channel is the process's; its closing ends the wait early.
+func waitReady(t testing.TB, s *server, exited <-chan struct{}, logPath string) {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   []string{s.addr},
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(fastReconnect)},
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		t.Fatalf("compat: etcd client for %s: %v", s.name, err)
+	}
+	defer cli.Close()
+	deadline := time.Now().Add(readyTimeout)
+	var lastErr error
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := cli.Get(ctx, "compat/ready-probe")
+		cancel()
+		if err == nil {
+			return
+		}
+		lastErr = err
+		select {
+		case <-exited:
+			t.Fatalf("compat: %s exited before it was ready; its log:\n%s", s.name, tail(logPath, 40))
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	msg := fmt.Sprintf("compat: %s not ready after %v: last error: %v", s.name, readyTimeout, lastErr)
+	if logPath != "" {
+		msg += "\n" + tail(logPath, 40)
+	}
+	t.Fatal(msg)
+}
+
+// tail returns the last n lines of a file, for failure messages.
+func tail(path string, n int) string {
+	if path == "" {
+		return ""
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Sprintf("(reading %s: %v)", path, err)
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
