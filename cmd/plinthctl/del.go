@@ -24,22 +24,9 @@ func (f *delFlags) bind(fs *pflag.FlagSet) {
 // request checks the arguments and flags and returns the key and the client
 // options of the delete.
 func (f *delFlags) request(args []string) (string, []clientv3.OpOption, error) {
-	if len(args) == 0 || len(args) > 2 {
-		return "", nil, badArgs("del command needs one argument as key and an optional argument as range_end")
-	}
-	if f.prefix && f.fromKey {
-		return "", nil, badArgs("`--prefix` and `--from-key` cannot be set at the same time, choose one")
-	}
-	var opts []clientv3.OpOption
-	switch {
-	case len(args) == 2 && (f.prefix || f.fromKey):
-		return "", nil, badArgs("too many arguments, only accept one argument when `--prefix` or `--from-key` is set")
-	case len(args) == 2:
-		opts = append(opts, clientv3.WithRange(args[1]))
-	case f.prefix:
-		opts = append(opts, clientv3.WithPrefix())
-	case f.fromKey:
-		opts = append(opts, clientv3.WithFromKey())
+	opts, err := keyRangeOptions("del", args, f.prefix, f.fromKey)
+	if err != nil {
+		return "", nil, err
 	}
 	if f.prevKV {
 		opts = append(opts, clientv3.WithPrevKV())

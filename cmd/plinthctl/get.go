@@ -42,25 +42,12 @@ func (f *getFlags) bind(fs *pflag.FlagSet) {
 // request checks the arguments and flags and returns the key and the client
 // options of the range they ask for.
 func (f *getFlags) request(args []string) (string, []clientv3.OpOption, error) {
-	if len(args) == 0 || len(args) > 2 {
-		return "", nil, badArgs("get command needs one argument as key and an optional argument as range_end")
-	}
-	if f.prefix && f.fromKey {
-		return "", nil, badArgs("`--prefix` and `--from-key` cannot be set at the same time, choose one")
+	opts, err := keyRangeOptions("get", args, f.prefix, f.fromKey)
+	if err != nil {
+		return "", nil, err
 	}
 	if f.keysOnly && f.countOnly {
 		return "", nil, badArgs("`--keys-only` and `--count-only` cannot be set at the same time, choose one")
-	}
-	var opts []clientv3.OpOption
-	switch {
-	case len(args) == 2 && (f.prefix || f.fromKey):
-		return "", nil, badArgs("too many arguments, only accept one argument when `--prefix` or `--from-key` is set")
-	case len(args) == 2:
-		opts = append(opts, clientv3.WithRange(args[1]))
-	case f.prefix:
-		opts = append(opts, clientv3.WithPrefix())
-	case f.fromKey:
-		opts = append(opts, clientv3.WithFromKey())
 	}
 	switch f.consistency {
 	case "l":
@@ -180,4 +167,27 @@ func getRange(ctx context.Context, c *clientv3.Client, key string, opts []client
 		return nil, err
 	}
 	return (*pb.RangeResponse)(resp), nil
+}
+
+// keyRangeOptions checks the KEY [RANGE_END] arguments of get and del with
+// their --prefix and --from-key flags, and returns the client options of the
+// range they name.
+func keyRangeOptions(command string, args []string, prefix, fromKey bool) ([]clientv3.OpOption, error) {
+	if len(args) == 0 || len(args) > 2 {
+		return nil, badArgs("%s command needs one argument as key and an optional argument as range_end", command)
+	}
+	if prefix && fromKey {
+		return nil, badArgs("`--prefix` and `--from-key` cannot be set at the same time, choose one")
+	}
+	switch {
+	case len(args) == 2 && (prefix || fromKey):
+		return nil, badArgs("too many arguments, only accept one argument when `--prefix` or `--from-key` is set")
+	case len(args) == 2:
+		return []clientv3.OpOption{clientv3.WithRange(args[1])}, nil
+	case prefix:
+		return []clientv3.OpOption{clientv3.WithPrefix()}, nil
+	case fromKey:
+		return []clientv3.OpOption{clientv3.WithFromKey()}, nil
+	}
+	return nil, nil
 }

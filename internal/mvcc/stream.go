@@ -80,9 +80,23 @@ func (st *stream) walk(reverse bool, visit visitFunc) error {
 	return walkLatest(iter, reverse, visit)
 }
 
-// passes reports whether kv survives the request's revision filters.
-func (st *stream) passes(kv *mvccpb.KeyValue) bool {
-	return len(pruneKVs([]*mvccpb.KeyValue{kv}, st.req)) == 1
+// match counts a version the walk met and returns it if the answer may
+// carry it: nil for count_only requests and for versions outside the
+// request's revision filters.
+func (st *stream) match(key, v []byte, keysOnly bool) (*mvccpb.KeyValue, error) {
+	st.count++
+	if st.req.CountOnly {
+		return nil, nil
+	}
+	var rec record
+	if err := decodeRecord(v, &rec); err != nil {
+		return nil, fmt.Errorf("mvcc: key %q: %w", key, err)
+	}
+	kv := rec.keyValue(key, keysOnly)
+	if len(pruneKVs([]*mvccpb.KeyValue{kv}, st.req)) == 0 {
+		return nil, nil
+	}
+	return kv, nil
 }
 
 // inKeyOrder streams the range in key order, sending full chunks as it goes
@@ -92,17 +106,9 @@ func (st *stream) inKeyOrder(reverse bool, last *pb.RangeResponse) error {
 	emitted, size := 0, 0
 	var chunk []*mvccpb.KeyValue
 	err := st.walk(reverse, func(key, v []byte) (bool, error) {
-		st.count++
-		if st.req.CountOnly {
-			return true, nil
-		}
-		var rec record
-		if err := decodeRecord(v, &rec); err != nil {
-			return false, fmt.Errorf("mvcc: key %q: %w", key, err)
-		}
-		kv := rec.keyValue(key, st.req.KeysOnly)
-		if !st.passes(kv) {
-			return true, nil
+		kv, err := st.match(key, v, st.req.KeysOnly)
+		if kv == nil || err != nil {
+			return err == nil, err
 		}
 		if limit > 0 && emitted == limit {
 			last.More = true
@@ -137,17 +143,9 @@ func (st *stream) sorted(target pb.RangeRequest_SortTarget, order pb.RangeReques
 		st.count = 0
 		matching := 0
 		err := st.walk(false, func(key, v []byte) (bool, error) {
-			st.count++
-			if st.req.CountOnly {
-				return true, nil
-			}
-			var rec record
-			if err := decodeRecord(v, &rec); err != nil {
-				return false, fmt.Errorf("mvcc: key %q: %w", key, err)
-			}
-			kv := rec.keyValue(key, false)
-			if !st.passes(kv) {
-				return true, nil
+			kv, err := st.match(key, v, false)
+			if kv == nil || err != nil {
+				return err == nil, err
 			}
 			matching++
 			if prev != nil && !less(prev, kv) {
