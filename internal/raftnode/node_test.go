@@ -1,0 +1,196 @@
+package raftnode
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	raftpb "go.etcd.io/raft/v3/raftpb"
+
+	"github.com/plinthdb/plinth/internal/storage"
+)
+
+// recorder is a state machine that keeps what it was given and, like the
+// real one, persists its applied index and configuration.
+type recorder struct {
+	db      *pebble.DB
+	mu      sync.Mutex
+	applied []string
+	index   uint64
+}
+
+func (r *recorder) Apply(ents []*raftpb.Entry, cs *raftpb.ConfState) error {
+	b := r.db.NewBatch()
+	defer func() { _ = b.Close() }()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range ents {
+		if e.GetIndex() <= r.index {
+			continue
+		}
+		r.index = e.GetIndex()
+		if e.GetType() == raftpb.EntryType_EntryNormal && len(e.GetData()) > 0 {
+			r.applied = append(r.applied, string(e.GetData()))
+		}
+	}
+	if err := storage.PutMetaUint64(b, storage.MetaAppliedIndex, r.index); err != nil {
+		return err
+	}
+	if cs != nil {
+		if err := storage.SaveConfState(b, cs); err != nil {
+			return err
+		}
+	}
+	return b.Commit(pebble.NoSync)
+}
+
+func (r *recorder) snapshot() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.applied...)
+}
+
+type testNode struct {
+	n       *Node
+	sm      *recorder
+	db      *pebble.DB
+	dropped chan uint64
+}
+
+func startNode(t *testing.T, dir string) *testNode {
+	t.Helper()
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	db, err := storage.Open(dir, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, err := storage.OpenLogStore(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	applied, err := storage.GetMetaUint64(db, storage.MetaAppliedIndex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tn := &testNode{sm: &recorder{db: db, index: applied}, db: db, dropped: make(chan uint64, 16)}
+	n, err := New(Config{
+		ID: 1, Peers: []uint64{1}, TickInterval: 10 * time.Millisecond, ElectionTicks: 10,
+		Applied: applied, LogRetention: 50, Logger: logger,
+		OnDropped: func(id uint64, err error) { tn.dropped <- id },
+	}, db, log, tn.sm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tn.n = n
+	n.Start()
+	return tn
+}
+
+func (tn *testNode) stop() {
+	tn.n.Stop()
+	_ = tn.db.Close()
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestProposalsAreAppliedInOrderAndSurviveRestart(t *testing.T) {
+	dir := t.TempDir()
+	tn := startNode(t, dir)
+	const n = 300 // more than the log keeps, so the restart starts from a truncated log
+	for i := 0; i < n; i++ {
+		if err := tn.n.Propose(uint64(i), []byte{byte(i), byte(i >> 8)}); err != nil {
+			t.Fatalf("propose %d: %v", i, err)
+		}
+	}
+	waitFor(t, "all proposals applied", func() bool { return len(tn.sm.snapshot()) == n })
+	for i, data := range tn.sm.snapshot() {
+		if data != string([]byte{byte(i), byte(i >> 8)}) {
+			t.Fatalf("entry %d applied out of order: %x", i, data)
+		}
+	}
+	if err := tn.n.ReadIndex(context.Background()); err != nil {
+		t.Fatalf("read index: %v", err)
+	}
+	if tn.n.Leader() != 1 || tn.n.Term() == 0 || tn.n.AppliedIndex() < n {
+		t.Fatalf("leader %d term %d applied %d", tn.n.Leader(), tn.n.Term(), tn.n.AppliedIndex())
+	}
+	appliedBefore := tn.n.AppliedIndex()
+	tn.stop()
+
+	tn = startNode(t, dir)
+	defer tn.stop()
+	if err := tn.n.Propose(1000, []byte("after restart")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the new proposal applied", func() bool {
+		got := tn.sm.snapshot()
+		return len(got) == 1 && got[0] == "after restart"
+	})
+	if tn.n.AppliedIndex() <= appliedBefore {
+		t.Fatalf("applied index went from %d to %d", appliedBefore, tn.n.AppliedIndex())
+	}
+}
+
+func TestLinearizableReadWaitsForEarlierWrites(t *testing.T) {
+	tn := startNode(t, t.TempDir())
+	defer tn.stop()
+	for i := 0; i < 50; i++ {
+		if err := tn.n.Propose(uint64(i), []byte("w")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A read must not return before the entries committed when it began
+	// are applied.
+	waitFor(t, "writes committed", func() bool { return tn.n.CommitIndex() >= 50 })
+	commit := tn.n.CommitIndex()
+	if err := tn.n.ReadIndex(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if applied := tn.n.AppliedIndex(); applied < commit {
+		t.Fatalf("read returned with applied index %d below commit index %d seen before it", applied, commit)
+	}
+}
+
+func TestStoppedNodeRefusesWork(t *testing.T) {
+	tn := startNode(t, t.TempDir())
+	tn.stop()
+	if err := tn.n.Propose(1, []byte("x")); !errors.Is(err, ErrStopped) {
+		t.Fatalf("propose after stop: %v, want %v", err, ErrStopped)
+	}
+	if err := tn.n.ReadIndex(context.Background()); !errors.Is(err, ErrStopped) {
+		t.Fatalf("read after stop: %v, want %v", err, ErrStopped)
+	}
+}
+
+func TestInboxIsBounded(t *testing.T) {
+	q := newInbox[int](2)
+	if !q.push(1) || !q.push(2) || q.push(3) {
+		t.Fatalf("an inbox of 2 took a third item")
+	}
+	select {
+	case <-q.wake:
+	default:
+		t.Fatalf("no wake-up after the queue became non-empty")
+	}
+	got := q.drain(nil)
+	if len(got) != 2 || got[0] != 1 || got[1] != 2 {
+		t.Fatalf("drained %v", got)
+	}
+	if !q.push(4) {
+		t.Fatalf("a drained inbox refused an item")
+	}
+}
