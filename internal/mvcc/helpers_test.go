@@ -50,7 +50,7 @@ func (ts *testStore) open() {
 		ts.t.Fatalf("open store: %v", err)
 	}
 	if ts.keyCacheMax > 0 {
-		s.keys = newKeyCache(ts.keyCacheMax)
+		s.keys = newKeyCache(ts.keyCacheMax, keyCacheBytes)
 	}
 	ts.db, ts.s = db, s
 }

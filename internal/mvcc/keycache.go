@@ -12,8 +12,10 @@ package mvcc
 // the cache (Abort), because its entries would describe writes that never
 // happened.
 type keyCache struct {
-	max     int
-	entries map[string]keyMeta
+	maxEntries int
+	maxBytes   int
+	bytes      int // key bytes held
+	entries    map[string]keyMeta
 }
 
 // keyMeta is a key's newest version as far as a put is concerned.
@@ -23,11 +25,15 @@ type keyMeta struct {
 	version        int64
 }
 
-// keyCacheSize bounds the cache: about 100 bytes an entry with its key.
-const keyCacheSize = 1 << 20
+// Bounds of the cache: by entries, and by key bytes, since a key can be as
+// large as a request.
+const (
+	keyCacheEntries = 1 << 20
+	keyCacheBytes   = 64 << 20
+)
 
-func newKeyCache(max int) *keyCache {
-	return &keyCache{max: max, entries: make(map[string]keyMeta)}
+func newKeyCache(maxEntries, maxBytes int) *keyCache {
+	return &keyCache{maxEntries: maxEntries, maxBytes: maxBytes, entries: make(map[string]keyMeta)}
 }
 
 func (c *keyCache) get(key []byte) (keyMeta, bool) {
@@ -36,13 +42,23 @@ func (c *keyCache) get(key []byte) (keyMeta, bool) {
 }
 
 func (c *keyCache) set(key []byte, m keyMeta) {
-	if _, ok := c.entries[string(key)]; !ok && len(c.entries) >= c.max {
-		for k := range c.entries {
-			delete(c.entries, k) // map iteration starts at a random entry
-			break
+	if len(key) > c.maxBytes {
+		return
+	}
+	if _, ok := c.entries[string(key)]; !ok {
+		for len(c.entries) > 0 && (len(c.entries) >= c.maxEntries || c.bytes+len(key) > c.maxBytes) {
+			for k := range c.entries {
+				delete(c.entries, k) // map iteration starts at a random entry
+				c.bytes -= len(k)
+				break
+			}
 		}
+		c.bytes += len(key)
 	}
 	c.entries[string(key)] = m
 }
 
-func (c *keyCache) reset() { clear(c.entries) }
+func (c *keyCache) reset() {
+	clear(c.entries)
+	c.bytes = 0
+}

@@ -28,7 +28,7 @@ func TestAbortForgetsCachedKeys(t *testing.T) {
 }
 
 func TestKeyCacheEvictsWhenFull(t *testing.T) {
-	c := newKeyCache(2)
+	c := newKeyCache(2, 1000)
 	for _, k := range []string{"a", "b", "c", "d"} {
 		c.set([]byte(k), keyMeta{exists: true, version: 1})
 	}
@@ -38,5 +38,23 @@ func TestKeyCacheEvictsWhenFull(t *testing.T) {
 	c.set([]byte("d"), keyMeta{exists: true, version: 2})
 	if m, ok := c.get([]byte("d")); !ok || m.version != 2 {
 		t.Fatalf("overwrite of a cached key: %+v %v", m, ok)
+	}
+}
+
+func TestKeyCacheBoundsKeyBytes(t *testing.T) {
+	c := newKeyCache(100, 10)
+	for _, k := range []string{"aaaa", "bbbb", "cccc"} {
+		c.set([]byte(k), keyMeta{exists: true})
+	}
+	if c.bytes > 10 || len(c.entries) != 2 {
+		t.Fatalf("cache holds %d entries of %d key bytes, want 2 within 10", len(c.entries), c.bytes)
+	}
+	c.set([]byte("a key longer than the whole cache"), keyMeta{exists: true})
+	if _, ok := c.get([]byte("a key longer than the whole cache")); ok || c.bytes > 10 {
+		t.Fatalf("a key larger than the cache was cached (%d bytes held)", c.bytes)
+	}
+	c.reset()
+	if c.bytes != 0 || len(c.entries) != 0 {
+		t.Fatalf("reset left %d entries, %d bytes", len(c.entries), c.bytes)
 	}
 }

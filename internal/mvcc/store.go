@@ -75,7 +75,7 @@ func Open(db *pebble.DB, logger *slog.Logger) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{db: db, logger: logger, rev: int64(rev), compactRev: compactRev, keys: newKeyCache(keyCacheSize)}
+	s := &Store{db: db, logger: logger, rev: int64(rev), compactRev: compactRev, keys: newKeyCache(keyCacheEntries, keyCacheBytes)}
 	s.compactor = newCompactor(db, logger, int64(done))
 	if compactRev > int64(done) {
 		s.compactor.schedule(compactRev)
