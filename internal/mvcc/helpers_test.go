@@ -52,6 +52,15 @@ func (ts *testStore) open() {
 	if ts.keyCacheMax > 0 {
 		s.keys = newKeyCache(ts.keyCacheMax, keyCacheBytes)
 	}
+	// Let the key filter finish its scan, so that puts after a reopen take
+	// the filter's answers rather than falling back to lookups.
+	deadline := time.Now().Add(10 * time.Second)
+	for !s.filter.ready.Load() {
+		if time.Now().After(deadline) {
+			ts.t.Fatalf("key filter not built after 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
 	ts.db, ts.s = db, s
 }
 

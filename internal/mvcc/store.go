@@ -46,7 +46,10 @@ type Store struct {
 	compactRev int64 // reads below this revision fail with ErrCompacted; -1 before any compaction
 
 	compactor *compactor
-	keys      *keyCache // owned by the write path (Batch), see keyCache
+	keys      *keyCache  // owned by the write path (Batch), see keyCache
+	filter    *keyFilter // see keyFilter
+	stopC     chan struct{}
+	filling   sync.WaitGroup // the goroutine building filter
 }
 
 // Open loads the store's revision from db and resumes an unfinished
@@ -75,7 +78,17 @@ func Open(db *pebble.DB, logger *slog.Logger) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{db: db, logger: logger, rev: int64(rev), compactRev: compactRev, keys: newKeyCache(keyCacheEntries, keyCacheBytes)}
+	s := &Store{
+		db: db, logger: logger, rev: int64(rev), compactRev: compactRev,
+		keys:   newKeyCache(keyCacheEntries, keyCacheBytes),
+		filter: newKeyFilter(keyFilterKeys),
+		stopC:  make(chan struct{}),
+	}
+	s.filling.Add(1)
+	go func() {
+		defer s.filling.Done()
+		s.filter.fill(db, logger, s.stopC)
+	}()
 	s.compactor = newCompactor(db, logger, int64(done))
 	if compactRev > int64(done) {
 		s.compactor.schedule(compactRev)
@@ -83,8 +96,11 @@ func Open(db *pebble.DB, logger *slog.Logger) (*Store, error) {
 	return s, nil
 }
 
-// Close stops background compaction. It does not close the Pebble database.
+// Close stops background work (compaction, building the key filter). It does
+// not close the Pebble database.
 func (s *Store) Close() {
+	close(s.stopC)
+	s.filling.Wait()
 	s.compactor.stop()
 }
 

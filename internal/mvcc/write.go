@@ -91,6 +91,7 @@ type txn struct {
 	r          pebble.Reader
 	w          *pebble.Batch // nil when the request may not write
 	keys       *keyCache     // nil when the request may not write
+	filter     *keyFilter    // nil when the request may not write
 	buf        []byte
 	begin      int64
 	compactRev int64
@@ -98,7 +99,7 @@ type txn struct {
 }
 
 func (b *Batch) begin() *txn {
-	return &txn{r: b.b, w: b.b, keys: b.s.keys, buf: b.buf, begin: b.rev, compactRev: b.compactRev}
+	return &txn{r: b.b, w: b.b, keys: b.s.keys, filter: b.s.filter, buf: b.buf, begin: b.rev, compactRev: b.compactRev}
 }
 
 // finish takes a successful request's revision into the batch.
@@ -141,6 +142,7 @@ func (t *txn) put(key, value []byte, lease int64, prev *keyMeta) error {
 	if err := t.w.Set(historyKey(key, rev), t.buf, nil); err != nil {
 		return fmt.Errorf("mvcc: stage put %q: %w", key, err)
 	}
+	t.filter.add(key)
 	t.keys.set(key, keyMeta{exists: true, createRevision: rec.createRevision, version: rec.version})
 	t.changed = true
 	return nil
@@ -151,6 +153,9 @@ func (t *txn) put(key, value []byte, lease int64, prev *keyMeta) error {
 func (t *txn) latestMeta(key []byte) (keyMeta, error) {
 	if m, ok := t.keys.get(key); ok {
 		return m, nil
+	}
+	if !t.filter.mayContain(key) {
+		return keyMeta{}, nil // never written: a create
 	}
 	var rec record
 	found, err := getLatest(t.r, key, &rec)

@@ -1,0 +1,111 @@
+package mvcc
+
+import (
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"sync/atomic"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/plinthdb/plinth/internal/storage"
+)
+
+// keyFilter is a Bloom filter over every key the latest space may hold: a put
+// of a key the filter has never seen is a create, and needs no Pebble lookup
+// to learn that. A false "maybe" only costs that lookup; a false "no" would
+// corrupt the key's create revision and version, so the filter is built to
+// never give one:
+//
+//   - the write path adds every key it puts, from the moment the store opens;
+//   - a background scan adds the keys that were there before, reading an
+//     iterator it opens after the write path started adding;
+//   - until that scan has finished, the filter answers "maybe" for every key.
+//
+// Deletes never remove a key (a Bloom filter cannot), which only makes
+// answers "maybe". Bits are set and read atomically, because the scan and the
+// write path add at the same time.
+type keyFilter struct {
+	seed  maphash.Seed
+	words []atomic.Uint64
+	ready atomic.Bool
+}
+
+// The filter is sized for keyFilterKeys keys at 10 bits a key (about 1% false
+// "maybe"); beyond that it still answers correctly, with more lookups.
+const (
+	keyFilterKeys   = 4 << 20
+	keyFilterProbes = 7
+)
+
+func newKeyFilter(keys int) *keyFilter {
+	bits := keys * 10
+	return &keyFilter{seed: maphash.MakeSeed(), words: make([]atomic.Uint64, (bits+63)/64)}
+}
+
+func (f *keyFilter) probes(key []byte, visit func(word int, mask uint64) bool) {
+	h := maphash.Bytes(f.seed, key)
+	h1, h2 := h, (h>>33)|1
+	nbits := uint64(len(f.words)) * 64
+	for i := uint64(0); i < keyFilterProbes; i++ {
+		bit := (h1 + i*h2) % nbits
+		if !visit(int(bit/64), 1<<(bit%64)) {
+			return
+		}
+	}
+}
+
+func (f *keyFilter) add(key []byte) {
+	f.probes(key, func(word int, mask uint64) bool {
+		if f.words[word].Load()&mask == 0 {
+			f.words[word].Or(mask)
+		}
+		return true
+	})
+}
+
+// mayContain reports false only if key has never been in the latest space
+// since the store's data was written.
+func (f *keyFilter) mayContain(key []byte) bool {
+	if !f.ready.Load() {
+		return true
+	}
+	all := true
+	f.probes(key, func(word int, mask uint64) bool {
+		all = f.words[word].Load()&mask != 0
+		return all
+	})
+	return all
+}
+
+// fill adds every key of the latest space in db, then makes the filter
+// answer. It stops early, leaving the filter answering "maybe", when stop is
+// closed. It runs on a goroutine the Store owns.
+func (f *keyFilter) fill(db *pebble.DB, logger *slog.Logger, stop <-chan struct{}) {
+	iter, err := db.NewIter(&pebble.IterOptions{
+		LowerBound: []byte{storage.PrefixLatest},
+		UpperBound: []byte{storage.PrefixLatest + 1},
+	})
+	if err != nil {
+		logger.Error("key filter not built; every put looks its key up", "err", fmt.Errorf("mvcc: open iterator: %w", err))
+		return
+	}
+	n := 0
+	for valid := iter.First(); valid; valid = iter.Next() {
+		if n++; n%4096 == 0 {
+			select {
+			case <-stop:
+				_ = iter.Close()
+				return
+			default:
+			}
+		}
+		f.add(iter.Key()[1:])
+	}
+	if err := iter.Close(); err != nil {
+		logger.Error("key filter not built; every put looks its key up", "err", fmt.Errorf("mvcc: scan latest keys: %w", err))
+		return
+	}
+	f.ready.Store(true)
+	logger.Debug("key filter built", "keys", n)
+}
