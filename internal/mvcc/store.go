@@ -28,7 +28,6 @@ var (
 	ErrFutureRev     = errors.New("mvcc: required revision is a future revision")
 	ErrKeyNotFound   = errors.New("mvcc: key not found")
 	ErrLeaseNotFound = errors.New("mvcc: requested lease not found")
-	ErrClosed        = errors.New("mvcc: store closed")
 )
 
 // Store is the MVCC key-value store. Reads may run on any goroutine; writes go
