@@ -87,11 +87,11 @@ type Node struct {
 	sm  StateMachine
 	rn  *raft.RawNode // owned by the raft loop
 
-	proposals *inbox[proposal]
-	reads0    *inbox[chan error] // read requests waiting for a read index round
-	applyC    chan applyTask
-	stopC     chan struct{}
-	wg        sync.WaitGroup
+	proposalQueue *inbox[proposal]
+	readQueue     *inbox[chan error] // read requests waiting for a read index round
+	applyC        chan applyTask
+	stopC         chan struct{}
+	wg            sync.WaitGroup
 
 	failOnce sync.Once
 	failErr  error
@@ -152,11 +152,11 @@ func New(cfg Config, db *pebble.DB, log *storage.LogStore, sm StateMachine) (*No
 	}
 	n := &Node{
 		cfg: cfg, db: db, log: log, sm: sm, rn: rn,
-		proposals: newInbox[proposal](maxQueuedProposals),
-		reads0:    newInbox[chan error](maxQueuedReads),
-		applyC:    make(chan applyTask, 64),
-		stopC:     make(chan struct{}),
-		failedC:   make(chan struct{}),
+		proposalQueue: newInbox[proposal](maxQueuedProposals),
+		readQueue:     newInbox[chan error](maxQueuedReads),
+		applyC:        make(chan applyTask, 64),
+		stopC:         make(chan struct{}),
+		failedC:       make(chan struct{}),
 	}
 	n.appliedIdx.Store(cfg.Applied)
 	n.soleVoter = isSoleVoter(log.ConfState(), cfg.ID)
@@ -179,10 +179,10 @@ func (n *Node) Stop() {
 	}
 	n.wg.Wait()
 	n.reads.failAll(ErrStopped)
-	for _, r := range n.reads0.drain(nil) {
+	for _, r := range n.readQueue.drain(nil) {
 		r <- ErrStopped
 	}
-	for _, p := range n.proposals.drain(nil) {
+	for _, p := range n.proposalQueue.drain(nil) {
 		n.cfg.OnDropped(p.id, ErrStopped)
 	}
 }
@@ -231,7 +231,7 @@ func (n *Node) Propose(id uint64, data []byte) error {
 		return ErrStopped
 	default:
 	}
-	if !n.proposals.push(proposal{id: id, data: data}) {
+	if !n.proposalQueue.push(proposal{id: id, data: data}) {
 		return ErrTooManyRequests
 	}
 	return nil
@@ -250,7 +250,7 @@ func (n *Node) ReadIndex(ctx context.Context) error {
 	default:
 	}
 	errC := make(chan error, 1)
-	if !n.reads0.push(errC) {
+	if !n.readQueue.push(errC) {
 		return ErrTooManyRequests
 	}
 	select {
@@ -280,20 +280,20 @@ func (n *Node) raftLoop() {
 		case <-ticker.C:
 			n.rn.Tick()
 			n.maybeCampaign()
-		case <-n.proposals.wake:
-		case <-n.reads0.wake:
+		case <-n.proposalQueue.wake:
+		case <-n.readQueue.wake:
 		}
 		// Proposals and read requests are taken only while a leader is
 		// known, as raft's own node does: without one raft would drop
 		// them. Until then they wait queued.
 		if n.lead.Load() != raft.None {
-			proposals = n.proposals.drain(proposals)
+			proposals = n.proposalQueue.drain(proposals)
 			for batch := proposals; len(batch) > 0; {
 				k := min(len(batch), maxEntriesPerProposal)
 				n.propose(batch[:k])
 				batch = batch[k:]
 			}
-			if reads = n.reads0.drain(reads); len(reads) > 0 {
+			if reads = n.readQueue.drain(reads); len(reads) > 0 {
 				readSeq++
 				var ctx [8]byte
 				binary.BigEndian.PutUint64(ctx[:], readSeq)
