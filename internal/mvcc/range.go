@@ -2,6 +2,7 @@ package mvcc
 
 import (
 	"bytes"
+	"fmt"
 	"math"
 	"sort"
 
@@ -56,11 +57,21 @@ func planRange(req *pb.RangeRequest, curRev, compactRev int64) (rangePlan, error
 	}, nil
 }
 
-func (p rangePlan) bounds() (lower, upper []byte) {
-	if p.historical {
-		return p.sp.historyBounds()
+// open returns an iterator over the plan's span in the key space its
+// revision needs, or nil for a span that cannot hold a key.
+func (p rangePlan) open(r pebble.Reader) (*pebble.Iterator, error) {
+	if p.sp.empty() {
+		return nil, nil
 	}
-	return p.sp.latestBounds()
+	lower, upper := p.sp.latestBounds()
+	if p.historical {
+		lower, upper = p.sp.historyBounds()
+	}
+	iter, err := r.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	if err != nil {
+		return nil, fmt.Errorf("mvcc: open iterator: %w", err)
+	}
+	return iter, nil
 }
 
 // pointLatest reports whether the plan reads one key at the current revision.

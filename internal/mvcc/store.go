@@ -12,7 +12,6 @@ package mvcc
 
 import (
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 
@@ -137,14 +136,10 @@ func (s *Store) Range(req *pb.RangeRequest) (*pb.RangeResponse, error) {
 		}
 		return plan.answerPoint(req, curRev, found, &rec), nil
 	}
-	var iter *pebble.Iterator
-	if !plan.sp.empty() {
-		lower, upper := plan.bounds()
-		iter, err = s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
-	}
+	iter, err := plan.open(s.db)
 	s.viewMu.RUnlock()
 	if err != nil {
-		return nil, fmt.Errorf("mvcc: open iterator: %w", err)
+		return nil, err
 	}
 	return plan.run(iter, req, curRev)
 }

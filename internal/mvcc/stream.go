@@ -66,13 +66,9 @@ type stream struct {
 
 // walk visits the range at the plan's revision in key order.
 func (st *stream) walk(reverse bool, visit visitFunc) error {
-	if st.plan.sp.empty() {
-		return nil
-	}
-	lower, upper := st.plan.bounds()
-	iter, err := st.snap.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
-	if err != nil {
-		return fmt.Errorf("mvcc: open iterator: %w", err)
+	iter, err := st.plan.open(st.snap)
+	if iter == nil || err != nil {
+		return err
 	}
 	if st.plan.historical {
 		return walkHistory(iter, st.plan.readRev, reverse, visit)

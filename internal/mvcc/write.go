@@ -200,13 +200,9 @@ func (t *txn) rangeReq(req *pb.RangeRequest) (*pb.RangeResponse, error) {
 	if err != nil {
 		return nil, err
 	}
-	var iter *pebble.Iterator
-	if !plan.sp.empty() {
-		lower, upper := plan.bounds()
-		iter, err = t.r.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
-		if err != nil {
-			return nil, fmt.Errorf("mvcc: open iterator: %w", err)
-		}
+	iter, err := plan.open(t.r)
+	if err != nil {
+		return nil, err
 	}
 	return plan.run(iter, req, cur)
 }
