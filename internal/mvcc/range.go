@@ -77,14 +77,14 @@ func (p rangePlan) open(r pebble.Reader) (*pebble.Iterator, error) {
 // pointLatest reports whether the plan reads one key at the current revision.
 func (p rangePlan) pointLatest() bool { return p.sp.end == nil && !p.sp.fromKey && !p.historical }
 
-// answerPoint shapes the answer of a point read that found rec (or nothing):
+// answerPoint shapes the answer of a point read that found kv (or nil):
 // the same answer run would give for a scan that met at most that one key.
-func (p rangePlan) answerPoint(req *pb.RangeRequest, curRev int64, found bool, rec *record) *pb.RangeResponse {
+func (p rangePlan) answerPoint(req *pb.RangeRequest, curRev int64, kv *mvccpb.KeyValue) *pb.RangeResponse {
 	sc := scan{limit: p.limit, countOnly: p.countOnly}
-	if found {
+	if kv != nil {
 		sc.count = 1
 		if sc.wantMore() {
-			sc.kvs = []*mvccpb.KeyValue{rec.keyValue(req.Key, false)}
+			sc.kvs = []*mvccpb.KeyValue{kv}
 		}
 	}
 	return p.shape(sc, req, curRev)

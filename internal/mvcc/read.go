@@ -219,9 +219,9 @@ func appendInvertedRev(prefix []byte, rev int64) []byte {
 	return append(out, b[:]...)
 }
 
-// getLatest reads the newest live version of key; found is false if the key
-// does not exist now.
-func getLatest(r pebble.Reader, key []byte, rec *record) (found bool, err error) {
+// withLatest calls fn with the record of key's newest live version, which is
+// valid only during the call; found is false if the key does not exist now.
+func withLatest(r pebble.Reader, key []byte, fn func(rec *record)) (found bool, err error) {
 	v, closer, err := r.Get(latestKey(key))
 	if err == pebble.ErrNotFound {
 		return false, nil
@@ -230,9 +230,28 @@ func getLatest(r pebble.Reader, key []byte, rec *record) (found bool, err error)
 		return false, fmt.Errorf("mvcc: get %q: %w", key, err)
 	}
 	defer func() { _ = closer.Close() }()
-	if err := decodeRecord(v, rec); err != nil {
+	var rec record
+	if err := decodeRecord(v, &rec); err != nil {
 		return false, fmt.Errorf("mvcc: key %q: %w", key, err)
 	}
-	rec.value = append([]byte(nil), rec.value...)
+	fn(&rec)
 	return true, nil
+}
+
+// getLatest returns key's newest live version, nil if the key does not exist
+// now.
+func getLatest(r pebble.Reader, key []byte) (*mvccpb.KeyValue, error) {
+	var kv *mvccpb.KeyValue
+	_, err := withLatest(r, key, func(rec *record) { kv = rec.keyValue(key, false) })
+	return kv, err
+}
+
+// lookupLatest returns what a put needs of key's newest version, without
+// copying its value.
+func lookupLatest(r pebble.Reader, key []byte) (keyMeta, error) {
+	var m keyMeta
+	_, err := withLatest(r, key, func(rec *record) {
+		m = keyMeta{exists: true, createRevision: rec.createRevision, version: rec.version}
+	})
+	return m, err
 }

@@ -128,13 +128,12 @@ func (s *Store) Range(req *pb.RangeRequest) (*pb.RangeResponse, error) {
 	if plan.pointLatest() {
 		// The commonest read, one key now: a Get, done under the lock
 		// because it has no iterator to pin its view.
-		var rec record
-		found, err := getLatest(s.db, req.Key, &rec)
+		kv, err := getLatest(s.db, req.Key)
 		s.viewMu.RUnlock()
 		if err != nil {
 			return nil, err
 		}
-		return plan.answerPoint(req, curRev, found, &rec), nil
+		return plan.answerPoint(req, curRev, kv), nil
 	}
 	iter, err := plan.open(s.db)
 	s.viewMu.RUnlock()

@@ -157,12 +157,10 @@ func (t *txn) latestMeta(key []byte) (keyMeta, error) {
 	if !t.filter.mayContain(key) {
 		return keyMeta{}, nil // never written: a create
 	}
-	var rec record
-	found, err := getLatest(t.r, key, &rec)
+	m, err := lookupLatest(t.r, key)
 	if err != nil {
 		return keyMeta{}, err
 	}
-	m := keyMeta{exists: found, createRevision: rec.createRevision, version: rec.version}
 	t.keys.set(key, m)
 	return m, nil
 }
@@ -226,24 +224,24 @@ func (t *txn) putReq(req *pb.PutRequest) (*pb.PutResponse, error) {
 	resp := &pb.PutResponse{Header: &pb.ResponseHeader{}}
 	var meta *keyMeta
 	if req.IgnoreValue || req.IgnoreLease || req.PrevKv {
-		var prev record
-		found, err := getLatest(t.r, req.Key, &prev)
+		prev, err := getLatest(t.r, req.Key)
 		if err != nil {
 			return nil, err
 		}
-		meta = &keyMeta{exists: found, createRevision: prev.createRevision, version: prev.version}
-		if !found && (req.IgnoreValue || req.IgnoreLease) {
+		if prev == nil && (req.IgnoreValue || req.IgnoreLease) {
 			return nil, ErrKeyNotFound
 		}
-		if found {
+		meta = &keyMeta{}
+		if prev != nil {
+			*meta = keyMeta{exists: true, createRevision: prev.CreateRevision, version: prev.Version}
 			if req.IgnoreValue {
-				value = prev.value
+				value = prev.Value
 			}
 			if req.IgnoreLease {
-				lease = prev.lease
+				lease = prev.Lease
 			}
 			if req.PrevKv {
-				resp.PrevKv = prev.keyValue(req.Key, false)
+				resp.PrevKv = prev
 			}
 		}
 	}
@@ -495,11 +493,11 @@ func (t *txn) checkTxn(req *pb.TxnRequest, path []bool, leaseExists LeaseExists,
 				return 0, ErrLeaseNotFound
 			}
 			if put.GetIgnoreValue() || put.GetIgnoreLease() {
-				var prev record
-				found, err := getLatest(t.r, put.GetKey(), &prev)
+				prev, err := lookupLatest(t.r, put.GetKey())
 				if err != nil {
 					return 0, err
 				}
+				found := prev.exists
 				for _, from := range *deletedFrom {
 					if bytes.Compare(put.GetKey(), from) >= 0 {
 						found = false
