@@ -63,13 +63,7 @@ func (s *KV) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, erro
 	if err := checkPut(req); err != nil {
 		return nil, err
 	}
-	resp, err := s.b.Propose(ctx, &pb.InternalRaftRequest{Put: req})
-	if err != nil {
-		return nil, toGRPC(err)
-	}
-	r := resp.(*pb.PutResponse)
-	s.b.FillHeader(r.Header)
-	return r, nil
+	return propose[*pb.PutResponse](ctx, s.b, &pb.InternalRaftRequest{Put: req})
 }
 
 // DeleteRange implements KV.DeleteRange.
@@ -77,13 +71,7 @@ func (s *KV) DeleteRange(ctx context.Context, req *pb.DeleteRangeRequest) (*pb.D
 	if err := checkDelete(req); err != nil {
 		return nil, err
 	}
-	resp, err := s.b.Propose(ctx, &pb.InternalRaftRequest{DeleteRange: req})
-	if err != nil {
-		return nil, toGRPC(err)
-	}
-	r := resp.(*pb.DeleteRangeResponse)
-	s.b.FillHeader(r.Header)
-	return r, nil
+	return propose[*pb.DeleteRangeResponse](ctx, s.b, &pb.InternalRaftRequest{DeleteRange: req})
 }
 
 // Txn implements KV.Txn.
@@ -113,24 +101,12 @@ func (s *KV) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse, erro
 		s.b.FillHeader(resp.Header)
 		return resp, nil
 	}
-	resp, err := s.b.Propose(ctx, &pb.InternalRaftRequest{Txn: req})
-	if err != nil {
-		return nil, toGRPC(err)
-	}
-	r := resp.(*pb.TxnResponse)
-	s.b.FillHeader(r.Header)
-	return r, nil
+	return propose[*pb.TxnResponse](ctx, s.b, &pb.InternalRaftRequest{Txn: req})
 }
 
 // Compact implements KV.Compact.
 func (s *KV) Compact(ctx context.Context, req *pb.CompactionRequest) (*pb.CompactionResponse, error) {
-	resp, err := s.b.Propose(ctx, &pb.InternalRaftRequest{Compaction: req})
-	if err != nil {
-		return nil, toGRPC(err)
-	}
-	r := resp.(*pb.CompactionResponse)
-	s.b.FillHeader(r.Header)
-	return r, nil
+	return propose[*pb.CompactionResponse](ctx, s.b, &pb.InternalRaftRequest{Compaction: req})
 }
 
 // txnSerializable reports whether every range in a read-only transaction,
@@ -171,4 +147,17 @@ func (s *KV) RangeStream(req *pb.RangeRequest, stream pb.KV_RangeStreamServer) e
 		return stream.Send(&pb.RangeStreamResponse{RangeResponse: chunk})
 	})
 	return toGRPC(err)
+}
+
+// propose replicates req and returns its answer, of type R, with the header
+// filled.
+func propose[R interface{ GetHeader() *pb.ResponseHeader }](ctx context.Context, b Backend, req *pb.InternalRaftRequest) (R, error) {
+	resp, err := b.Propose(ctx, req)
+	if err != nil {
+		var none R
+		return none, toGRPC(err)
+	}
+	r := resp.(R)
+	b.FillHeader(r.GetHeader())
+	return r, nil
 }
