@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -21,6 +20,8 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/plinthdb/plinth/internal/testmember"
 )
 
 // The end-to-end tests run plinthctl's commands against a real server: by
@@ -66,107 +67,19 @@ func freePort(t *testing.T) int {
 }
 
 // startPlinth builds cmd/plinth, starts one member on free ports with its
-// data in a temp dir, waits until it answers a Get, and stops it (SIGTERM,
-// then SIGKILL) when the test ends. It skips the test only when cmd/plinth
-// has no Go files yet.
+// data in a temp dir, and returns its endpoint once it serves. The member is
+// stopped when the test ends.
 func startPlinth(t *testing.T) string {
 	t.Helper()
-	root := moduleRoot(t)
-	srcs, _ := filepath.Glob(filepath.Join(root, "cmd", "plinth", "*.go"))
-	hasSource := false
-	for _, s := range srcs {
-		if !strings.HasSuffix(s, "_test.go") {
-			hasSource = true
-		}
-	}
-	if !hasSource {
-		t.Skipf("cmd/plinth has no Go files yet in %s; set %s=host:port to run against another server", root, endpointEnv)
-	}
-
-	bin := filepath.Join(t.TempDir(), "plinth")
-	build := exec.Command("go", "build", "-o", bin, "github.com/plinthdb/plinth/cmd/plinth")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build cmd/plinth: %v\n%s", err, out)
-	}
-	return startServer(t, bin)
-}
-
-// startServer starts the server binary bin (which takes etcd's flags) as a
-// single member and returns its client endpoint once it answers a Get.
-func startServer(t *testing.T, bin string) string {
-	t.Helper()
-	dir := t.TempDir()
-	client := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-	peer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-	logPath := filepath.Join(dir, "plinth.log")
-	logFile, err := os.Create(logPath)
+	bin, err := testmember.Build(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer logFile.Close()
-	cmd := exec.Command(bin,
-		"--data-dir", filepath.Join(dir, "data"),
-		"--listen-client-urls", client, "--advertise-client-urls", client,
-		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-		"--initial-cluster", "default="+peer,
-	)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start plinth: %v", err)
+	m := testmember.New(t, bin)
+	if err := m.Start(t.Context()); err != nil {
+		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			t.Errorf("plinth (pid %d) did not stop within 10s of SIGTERM; killing it", cmd.Process.Pid)
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-		if t.Failed() {
-			if b, err := os.ReadFile(logPath); err == nil {
-				t.Logf("plinth log:\n%s", lastLines(string(b), 40))
-			}
-		}
-	})
-
-	ep := strings.TrimPrefix(client, "http://")
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatalf("client for %s: %v", ep, err)
-	}
-	defer c.Close()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := c.Get(ctx, "plinthctl-e2e-ready")
-		cancel()
-		if err == nil {
-			return ep
-		}
-		select {
-		case werr := <-exited:
-			exited <- werr // for the cleanup
-			b, _ := os.ReadFile(logPath)
-			t.Fatalf("plinth exited before serving (%v):\n%s", werr, lastLines(string(b), 40))
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("plinth at %s did not answer a Get within 20s: %v", ep, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return m.Endpoint()
 }
 
 // ctlResult is what one plinthctl run printed and its exit code.

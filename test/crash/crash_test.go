@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/plinthdb/plinth/internal/testmember"
 )
 
 // TestKillNine runs a member under concurrent write load, kills it with
@@ -28,12 +30,13 @@ func TestKillNine(t *testing.T) {
 	rng := rand.New(rand.NewPCG(uint64(seed), 0))
 	ctx := t.Context()
 
-	m := newMember(t)
+	// A short log, so that kills find it truncated many times over.
+	m := testmember.New(t, plinthBin, "--snapshot-count", "200")
 	h := newHistory()
-	if err := m.start(ctx); err != nil {
+	if err := m.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	cli, err := m.client()
+	cli, err := m.Client()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +57,7 @@ func TestKillNine(t *testing.T) {
 		lctx, stopLoad := context.WithCancel(ctx)
 		l := startLoad(lctx, cli, h, cycle, rng.Uint64())
 		time.Sleep(after)
-		killErr := m.kill()
+		killErr := m.Kill()
 		stopLoad()
 		l.wait()
 		_ = cli.Close()
@@ -71,11 +74,11 @@ func TestKillNine(t *testing.T) {
 		}
 
 		restart := time.Now()
-		if err := m.start(ctx); err != nil {
+		if err := m.Start(ctx); err != nil {
 			t.Fatalf("cycle %d: restart: %v", cycle, err)
 		}
 		ready := time.Since(restart)
-		if cli, err = m.client(); err != nil {
+		if cli, err = m.Client(); err != nil {
 			t.Fatal(err)
 		}
 		c := &checker{cli: cli, h: h}

@@ -4,10 +4,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"testing"
+
+	"github.com/plinthdb/plinth/internal/testmember"
 )
 
 // plinthBin is the plinth binary built by TestMain, or named by
@@ -36,32 +35,9 @@ func run(m *testing.M) int {
 		return 2
 	}
 	defer os.RemoveAll(dir)
-	if plinthBin, err = buildPlinth(dir); err != nil {
+	if plinthBin, err = testmember.Build(dir); err != nil {
 		fmt.Fprintf(os.Stderr, "crash: %v\n", err)
 		return 2
 	}
 	return m.Run()
-}
-
-// buildPlinth builds ./cmd/plinth of the enclosing module (found with
-// `go env GOMOD`) into dir and returns the binary's path. The binary is built
-// without -race even when the test is: the test checks the server, and -race
-// on the test checks the test.
-func buildPlinth(dir string) (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
-	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		return "", fmt.Errorf("not inside a Go module")
-	}
-	root := filepath.Dir(gomod)
-	bin := filepath.Join(dir, "plinth")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/plinth")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("building plinth in %s: %w\n%s", root, err, out)
-	}
-	return bin, nil
 }

@@ -1,0 +1,248 @@
+// Package testmember runs plinth members as child processes for tests: it
+// builds cmd/plinth, starts a member on free loopback ports with its data in a
+// temp dir, waits until it serves, and stops it gracefully or kills it by pid.
+// Every process a Member starts is stopped and reaped when its test ends.
+//
+// Tests that need the real process (its flags, its exit, a kill -9) use it; tests
+// of the server's behaviour use internal/server in-process instead.
+package testmember
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// Build builds cmd/plinth of the module the current directory is in (found
+// with `go env GOMOD`) into dir and returns the binary's path. The binary is
+// built without -race even when the test is: the test checks the server, and
+// -race on the test checks the test.
+func Build(dir string) (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", errors.New("go env GOMOD: not inside a Go module")
+	}
+	root := filepath.Dir(gomod)
+	bin := filepath.Join(dir, "plinth")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/plinth")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build plinth in %s: %w\n%s", root, err, out)
+	}
+	return bin, nil
+}
+
+// stopTimeout is how long Stop waits after SIGTERM before it kills.
+const stopTimeout = 10 * time.Second
+
+// Member is one plinth member run as a child process. It keeps its data
+// directory and ports across restarts.
+type Member struct {
+	t         testing.TB
+	bin       string
+	args      []string
+	dataDir   string
+	logDir    string
+	clientURL string
+	peerURL   string
+	starts    int
+	cmd       *exec.Cmd
+	exited    chan error // receives the result of cmd.Wait once
+	logPath   string     // the log of the current (or last) process
+}
+
+// New prepares a member of the binary bin: free ports and a data directory.
+// args are added to the flags of every start. When the test ends, a running
+// process gets SIGTERM (the test fails if it does not stop within 10s), and if
+// the test failed, the end of the newest process log is logged.
+func New(t testing.TB, bin string, args ...string) *Member {
+	t.Helper()
+	dir := t.TempDir()
+	m := &Member{
+		t:         t,
+		bin:       bin,
+		args:      args,
+		dataDir:   filepath.Join(dir, "data"),
+		logDir:    dir,
+		clientURL: "http://" + freeAddr(t),
+		peerURL:   "http://" + freeAddr(t),
+	}
+	t.Cleanup(func() {
+		if err := m.Stop(); err != nil {
+			t.Error(err)
+		}
+		if t.Failed() {
+			m.LogTail(40)
+		}
+	})
+	return m
+}
+
+// freeAddr returns a 127.0.0.1 address with a port nothing listened on a
+// moment ago.
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("pick a free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// Endpoint is the member's client address, host:port.
+func (m *Member) Endpoint() string { return strings.TrimPrefix(m.clientURL, "http://") }
+
+// LogPath is the log of the current process, or of the last one.
+func (m *Member) LogPath() string { return m.logPath }
+
+// Start starts the member and waits until it answers a linearizable read,
+// for 30s at most.
+func (m *Member) Start(ctx context.Context) error {
+	if m.cmd != nil {
+		return errors.New("testmember: member already running")
+	}
+	m.starts++
+	m.logPath = filepath.Join(m.logDir, fmt.Sprintf("plinth-%02d.log", m.starts))
+	logf, err := os.Create(m.logPath)
+	if err != nil {
+		return err
+	}
+	args := append([]string{
+		"--name", "default",
+		"--data-dir", m.dataDir,
+		"--listen-client-urls", m.clientURL,
+		"--advertise-client-urls", m.clientURL,
+		"--listen-peer-urls", m.peerURL,
+		"--initial-advertise-peer-urls", m.peerURL,
+		"--initial-cluster", "default=" + m.peerURL,
+	}, m.args...)
+	cmd := exec.Command(m.bin, args...)
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	if err := cmd.Start(); err != nil {
+		_ = logf.Close()
+		return fmt.Errorf("testmember: start plinth: %w", err)
+	}
+	m.cmd = cmd
+	m.exited = make(chan error, 1)
+	go func() {
+		err := cmd.Wait()
+		_ = logf.Close()
+		m.exited <- err
+	}()
+	return m.waitReady(ctx)
+}
+
+func (m *Member) waitReady(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cli, err := m.Client()
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	for {
+		rctx, rcancel := context.WithTimeout(ctx, time.Second)
+		_, err := cli.Get(rctx, "testmember/ready")
+		rcancel()
+		if err == nil {
+			return nil
+		}
+		select {
+		case werr := <-m.exited:
+			m.exited <- werr
+			return fmt.Errorf("plinth exited while starting (%v); log %s", werr, m.logPath)
+		case <-ctx.Done():
+			return fmt.Errorf("plinth not ready after 30s: %v; log %s", err, m.logPath)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// Client returns a new client of the member. The caller closes it.
+func (m *Member) Client() (*clientv3.Client, error) {
+	return clientv3.New(clientv3.Config{
+		Endpoints:   []string{m.clientURL},
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+}
+
+// Kill sends SIGKILL to the running process, if any, and reaps it. It returns
+// an error if the process had already exited by itself.
+func (m *Member) Kill() error { return m.end(syscall.SIGKILL) }
+
+// Stop sends SIGTERM to the running process, if any, and reaps it. If the
+// process does not exit within 10s it is killed, and Stop returns an error, as
+// it does when the process had already exited by itself.
+func (m *Member) Stop() error { return m.end(syscall.SIGTERM) }
+
+func (m *Member) end(sig syscall.Signal) error {
+	if m.cmd == nil {
+		return nil
+	}
+	defer func() { m.cmd = nil }()
+	if err := m.exitedBefore(sig.String()); err != nil {
+		return err
+	}
+	_ = m.cmd.Process.Signal(sig)
+	select {
+	case <-m.exited:
+		return nil
+	case <-time.After(stopTimeout):
+		_ = m.cmd.Process.Kill()
+		<-m.exited
+		return fmt.Errorf("plinth (pid %d) did not exit within %v of %v; killed it; log %s", m.cmd.Process.Pid, stopTimeout, sig, m.logPath)
+	}
+}
+
+// exitedBefore returns an error if the process has exited by itself, before
+// the caller could send it sig.
+func (m *Member) exitedBefore(sig string) error {
+	select {
+	case err := <-m.exited:
+		return fmt.Errorf("plinth exited by itself before it was sent %s: %v; log %s", sig, err, m.logPath)
+	default:
+		return nil
+	}
+}
+
+// LogTail logs the last n lines of the newest process log.
+func (m *Member) LogTail(n int) {
+	if m.logPath == "" {
+		return
+	}
+	f, err := os.Open(m.logPath)
+	if err != nil {
+		m.t.Logf("read plinth log: %v", err)
+		return
+	}
+	defer f.Close()
+	var lines []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	m.t.Logf("last lines of %s:\n%s", m.logPath, strings.Join(lines, "\n"))
+}
