@@ -137,9 +137,17 @@ func New(cfg Config, db *pebble.DB, log *storage.LogStore, sm StateMachine) (*No
 	if err != nil {
 		return nil, fmt.Errorf("raftnode: %w", err)
 	}
+	first, err := log.FirstIndex()
+	if err != nil {
+		return nil, err
+	}
 	last, err := log.LastIndex()
 	if err != nil {
 		return nil, err
+	}
+	// Raft would panic on this; say what is wrong with the data instead.
+	if cfg.Applied+1 < first {
+		return nil, fmt.Errorf("raftnode: the log starts at entry %d, but the state machine has applied only up to %d: entries it needs are gone", first, cfg.Applied)
 	}
 	if last == 0 {
 		peers := make([]raft.Peer, len(cfg.Peers))

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -225,6 +226,47 @@ func TestReadAfterRestartWaitsForReplay(t *testing.T) {
 	defer cancel()
 	if err := tn.n.ReadIndex(ctx); err != nil {
 		t.Fatalf("read after replay: %v", err)
+	}
+}
+
+// A state machine behind the start of the log cannot catch up: the entries
+// it lacks are gone. New must say so rather than let raft panic.
+func TestStateBehindTruncatedLogIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	tn := startNode(t, dir)
+	for i := 0; i < 300; i++ { // six times the retention: the log is truncated
+		if err := tn.n.Propose(uint64(i), []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "all proposals applied", func() bool { return len(tn.sm.snapshot()) == 300 })
+	// The raft loop truncates on its next turn after the applies; a tick
+	// gives it one.
+	waitFor(t, "the log truncated", func() bool {
+		first, err := tn.n.log.FirstIndex()
+		return err == nil && first > 1
+	})
+	tn.stop()
+
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	db, err := storage.Open(dir, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Set(storage.MetaKey(storage.MetaAppliedIndex), make([]byte, 8), pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	log, err := storage.OpenLogStore(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first, _ := log.FirstIndex(); first <= 1 {
+		t.Fatalf("log starts at %d; the test needs it truncated", first)
+	}
+	_, err = New(Config{ID: 1, Peers: []uint64{1}, TickInterval: 10 * time.Millisecond, ElectionTicks: 10, Logger: logger}, db, log, &recorder{db: db})
+	if err == nil || !strings.Contains(err.Error(), "entries it needs are gone") {
+		t.Fatalf("New with applied index 0 over a truncated log: %v, want an error naming the gap", err)
 	}
 }
 
