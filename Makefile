@@ -38,6 +38,8 @@ fuzz:
 	$(GO) test ./internal/mvcc -run '^$$' -fuzz FuzzHistoryKey -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/mvcc -run '^$$' -fuzz FuzzRecord -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/api -run '^$$' -fuzz FuzzValidate -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/entry -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/entry -run '^$$' -fuzz FuzzPut -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/storage -run '^$$' -fuzz FuzzLogStore -fuzztime $(FUZZTIME)
 
 # Side-by-side benchmark of plinth, etcd and a do-nothing gRPC floor; prints

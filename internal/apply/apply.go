@@ -20,6 +20,7 @@ import (
 	raftpb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/plinthdb/plinth/internal/entry"
 	"github.com/plinthdb/plinth/internal/mvcc"
 	"github.com/plinthdb/plinth/internal/storage"
 )
@@ -113,8 +114,8 @@ func (a *Applier) Apply(ents []*raftpb.Entry, cs *raftpb.ConfState) ([]Result, e
 
 func (a *Applier) applyRequest(b *mvcc.Batch, e *raftpb.Entry) (Result, error) {
 	var req pb.InternalRaftRequest
-	if err := proto.Unmarshal(e.GetData(), &req); err != nil {
-		return Result{}, fmt.Errorf("decode request: %w", err)
+	if err := entry.Decode(e.GetData(), &req); err != nil {
+		return Result{}, err
 	}
 	res := Result{ID: req.ID}
 	var err error

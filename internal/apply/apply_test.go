@@ -11,6 +11,7 @@ import (
 	raftpb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/plinthdb/plinth/internal/entry"
 	"github.com/plinthdb/plinth/internal/mvcc"
 	"github.com/plinthdb/plinth/internal/storage"
 )
@@ -54,9 +55,9 @@ func (m *member) close() {
 	m.db = nil
 }
 
-func entry(t *testing.T, index uint64, req *pb.InternalRaftRequest) *raftpb.Entry {
+func raftEntry(t *testing.T, index uint64, req *pb.InternalRaftRequest) *raftpb.Entry {
 	t.Helper()
-	data, err := proto.Marshal(req)
+	data, _, err := entry.Encode(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +65,7 @@ func entry(t *testing.T, index uint64, req *pb.InternalRaftRequest) *raftpb.Entr
 }
 
 func put(t *testing.T, index, id uint64, key, value string) *raftpb.Entry {
-	return entry(t, index, &pb.InternalRaftRequest{ID: id, Put: &pb.PutRequest{Key: []byte(key), Value: []byte(value)}})
+	return raftEntry(t, index, &pb.InternalRaftRequest{ID: id, Put: &pb.PutRequest{Key: []byte(key), Value: []byte(value)}})
 }
 
 func TestApplyReturnsResultsAndPersistsAppliedIndex(t *testing.T) {
@@ -104,8 +105,8 @@ func TestApplyReturnsResultsAndPersistsAppliedIndex(t *testing.T) {
 func TestApplyRequestErrorsAreAnswersNotFailures(t *testing.T) {
 	m := openMember(t, t.TempDir())
 	ents := []*raftpb.Entry{
-		entry(t, 1, &pb.InternalRaftRequest{ID: 1, Compaction: &pb.CompactionRequest{Revision: 100}}),
-		entry(t, 2, &pb.InternalRaftRequest{ID: 2, LeaseGrant: &pb.LeaseGrantRequest{TTL: 10}}),
+		raftEntry(t, 1, &pb.InternalRaftRequest{ID: 1, Compaction: &pb.CompactionRequest{Revision: 100}}),
+		raftEntry(t, 2, &pb.InternalRaftRequest{ID: 2, LeaseGrant: &pb.LeaseGrantRequest{TTL: 10}}),
 		put(t, 3, 3, "k", "v"),
 	}
 	results, err := m.a.Apply(ents, nil)

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/plinthdb/plinth/internal/api"
 	"github.com/plinthdb/plinth/internal/apply"
+	"github.com/plinthdb/plinth/internal/entry"
 	"github.com/plinthdb/plinth/internal/raftnode"
 )
 
@@ -20,18 +20,15 @@ import (
 // until the apply loop returns its answer.
 //
 // A request that is not answered within the request timeout fails with
-// api.ErrTimeout, as etcd's does, so a client is never left hanging.
-//
-// A request that is not answered within the request timeout fails with
 // api.ErrTimeout, as etcd's does, so a client is never left hanging: the wait
 // registry's sweeper fails it.
 func (s *Server) Propose(ctx context.Context, req *pb.InternalRaftRequest) (proto.Message, error) {
 	req.ID = s.ids.next()
-	data, err := proto.Marshal(req)
+	data, size, err := entry.Encode(req)
 	if err != nil {
-		return nil, fmt.Errorf("encode request: %w", err)
+		return nil, err
 	}
-	if len(data) > s.cfg.MaxRequestBytes {
+	if size > s.cfg.MaxRequestBytes {
 		return nil, api.ErrRequestTooLarge
 	}
 	ch := s.waits.register(req.ID)
