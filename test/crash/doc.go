@@ -7,6 +7,8 @@
 // all or nothing, and that revisions agree with the real-time order of the
 // requests.
 //
-// The package has no non-test code; it must never import plinth's internal
-// packages: it speaks to plinth only over the wire, as a client would.
+// The package has no non-test code, and it must never import the server's
+// packages: it speaks to plinth only over the wire, as a client would. The
+// one plinth package it uses is internal/testmember, which runs plinth as a
+// process and knows nothing of its insides.
 package crash
