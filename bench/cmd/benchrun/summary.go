@@ -20,7 +20,10 @@ type summary struct {
 	rps    float64 // requests per second
 	p99    time.Duration
 	cpu    time.Duration // server CPU per request
-	client time.Duration // benchmark tool CPU per request
+	// cpuMin and cpuMax bound the server CPU per request over the rounds:
+	// how far one round can be from the next on this machine.
+	cpuMin, cpuMax time.Duration
+	client         time.Duration // benchmark tool CPU per request
 }
 
 // summarize takes the medians of a server's measured rounds out of tried.
@@ -39,6 +42,9 @@ func summarize(server string, tried int, rs []harness.Result) summary {
 	s.rps = median(rps)
 	s.p99 = median(p99)
 	s.cpu = median(cpu)
+	if len(cpu) > 0 {
+		s.cpuMin, s.cpuMax = slices.Min(cpu), slices.Max(cpu)
+	}
 	s.client = median(client)
 	return s
 }
@@ -70,14 +76,14 @@ func ratio(a, b float64) string {
 func printTable(w io.Writer, title string, sums []summary) {
 	fmt.Fprintf(w, "\n== %s ==\n", title)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "server\trounds\treq/s\tp99 ms\tserver CPU µs/req\tclient CPU µs/req\tfailed reqs\t")
+	fmt.Fprintln(tw, "server\trounds\treq/s\tp99 ms\tserver CPU µs/req\t(min-max)\tclient CPU µs/req\tfailed reqs\t")
 	for _, s := range sums {
 		if s.rounds == 0 {
-			fmt.Fprintf(tw, "%s\t0/%d\t-\t-\t-\t-\t-\t\n", s.server, s.tried)
+			fmt.Fprintf(tw, "%s\t0/%d\t-\t-\t-\t-\t-\t-\t\n", s.server, s.tried)
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%d/%d\t%.0f\t%.2f\t%.1f\t%.1f\t%d\t\n",
-			s.server, s.rounds, s.tried, s.rps, ms(s.p99), us(s.cpu), us(s.client), s.errors)
+		fmt.Fprintf(tw, "%s\t%d/%d\t%.0f\t%.2f\t%.1f\t(%.1f-%.1f)\t%.1f\t%d\t\n",
+			s.server, s.rounds, s.tried, s.rps, ms(s.p99), us(s.cpu), us(s.cpuMin), us(s.cpuMax), us(s.client), s.errors)
 	}
 	tw.Flush()
 

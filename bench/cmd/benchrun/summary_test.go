@@ -63,7 +63,7 @@ func TestSummaryTable(t *testing.T) {
 	plinth := summarize("plinth", 3, nil)
 	printTable(&b, "put", []summary{plinth, etcd, floor})
 	out := b.String()
-	for _, want := range []string{"etcd/floor", "0.53x", "2.00x", "3.00x", "60.0", "20.0", "3/3", "1/2", "0/3"} {
+	for _, want := range []string{"etcd/floor", "0.53x", "2.00x", "3.00x", "60.0", "(50.0-70.0)", "(20.0-20.0)", "20.0", "3/3", "1/2", "0/3"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
