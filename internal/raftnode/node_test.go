@@ -3,7 +3,6 @@ package raftnode
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -72,10 +71,10 @@ type testNode struct {
 
 func startNode(t *testing.T, dir string) *testNode { return startNodeHolding(t, dir, nil) }
 
-func startNodeHolding(t *testing.T, dir string, hold chan struct{}) *testNode {
+// openLog opens the test member's database in dir and the log store over it.
+func openLog(t *testing.T, dir string) (*pebble.DB, *storage.LogStore) {
 	t.Helper()
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	db, err := storage.Open(dir, logger)
+	db, err := storage.Open(dir, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,6 +82,13 @@ func startNodeHolding(t *testing.T, dir string, hold chan struct{}) *testNode {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return db, log
+}
+
+func startNodeHolding(t *testing.T, dir string, hold chan struct{}) *testNode {
+	t.Helper()
+	logger := slog.New(slog.DiscardHandler)
+	db, log := openLog(t, dir)
 	applied, err := storage.GetMetaUint64(db, storage.MetaAppliedIndex)
 	if err != nil {
 		t.Fatal(err)
@@ -178,15 +184,7 @@ func TestReadAfterRestartWaitsForReplay(t *testing.T) {
 	// crash before its unsynced batches reached the disk would. (It cannot
 	// lose more: the log is truncated in batches written after the apply
 	// batches they depend on, and the WAL keeps their order.)
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	db, err := storage.Open(dir, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log, err := storage.OpenLogStore(db)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, log := openLog(t, dir)
 	first, _ := log.FirstIndex()
 	if first+40 > acked {
 		t.Fatalf("log starts at %d; the test wants at least 40 of the %d entries left to replay", first, acked)
@@ -209,7 +207,7 @@ func TestReadAfterRestartWaitsForReplay(t *testing.T) {
 		t.Fatalf("the replay came in one batch (applied %d); the test needs two", applied)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-	err = tn.n.ReadIndex(ctx)
+	err := tn.n.ReadIndex(ctx)
 	cancel()
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("read during the replay, at applied index %d of %d: %v, want it to wait", tn.n.AppliedIndex(), acked, err)
@@ -248,23 +246,13 @@ func TestStateBehindTruncatedLogIsRefused(t *testing.T) {
 	})
 	tn.stop()
 
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	db, err := storage.Open(dir, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, log := openLog(t, dir)
 	defer db.Close()
-	if err := db.Set(storage.MetaKey(storage.MetaAppliedIndex), make([]byte, 8), pebble.Sync); err != nil {
-		t.Fatal(err)
-	}
-	log, err := storage.OpenLogStore(db)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if first, _ := log.FirstIndex(); first <= 1 {
 		t.Fatalf("log starts at %d; the test needs it truncated", first)
 	}
-	_, err = New(Config{ID: 1, Peers: []uint64{1}, TickInterval: 10 * time.Millisecond, ElectionTicks: 10, Logger: logger}, db, log, &recorder{db: db})
+	// The state machine claims to have applied nothing.
+	_, err := New(Config{ID: 1, Peers: []uint64{1}, TickInterval: 10 * time.Millisecond, ElectionTicks: 10, Applied: 0, Logger: slog.New(slog.DiscardHandler)}, db, log, &recorder{db: db})
 	if err == nil || !strings.Contains(err.Error(), "entries it needs are gone") {
 		t.Fatalf("New with applied index 0 over a truncated log: %v, want an error naming the gap", err)
 	}
