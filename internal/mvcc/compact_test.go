@@ -1,24 +1,13 @@
 package mvcc
 
 import (
+	"slices"
 	"testing"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
 	"github.com/plinthdb/plinth/internal/storage"
 )
-
-func equalRevs(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
 
 // TestCompaction checks what a physical compaction keeps: for each key the
 // newest version at or before the compaction revision (unless it is a
@@ -78,7 +67,7 @@ func TestCompaction(t *testing.T) {
 				t.Errorf("history holds keys %v, want %v", got, st.want)
 			}
 			for k, revs := range st.want {
-				if !equalRevs(got[k], revs) {
+				if !slices.Equal(got[k], revs) {
 					t.Errorf("history of %q: %v, want %v", k, got[k], revs)
 				}
 			}
@@ -87,7 +76,7 @@ func TestCompaction(t *testing.T) {
 				if err != nil {
 					t.Fatalf("range at %d after compaction at %d: %v", rev, st.rev, err)
 				}
-				if !equalStrings(keysOf(resp.Kvs), keysOf(before[rev].Kvs)) || resp.Count != before[rev].Count {
+				if !slices.Equal(keysOf(resp.Kvs), keysOf(before[rev].Kvs)) || resp.Count != before[rev].Count {
 					t.Errorf("range at %d changed by compaction: %q, was %q", rev, keysOf(resp.Kvs), keysOf(before[rev].Kvs))
 				}
 				for i, kv := range resp.Kvs {
@@ -101,7 +90,7 @@ func TestCompaction(t *testing.T) {
 			}
 		})
 	}
-	if got := ts.latestKeys(); !equalStrings(got, []string{"a", "a\x00", "re", "untouched", "\xff"}) {
+	if got := ts.latestKeys(); !slices.Equal(got, []string{"a", "a\x00", "re", "untouched", "\xff"}) {
 		t.Errorf("latest space after compaction: %q", got)
 	}
 }
@@ -255,7 +244,7 @@ func TestReopenResumesCompaction(t *testing.T) {
 	}
 	waitDone(t, ts.s.compactor.doneCh(5), 5)
 	hist := ts.historyVersions()
-	if len(hist) != 1 || !equalRevs(hist["a"], []int64{3}) {
+	if len(hist) != 1 || !slices.Equal(hist["a"], []int64{3}) {
 		t.Fatalf("history after resumed compaction: %v, want a: [3]", hist)
 	}
 	done, err := storage.GetMetaUint64(ts.db, storage.MetaCompactDone)

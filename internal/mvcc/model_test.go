@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -282,7 +283,7 @@ func runModel(t *testing.T, seed uint64, keyCacheMax int) {
 				t.Fatalf("after compaction at %d history has %d keys, want %d:\n got %v\nwant %v", compactTo, len(got), len(want), got, want)
 			}
 			for k, revs := range want {
-				if !equalRevs(got[k], revs) {
+				if !slices.Equal(got[k], revs) {
 					t.Fatalf("after compaction at %d history of %q is %v, want %v", compactTo, k, got[k], revs)
 				}
 			}

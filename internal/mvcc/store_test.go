@@ -2,6 +2,7 @@ package mvcc
 
 import (
 	"math"
+	"slices"
 	"testing"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -248,7 +249,7 @@ func TestDeleteRange(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			resp := ts.del(c.key, c.end)
-			if resp.Deleted != int64(len(c.want)) || !equalStrings(keysOf(resp.PrevKvs), c.want) {
+			if resp.Deleted != int64(len(c.want)) || !slices.Equal(keysOf(resp.PrevKvs), c.want) {
 				t.Fatalf("deleted %d %q, want %q", resp.Deleted, keysOf(resp.PrevKvs), c.want)
 			}
 			for _, kv := range resp.PrevKvs {
@@ -456,7 +457,7 @@ func checkRange(t *testing.T, c rangeCase, resp *pb.RangeResponse, headerRev int
 			t.Errorf("count_only returned keys %q", got)
 		}
 	case c.sortedBy != nil:
-		if !equalStrings(sortedCopy(got), sortedCopy(c.wantSet)) {
+		if !slices.Equal(sortedCopy(got), sortedCopy(c.wantSet)) {
 			t.Errorf("keys %q, want %q in some order", got, c.wantSet)
 		}
 		for i := 1; i < len(resp.Kvs); i++ {
@@ -465,7 +466,7 @@ func checkRange(t *testing.T, c rangeCase, resp *pb.RangeResponse, headerRev int
 			}
 		}
 	default:
-		if !equalStrings(got, c.want) {
+		if !slices.Equal(got, c.want) {
 			t.Errorf("keys %q, want %q (limit %d; etcd reads a limit <= 0, and limit+1 overflowing, as no limit)", got, c.want, c.req.Limit)
 		}
 	}

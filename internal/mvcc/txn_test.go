@@ -1,6 +1,7 @@
 package mvcc
 
 import (
+	"slices"
 	"testing"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -358,7 +359,7 @@ func TestTxnFailureLeavesNoTrace(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := keysOf(rr.Kvs); !equalStrings(got, []string{"j", "k"}) {
+			if got := keysOf(rr.Kvs); !slices.Equal(got, []string{"j", "k"}) {
 				t.Errorf("BUG: failed txn left a trace in its batch: keys %q, want [j k]", got)
 			}
 			pr, err := b.Put(&pb.PutRequest{Key: []byte("after"), Value: []byte("1")}, noLeases)
@@ -371,7 +372,7 @@ func TestTxnFailureLeavesNoTrace(t *testing.T) {
 			if err := b.Commit(); err != nil {
 				t.Fatal(err)
 			}
-			if got := ts.latestKeys(); !equalStrings(got, []string{"after", "j", "k"}) {
+			if got := ts.latestKeys(); !slices.Equal(got, []string{"after", "j", "k"}) {
 				t.Errorf("BUG: failed txn left a trace after commit: latest keys %q, want [after j k]", got)
 			}
 			hist := ts.historyVersions()
