@@ -494,29 +494,24 @@ func TestRangeOptions(t *testing.T) {
 	ts := newTestStore(t)
 	r := rangeFixture(ts)
 
-	t.Run("current", func(t *testing.T) {
-		for _, c := range rangeCases() {
-			t.Run(c.name, func(t *testing.T) {
-				resp, err := ts.s.Range(c.req)
-				if err != nil {
-					t.Fatal(err)
-				}
-				checkRange(t, c, resp, r)
-			})
+	// rangeAt runs every case at revision rev (0: the newest) and expects
+	// headers at revision now.
+	rangeAt := func(rev, now int64) func(t *testing.T) {
+		return func(t *testing.T) {
+			for _, c := range rangeCases() {
+				t.Run(c.name, func(t *testing.T) {
+					c.req.Revision = rev
+					resp, err := ts.s.Range(c.req)
+					if err != nil {
+						t.Fatal(err)
+					}
+					checkRange(t, c, resp, now)
+				})
+			}
 		}
-	})
-	t.Run("current explicit revision", func(t *testing.T) {
-		for _, c := range rangeCases() {
-			t.Run(c.name, func(t *testing.T) {
-				c.req.Revision = r
-				resp, err := ts.s.Range(c.req)
-				if err != nil {
-					t.Fatal(err)
-				}
-				checkRange(t, c, resp, r)
-			})
-		}
-	})
+	}
+	t.Run("current", rangeAt(0, r))
+	t.Run("current explicit revision", rangeAt(r, r))
 
 	ts.del("\x00", "\x00")     // 16: everything
 	ts.put("a", "later")       // 17
@@ -525,18 +520,7 @@ func TestRangeOptions(t *testing.T) {
 	ts.put("\xff", "again")    // 20
 	const now = 20
 
-	t.Run("history", func(t *testing.T) {
-		for _, c := range rangeCases() {
-			t.Run(c.name, func(t *testing.T) {
-				c.req.Revision = r
-				resp, err := ts.s.Range(c.req)
-				if err != nil {
-					t.Fatal(err)
-				}
-				checkRange(t, c, resp, now)
-			})
-		}
-	})
+	t.Run("history", rangeAt(r, now))
 	t.Run("history inside a txn", func(t *testing.T) {
 		for _, c := range rangeCases() {
 			t.Run(c.name, func(t *testing.T) {
