@@ -41,11 +41,13 @@ var ErrCorrupt = errors.New("entry: corrupt request encoding")
 // protobuf encoding, whichever encoding it used: request size limits are
 // etcd's, and etcd measures that one.
 func Encode(req *pb.InternalRaftRequest) (data []byte, protoSize int, err error) {
-	protoSize = proto.Size(req)
-	// The sizes are equal only if req holds nothing but its ID and a put
-	// of known fields: anything more would add to the protobuf encoding.
-	if p := req.Put; p != nil && protoSize == protoPutRequestSize(req.ID, p) {
-		return appendPut(make([]byte, 0, putEncodedLen(req.ID, p)), req.ID, p), protoSize, nil
+	if p := req.Put; p != nil {
+		// The sizes are equal only if req holds nothing but its ID and a
+		// put of known fields: anything more would add to the protobuf
+		// encoding.
+		if size := proto.Size(req); size == protoPutRequestSize(req.ID, p) {
+			return appendPut(make([]byte, 0, putEncodedLen(req.ID, p)), req.ID, p), size, nil
+		}
 	}
 	data, err = proto.Marshal(req)
 	if err != nil {
@@ -90,6 +92,8 @@ func appendPut(b []byte, id uint64, p *pb.PutRequest) []byte {
 	return append(b, flags)
 }
 
+// putEncodedLen bounds the length of a put's encoding (the lease's varint is
+// counted at its longest), so that appendPut never grows its buffer.
 func putEncodedLen(id uint64, p *pb.PutRequest) int {
 	return 1 + uvarintLen(id) + uvarintLen(uint64(len(p.Key))) + len(p.Key) +
 		uvarintLen(uint64(len(p.Value))) + len(p.Value) + binary.MaxVarintLen64 + 1
