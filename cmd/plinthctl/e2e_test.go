@@ -41,20 +41,6 @@ func testServer(t *testing.T) string {
 	return startPlinth(t)
 }
 
-// moduleRoot is the directory of this module's go.mod.
-func moduleRoot(t *testing.T) string {
-	t.Helper()
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		t.Fatalf("go env GOMOD: %v", err)
-	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		t.Fatal("go env GOMOD: not in a module")
-	}
-	return filepath.Dir(gomod)
-}
-
 // freePort asks the kernel for a free TCP port on 127.0.0.1.
 func freePort(t *testing.T) int {
 	t.Helper()
@@ -412,7 +398,6 @@ func TestEndToEnd(t *testing.T) {
 	t.Run("binary", func(t *testing.T) {
 		bin := filepath.Join(t.TempDir(), "plinthctl")
 		build := exec.Command("go", "build", "-o", bin, "github.com/plinthdb/plinth/cmd/plinthctl")
-		build.Dir = moduleRoot(t)
 		if out, err := build.CombinedOutput(); err != nil {
 			t.Fatalf("go build cmd/plinthctl: %v\n%s", err, out)
 		}
