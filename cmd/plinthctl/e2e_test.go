@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,17 +38,6 @@ func testServer(t *testing.T) string {
 		return ep
 	}
 	return startPlinth(t)
-}
-
-// freePort asks the kernel for a free TCP port on 127.0.0.1.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("pick a free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // startPlinth builds cmd/plinth, starts one member on free ports with its
@@ -383,7 +371,7 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	t.Run("unreachable endpoint", func(t *testing.T) {
-		down := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		down := testmember.FreeAddr(t)
 		r := ctl(t, down, "", "--command-timeout", "300ms", "get", "k")
 		if r.code != exitError || r.err != "Error: context deadline exceeded\n" {
 			t.Errorf("get from a closed port: exit %d, stderr %q", r.code, r.err)

@@ -69,8 +69,8 @@ func New(t testing.TB, bin string, args ...string) *Member {
 		args:      args,
 		dataDir:   filepath.Join(dir, "data"),
 		logDir:    dir,
-		clientURL: "http://" + freeAddr(t),
-		peerURL:   "http://" + freeAddr(t),
+		clientURL: "http://" + FreeAddr(t),
+		peerURL:   "http://" + FreeAddr(t),
 	}
 	t.Cleanup(func() {
 		if err := m.Stop(); err != nil {
@@ -83,9 +83,9 @@ func New(t testing.TB, bin string, args ...string) *Member {
 	return m
 }
 
-// freeAddr returns a 127.0.0.1 address with a port nothing listened on a
+// FreeAddr returns a 127.0.0.1 address with a port nothing listened on a
 // moment ago.
-func freeAddr(t testing.TB) string {
+func FreeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
