@@ -45,6 +45,9 @@ type Applier struct {
 	kv      *mvcc.Store
 	logger  *slog.Logger
 	applied uint64
+	// req is reused to decode each entry into: nothing an entry's answer
+	// holds points into it.
+	req pb.InternalRaftRequest
 }
 
 // New returns an Applier that resumes after the applied index stored in db.
@@ -113,8 +116,9 @@ func (a *Applier) Apply(ents []*raftpb.Entry, cs *raftpb.ConfState) ([]Result, e
 }
 
 func (a *Applier) applyRequest(b *mvcc.Batch, e *raftpb.Entry) (Result, error) {
-	var req pb.InternalRaftRequest
-	if err := entry.Decode(e.GetData(), &req); err != nil {
+	req := &a.req
+	req.Reset()
+	if err := entry.Decode(e.GetData(), req); err != nil {
 		return Result{}, err
 	}
 	res := Result{ID: req.ID}

@@ -26,39 +26,53 @@ import (
 // answers "maybe". Bits are set and read atomically, because the scan and the
 // write path add at the same time.
 type keyFilter struct {
-	seed  maphash.Seed
-	words []atomic.Uint64
-	ready atomic.Bool
+	seed   maphash.Seed
+	words  []atomic.Uint64 // blocks of blockWords words
+	blocks uint64
+	ready  atomic.Bool
 }
 
-// The filter is sized for keyFilterKeys keys at 10 bits a key (about 1% false
-// "maybe"); beyond that it still answers correctly, with more lookups.
+// The filter is sized for keyFilterKeys keys at 10 bits a key; beyond that it
+// still answers correctly, with more lookups. It is blocked: all of a key's
+// probes fall in one 512-bit block, so an add or a lookup touches one cache
+// line where a classic Bloom filter of this size (5 MiB, far beyond the CPU
+// caches) takes a cache miss per probe. That costs a little accuracy: about
+// 1% false "maybe" at capacity, against 0.8%.
 const (
 	keyFilterKeys   = 4 << 20
 	keyFilterProbes = 7
+	blockWords      = 8 // 64 bytes: a cache line
+	blockBits       = blockWords * 64
 )
 
 func newKeyFilter(keys int) *keyFilter {
-	bits := keys * 10
-	return &keyFilter{seed: maphash.MakeSeed(), words: make([]atomic.Uint64, (bits+63)/64)}
+	blocks := (keys*10 + blockBits - 1) / blockBits
+	// Large allocations are page-aligned, so each block is one cache line.
+	return &keyFilter{seed: maphash.MakeSeed(), words: make([]atomic.Uint64, blocks*blockWords), blocks: uint64(blocks)}
 }
 
-func (f *keyFilter) probes(key []byte, visit func(word int, mask uint64) bool) {
+// probes calls visit with the word and bit of each of key's probes, until
+// visit returns false. The high half of the hash picks the block, the low
+// half the bits within it.
+func (f *keyFilter) probes(key []byte, visit func(word *atomic.Uint64, mask uint64) bool) {
 	h := maphash.Bytes(f.seed, key)
-	h1, h2 := h, (h>>33)|1
-	nbits := uint64(len(f.words)) * 64
-	for i := uint64(0); i < keyFilterProbes; i++ {
-		bit := (h1 + i*h2) % nbits
-		if !visit(int(bit/64), 1<<(bit%64)) {
+	b := (h >> 32) * f.blocks >> 32 // scales the high half to [0, blocks)
+	block := f.words[b*blockWords : (b+1)*blockWords]
+	// Double hashing within the block: h2 is odd, so the probes of a key
+	// are distinct bits.
+	h1, h2 := uint32(h), uint32(h>>16)|1
+	for i := uint32(0); i < keyFilterProbes; i++ {
+		bit := (h1 + i*h2) % blockBits
+		if !visit(&block[bit/64], 1<<(bit%64)) {
 			return
 		}
 	}
 }
 
 func (f *keyFilter) add(key []byte) {
-	f.probes(key, func(word int, mask uint64) bool {
-		if f.words[word].Load()&mask == 0 {
-			f.words[word].Or(mask)
+	f.probes(key, func(word *atomic.Uint64, mask uint64) bool {
+		if word.Load()&mask == 0 {
+			word.Or(mask)
 		}
 		return true
 	})
@@ -71,8 +85,8 @@ func (f *keyFilter) mayContain(key []byte) bool {
 		return true
 	}
 	all := true
-	f.probes(key, func(word int, mask uint64) bool {
-		all = f.words[word].Load()&mask != 0
+	f.probes(key, func(word *atomic.Uint64, mask uint64) bool {
+		all = word.Load()&mask != 0
 		return all
 	})
 	return all

@@ -35,9 +35,12 @@ const (
 )
 
 func latestKey(key []byte) []byte {
-	k := make([]byte, 0, 1+len(key))
-	k = append(k, storage.PrefixLatest)
-	return append(k, key...)
+	return appendLatestKey(make([]byte, 0, 1+len(key)), key)
+}
+
+func appendLatestKey(dst, key []byte) []byte {
+	dst = append(dst, storage.PrefixLatest)
+	return append(dst, key...)
 }
 
 // latestBounds returns Pebble bounds of the latest space for the user range
@@ -63,16 +66,22 @@ func appendEscaped(dst, key []byte) []byte {
 
 // historyPrefix returns the prefix shared by every version of key.
 func historyPrefix(key []byte) []byte {
-	k := make([]byte, 0, 1+len(key)+2+8)
-	k = append(k, storage.PrefixHistory)
-	k = appendEscaped(k, key)
-	return append(k, escapeByte, terminatorByte)
+	return appendHistoryPrefix(make([]byte, 0, 1+len(key)+2+8), key)
+}
+
+func appendHistoryPrefix(dst, key []byte) []byte {
+	dst = append(dst, storage.PrefixHistory)
+	dst = appendEscaped(dst, key)
+	return append(dst, escapeByte, terminatorByte)
 }
 
 // historyKey returns the history key of key's version at rev.
 func historyKey(key []byte, rev int64) []byte {
-	k := historyPrefix(key)
-	return binary.BigEndian.AppendUint64(k, ^uint64(rev))
+	return appendHistoryKey(make([]byte, 0, 1+len(key)+2+8), key, rev)
+}
+
+func appendHistoryKey(dst, key []byte, rev int64) []byte {
+	return binary.BigEndian.AppendUint64(appendHistoryPrefix(dst, key), ^uint64(rev))
 }
 
 // nextHistoryKey returns the smallest history key after every version of key.

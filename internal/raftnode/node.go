@@ -335,9 +335,11 @@ const maxEntriesPerProposal = 512
 // propose hands ps to Raft as one proposal message: Raft's per-message work
 // is paid once for the batch, and the batch is accepted or dropped whole.
 func (n *Node) propose(ps []proposal) {
+	slab := make([]raftpb.Entry, len(ps)) // one allocation for the batch's entries
 	ents := make([]*raftpb.Entry, len(ps))
 	for i, p := range ps {
-		ents[i] = &raftpb.Entry{Data: p.data}
+		slab[i].Data = p.data
+		ents[i] = &slab[i]
 	}
 	from := n.cfg.ID
 	err := n.rn.Step(&raftpb.Message{Type: raftpb.MessageType_MsgProp.Enum(), From: &from, Entries: ents})

@@ -38,6 +38,7 @@ func (s *Server) Propose(ctx context.Context, req *pb.InternalRaftRequest) (prot
 	}
 	select {
 	case r := <-ch:
+		s.waits.release(ch)
 		if r.Err != nil {
 			return nil, r.Err
 		}
@@ -103,13 +104,23 @@ type waiter struct {
 
 func (w *waitRegistry) init() { w.waiting = map[uint64]waiter{} }
 
-func (w *waitRegistry) register(id uint64) <-chan apply.Result {
-	ch := make(chan apply.Result, 1)
+// resultChans recycles the channels proposers wait on: one per request
+// otherwise.
+var resultChans = sync.Pool{New: func() any { return make(chan apply.Result, 1) }}
+
+func (w *waitRegistry) register(id uint64) chan apply.Result {
+	ch := resultChans.Get().(chan apply.Result)
 	w.mu.Lock()
 	w.waiting[id] = waiter{ch: ch, since: w.now}
 	w.mu.Unlock()
 	return ch
 }
+
+// release returns ch, registered and then received from, for reuse. Each
+// registration is sent on at most once (whoever sends removes it from the
+// registry first), so after that receive nothing else can reach ch. A
+// channel whose waiter gave up is never released: a send may still come.
+func (w *waitRegistry) release(ch chan apply.Result) { resultChans.Put(ch) }
 
 func (w *waitRegistry) cancel(id uint64) {
 	w.mu.Lock()
