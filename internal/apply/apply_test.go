@@ -27,7 +27,7 @@ type member struct {
 func openMember(t *testing.T, dir string) *member {
 	t.Helper()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	db, err := storage.Open(dir, logger)
+	db, err := storage.Open(dir, logger, nil)
 	if err != nil {
 		t.Fatalf("open pebble: %v", err)
 	}

@@ -223,7 +223,7 @@ func TestReopenResumesCompaction(t *testing.T) {
 	ts.del("b", "")  // 5
 	ts.close()
 
-	db, err := storage.Open(ts.dir, discardLogger())
+	db, err := storage.Open(ts.dir, discardLogger(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,7 +40,7 @@ func newTestStore(t testing.TB) *testStore {
 
 func (ts *testStore) open() {
 	ts.t.Helper()
-	db, err := storage.Open(ts.dir, discardLogger())
+	db, err := storage.Open(ts.dir, discardLogger(), nil)
 	if err != nil {
 		ts.t.Fatalf("open pebble: %v", err)
 	}

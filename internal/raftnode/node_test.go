@@ -74,7 +74,7 @@ func startNode(t *testing.T, dir string) *testNode { return startNodeHolding(t, 
 // openLog opens the test member's database in dir and the log store over it.
 func openLog(t *testing.T, dir string) (*pebble.DB, *storage.LogStore) {
 	t.Helper()
-	db, err := storage.Open(dir, slog.New(slog.DiscardHandler))
+	db, err := storage.Open(dir, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,5 +285,18 @@ func TestInboxIsBounded(t *testing.T) {
 	}
 	if !q.push(4) {
 		t.Fatalf("a drained inbox refused an item")
+	}
+}
+
+// Only a Ready that shows many proposals in flight holds the next sync back:
+// a lone client's one-entry Readies never wait.
+func TestSyncHoldOnlyUnderLoad(t *testing.T) {
+	for _, tc := range []struct {
+		entries int
+		want    time.Duration
+	}{{0, 0}, {1, 0}, {loadedBatch - 1, 0}, {loadedBatch, syncHold}, {maxEntriesPerProposal, syncHold}} {
+		if got := syncHoldFor(tc.entries); got != tc.want {
+			t.Errorf("syncHoldFor(%d) = %v, want %v", tc.entries, got, tc.want)
+		}
 	}
 }

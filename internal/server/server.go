@@ -46,6 +46,7 @@ type Server struct {
 	cfg        Config
 	logger     *slog.Logger
 	db         *pebble.DB
+	syncPacer  *storage.SyncPacer // spaces db's WAL syncs; driven by the raft loop
 	kv         *mvcc.Store
 	applier    *apply.Applier
 	node       *raftnode.Node
@@ -72,11 +73,12 @@ func New(cfg Config) (*Server, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
-	db, err := storage.Open(filepath.Join(cfg.DataDir, "db"), logger)
+	pacer := new(storage.SyncPacer)
+	db, err := storage.Open(filepath.Join(cfg.DataDir, "db"), logger, pacer)
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, logger: logger, db: db, stopC: make(chan struct{})}
+	s := &Server{cfg: cfg, logger: logger, db: db, syncPacer: pacer, stopC: make(chan struct{})}
 	s.waits.init()
 	if err := s.open(); err != nil {
 		if s.kv != nil {
@@ -113,6 +115,7 @@ func (s *Server) open() error {
 		LogRetention:  s.cfg.SnapshotCount,
 		OnDropped:     s.proposalDropped,
 		Logger:        s.logger,
+		SyncPacer:     s.syncPacer,
 	}, s.db, logStore, stateMachine{s})
 	return err
 }

@@ -32,7 +32,7 @@ func newTestLog(t testing.TB) *testLog {
 
 func (tl *testLog) open() {
 	tl.t.Helper()
-	db, err := Open(tl.dir, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	db, err := Open(tl.dir, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	if err != nil {
 		tl.t.Fatal(err)
 	}

@@ -65,8 +65,9 @@ const (
 // not exist yet, and a block cache well above the memtables' size, because
 // Pebble reserves memtable memory out of the block cache: a cache no larger
 // than the memtables caches nothing, and every put's lookup of its key's
-// newest version would read and decompress blocks from disk.
-func Open(dir string, logger *slog.Logger) (*pebble.DB, error) {
+// newest version would read and decompress blocks from disk. pacer, when not
+// nil, spaces the WAL's syncs (see SyncPacer).
+func Open(dir string, logger *slog.Logger, pacer *SyncPacer) (*pebble.DB, error) {
 	opts := &pebble.Options{
 		Logger:                      pebbleLogger{logger},
 		MemTableSize:                memTableSize,
@@ -75,6 +76,9 @@ func Open(dir string, logger *slog.Logger) (*pebble.DB, error) {
 		L0StopWritesThreshold:       1000,
 		LBaseMaxBytes:               64 << 20,
 		Cache:                       pebble.NewCache(blockCacheSize),
+	}
+	if pacer != nil {
+		opts.WALMinSyncInterval = pacer.minSyncInterval
 	}
 	defer opts.Cache.Unref()
 	for i := range opts.Levels {
