@@ -7,6 +7,7 @@ package api
 
 import (
 	"context"
+	"sync"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/protobuf/proto"
@@ -21,6 +22,7 @@ const MaxTxnOps = 128
 // Backend is what the API needs from the server.
 type Backend interface {
 	// Propose replicates req through Raft and returns its applied answer.
+	// It must not keep req, which the caller reuses once it returns.
 	Propose(ctx context.Context, req *pb.InternalRaftRequest) (proto.Message, error)
 	// ReadIndex returns once a read of the local store is linearizable.
 	ReadIndex(ctx context.Context) error
@@ -63,7 +65,7 @@ func (s *KV) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, erro
 	if err := checkPut(req); err != nil {
 		return nil, err
 	}
-	return propose[*pb.PutResponse](ctx, s.b, &pb.InternalRaftRequest{Put: req})
+	return propose[*pb.PutResponse](ctx, s.b, func(r *pb.InternalRaftRequest) { r.Put = req })
 }
 
 // DeleteRange implements KV.DeleteRange.
@@ -71,7 +73,7 @@ func (s *KV) DeleteRange(ctx context.Context, req *pb.DeleteRangeRequest) (*pb.D
 	if err := checkDelete(req); err != nil {
 		return nil, err
 	}
-	return propose[*pb.DeleteRangeResponse](ctx, s.b, &pb.InternalRaftRequest{DeleteRange: req})
+	return propose[*pb.DeleteRangeResponse](ctx, s.b, func(r *pb.InternalRaftRequest) { r.DeleteRange = req })
 }
 
 // Txn implements KV.Txn.
@@ -101,12 +103,12 @@ func (s *KV) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse, erro
 		s.b.FillHeader(resp.Header)
 		return resp, nil
 	}
-	return propose[*pb.TxnResponse](ctx, s.b, &pb.InternalRaftRequest{Txn: req})
+	return propose[*pb.TxnResponse](ctx, s.b, func(r *pb.InternalRaftRequest) { r.Txn = req })
 }
 
 // Compact implements KV.Compact.
 func (s *KV) Compact(ctx context.Context, req *pb.CompactionRequest) (*pb.CompactionResponse, error) {
-	return propose[*pb.CompactionResponse](ctx, s.b, &pb.InternalRaftRequest{Compaction: req})
+	return propose[*pb.CompactionResponse](ctx, s.b, func(r *pb.InternalRaftRequest) { r.Compaction = req })
 }
 
 // txnSerializable reports whether every range in a read-only transaction,
@@ -149,10 +151,19 @@ func (s *KV) RangeStream(req *pb.RangeRequest, stream pb.KV_RangeStreamServer) e
 	return toGRPC(err)
 }
 
-// propose replicates req and returns its answer, of type R, with the header
-// filled.
-func propose[R interface{ GetHeader() *pb.ResponseHeader }](ctx context.Context, b Backend, req *pb.InternalRaftRequest) (R, error) {
+// raftRequests recycles the envelopes requests are proposed in: an
+// InternalRaftRequest is a few hundred bytes, and every write needs one only
+// until Propose has encoded it.
+var raftRequests = sync.Pool{New: func() any { return new(pb.InternalRaftRequest) }}
+
+// propose replicates the request that fill puts in an envelope and returns
+// its answer, of type R, with the header filled.
+func propose[R interface{ GetHeader() *pb.ResponseHeader }](ctx context.Context, b Backend, fill func(*pb.InternalRaftRequest)) (R, error) {
+	req := raftRequests.Get().(*pb.InternalRaftRequest)
+	fill(req)
 	resp, err := b.Propose(ctx, req)
+	req.Reset()
+	raftRequests.Put(req)
 	if err != nil {
 		var none R
 		return none, toGRPC(err)

@@ -73,7 +73,7 @@ func noLeases(int64) bool { return false }
 // member must stop.
 func (a *Applier) Apply(ents []*raftpb.Entry, cs *raftpb.ConfState) ([]Result, error) {
 	b := a.kv.NewBatch()
-	var results []Result
+	results := make([]Result, 0, len(ents))
 	last := a.applied
 	for _, e := range ents {
 		if e.GetIndex() <= last {
