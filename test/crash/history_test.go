@@ -14,7 +14,10 @@ import (
 // A key of kinds p, d and t is written by one worker only, so the order in
 // which its writes were issued is the order in which the log holds them.
 const (
-	putWorkers  = 3 // each puts its own p keys
+	// Each puts its own p keys. Forty of them keep ~45 writes in flight,
+	// so Readies carry tens of entries and now and then reach raftnode's
+	// loadedBatch (32), where group commit holds the next sync back.
+	putWorkers  = 40
 	putKeys     = 6
 	delWorkers  = 1 // puts and deletes its own d keys, one at a time or by prefix
 	delKeys     = 4
