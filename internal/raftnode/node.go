@@ -76,10 +76,11 @@ const (
 // Group commit. A Ready that persists at least loadedBatch entries shows many
 // proposals in flight; the WAL then holds its next sync back for syncHold,
 // so that the next Ready's sync covers more entries. Under the benchmark's
-// put load (1000 clients) this halves the syncs, from one per ~60 puts to
-// one per ~140, and cuts server CPU per put by ~5%; a client that waits for
-// each answer before sending the next put makes Readies of one entry, and
-// never waits for a hold.
+// put load (1000 clients) a third of the syncs go: from one per ~30 puts to
+// one per ~46, with a hold after about a quarter of them, and server CPU per
+// put falls by 5-15% (docs/performance.md). A client that waits for each
+// answer before sending the next put makes Readies of one entry, and never
+// waits for a hold.
 const (
 	loadedBatch = 32
 	syncHold    = 500 * time.Microsecond
