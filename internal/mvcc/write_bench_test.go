@@ -38,7 +38,7 @@ func BenchmarkBatchPut(b *testing.B) {
 		return k
 	}
 	b.Run("create", func(b *testing.B) {
-		run(b, newTestStore(b), func(i int) []byte { return varintKey(i) })
+		run(b, newTestStore(b), varintKey)
 	})
 	b.Run("overwrite", func(b *testing.B) {
 		ts := newTestStore(b)

@@ -46,7 +46,6 @@ type Server struct {
 	cfg        Config
 	logger     *slog.Logger
 	db         *pebble.DB
-	syncPacer  *storage.SyncPacer // spaces db's WAL syncs; driven by the raft loop
 	kv         *mvcc.Store
 	applier    *apply.Applier
 	node       *raftnode.Node
@@ -78,9 +77,9 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, logger: logger, db: db, syncPacer: pacer, stopC: make(chan struct{})}
+	s := &Server{cfg: cfg, logger: logger, db: db, stopC: make(chan struct{})}
 	s.waits.init()
-	if err := s.open(); err != nil {
+	if err := s.open(pacer); err != nil {
 		if s.kv != nil {
 			s.kv.Close()
 		}
@@ -90,7 +89,7 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-func (s *Server) open() error {
+func (s *Server) open(pacer *storage.SyncPacer) error {
 	if err := s.loadIdentity(); err != nil {
 		return err
 	}
@@ -115,7 +114,7 @@ func (s *Server) open() error {
 		LogRetention:  s.cfg.SnapshotCount,
 		OnDropped:     s.proposalDropped,
 		Logger:        s.logger,
-		SyncPacer:     s.syncPacer,
+		SyncPacer:     pacer, // db's: the raft loop drives its syncs
 	}, s.db, logStore, stateMachine{s})
 	return err
 }
