@@ -12,10 +12,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -84,15 +86,37 @@ func New(t testing.TB, bin string, args ...string) *Member {
 }
 
 // FreeAddr returns a 127.0.0.1 address with a port nothing listened on a
-// moment ago.
+// moment ago, below the kernel's ephemeral range. A port inside that range
+// can be taken, while a member is down between a kill and its restart, as
+// the local port of an outgoing connection (a client redialing the stopped
+// member can even connect to itself), and the restart then fails with
+// "address already in use". Ports below the range are never handed out so.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("pick a free port: %v", err)
+	low := ephemeralLow()
+	for range 1000 {
+		addr := fmt.Sprintf("127.0.0.1:%d", 10000+rand.IntN(low-10000))
+		if l, err := net.Listen("tcp", addr); err == nil {
+			_ = l.Close()
+			return addr
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatalf("no free port between 10000 and %d", low)
+	return ""
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (Linux's
+// default when it cannot be read).
+func ephemeralLow() int {
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > 10000+1000 {
+				low = n
+			}
+		}
+	}
+	return low
 }
 
 // Endpoint is the member's client address, host:port.

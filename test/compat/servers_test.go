@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -64,20 +66,31 @@ func startPair(t testing.TB) *pair {
 	return &pair{ref: ref, tgt: tgt}
 }
 
-// freeURL reserves a free loopback port by listening on port 0 and returns
-// an http URL for it. The port is released before the server binds it; on a
-// test machine that race is accepted.
+// freeURL returns an http URL on a loopback port nothing listened on a
+// moment ago, below the kernel's ephemeral range. Servers here restart on
+// their ports; a port inside the range can be taken while one is down, as
+// the local port of a client redialing it (even connected to itself), and
+// the restart then fails with "address already in use". This is
+// internal/testmember's FreeAddr, which this module cannot import.
 func freeURL(t testing.TB) url.URL {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("compat: reserving a port: %v", err)
+	low := 32768 // Linux's default start of the ephemeral range
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > 10000+1000 {
+				low = n
+			}
+		}
 	}
-	addr := l.Addr().String()
-	if err := l.Close(); err != nil {
-		t.Fatalf("compat: releasing a port: %v", err)
+	for range 1000 {
+		addr := fmt.Sprintf("127.0.0.1:%d", 10000+rand.IntN(low-10000))
+		if l, err := net.Listen("tcp", addr); err == nil {
+			_ = l.Close()
+			return url.URL{Scheme: "http", Host: addr}
+		}
 	}
-	return url.URL{Scheme: "http", Host: addr}
+	t.Fatalf("compat: no free port between 10000 and %d", low)
+	return url.URL{}
 }
 
 // startEmbedded starts an etcd v3.7.3 member inside the test process.
