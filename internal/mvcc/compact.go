@@ -21,7 +21,9 @@ const compactBatchSize = 4096
 //
 // After a compaction at rev, a read at any revision >= rev must still see the
 // same answer, so for each key it keeps the newest version at or before rev
-// (unless that version is a tombstone) and every version after rev. Older
+// (unless that version is a tombstone) and every version after rev. The live
+// version is in the latest space, which compaction never touches; history
+// holds the others (see keys.go). Older
 // versions of a key are deleted before its tombstone, so a concurrent reader
 // never finds an old version with the tombstone above it gone.
 type compactor struct {
@@ -122,8 +124,16 @@ func (c *compactor) finish(rev int64) {
 }
 
 // compact deletes every version unreachable by reads at revisions >= rev.
+//
+// It decides from one snapshot while puts and deletes go on, which add
+// versions newer than rev and copy a key's live version into history. Once
+// copied, that version is the one reads at rev need, so compaction deletes
+// only versions older than the live one of its snapshot, never a history
+// entry under the live version's revision (the copy may be landing there).
 func (c *compactor) compact(rev int64) error {
-	iter, err := c.db.NewIter(&pebble.IterOptions{
+	snap := c.db.NewSnapshot()
+	defer func() { _ = snap.Close() }()
+	iter, err := snap.NewIter(&pebble.IterOptions{
 		LowerBound: []byte{storage.PrefixHistory},
 		UpperBound: []byte{storage.PrefixHistory + 1},
 	})
@@ -146,9 +156,24 @@ func (c *compactor) compact(rev int64) error {
 		}
 		k := iter.Key()
 		prefix = append(prefix[:0], k[:historyUserPrefixLen(k)]...)
-		valid = iter.SeekGE(appendInvertedRev(prefix, rev))
+		key, _, err := decodeHistoryKey(k)
+		if err != nil {
+			return fmt.Errorf("mvcc: compact to %d: %w", rev, err)
+		}
+		var live int64 // the live version's revision, 0 if the key is deleted
+		if _, err := withLatest(snap, key, func(r *record) { live = r.modRevision }); err != nil {
+			return fmt.Errorf("mvcc: compact to %d: %w", rev, err)
+		}
+		// keep: the newest version at or before rev is in history, and
+		// survives unless it is a tombstone. When the live version is that
+		// old, it is the one reads need, and all of history before it goes.
+		keep := live == 0 || live > rev
+		if keep {
+			valid = iter.SeekGE(appendInvertedRev(prefix, rev))
+		} else {
+			valid = iter.SeekGE(appendInvertedRev(prefix, live-1))
+		}
 		doomed = doomed[:0]
-		keep := true // the newest version <= rev survives unless it is a tombstone
 		for ; valid; valid = iter.Next() {
 			k = iter.Key()
 			if len(k) != len(prefix)+8 || !bytes.HasPrefix(k, prefix) {

@@ -1,6 +1,7 @@
 package mvcc
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 
@@ -11,7 +12,8 @@ import (
 
 // TestCompaction checks what a physical compaction keeps: for each key the
 // newest version at or before the compaction revision (unless it is a
-// tombstone) and every later version.
+// tombstone) and every later version. History holds them all but the live
+// version, which is in the latest space.
 func TestCompaction(t *testing.T) {
 	ts := newTestStore(t)
 	ts.put("a", "1")        // 2
@@ -32,20 +34,18 @@ func TestCompaction(t *testing.T) {
 	steps := []struct {
 		name string
 		rev  int64
-		want map[string][]int64 // history revisions per key, newest first
+		want map[string][]int64 // history revisions per key, newest first; live versions are in latest
 	}{
 		{"at 3", 3, map[string][]int64{
-			"a": {4, 3}, "gone": {6, 5}, "late": {8, 7}, "a\x00": {14, 9}, "re": {12, 11, 10}, "\xff": {13}, "untouched": {15},
+			"a": {3}, "gone": {6, 5}, "late": {8, 7}, "a\x00": {9}, "re": {11, 10},
 		}},
 		{"at 7: a tombstone at or before the revision removes the key", 7, map[string][]int64{
-			"a": {4}, "late": {8, 7}, "a\x00": {14, 9}, "re": {12, 11, 10}, "\xff": {13}, "untouched": {15},
+			"late": {8, 7}, "a\x00": {9}, "re": {11, 10},
 		}},
 		{"at 11: recreated key keeps only its new life", 11, map[string][]int64{
-			"a": {4}, "a\x00": {14, 9}, "re": {12}, "\xff": {13}, "untouched": {15},
+			"a\x00": {9},
 		}},
-		{"at 15: the current revision", 15, map[string][]int64{
-			"a": {4}, "a\x00": {14}, "re": {12}, "\xff": {13}, "untouched": {15},
-		}},
+		{"at 15: the current revision", 15, map[string][]int64{}},
 	}
 	for _, st := range steps {
 		t.Run(st.name, func(t *testing.T) {
@@ -244,11 +244,85 @@ func TestReopenResumesCompaction(t *testing.T) {
 	}
 	waitDone(t, ts.s.compactor.doneCh(5), 5)
 	hist := ts.historyVersions()
-	if len(hist) != 1 || !slices.Equal(hist["a"], []int64{3}) {
-		t.Fatalf("history after resumed compaction: %v, want a: [3]", hist)
+	if len(hist) != 0 {
+		t.Fatalf("history after resumed compaction: %v, want none (a's live version is in latest, b is gone)", hist)
 	}
 	done, err := storage.GetMetaUint64(ts.db, storage.MetaCompactDone)
 	if err != nil || done != 5 {
 		t.Fatalf("compact-done mark %d (%v), want 5", done, err)
+	}
+}
+
+// TestCompactionDuringWrites runs a physical compaction while overwrites and
+// deletes move the keys' live versions into history, and checks that reads
+// at the compaction revision and after it still see every key as it was.
+func TestCompactionDuringWrites(t *testing.T) {
+	ts := newTestStore(t)
+	const keys = 2000
+	key := func(i int) string { return fmt.Sprintf("k%04d", i) }
+	ts.commit(func(b *Batch) {
+		for round := 0; round < 2; round++ {
+			for i := 0; i < keys; i++ {
+				if _, err := b.Put(&pb.PutRequest{Key: []byte(key(i)), Value: []byte(fmt.Sprint(round))}, noLeases); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	})
+	compactAt := ts.s.Rev()
+	var done <-chan struct{}
+	ts.commit(func(b *Batch) {
+		var err error
+		if _, done, err = b.Compact(compactAt); err != nil {
+			t.Fatal(err)
+		}
+	})
+	// While the compactor works through history, every key's live version
+	// (at or before compactAt) moves to history: odd keys are overwritten,
+	// even keys deleted, one key per batch.
+	for i := 0; i < keys; i++ {
+		ts.commit(func(b *Batch) {
+			var err error
+			if i%2 == 1 {
+				_, err = b.Put(&pb.PutRequest{Key: []byte(key(i)), Value: []byte("2")}, noLeases)
+			} else {
+				_, err = b.DeleteRange(&pb.DeleteRangeRequest{Key: []byte(key(i))})
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	waitDone(t, done, compactAt)
+
+	at := func(rev int64) *pb.RangeResponse {
+		t.Helper()
+		resp, err := ts.s.Range(&pb.RangeRequest{Key: []byte("k"), RangeEnd: []byte("l"), Revision: rev})
+		if err != nil {
+			t.Fatalf("range at %d: %v", rev, err)
+		}
+		return resp
+	}
+	resp := at(compactAt)
+	if len(resp.Kvs) != keys {
+		t.Fatalf("range at the compaction revision %d: %d keys, want %d", compactAt, len(resp.Kvs), keys)
+	}
+	for i, kv := range resp.Kvs {
+		checkKV(t, "at the compaction revision", kv, key(i), "1", 2+int64(i), 2+keys+int64(i), 2, 0)
+	}
+	if resp := at(compactAt + keys/2); len(resp.Kvs) != keys-keys/4 {
+		t.Fatalf("range half way through the writes: %d keys, want %d", len(resp.Kvs), keys-keys/4)
+	}
+	// Each key keeps its live version as of compactAt (moved to history
+	// meanwhile) and, for even keys, the tombstone after it.
+	hist := ts.historyVersions()
+	for i := 0; i < keys; i++ {
+		want := []int64{compactAt + 1 + int64(i), 2 + keys + int64(i)}
+		if i%2 == 1 {
+			want = want[1:] // the overwrite is live, in latest
+		}
+		if got := hist[key(i)]; !slices.Equal(got, want) {
+			t.Fatalf("history of %s: %v, want %v", key(i), got, want)
+		}
 	}
 }

@@ -23,9 +23,6 @@ type testStore struct {
 	dir string
 	db  *pebble.DB
 	s   *Store
-	// keyCacheMax, when set, replaces the key cache with one that small, so
-	// tests run through its evictions.
-	keyCacheMax int
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -48,9 +45,6 @@ func (ts *testStore) open() {
 	if err != nil {
 		_ = db.Close()
 		ts.t.Fatalf("open store: %v", err)
-	}
-	if ts.keyCacheMax > 0 {
-		s.keys = newKeyCache(ts.keyCacheMax, keyCacheBytes)
 	}
 	// Let the key filter finish its scan, so that puts after a reopen take
 	// the filter's answers rather than falling back to lookups.

@@ -7,17 +7,19 @@ import (
 	"github.com/plinthdb/plinth/internal/storage"
 )
 
-// Two key spaces hold the data:
+// Two key spaces hold the data, each version of a key in exactly one:
 //
-//	latest:  PrefixLatest  + user key                          -> value of the newest live version
+//	latest:  PrefixLatest  + user key                          -> the live version (the newest, if not deleted)
 //	history: PrefixHistory + escaped(user key) + 0x00 0x01 + ^revision (8 bytes, big endian)
-//	                                                            -> value (or tombstone) of that version
+//	                                                            -> a version older than the live one, or a tombstone
 //
 // The latest space answers reads at the current revision with one ordered scan
-// and no version skipping, which is what nearly every read asks for. The
-// history space answers reads at a past revision: the inverted revision sorts a
-// key's versions newest first, so one SeekGE(historyKey(k, rev)) lands on the
-// newest version at or before rev.
+// and no version skipping, which is what nearly every read asks for. A version
+// enters history only when a put or delete supersedes it, so a create writes
+// one key, not two. Reads at a past revision merge the two spaces: a key whose
+// live version is at or before the revision reads it from latest; otherwise
+// the inverted revision sorts its versions in history newest first, so one
+// SeekGE(historyKey(k, rev)) lands on the newest version at or before rev.
 //
 // User keys may contain any byte, so in history keys they are escaped to keep
 // the order of user keys and to make the terminator unambiguous: 0x00 is

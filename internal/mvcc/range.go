@@ -57,21 +57,45 @@ func planRange(req *pb.RangeRequest, curRev, compactRev int64) (rangePlan, error
 	}, nil
 }
 
-// open returns an iterator over the plan's span in the key space its
-// revision needs, or nil for a span that cannot hold a key.
-func (p rangePlan) open(r pebble.Reader) (*pebble.Iterator, error) {
+// cursors are the iterators a plan reads: one over its span in the latest
+// space and, for a read at a past revision, one over the span in history.
+// Both are nil for a span that cannot hold a key.
+type cursors struct {
+	latest, history *pebble.Iterator
+}
+
+// open returns the cursors over the plan's span that its revision needs.
+func (p rangePlan) open(r pebble.Reader) (cursors, error) {
 	if p.sp.empty() {
-		return nil, nil
+		return cursors{}, nil
 	}
 	lower, upper := p.sp.latestBounds()
-	if p.historical {
-		lower, upper = p.sp.historyBounds()
-	}
-	iter, err := r.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	latest, err := r.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
 	if err != nil {
-		return nil, fmt.Errorf("mvcc: open iterator: %w", err)
+		return cursors{}, fmt.Errorf("mvcc: open iterator: %w", err)
 	}
-	return iter, nil
+	if !p.historical {
+		return cursors{latest: latest}, nil
+	}
+	lower, upper = p.sp.historyBounds()
+	history, err := r.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	if err != nil {
+		_ = latest.Close()
+		return cursors{}, fmt.Errorf("mvcc: open iterator: %w", err)
+	}
+	return cursors{latest: latest, history: history}, nil
+}
+
+// walk consumes and closes c, visiting the plan's span as of its revision
+// in key order (descending when reverse is set).
+func (p rangePlan) walk(c cursors, reverse bool, visit visitFunc) error {
+	switch {
+	case c.latest == nil:
+		return nil
+	case c.history == nil:
+		return walkLatest(c.latest, reverse, visit)
+	}
+	return walkAt(c.latest, c.history, p.readRev, reverse, visit)
 }
 
 // pointLatest reports whether the plan reads one key at the current revision.
@@ -90,20 +114,12 @@ func (p rangePlan) answerPoint(req *pb.RangeRequest, curRev int64, kv *mvccpb.Ke
 	return p.shape(sc, req, curRev)
 }
 
-// run scans iter (nil for an empty span; it is closed) and shapes the answer:
-// filters, sort, limit, keys_only.
-func (p rangePlan) run(iter *pebble.Iterator, req *pb.RangeRequest, curRev int64) (*pb.RangeResponse, error) {
+// run scans c (which it closes) and shapes the answer: filters, sort,
+// limit, keys_only.
+func (p rangePlan) run(c cursors, req *pb.RangeRequest, curRev int64) (*pb.RangeResponse, error) {
 	sc := scan{limit: p.limit, countOnly: p.countOnly}
-	if iter != nil {
-		var err error
-		if p.historical {
-			err = scanHistory(iter, p.readRev, &sc)
-		} else {
-			err = scanLatest(iter, &sc)
-		}
-		if err != nil {
-			return nil, err
-		}
+	if err := p.walk(c, false, sc.visit); err != nil {
+		return nil, err
 	}
 	return p.shape(sc, req, curRev), nil
 }

@@ -2,6 +2,7 @@ package mvcc
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -81,7 +82,7 @@ func readLatest(r pebble.Reader, sp span, sc *scan) error {
 	if err != nil {
 		return fmt.Errorf("mvcc: open iterator: %w", err)
 	}
-	return scanLatest(iter, sc)
+	return walkLatest(iter, false, sc.visit)
 }
 
 // visitFunc is called for each live version a walk meets, in walk order: key
@@ -119,79 +120,123 @@ func walkLatest(iter *pebble.Iterator, reverse bool, visit visitFunc) (err error
 	return iter.Error()
 }
 
-// walkHistory consumes and closes iter, an iterator over the history space,
-// visiting for each key the newest version at or before rev unless that
-// version is a tombstone: the state of the range as of rev. Keys come in
-// ascending order, or descending when reverse is set.
-func walkHistory(iter *pebble.Iterator, rev int64, reverse bool, visit visitFunc) (err error) {
+// walkAt consumes and closes latest and history, iterators over one span in
+// the latest and in the history space, visiting for each key its newest
+// version at or before rev unless that version is a tombstone: the state of
+// the span as of rev. A key's live version is in the latest space only, and
+// is newer than all of its versions in history; so a key whose live version
+// is at or before rev is read from latest, and any other from history. Keys
+// come in ascending order, or descending when reverse is set.
+func walkAt(latest, history *pebble.Iterator, rev int64, reverse bool, visit visitFunc) (err error) {
 	defer func() {
-		if cerr := iter.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("mvcc: scan history: %w", cerr)
-		}
-	}()
-	var prefix []byte
-	valid := iter.First()
-	if reverse {
-		valid = iter.Last()
-	}
-	for valid {
-		k := iter.Key()
-		prefix = append(prefix[:0], k[:historyUserPrefixLen(k)]...)
-		_, vrev, err := decodeHistoryKey(k)
-		if err != nil {
-			return err
-		}
-		found := true
-		if vrev > rev || reverse {
-			// Versions sort newest first: jump to the newest one at or
-			// before rev (walking backwards, iter is on the oldest).
-			found = iter.SeekGE(appendInvertedRev(prefix, rev))
-			if found {
-				k = iter.Key()
-				found = len(k) == len(prefix)+8 && bytes.HasPrefix(k, prefix)
+		for _, iter := range [...]*pebble.Iterator{latest, history} {
+			if cerr := iter.Close(); cerr != nil && err == nil {
+				err = fmt.Errorf("mvcc: scan at revision %d: %w", rev, cerr)
 			}
 		}
-		if found {
-			v, err := iter.ValueAndErr()
+	}()
+	latestValid, historyValid := latest.First(), history.First()
+	if reverse {
+		latestValid, historyValid = latest.Last(), history.Last()
+	}
+	var prefix, historyUserKey []byte
+	var rec record
+	for latestValid || historyValid {
+		if historyValid {
+			k := history.Key()
+			prefix = append(prefix[:0], k[:historyUserPrefixLen(k)]...)
+			if historyUserKey, _, err = decodeHistoryKey(k); err != nil {
+				return err
+			}
+		}
+		// Which cursor holds the next key in walk order: latest (< 0),
+		// history (> 0), or both (0).
+		next := 0
+		switch {
+		case !historyValid:
+			next = -1
+		case !latestValid:
+			next = 1
+		default:
+			next = bytes.Compare(latest.Key()[1:], historyUserKey)
+			if reverse {
+				next = -next
+			}
+		}
+		visited := false
+		if next <= 0 {
+			v, err := latest.ValueAndErr()
 			if err != nil {
 				return fmt.Errorf("mvcc: read value: %w", err)
 			}
-			if len(v) == 0 {
-				return fmt.Errorf("mvcc: empty record at %x: %w", k, storage.ErrCorrupt)
+			if err := decodeRecord(v, &rec); err != nil {
+				return fmt.Errorf("mvcc: key %q: %w", latest.Key()[1:], err)
 			}
-			if v[0]&flagTombstone == 0 {
-				key, _, err := decodeHistoryKey(k)
-				if err != nil {
-					return err
-				}
-				more, err := visit(key, v)
+			if rec.modRevision <= rev {
+				more, err := visit(latest.Key()[1:], v)
 				if err != nil || !more {
 					return err
 				}
+				visited = true
+			}
+			if reverse {
+				latestValid = latest.Prev()
+			} else {
+				latestValid = latest.Next()
 			}
 		}
-		switch {
-		case reverse:
-			valid = iter.SeekLT(append([]byte(nil), prefix...))
-		case found:
-			// Skip the rest of this key's versions.
-			valid = iter.SeekGE(append(prefix[:len(prefix)-1:len(prefix)-1], afterTerminator))
-		default:
-			// The seek above left iter on the next key already.
-			valid = iter.Valid()
+		if next >= 0 {
+			if !visited {
+				v, found, err := versionAt(history, prefix, rev, !reverse)
+				if err != nil {
+					return err
+				}
+				if found && v[0]&flagTombstone == 0 {
+					more, err := visit(historyUserKey, v)
+					if err != nil || !more {
+						return err
+					}
+				}
+			}
+			if reverse {
+				historyValid = history.SeekLT(append([]byte(nil), prefix...))
+			} else {
+				// Past the rest of this key's versions.
+				historyValid = history.SeekGE(append(prefix[:len(prefix)-1:len(prefix)-1], afterTerminator))
+			}
 		}
 	}
-	return iter.Error()
+	if err := latest.Error(); err != nil {
+		return fmt.Errorf("mvcc: scan at revision %d: %w", rev, err)
+	}
+	return history.Error()
 }
 
-// scanLatest consumes and closes iter, an iterator over the latest space.
-func scanLatest(iter *pebble.Iterator, sc *scan) error {
-	return walkLatest(iter, false, sc.visit)
-}
-
-// scanHistory consumes and closes iter, an iterator over the history space.
-func scanHistory(iter *pebble.Iterator, rev int64, sc *scan) error {
-	return walkHistory(iter, rev, false, sc.visit)
+// versionAt returns the record of the newest version at or before rev of the
+// key whose history prefix is prefix, found false if it has none. iter is on
+// one of the key's versions; onNewest says it is on the newest, which saves a
+// seek when that one is old enough. iter may be moved anywhere.
+func versionAt(iter *pebble.Iterator, prefix []byte, rev int64, onNewest bool) (v []byte, found bool, err error) {
+	k := iter.Key()
+	if !onNewest || int64(^binary.BigEndian.Uint64(k[len(k)-8:])) > rev {
+		// Versions sort newest first: jump to the newest one at or
+		// before rev.
+		if !iter.SeekGE(appendInvertedRev(prefix, rev)) {
+			return nil, false, iter.Error()
+		}
+		k = iter.Key()
+		if len(k) != len(prefix)+8 || !bytes.HasPrefix(k, prefix) {
+			return nil, false, nil
+		}
+	}
+	v, err = iter.ValueAndErr()
+	if err != nil {
+		return nil, false, fmt.Errorf("mvcc: read value: %w", err)
+	}
+	if len(v) == 0 {
+		return nil, false, fmt.Errorf("mvcc: empty record at %x: %w", k, storage.ErrCorrupt)
+	}
+	return v, true, nil
 }
 
 func (sc *scan) visit(key, v []byte) (bool, error) {
@@ -244,14 +289,4 @@ func getLatest(r pebble.Reader, key []byte) (*mvccpb.KeyValue, error) {
 	var kv *mvccpb.KeyValue
 	_, err := withLatest(r, key, func(rec *record) { kv = rec.keyValue(key, false) })
 	return kv, err
-}
-
-// lookupLatest returns what a put needs of key's newest version, without
-// copying its value.
-func lookupLatest(r pebble.Reader, key []byte) (keyMeta, error) {
-	var m keyMeta
-	_, err := withLatest(r, key, func(rec *record) {
-		m = keyMeta{exists: true, createRevision: rec.createRevision, version: rec.version}
-	})
-	return m, err
 }

@@ -44,7 +44,6 @@ type Store struct {
 	compactRev int64 // reads below this revision fail with ErrCompacted; -1 before any compaction
 
 	compactor *compactor
-	keys      *keyCache  // owned by the write path (Batch), see keyCache
 	filter    *keyFilter // see keyFilter
 	stopC     chan struct{}
 	filling   sync.WaitGroup // the goroutine building filter
@@ -78,7 +77,6 @@ func Open(db *pebble.DB, logger *slog.Logger) (*Store, error) {
 	}
 	s := &Store{
 		db: db, logger: logger, rev: int64(rev), compactRev: compactRev,
-		keys:   newKeyCache(keyCacheEntries, keyCacheBytes),
 		filter: newKeyFilter(keyFilterKeys),
 		stopC:  make(chan struct{}),
 	}
@@ -135,10 +133,11 @@ func (s *Store) Range(req *pb.RangeRequest) (*pb.RangeResponse, error) {
 		}
 		return plan.answerPoint(req, curRev, kv), nil
 	}
-	iter, err := plan.open(s.db)
+	// Both cursors are opened under the lock, so that they see one state.
+	c, err := plan.open(s.db)
 	s.viewMu.RUnlock()
 	if err != nil {
 		return nil, err
 	}
-	return plan.run(iter, req, curRev)
+	return plan.run(c, req, curRev)
 }

@@ -66,14 +66,11 @@ type stream struct {
 
 // walk visits the range at the plan's revision in key order.
 func (st *stream) walk(reverse bool, visit visitFunc) error {
-	iter, err := st.plan.open(st.snap)
-	if iter == nil || err != nil {
+	c, err := st.plan.open(st.snap)
+	if err != nil {
 		return err
 	}
-	if st.plan.historical {
-		return walkHistory(iter, st.plan.readRev, reverse, visit)
-	}
-	return walkLatest(iter, reverse, visit)
+	return st.plan.walk(c, reverse, visit)
 }
 
 // match counts a version the walk met and returns it if the answer may

@@ -30,6 +30,7 @@ type Batch struct {
 	compactRev int64
 	compactTo  int64  // a compaction staged in this batch, -1 if none
 	buf        []byte // scratch for encoded records, reused across requests
+	prevBuf    []byte // scratch for a superseded version's record
 	keyBuf     []byte // scratch for storage keys, reused across requests
 }
 
@@ -69,7 +70,6 @@ func (b *Batch) Commit() error {
 	}
 	s.viewMu.Unlock()
 	if err != nil {
-		s.keys.reset()
 		return fmt.Errorf("mvcc: commit batch at revision %d: %w", b.rev, err)
 	}
 	if b.compactTo > 0 {
@@ -78,10 +78,8 @@ func (b *Batch) Commit() error {
 	return nil
 }
 
-// Abort discards the batch, and with it the key cache, which may describe
-// the batch's writes.
+// Abort discards the batch.
 func (b *Batch) Abort() {
-	b.s.keys.reset()
 	_ = b.b.Close()
 }
 
@@ -91,9 +89,9 @@ func (b *Batch) Abort() {
 type txn struct {
 	r          pebble.Reader
 	w          *pebble.Batch // nil when the request may not write
-	keys       *keyCache     // nil when the request may not write
 	filter     *keyFilter    // nil when the request may not write
 	buf        []byte        // scratch: Pebble copies what it is given
+	prevBuf    []byte
 	keyBuf     []byte
 	begin      int64
 	compactRev int64
@@ -101,7 +99,7 @@ type txn struct {
 }
 
 func (b *Batch) begin() *txn {
-	return &txn{r: b.b, w: b.b, keys: b.s.keys, filter: b.s.filter, buf: b.buf, keyBuf: b.keyBuf, begin: b.rev, compactRev: b.compactRev}
+	return &txn{r: b.b, w: b.b, filter: b.s.filter, buf: b.buf, prevBuf: b.prevBuf, keyBuf: b.keyBuf, begin: b.rev, compactRev: b.compactRev}
 }
 
 // finish takes a successful request's revision into the batch.
@@ -109,7 +107,7 @@ func (b *Batch) finish(t *txn) {
 	if t.changed {
 		b.rev = t.begin + 1
 	}
-	b.buf, b.keyBuf = t.buf, t.keyBuf
+	b.buf, b.prevBuf, b.keyBuf = t.buf, t.prevBuf, t.keyBuf
 }
 
 // rev is the revision a read inside the request sees, and the one its header
@@ -121,54 +119,69 @@ func (t *txn) rev() int64 {
 	return t.begin
 }
 
-// put writes key's next version. prev is the key's newest version when the
-// caller read it already (nil otherwise).
-func (t *txn) put(key, value []byte, lease int64, prev *keyMeta) error {
+// put writes key's next version, moving its live version (if any) to
+// history.
+func (t *txn) put(key, value []byte, lease int64) error {
 	rev := t.begin + 1
-	if prev == nil {
-		m, err := t.latestMeta(key)
+	rec := record{createRevision: rev, modRevision: rev, version: 1, lease: lease, value: value}
+	// The filter answers most creates without a lookup.
+	if t.filter.mayContain(key) {
+		prev, found, err := t.supersede(key)
 		if err != nil {
 			return err
 		}
-		prev = &m
-	}
-	rec := record{createRevision: rev, modRevision: rev, version: 1, lease: lease, value: value}
-	if prev.exists {
-		rec.createRevision = prev.createRevision
-		rec.version = prev.version + 1
+		switch {
+		case found:
+			rec.createRevision = prev.createRevision
+			rec.version = prev.version + 1
+		case t.changed:
+			// This request may have deleted the key (a delete to the end
+			// of the key space may precede a put of a key it covered):
+			// its tombstone at this revision gives way to the new live
+			// version, since history holds only versions older than that.
+			t.keyBuf = appendHistoryKey(t.keyBuf[:0], key, rev)
+			if err := t.w.Delete(t.keyBuf, nil); err != nil {
+				return fmt.Errorf("mvcc: stage put %q: %w", key, err)
+			}
+		}
 	}
 	t.buf = appendRecord(t.buf[:0], &rec)
 	t.keyBuf = appendLatestKey(t.keyBuf[:0], key)
 	if err := t.w.Set(t.keyBuf, t.buf, nil); err != nil {
 		return fmt.Errorf("mvcc: stage put %q: %w", key, err)
 	}
-	t.keyBuf = appendHistoryKey(t.keyBuf[:0], key, rev)
-	if err := t.w.Set(t.keyBuf, t.buf, nil); err != nil {
-		return fmt.Errorf("mvcc: stage put %q: %w", key, err)
-	}
 	t.filter.add(key)
-	t.keys.set(key, keyMeta{exists: true, createRevision: rec.createRevision, version: rec.version})
 	t.changed = true
 	return nil
 }
 
-// latestMeta returns what a put needs of key's newest version: nothing for a
-// key the filter has never seen, else from the key cache when it knows the
-// key. The filter goes first: a create then costs one cache line of the
-// filter, where a miss in the (large) key cache map costs more.
-func (t *txn) latestMeta(key []byte) (keyMeta, error) {
-	if !t.filter.mayContain(key) {
-		return keyMeta{}, nil // never written: a create
+// supersede copies key's live version, if it has one, to history under its
+// mod revision, where reads at past revisions find it once the caller has
+// replaced it in the latest space. A version this request wrote is not
+// copied: its replacement takes its revision. It returns that version's
+// record (valid until the next supersede).
+func (t *txn) supersede(key []byte) (prev record, found bool, err error) {
+	t.keyBuf = appendLatestKey(t.keyBuf[:0], key)
+	v, closer, err := t.r.Get(t.keyBuf)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return record{}, false, nil
 	}
-	if m, ok := t.keys.get(key); ok {
-		return m, nil
-	}
-	m, err := lookupLatest(t.r, key)
 	if err != nil {
-		return keyMeta{}, err
+		return record{}, false, fmt.Errorf("mvcc: get %q: %w", key, err)
 	}
-	t.keys.set(key, m)
-	return m, nil
+	t.prevBuf = append(t.prevBuf[:0], v...)
+	_ = closer.Close()
+	if err := decodeRecord(t.prevBuf, &prev); err != nil {
+		return record{}, false, fmt.Errorf("mvcc: key %q: %w", key, err)
+	}
+	if prev.modRevision == t.begin+1 {
+		return prev, true, nil
+	}
+	t.keyBuf = appendHistoryKey(t.keyBuf[:0], key, prev.modRevision)
+	if err := t.w.Set(t.keyBuf, t.prevBuf, nil); err != nil {
+		return record{}, false, fmt.Errorf("mvcc: stage superseded version of %q: %w", key, err)
+	}
+	return prev, true, nil
 }
 
 // deleteRange deletes the live keys in sp and returns them as they were.
@@ -182,17 +195,26 @@ func (t *txn) deleteRange(sp span) ([]*mvccpb.KeyValue, error) {
 	}
 	rev := t.begin + 1
 	tomb := record{tombstone: true, modRevision: rev}
-	t.buf = appendRecord(t.buf[:0], &tomb)
 	for _, kv := range sc.kvs {
 		t.keyBuf = appendLatestKey(t.keyBuf[:0], kv.Key)
 		if err := t.w.Delete(t.keyBuf, nil); err != nil {
 			return nil, fmt.Errorf("mvcc: stage delete %q: %w", kv.Key, err)
 		}
+		// The deleted version goes to history, unless this request wrote
+		// it: the tombstone takes its revision.
+		if kv.ModRevision != rev {
+			live := record{createRevision: kv.CreateRevision, modRevision: kv.ModRevision, version: kv.Version, lease: kv.Lease, value: kv.Value}
+			t.buf = appendRecord(t.buf[:0], &live)
+			t.keyBuf = appendHistoryKey(t.keyBuf[:0], kv.Key, kv.ModRevision)
+			if err := t.w.Set(t.keyBuf, t.buf, nil); err != nil {
+				return nil, fmt.Errorf("mvcc: stage delete %q: %w", kv.Key, err)
+			}
+		}
+		t.buf = appendRecord(t.buf[:0], &tomb)
 		t.keyBuf = appendHistoryKey(t.keyBuf[:0], kv.Key, rev)
 		if err := t.w.Set(t.keyBuf, t.buf, nil); err != nil {
 			return nil, fmt.Errorf("mvcc: stage delete %q: %w", kv.Key, err)
 		}
-		t.keys.set(kv.Key, keyMeta{})
 	}
 	t.changed = true
 	return sc.kvs, nil
@@ -206,11 +228,11 @@ func (t *txn) rangeReq(req *pb.RangeRequest) (*pb.RangeResponse, error) {
 	if err != nil {
 		return nil, err
 	}
-	iter, err := plan.open(t.r)
+	c, err := plan.open(t.r)
 	if err != nil {
 		return nil, err
 	}
-	return plan.run(iter, req, cur)
+	return plan.run(c, req, cur)
 }
 
 // Put executes a put request.
@@ -241,7 +263,6 @@ func newPutResponse() *pb.PutResponse {
 func (t *txn) putReq(req *pb.PutRequest) (*pb.PutResponse, error) {
 	value, lease := req.Value, req.Lease
 	resp := newPutResponse()
-	var meta *keyMeta
 	if req.IgnoreValue || req.IgnoreLease || req.PrevKv {
 		prev, err := getLatest(t.r, req.Key)
 		if err != nil {
@@ -250,9 +271,7 @@ func (t *txn) putReq(req *pb.PutRequest) (*pb.PutResponse, error) {
 		if prev == nil && (req.IgnoreValue || req.IgnoreLease) {
 			return nil, ErrKeyNotFound
 		}
-		meta = &keyMeta{}
 		if prev != nil {
-			*meta = keyMeta{exists: true, createRevision: prev.CreateRevision, version: prev.Version}
 			if req.IgnoreValue {
 				value = prev.Value
 			}
@@ -264,7 +283,7 @@ func (t *txn) putReq(req *pb.PutRequest) (*pb.PutResponse, error) {
 			}
 		}
 	}
-	if err := t.put(req.Key, value, lease, meta); err != nil {
+	if err := t.put(req.Key, value, lease); err != nil {
 		return nil, err
 	}
 	resp.Header.Revision = t.rev()
@@ -512,11 +531,10 @@ func (t *txn) checkTxn(req *pb.TxnRequest, path []bool, leaseExists LeaseExists,
 				return 0, ErrLeaseNotFound
 			}
 			if put.GetIgnoreValue() || put.GetIgnoreLease() {
-				prev, err := lookupLatest(t.r, put.GetKey())
+				found, err := withLatest(t.r, put.GetKey(), func(*record) {})
 				if err != nil {
 					return 0, err
 				}
-				found := prev.exists
 				for _, from := range *deletedFrom {
 					if bytes.Compare(put.GetKey(), from) >= 0 {
 						found = false
