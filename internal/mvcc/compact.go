@@ -21,9 +21,9 @@ const compactBatchSize = 4096
 //
 // After a compaction at rev, a read at any revision >= rev must still see the
 // same answer, so for each key it keeps the newest version at or before rev
-// (unless that version is a tombstone) and every version after rev. The live
-// version is in the latest space, which compaction never touches; history
-// holds the others (see keys.go). Older
+// (unless that version is a tombstone) and every version after rev. It never
+// touches the latest space, nor the history entry of a key's live version,
+// which a later put assumes is there (see keys.go). Older
 // versions of a key are deleted before its tombstone, so a concurrent reader
 // never finds an old version with the tombstone above it gone.
 type compactor struct {
@@ -126,10 +126,10 @@ func (c *compactor) finish(rev int64) {
 // compact deletes every version unreachable by reads at revisions >= rev.
 //
 // It decides from one snapshot while puts and deletes go on, which add
-// versions newer than rev and copy a key's live version into history. Once
-// copied, that version is the one reads at rev need, so compaction deletes
-// only versions older than the live one of its snapshot, never a history
-// entry under the live version's revision (the copy may be landing there).
+// versions newer than rev and may copy a key's live first version into
+// history. Either way, history's entry under the live version's revision in
+// the snapshot is what reads at rev need once that version is superseded, so
+// compaction deletes only older versions than the snapshot's live one.
 func (c *compactor) compact(rev int64) error {
 	snap := c.db.NewSnapshot()
 	defer func() { _ = snap.Close() }()

@@ -12,8 +12,8 @@ import (
 
 // TestCompaction checks what a physical compaction keeps: for each key the
 // newest version at or before the compaction revision (unless it is a
-// tombstone) and every later version. History holds them all but the live
-// version, which is in the latest space.
+// tombstone) and every later version. History holds them all but a live
+// first version, which is in the latest space only.
 func TestCompaction(t *testing.T) {
 	ts := newTestStore(t)
 	ts.put("a", "1")        // 2
@@ -34,18 +34,21 @@ func TestCompaction(t *testing.T) {
 	steps := []struct {
 		name string
 		rev  int64
-		want map[string][]int64 // history revisions per key, newest first; live versions are in latest
+		want map[string][]int64 // history revisions per key, newest first
 	}{
+		// re, \xff and untouched are live first versions: in latest only.
 		{"at 3", 3, map[string][]int64{
-			"a": {3}, "gone": {6, 5}, "late": {8, 7}, "a\x00": {9}, "re": {11, 10},
+			"a": {4, 3}, "gone": {6, 5}, "late": {8, 7}, "a\x00": {14, 9}, "re": {11, 10},
 		}},
 		{"at 7: a tombstone at or before the revision removes the key", 7, map[string][]int64{
-			"late": {8, 7}, "a\x00": {9}, "re": {11, 10},
+			"a": {4}, "late": {8, 7}, "a\x00": {14, 9}, "re": {11, 10},
 		}},
 		{"at 11: recreated key keeps only its new life", 11, map[string][]int64{
-			"a\x00": {9},
+			"a": {4}, "a\x00": {14, 9},
 		}},
-		{"at 15: the current revision", 15, map[string][]int64{}},
+		{"at 15: the current revision", 15, map[string][]int64{
+			"a": {4}, "a\x00": {14},
+		}},
 	}
 	for _, st := range steps {
 		t.Run(st.name, func(t *testing.T) {
@@ -244,8 +247,8 @@ func TestReopenResumesCompaction(t *testing.T) {
 	}
 	waitDone(t, ts.s.compactor.doneCh(5), 5)
 	hist := ts.historyVersions()
-	if len(hist) != 0 {
-		t.Fatalf("history after resumed compaction: %v, want none (a's live version is in latest, b is gone)", hist)
+	if len(hist) != 1 || !slices.Equal(hist["a"], []int64{3}) {
+		t.Fatalf("history after resumed compaction: %v, want a: [3]", hist)
 	}
 	done, err := storage.GetMetaUint64(ts.db, storage.MetaCompactDone)
 	if err != nil || done != 5 {
@@ -313,14 +316,11 @@ func TestCompactionDuringWrites(t *testing.T) {
 	if resp := at(compactAt + keys/2); len(resp.Kvs) != keys-keys/4 {
 		t.Fatalf("range half way through the writes: %d keys, want %d", len(resp.Kvs), keys-keys/4)
 	}
-	// Each key keeps its live version as of compactAt (moved to history
-	// meanwhile) and, for even keys, the tombstone after it.
+	// Each key keeps its live version as of compactAt and the version or
+	// tombstone after it; its first version is gone.
 	hist := ts.historyVersions()
 	for i := 0; i < keys; i++ {
 		want := []int64{compactAt + 1 + int64(i), 2 + keys + int64(i)}
-		if i%2 == 1 {
-			want = want[1:] // the overwrite is live, in latest
-		}
 		if got := hist[key(i)]; !slices.Equal(got, want) {
 			t.Fatalf("history of %s: %v, want %v", key(i), got, want)
 		}

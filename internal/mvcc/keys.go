@@ -7,19 +7,22 @@ import (
 	"github.com/plinthdb/plinth/internal/storage"
 )
 
-// Two key spaces hold the data, each version of a key in exactly one:
+// Two key spaces hold the data:
 //
 //	latest:  PrefixLatest  + user key                          -> the live version (the newest, if not deleted)
 //	history: PrefixHistory + escaped(user key) + 0x00 0x01 + ^revision (8 bytes, big endian)
-//	                                                            -> a version older than the live one, or a tombstone
+//	                                                            -> a version, or a tombstone
 //
 // The latest space answers reads at the current revision with one ordered scan
-// and no version skipping, which is what nearly every read asks for. A version
-// enters history only when a put or delete supersedes it, so a create writes
-// one key, not two. Reads at a past revision merge the two spaces: a key whose
-// live version is at or before the revision reads it from latest; otherwise
-// the inverted revision sorts its versions in history newest first, so one
-// SeekGE(historyKey(k, rev)) lands on the newest version at or before rev.
+// and no version skipping, which is what nearly every read asks for. History
+// holds every version except a live first version (version 1): a create
+// writes the latest space only, and its version is copied into history when a
+// put or delete supersedes it. A later version is written to both spaces at
+// once, so that superseding it needs no read of it. Reads at a past revision
+// merge the two spaces: a key whose live version is at or before the revision
+// reads it from latest; otherwise the inverted revision sorts its versions in
+// history newest first, so one SeekGE(historyKey(k, rev)) lands on the newest
+// version at or before rev.
 //
 // User keys may contain any byte, so in history keys they are escaped to keep
 // the order of user keys and to make the terminator unambiguous: 0x00 is

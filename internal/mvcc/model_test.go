@@ -130,15 +130,15 @@ func (m *model) compactAt(rev int64) {
 }
 
 // historyLayout lists, per key, the revisions the history space must hold:
-// every version not yet compacted away except the live one, which is in the
-// latest space only. Newest first, as history sorts them.
+// every version not yet compacted away, except a live first version, which
+// is in the latest space only. Newest first, as history sorts them.
 func (m *model) historyLayout() map[string][]int64 {
 	out := map[string][]int64{}
 	live := m.states[m.rev()]
 	for k, vs := range m.versions {
 		var revs []int64
 		for r := range vs {
-			if kv, ok := live[k]; ok && kv.ModRevision == r {
+			if kv, ok := live[k]; ok && kv.ModRevision == r && kv.Version == 1 {
 				continue
 			}
 			revs = append(revs, r)

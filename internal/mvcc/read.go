@@ -123,10 +123,11 @@ func walkLatest(iter *pebble.Iterator, reverse bool, visit visitFunc) (err error
 // walkAt consumes and closes latest and history, iterators over one span in
 // the latest and in the history space, visiting for each key its newest
 // version at or before rev unless that version is a tombstone: the state of
-// the span as of rev. A key's live version is in the latest space only, and
-// is newer than all of its versions in history; so a key whose live version
-// is at or before rev is read from latest, and any other from history. Keys
-// come in ascending order, or descending when reverse is set.
+// the span as of rev. A key's live version is in the latest space (and in
+// history too unless it is a first version), and is its newest: a key whose
+// live version is at or before rev is read from latest, any other from
+// history, where its versions at or before rev all are. Keys come in
+// ascending order, or descending when reverse is set.
 func walkAt(latest, history *pebble.Iterator, rev int64, reverse bool, visit visitFunc) (err error) {
 	defer func() {
 		for _, iter := range [...]*pebble.Iterator{latest, history} {
@@ -289,4 +290,14 @@ func getLatest(r pebble.Reader, key []byte) (*mvccpb.KeyValue, error) {
 	var kv *mvccpb.KeyValue
 	_, err := withLatest(r, key, func(rec *record) { kv = rec.keyValue(key, false) })
 	return kv, err
+}
+
+// lookupLatest returns what a put needs of key's newest version, without
+// copying its value.
+func lookupLatest(r pebble.Reader, key []byte) (keyMeta, error) {
+	var m keyMeta
+	_, err := withLatest(r, key, func(rec *record) {
+		m = keyMeta{exists: true, createRevision: rec.createRevision, version: rec.version}
+	})
+	return m, err
 }

@@ -44,6 +44,7 @@ type Store struct {
 	compactRev int64 // reads below this revision fail with ErrCompacted; -1 before any compaction
 
 	compactor *compactor
+	keys      *keyCache  // owned by the write path (Batch), see keyCache
 	filter    *keyFilter // see keyFilter
 	stopC     chan struct{}
 	filling   sync.WaitGroup // the goroutine building filter
@@ -77,6 +78,7 @@ func Open(db *pebble.DB, logger *slog.Logger) (*Store, error) {
 	}
 	s := &Store{
 		db: db, logger: logger, rev: int64(rev), compactRev: compactRev,
+		keys:   newKeyCache(keyCacheEntries, keyCacheBytes),
 		filter: newKeyFilter(keyFilterKeys),
 		stopC:  make(chan struct{}),
 	}

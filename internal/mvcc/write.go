@@ -30,7 +30,6 @@ type Batch struct {
 	compactRev int64
 	compactTo  int64  // a compaction staged in this batch, -1 if none
 	buf        []byte // scratch for encoded records, reused across requests
-	prevBuf    []byte // scratch for a superseded version's record
 	keyBuf     []byte // scratch for storage keys, reused across requests
 }
 
@@ -70,6 +69,7 @@ func (b *Batch) Commit() error {
 	}
 	s.viewMu.Unlock()
 	if err != nil {
+		s.keys.reset()
 		return fmt.Errorf("mvcc: commit batch at revision %d: %w", b.rev, err)
 	}
 	if b.compactTo > 0 {
@@ -78,8 +78,10 @@ func (b *Batch) Commit() error {
 	return nil
 }
 
-// Abort discards the batch.
+// Abort discards the batch, and with it the key cache, which may describe
+// the batch's writes.
 func (b *Batch) Abort() {
+	b.s.keys.reset()
 	_ = b.b.Close()
 }
 
@@ -89,9 +91,9 @@ func (b *Batch) Abort() {
 type txn struct {
 	r          pebble.Reader
 	w          *pebble.Batch // nil when the request may not write
+	keys       *keyCache     // nil when the request may not write
 	filter     *keyFilter    // nil when the request may not write
 	buf        []byte        // scratch: Pebble copies what it is given
-	prevBuf    []byte
 	keyBuf     []byte
 	begin      int64
 	compactRev int64
@@ -99,7 +101,7 @@ type txn struct {
 }
 
 func (b *Batch) begin() *txn {
-	return &txn{r: b.b, w: b.b, filter: b.s.filter, buf: b.buf, prevBuf: b.prevBuf, keyBuf: b.keyBuf, begin: b.rev, compactRev: b.compactRev}
+	return &txn{r: b.b, w: b.b, keys: b.s.keys, filter: b.s.filter, buf: b.buf, keyBuf: b.keyBuf, begin: b.rev, compactRev: b.compactRev}
 }
 
 // finish takes a successful request's revision into the batch.
@@ -107,7 +109,7 @@ func (b *Batch) finish(t *txn) {
 	if t.changed {
 		b.rev = t.begin + 1
 	}
-	b.buf, b.prevBuf, b.keyBuf = t.buf, t.prevBuf, t.keyBuf
+	b.buf, b.keyBuf = t.buf, t.keyBuf
 }
 
 // rev is the revision a read inside the request sees, and the one its header
@@ -119,69 +121,89 @@ func (t *txn) rev() int64 {
 	return t.begin
 }
 
-// put writes key's next version, moving its live version (if any) to
-// history.
+// put writes key's next version: a create to the latest space only, an
+// overwrite to both spaces (see keys.go).
 func (t *txn) put(key, value []byte, lease int64) error {
 	rev := t.begin + 1
+	prev, err := t.supersede(key)
+	if err != nil {
+		return err
+	}
 	rec := record{createRevision: rev, modRevision: rev, version: 1, lease: lease, value: value}
-	// The filter answers most creates without a lookup.
-	if t.filter.mayContain(key) {
-		prev, found, err := t.supersede(key)
-		if err != nil {
-			return err
-		}
-		switch {
-		case found:
-			rec.createRevision = prev.createRevision
-			rec.version = prev.version + 1
-		case t.changed:
-			// This request may have deleted the key (a delete to the end
-			// of the key space may precede a put of a key it covered):
-			// its tombstone at this revision gives way to the new live
-			// version, since history holds only versions older than that.
-			t.keyBuf = appendHistoryKey(t.keyBuf[:0], key, rev)
-			if err := t.w.Delete(t.keyBuf, nil); err != nil {
-				return fmt.Errorf("mvcc: stage put %q: %w", key, err)
-			}
-		}
+	if prev.exists {
+		rec.createRevision = prev.createRevision
+		rec.version = prev.version + 1
 	}
 	t.buf = appendRecord(t.buf[:0], &rec)
 	t.keyBuf = appendLatestKey(t.keyBuf[:0], key)
 	if err := t.w.Set(t.keyBuf, t.buf, nil); err != nil {
 		return fmt.Errorf("mvcc: stage put %q: %w", key, err)
 	}
+	if prev.exists {
+		t.keyBuf = appendHistoryKey(t.keyBuf[:0], key, rev)
+		if err := t.w.Set(t.keyBuf, t.buf, nil); err != nil {
+			return fmt.Errorf("mvcc: stage put %q: %w", key, err)
+		}
+		t.keys.set(key, keyMeta{exists: true, createRevision: rec.createRevision, version: rec.version})
+	}
 	t.filter.add(key)
 	t.changed = true
 	return nil
 }
 
-// supersede copies key's live version, if it has one, to history under its
-// mod revision, where reads at past revisions find it once the caller has
-// replaced it in the latest space. A version this request wrote is not
-// copied: its replacement takes its revision. It returns that version's
-// record (valid until the next supersede).
-func (t *txn) supersede(key []byte) (prev record, found bool, err error) {
+// supersede readies key's live version, if it has one, to be superseded by a
+// put at this request's revision, and returns what the put needs of it. Only
+// a first version needs work: it is copied into history, where later
+// versions are already. The filter answers most creates, and the key cache
+// most overwrites of a later version, without a lookup.
+func (t *txn) supersede(key []byte) (keyMeta, error) {
+	if !t.filter.mayContain(key) {
+		return keyMeta{}, nil // never written
+	}
+	if m, ok := t.keys.get(key); ok {
+		if !m.exists {
+			return m, t.forgetTombstone(key)
+		}
+		return m, nil
+	}
 	t.keyBuf = appendLatestKey(t.keyBuf[:0], key)
 	v, closer, err := t.r.Get(t.keyBuf)
 	if errors.Is(err, pebble.ErrNotFound) {
-		return record{}, false, nil
+		return keyMeta{}, t.forgetTombstone(key)
 	}
 	if err != nil {
-		return record{}, false, fmt.Errorf("mvcc: get %q: %w", key, err)
+		return keyMeta{}, fmt.Errorf("mvcc: get %q: %w", key, err)
 	}
-	t.prevBuf = append(t.prevBuf[:0], v...)
-	_ = closer.Close()
-	if err := decodeRecord(t.prevBuf, &prev); err != nil {
-		return record{}, false, fmt.Errorf("mvcc: key %q: %w", key, err)
+	defer func() { _ = closer.Close() }()
+	var live record
+	if err := decodeRecord(v, &live); err != nil {
+		return keyMeta{}, fmt.Errorf("mvcc: key %q: %w", key, err)
 	}
-	if prev.modRevision == t.begin+1 {
-		return prev, true, nil
+	// A first version this request wrote is not copied: its successor
+	// takes its revision.
+	if live.version == 1 && live.modRevision != t.begin+1 {
+		t.keyBuf = appendHistoryKey(t.keyBuf[:0], key, live.modRevision)
+		if err := t.w.Set(t.keyBuf, v, nil); err != nil {
+			return keyMeta{}, fmt.Errorf("mvcc: stage the first version of %q: %w", key, err)
+		}
 	}
-	t.keyBuf = appendHistoryKey(t.keyBuf[:0], key, prev.modRevision)
-	if err := t.w.Set(t.keyBuf, t.prevBuf, nil); err != nil {
-		return record{}, false, fmt.Errorf("mvcc: stage superseded version of %q: %w", key, err)
+	return keyMeta{exists: true, createRevision: live.createRevision, version: live.version}, nil
+}
+
+// forgetTombstone readies a put that recreates key. The key cache must not
+// keep saying it is deleted; and this request may have deleted it (a delete
+// to the end of the key space may precede a put of a key it covered), so a
+// tombstone at this revision gives way to the new version.
+func (t *txn) forgetTombstone(key []byte) error {
+	t.keys.forget(key)
+	if !t.changed {
+		return nil
 	}
-	return prev, true, nil
+	t.keyBuf = appendHistoryKey(t.keyBuf[:0], key, t.begin+1)
+	if err := t.w.Delete(t.keyBuf, nil); err != nil {
+		return fmt.Errorf("mvcc: stage put %q: %w", key, err)
+	}
+	return nil
 }
 
 // deleteRange deletes the live keys in sp and returns them as they were.
@@ -200,9 +222,10 @@ func (t *txn) deleteRange(sp span) ([]*mvccpb.KeyValue, error) {
 		if err := t.w.Delete(t.keyBuf, nil); err != nil {
 			return nil, fmt.Errorf("mvcc: stage delete %q: %w", kv.Key, err)
 		}
-		// The deleted version goes to history, unless this request wrote
-		// it: the tombstone takes its revision.
-		if kv.ModRevision != rev {
+		// A deleted first version goes to history (later versions are
+		// there already), unless this request wrote it: the tombstone
+		// takes its revision.
+		if kv.Version == 1 && kv.ModRevision != rev {
 			live := record{createRevision: kv.CreateRevision, modRevision: kv.ModRevision, version: kv.Version, lease: kv.Lease, value: kv.Value}
 			t.buf = appendRecord(t.buf[:0], &live)
 			t.keyBuf = appendHistoryKey(t.keyBuf[:0], kv.Key, kv.ModRevision)
@@ -215,6 +238,7 @@ func (t *txn) deleteRange(sp span) ([]*mvccpb.KeyValue, error) {
 		if err := t.w.Set(t.keyBuf, t.buf, nil); err != nil {
 			return nil, fmt.Errorf("mvcc: stage delete %q: %w", kv.Key, err)
 		}
+		t.keys.set(kv.Key, keyMeta{})
 	}
 	t.changed = true
 	return sc.kvs, nil
@@ -531,10 +555,11 @@ func (t *txn) checkTxn(req *pb.TxnRequest, path []bool, leaseExists LeaseExists,
 				return 0, ErrLeaseNotFound
 			}
 			if put.GetIgnoreValue() || put.GetIgnoreLease() {
-				found, err := withLatest(t.r, put.GetKey(), func(*record) {})
+				prev, err := lookupLatest(t.r, put.GetKey())
 				if err != nil {
 					return 0, err
 				}
+				found := prev.exists
 				for _, from := range *deletedFrom {
 					if bytes.Compare(put.GetKey(), from) >= 0 {
 						found = false

@@ -12,9 +12,11 @@ import (
 // benchmark tool's put load drives it: 8-byte keys, 256-byte values, in
 // batches of a few hundred puts (what one Raft Ready carries under load),
 // each batch committed. "create" writes keys never seen; "overwrite" writes
-// keys from a space of 100,000 that the store already holds.
+// random keys from a space of 100,000 that the store already holds in later
+// versions; "first overwrite" supersedes keys' first versions, which it
+// copies into history.
 func BenchmarkBatchPut(b *testing.B) {
-	const perBatch, keySpace = 500, 100_000
+	const perBatch = 500
 	value := make([]byte, 256)
 	run := func(b *testing.B, ts *testStore, key func(i int) []byte) {
 		b.ReportAllocs()
@@ -37,21 +39,35 @@ func BenchmarkBatchPut(b *testing.B) {
 		binary.PutVarint(k, int64(n))
 		return k
 	}
+	// populate writes keys [0, n) versions times each.
+	populate := func(b *testing.B, n, versions int) *testStore {
+		ts := newTestStore(b)
+		for v := 0; v < versions; v++ {
+			for lo := 0; lo < n; lo += perBatch {
+				batch := ts.s.NewBatch()
+				for k := lo; k < min(lo+perBatch, n); k++ {
+					if _, err := batch.Put(&pb.PutRequest{Key: varintKey(k), Value: value}, noLeases); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if err := batch.Commit(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		return ts
+	}
 	b.Run("create", func(b *testing.B) {
 		run(b, newTestStore(b), varintKey)
 	})
 	b.Run("overwrite", func(b *testing.B) {
-		ts := newTestStore(b)
-		batch := ts.s.NewBatch()
-		for n := 0; n < keySpace; n++ {
-			if _, err := batch.Put(&pb.PutRequest{Key: varintKey(n), Value: value}, noLeases); err != nil {
-				b.Fatal(err)
-			}
-		}
-		if err := batch.Commit(); err != nil {
-			b.Fatal(err)
-		}
+		const keySpace = 100_000
+		ts := populate(b, keySpace, 2)
 		rnd := rand.New(rand.NewPCG(1, 2))
 		run(b, ts, func(int) []byte { return varintKey(rnd.IntN(keySpace)) })
+	})
+	b.Run("first overwrite", func(b *testing.B) {
+		ts := populate(b, b.N, 1)
+		run(b, ts, varintKey)
 	})
 }

@@ -29,8 +29,8 @@ const (
 	PrefixMeta byte = 0x02
 	// PrefixLatest holds the newest live version of each key (owned by mvcc).
 	PrefixLatest byte = 0x10
-	// PrefixHistory holds the retained versions of each key older than its
-	// live one, and tombstones (owned by mvcc).
+	// PrefixHistory holds the retained versions of each key, but a live
+	// first version, and tombstones (owned by mvcc).
 	PrefixHistory byte = 0x11
 )
 
