@@ -142,8 +142,10 @@ func walkAt(latest, history *pebble.Iterator, rev int64, reverse bool, visit vis
 	}
 	var prefix, historyUserKey []byte
 	var rec record
+	historyMoved := true // the history cursor is on a key not decoded yet
 	for latestValid || historyValid {
-		if historyValid {
+		if historyValid && historyMoved {
+			historyMoved = false
 			k := history.Key()
 			prefix = append(prefix[:0], k[:historyUserPrefixLen(k)]...)
 			if historyUserKey, _, err = decodeHistoryKey(k); err != nil {
@@ -205,6 +207,7 @@ func walkAt(latest, history *pebble.Iterator, rev int64, reverse bool, visit vis
 				// Past the rest of this key's versions.
 				historyValid = history.SeekGE(append(prefix[:len(prefix)-1:len(prefix)-1], afterTerminator))
 			}
+			historyMoved = true
 		}
 	}
 	if err := latest.Error(); err != nil {
