@@ -27,6 +27,9 @@ const (
 	PrefixRaftLog byte = 0x01
 	// PrefixMeta holds small named values: PrefixMeta + name -> value.
 	PrefixMeta byte = 0x02
+	// PrefixMembers holds the cluster's membership, a state machine record
+	// per member: PrefixMembers + member ID (8 bytes, big endian) -> member.
+	PrefixMembers byte = 0x03
 	// PrefixLatest holds the newest live version of each key (owned by mvcc).
 	PrefixLatest byte = 0x10
 	// PrefixHistory holds the retained versions of each key, but a live
