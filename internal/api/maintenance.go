@@ -59,6 +59,7 @@ type Member struct {
 	Name       string
 	PeerURLs   []string
 	ClientURLs []string
+	IsLearner  bool
 }
 
 // MemberSource answers for the Cluster service.
@@ -81,7 +82,7 @@ func NewCluster(src MemberSource) *Cluster { return &Cluster{src: src} }
 func (c *Cluster) MemberList(ctx context.Context, _ *pb.MemberListRequest) (*pb.MemberListResponse, error) {
 	resp := &pb.MemberListResponse{Header: &pb.ResponseHeader{}}
 	for _, m := range c.src.Members() {
-		resp.Members = append(resp.Members, &pb.Member{ID: m.ID, Name: m.Name, PeerURLs: m.PeerURLs, ClientURLs: m.ClientURLs})
+		resp.Members = append(resp.Members, &pb.Member{ID: m.ID, Name: m.Name, PeerURLs: m.PeerURLs, ClientURLs: m.ClientURLs, IsLearner: m.IsLearner})
 	}
 	c.src.FillHeader(resp.Header)
 	return resp, nil

@@ -25,8 +25,9 @@ import (
 	"github.com/plinthdb/plinth/internal/storage"
 )
 
-// ErrUnsupported is the answer to a request kind this member cannot apply yet.
-var ErrUnsupported = errors.New("apply: unsupported request")
+// ErrUnknownRequest stops a member that meets a committed request it cannot
+// read.
+var ErrUnknownRequest = errors.New("apply: committed entry holds a request this member does not know")
 
 // Result is the outcome of one applied request.
 type Result struct {
@@ -84,8 +85,17 @@ func (a *Applier) Apply(ents []*raftpb.Entry, cs *raftpb.ConfState) ([]Result, e
 			return nil, fmt.Errorf("apply: entry %d follows applied index %d", e.GetIndex(), last)
 		}
 		last = e.GetIndex()
-		if e.GetType() != raftpb.EntryType_EntryNormal || len(e.GetData()) == 0 {
-			continue // configuration changes reach raft in the raft loop; cs carries their result
+		if e.GetType() != raftpb.EntryType_EntryNormal {
+			// Raft learns of the change in the raft loop; cs carries
+			// its result. The member records change here.
+			if err := applyConfChange(b.Writer(), e); err != nil {
+				b.Abort()
+				return nil, fmt.Errorf("apply entry %d: %w", e.GetIndex(), err)
+			}
+			continue
+		}
+		if len(e.GetData()) == 0 {
+			continue // a new leader's empty entry
 		}
 		res, err := a.applyRequest(b, e)
 		if err != nil {
@@ -138,8 +148,14 @@ func (a *Applier) applyRequest(b *mvcc.Batch, e *raftpb.Entry) (Result, error) {
 		if err == nil && req.Compaction.Physical {
 			res.Done = done
 		}
+	case req.ClusterMemberAttrSet != nil:
+		err = setMemberAttributes(b.Writer(), req.ClusterMemberAttrSet)
+		res.Resp = &pb.MemberUpdateResponse{}
 	default:
-		err = ErrUnsupported
+		// A request this member cannot read, from a newer member:
+		// applying the rest without it would make this member's state
+		// diverge. Stop instead.
+		return Result{}, fmt.Errorf("%w (fields unknown to this version: %d bytes); upgrade this member", ErrUnknownRequest, len(req.ProtoReflect().GetUnknown()))
 	}
 	if err != nil {
 		if !isRequestError(err) {
@@ -153,7 +169,7 @@ func (a *Applier) applyRequest(b *mvcc.Batch, e *raftpb.Entry) (Result, error) {
 // isRequestError tells the errors that are a request's answer, and leave the
 // state untouched, from failures to read or write the state.
 func isRequestError(err error) bool {
-	for _, re := range []error{mvcc.ErrCompacted, mvcc.ErrFutureRev, mvcc.ErrKeyNotFound, mvcc.ErrLeaseNotFound, ErrUnsupported} {
+	for _, re := range []error{mvcc.ErrCompacted, mvcc.ErrFutureRev, mvcc.ErrKeyNotFound, mvcc.ErrLeaseNotFound} {
 		if errors.Is(err, re) {
 			return true
 		}
