@@ -21,6 +21,9 @@ type MemberStatus struct {
 // StatusSource answers for Maintenance.Status.
 type StatusSource interface {
 	Status() MemberStatus
+	// MoveLeader hands leadership from this member, the leader, to
+	// member to, and returns once to leads.
+	MoveLeader(ctx context.Context, to uint64) error
 	FillHeader(h *pb.ResponseHeader)
 }
 
@@ -53,37 +56,13 @@ func (m *Maintenance) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.Stat
 	return resp, nil
 }
 
-// Member is one member as the Cluster service lists it.
-type Member struct {
-	ID         uint64
-	Name       string
-	PeerURLs   []string
-	ClientURLs []string
-	IsLearner  bool
-}
-
-// MemberSource answers for the Cluster service.
-type MemberSource interface {
-	Members() []Member
-	FillHeader(h *pb.ResponseHeader)
-}
-
-// Cluster serves the etcd Cluster service's read side; membership changes
-// answer Unimplemented until members can join.
-type Cluster struct {
-	pb.UnimplementedClusterServer
-	src MemberSource
-}
-
-// NewCluster returns the Cluster service over src.
-func NewCluster(src MemberSource) *Cluster { return &Cluster{src: src} }
-
-// MemberList implements Cluster.MemberList.
-func (c *Cluster) MemberList(ctx context.Context, _ *pb.MemberListRequest) (*pb.MemberListResponse, error) {
-	resp := &pb.MemberListResponse{Header: &pb.ResponseHeader{}}
-	for _, m := range c.src.Members() {
-		resp.Members = append(resp.Members, &pb.Member{ID: m.ID, Name: m.Name, PeerURLs: m.PeerURLs, ClientURLs: m.ClientURLs, IsLearner: m.IsLearner})
+// MoveLeader implements Maintenance.MoveLeader. Only the leader takes it, as
+// in etcd: clients send it to the leader's endpoint.
+func (m *Maintenance) MoveLeader(ctx context.Context, req *pb.MoveLeaderRequest) (*pb.MoveLeaderResponse, error) {
+	if err := m.src.MoveLeader(ctx, req.GetTargetID()); err != nil {
+		return nil, toGRPC(err)
 	}
-	c.src.FillHeader(resp.Header)
+	resp := &pb.MoveLeaderResponse{Header: &pb.ResponseHeader{}}
+	m.src.FillHeader(resp.Header)
 	return resp, nil
 }

@@ -88,9 +88,13 @@ func (a *Applier) Apply(ents []*raftpb.Entry, cs *raftpb.ConfState) ([]Result, e
 		if e.GetType() != raftpb.EntryType_EntryNormal {
 			// Raft learns of the change in the raft loop; cs carries
 			// its result. The member records change here.
-			if err := applyConfChange(b.Writer(), e); err != nil {
+			id, err := applyConfChange(b.Writer(), e)
+			if err != nil {
 				b.Abort()
 				return nil, fmt.Errorf("apply entry %d: %w", e.GetIndex(), err)
+			}
+			if id != 0 {
+				results = append(results, Result{ID: id})
 			}
 			continue
 		}

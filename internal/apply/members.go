@@ -14,23 +14,25 @@ import (
 // applyConfChange records a committed configuration change in the member
 // records, staged in w (an indexed batch). The change's context is the record of the member it adds or
 // updates.
-func applyConfChange(w *pebble.Batch, e *raftpb.Entry) error {
+// It returns the ID of the request that proposed the change (0 for none).
+func applyConfChange(w *pebble.Batch, e *raftpb.Entry) (uint64, error) {
 	var cc raftpb.ConfChangeI
+	var reqID uint64
 	switch e.GetType() {
 	case raftpb.EntryType_EntryConfChange:
 		var c raftpb.ConfChange
 		if err := proto.Unmarshal(e.GetData(), &c); err != nil {
-			return fmt.Errorf("decode conf change: %w", err)
+			return 0, fmt.Errorf("decode conf change: %w", err)
 		}
-		cc = &c
+		cc, reqID = &c, c.GetId()
 	case raftpb.EntryType_EntryConfChangeV2:
 		var c raftpb.ConfChangeV2
 		if err := proto.Unmarshal(e.GetData(), &c); err != nil {
-			return fmt.Errorf("decode conf change: %w", err)
+			return 0, fmt.Errorf("decode conf change: %w", err)
 		}
 		cc = &c
 	default:
-		return fmt.Errorf("%w: entry type %v", ErrUnknownRequest, e.GetType())
+		return 0, fmt.Errorf("%w: entry type %v", ErrUnknownRequest, e.GetType())
 	}
 	v2 := cc.AsV2()
 	for _, c := range v2.GetChanges() {
@@ -40,39 +42,39 @@ func applyConfChange(w *pebble.Batch, e *raftpb.Entry) error {
 			learner := c.GetType() == raftpb.ConfChangeType_ConfChangeAddLearnerNode
 			m, found, err := membership.Get(w, id)
 			if err != nil {
-				return err
+				return 0, err
 			}
 			if !found {
 				if m, err = contextMember(v2.GetContext(), id); err != nil {
-					return err
+					return 0, err
 				}
 			}
 			m.IsLearner = learner
 			if err := membership.Put(w, m); err != nil {
-				return err
+				return 0, err
 			}
 		case raftpb.ConfChangeType_ConfChangeRemoveNode:
 			if err := membership.Remove(w, id); err != nil {
-				return err
+				return 0, err
 			}
 		case raftpb.ConfChangeType_ConfChangeUpdateNode:
 			m, found, err := membership.Get(w, id)
 			if err != nil || !found {
-				return err
+				return 0, err
 			}
 			update, err := contextMember(v2.GetContext(), id)
 			if err != nil {
-				return err
+				return 0, err
 			}
 			m.PeerURLs = update.PeerURLs
 			if err := membership.Put(w, m); err != nil {
-				return err
+				return 0, err
 			}
 		default:
-			return fmt.Errorf("%w: conf change type %v", ErrUnknownRequest, c.GetType())
+			return 0, fmt.Errorf("%w: conf change type %v", ErrUnknownRequest, c.GetType())
 		}
 	}
-	return nil
+	return reqID, nil
 }
 
 // contextMember decodes the member record a conf change carries for id.

@@ -127,8 +127,9 @@ func syncHoldFor(n int) time.Duration {
 }
 
 type proposal struct {
-	id   uint64
-	data []byte
+	id         uint64
+	data       []byte
+	confChange bool // data is a raftpb.ConfChange
 }
 
 type applyTask struct {
@@ -145,8 +146,9 @@ type Node struct {
 	rn  *raft.RawNode // owned by the raft loop
 
 	proposalQueue *inbox[proposal]
-	readQueue     *inbox[chan error]      // read requests waiting for a read index round
-	recvQueue     *inbox[*raftpb.Message] // from peers, and reports about them
+	readQueue     *inbox[chan error]             // read requests waiting for a read index round
+	recvQueue     *inbox[*raftpb.Message]        // from peers, and reports about them
+	ctrlQueue     *inbox[func(rn *raft.RawNode)] // rare operations, run on the raft loop
 	applyC        chan applyTask
 	stopC         chan struct{}
 	wg            sync.WaitGroup
@@ -174,6 +176,23 @@ type Node struct {
 	soleVoter     bool          // raft loop only: the configuration is just this member
 	termStart     uint64        // raft loop only: first committed entry of this leader's term; 0 if not leader or unknown
 	localReadFrom atomic.Uint64 // termStart while local reads are safe, else 0
+
+	progress atomic.Pointer[Progress] // the leader's view of its followers; nil when not leader
+}
+
+// Progress is a leader's view of the members' logs, refreshed every tick.
+type Progress struct {
+	LastIndex uint64
+	Members   map[uint64]MemberProgress
+}
+
+// MemberProgress is how far one member's log matches the leader's.
+type MemberProgress struct {
+	Match     uint64
+	IsLearner bool
+	// RecentActive: the leader heard from the member within the last
+	// election timeout.
+	RecentActive bool
 }
 
 // New opens the Raft member over the log in log. It does not start it.
@@ -224,6 +243,7 @@ func New(cfg Config, db *pebble.DB, log *storage.LogStore, sm StateMachine) (*No
 		proposalQueue: newInbox[proposal](maxQueuedProposals),
 		readQueue:     newInbox[chan error](maxQueuedReads),
 		recvQueue:     newInbox[*raftpb.Message](maxQueuedMessages),
+		ctrlQueue:     newInbox[func(*raft.RawNode)](64),
 		applyC:        make(chan applyTask, 64),
 		stopC:         make(chan struct{}),
 		failedC:       make(chan struct{}),
@@ -381,9 +401,14 @@ func (n *Node) raftLoop() {
 			n.rn.Tick()
 			n.maybeCampaign()
 			n.retryReads(inflight, ticks, readTimeoutTicks)
+			n.publishProgress()
 		case <-n.proposalQueue.wake:
 		case <-n.readQueue.wake:
 		case <-n.recvQueue.wake:
+		case <-n.ctrlQueue.wake:
+		}
+		for _, op := range n.ctrlQueue.drain(nil) {
+			op(n.rn)
 		}
 		msgs = n.recvQueue.drain(msgs)
 		for _, m := range msgs {
@@ -423,6 +448,54 @@ func (n *Node) raftLoop() {
 			truncated = to
 		}
 	}
+}
+
+// publishProgress refreshes the leader's view of its followers for
+// Progress.
+func (n *Node) publishProgress() {
+	st := n.rn.Status()
+	if st.RaftState != raft.StateLeader {
+		n.progress.Store(nil)
+		return
+	}
+	p := &Progress{LastIndex: st.Progress[n.cfg.ID].Match, Members: make(map[uint64]MemberProgress, len(st.Progress))}
+	for id, pr := range st.Progress {
+		p.Members[id] = MemberProgress{Match: pr.Match, IsLearner: pr.IsLearner, RecentActive: pr.RecentActive || id == n.cfg.ID}
+	}
+	n.progress.Store(p)
+}
+
+// Progress returns the leader's view of the members' logs, as of the last
+// tick, or nil if this member is not the leader.
+func (n *Node) Progress() *Progress { return n.progress.Load() }
+
+// ProposeConfChange proposes a configuration change under the caller's id, as
+// Propose does a request: the outcome arrives through the state machine, or
+// through Config.OnDropped.
+func (n *Node) ProposeConfChange(id uint64, cc *raftpb.ConfChange) error {
+	cc.Id = &id
+	data, err := proto.Marshal(cc)
+	if err != nil {
+		return fmt.Errorf("raftnode: encode conf change: %w", err)
+	}
+	select {
+	case <-n.stopC:
+		return ErrStopped
+	default:
+	}
+	if !n.proposalQueue.push(proposal{id: id, data: data, confChange: true}) {
+		return ErrTooManyRequests
+	}
+	return nil
+}
+
+// TransferLeadership asks the leader (this member) to hand leadership to
+// member to. It returns at once; Leader tells when it happened.
+func (n *Node) TransferLeadership(to uint64) error {
+	if !n.ctrlQueue.push(func(rn *raft.RawNode) { rn.TransferLeader(to) }) {
+		return ErrTooManyRequests
+	}
+	return nil
 }
 
 // step hands Raft one message from the receive queue.
@@ -488,6 +561,9 @@ func (n *Node) propose(ps []proposal) {
 	ents := make([]*raftpb.Entry, len(ps))
 	for i, p := range ps {
 		slab[i].Data = p.data
+		if p.confChange {
+			slab[i].Type = raftpb.EntryType_EntryConfChange.Enum()
+		}
 		ents[i] = &slab[i]
 	}
 	from := n.cfg.ID
