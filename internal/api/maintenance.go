@@ -99,5 +99,8 @@ func (c *Cluster) MemberList(ctx context.Context, _ *pb.MemberListRequest) (*pb.
 		resp.Members = append(resp.Members, &pb.Member{ID: m.ID, Name: m.Name, PeerURLs: m.PeerURLs, ClientURLs: m.ClientURLs})
 	}
 	c.src.FillHeader(resp.Header)
+	// etcd's Cluster service answers with the member's identity and term
+	// only: its headers carry no revision.
+	resp.Header.Revision = 0
 	return resp, nil
 }
