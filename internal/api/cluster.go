@@ -41,6 +41,9 @@ type MemberSource interface {
 	RemoveMember(ctx context.Context, id uint64) error
 	UpdateMember(ctx context.Context, id uint64, peerURLs []string) error
 	PromoteMember(ctx context.Context, id uint64) error
+	// ReadIndex returns once this member has applied everything
+	// committed when it was called.
+	ReadIndex(ctx context.Context) error
 	FillHeader(h *pb.ResponseHeader)
 }
 
@@ -54,10 +57,22 @@ type Cluster struct {
 func NewCluster(src MemberSource) *Cluster { return &Cluster{src: src} }
 
 // MemberList implements Cluster.MemberList.
-func (c *Cluster) MemberList(ctx context.Context, _ *pb.MemberListRequest) (*pb.MemberListResponse, error) {
+func (c *Cluster) MemberList(ctx context.Context, req *pb.MemberListRequest) (*pb.MemberListResponse, error) {
+	if req.GetLinearizable() {
+		if err := c.src.ReadIndex(ctx); err != nil {
+			return nil, toGRPC(err)
+		}
+	}
 	resp := &pb.MemberListResponse{Header: &pb.ResponseHeader{}, Members: c.members()}
-	c.src.FillHeader(resp.Header)
+	c.fillHeader(resp.Header)
 	return resp, nil
+}
+
+// fillHeader fills a Cluster response's header as etcd's Cluster service
+// does: the member's identity and term only, no revision.
+func (c *Cluster) fillHeader(h *pb.ResponseHeader) {
+	c.src.FillHeader(h)
+	h.Revision = 0
 }
 
 func (c *Cluster) members() []*pb.Member {
@@ -78,7 +93,7 @@ func (c *Cluster) MemberAdd(ctx context.Context, req *pb.MemberAddRequest) (*pb.
 		return nil, toGRPC(err)
 	}
 	resp := &pb.MemberAddResponse{Header: &pb.ResponseHeader{}, Member: m.proto(), Members: c.members()}
-	c.src.FillHeader(resp.Header)
+	c.fillHeader(resp.Header)
 	return resp, nil
 }
 
@@ -88,7 +103,7 @@ func (c *Cluster) MemberRemove(ctx context.Context, req *pb.MemberRemoveRequest)
 		return nil, toGRPC(err)
 	}
 	resp := &pb.MemberRemoveResponse{Header: &pb.ResponseHeader{}, Members: c.members()}
-	c.src.FillHeader(resp.Header)
+	c.fillHeader(resp.Header)
 	return resp, nil
 }
 
@@ -101,7 +116,7 @@ func (c *Cluster) MemberUpdate(ctx context.Context, req *pb.MemberUpdateRequest)
 		return nil, toGRPC(err)
 	}
 	resp := &pb.MemberUpdateResponse{Header: &pb.ResponseHeader{}, Members: c.members()}
-	c.src.FillHeader(resp.Header)
+	c.fillHeader(resp.Header)
 	return resp, nil
 }
 
@@ -111,7 +126,7 @@ func (c *Cluster) MemberPromote(ctx context.Context, req *pb.MemberPromoteReques
 		return nil, toGRPC(err)
 	}
 	resp := &pb.MemberPromoteResponse{Header: &pb.ResponseHeader{}, Members: c.members()}
-	c.src.FillHeader(resp.Header)
+	c.fillHeader(resp.Header)
 	return resp, nil
 }
 

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"slices"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 )
@@ -28,14 +29,22 @@ type StatusSource interface {
 }
 
 // Maintenance serves the parts of the etcd Maintenance service this member
-// supports; the rest answer Unimplemented.
+// supports (Status, Alarm); the rest answer Unimplemented.
 type Maintenance struct {
 	pb.UnimplementedMaintenanceServer
 	src StatusSource
+	// alarms is src when src keeps alarm state; nil while no backend raises
+	// alarms, and then there are none (see alarm.go).
+	alarms AlarmSource
 }
 
-// NewMaintenance returns the Maintenance service over src.
-func NewMaintenance(src StatusSource) *Maintenance { return &Maintenance{src: src} }
+// NewMaintenance returns the Maintenance service over src. If src is also an
+// AlarmSource, Alarm and Status report its alarms.
+func NewMaintenance(src StatusSource) *Maintenance {
+	m := &Maintenance{src: src}
+	m.alarms, _ = src.(AlarmSource)
+	return m
+}
 
 // Status implements Maintenance.Status.
 func (m *Maintenance) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusResponse, error) {
@@ -49,8 +58,14 @@ func (m *Maintenance) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.Stat
 		RaftIndex:        st.RaftIndex,
 		RaftTerm:         st.RaftTerm,
 		RaftAppliedIndex: st.AppliedIndex,
-		Errors:           st.Errors,
+		Errors:           slices.Clip(st.Errors), // appends below must not reach the source's array
 		StorageVersion:   st.Version,
+	}
+	if m.alarms != nil {
+		// As etcd: each active alarm is an error of the member's status.
+		for _, a := range m.alarms.Alarms() {
+			resp.Errors = append(resp.Errors, a.String())
+		}
 	}
 	m.src.FillHeader(resp.Header)
 	return resp, nil
