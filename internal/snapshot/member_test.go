@@ -274,16 +274,3 @@ func equalDumps(t *testing.T, what string, got, want map[string][][2]string) {
 		}
 	}
 }
-
-// waitFor polls cond for up to 10 seconds.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after 10s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
