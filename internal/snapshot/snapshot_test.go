@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -403,3 +404,45 @@ func FuzzReceive(f *testing.F) {
 		}
 	})
 }
+
+// TestTableFormatIngestsAtEveryFormatVersion checks the choice of
+// TableFormat: databases at the oldest format major version Pebble v2
+// supports (where storage.Open leaves a new database) and at the newest both
+// ingest an image.
+func TestTableFormatIngestsAtEveryFormatVersion(t *testing.T) {
+	stream := validStream(t)
+	for _, fmv := range []pebble.FormatMajorVersion{pebble.FormatMinSupported, pebble.FormatNewest} {
+		db, err := pebble.Open(t.TempDir(), &pebble.Options{FormatMajorVersion: fmv, Logger: quietLogger{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := snapshot.Receive(bytes.NewReader(stream), t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := snapshot.Install(db, img); err != nil {
+			t.Errorf("install at format major version %s: %v", fmv, err)
+		} else if v, closer, err := db.Get([]byte{storage.PrefixLatest, 'k'}); err != nil || string(v) != "value" {
+			t.Errorf("format major version %s: installed key %q, %v", fmv, v, err)
+		} else {
+			_ = closer.Close()
+		}
+		if err := db.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db, err := storage.Open(t.TempDir(), discardLogger(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = db.Close() }()
+	if got := db.FormatMajorVersion(); got != pebble.FormatMinSupported || got.MaxTableFormat() < snapshot.TableFormat {
+		t.Errorf("storage.Open runs format major version %s (tables up to %s); revisit snapshot.TableFormat", got, got.MaxTableFormat())
+	}
+}
+
+type quietLogger struct{}
+
+func (quietLogger) Infof(string, ...any)           {}
+func (quietLogger) Errorf(string, ...any)          {}
+func (quietLogger) Fatalf(format string, a ...any) { panic(fmt.Sprintf(format, a...)) }
