@@ -63,6 +63,31 @@ func New(db *pebble.DB, kv *mvcc.Store, logger *slog.Logger) (*Applier, error) {
 // AppliedIndex returns the index of the last applied entry.
 func (a *Applier) AppliedIndex() uint64 { return a.applied }
 
+// Restore replaces the state machine with the one install writes into the
+// database (a Raft snapshot's installation, see package snapshot) and reloads
+// every in-memory copy of it: the MVCC store's (see mvcc.Store.Restore) and
+// the applied index. It runs on the apply goroutine, in order with committed
+// entries: the next entry applied must follow the installed applied index.
+// An error means the member's memory and database may disagree: it must stop.
+func (a *Applier) Restore(install func() error) error {
+	err := a.kv.Restore(install)
+	if rerr := a.Reload(); rerr != nil {
+		return errors.Join(err, rerr)
+	}
+	return err
+}
+
+// Reload reloads the applied index from the database, after its contents
+// were replaced underneath the Applier. Restore is the whole sequence.
+func (a *Applier) Reload() error {
+	applied, err := storage.GetMetaUint64(a.db, storage.MetaAppliedIndex)
+	if err != nil {
+		return fmt.Errorf("apply: reload applied index: %w", err)
+	}
+	a.applied = applied
+	return nil
+}
+
 // noLeases answers for the lease table until leases exist: no lease is live,
 // so a put that names one fails as etcd's does with an unknown lease.
 func noLeases(int64) bool { return false }
