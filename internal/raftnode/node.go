@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +30,7 @@ import (
 	raftpb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/plinthdb/plinth/internal/snapshot"
 	"github.com/plinthdb/plinth/internal/storage"
 )
 
@@ -56,6 +58,9 @@ type Transport interface {
 // stops the node: the state could not be written.
 type StateMachine interface {
 	Apply(ents []*raftpb.Entry, cs *raftpb.ConfState) error
+	// Install replaces the state with a snapshot's image (see package
+	// snapshot) and reloads what it keeps in memory.
+	Install(img snapshot.Image) error
 }
 
 // Config configures a Node.
@@ -78,6 +83,9 @@ type Config struct {
 	// ReadTimeout fails a read index round that did not complete in time
 	// (ErrReadTimeout); 0 means 5s.
 	ReadTimeout time.Duration
+	// SnapshotDir is where snapshots received from the leader are stored
+	// until they are installed; "" for a member that takes none.
+	SnapshotDir string
 	Applied     uint64 // index of the last entry the state machine holds
 	// LogRetention is how many applied entries the log keeps for followers
 	// that fall behind; the log is truncated behind it every LogRetention
@@ -132,9 +140,13 @@ type proposal struct {
 	confChange bool // data is a raftpb.ConfChange
 }
 
+// applyTask is work for the apply loop: committed entries, or a snapshot to
+// install (image, with done told the outcome).
 type applyTask struct {
-	ents []*raftpb.Entry
-	cs   *raftpb.ConfState
+	ents  []*raftpb.Entry
+	cs    *raftpb.ConfState
+	image *snapshot.Image
+	done  chan error
 }
 
 // Node runs a Raft member.
@@ -178,6 +190,11 @@ type Node struct {
 	localReadFrom atomic.Uint64 // termStart while local reads are safe, else 0
 
 	progress atomic.Pointer[Progress] // the leader's view of its followers; nil when not leader
+
+	outgoing      outgoing // snapshots made for followers, until sent
+	installed     atomic.Uint64
+	truncatedTo   uint64   // raft loop only: the log holds no entry at or below it
+	steppedImages []string // raft loop only: images handed to Raft by the last step
 }
 
 // Progress is a leader's view of the members' logs, refreshed every tick.
@@ -252,6 +269,8 @@ func New(cfg Config, db *pebble.DB, log *storage.LogStore, sm StateMachine) (*No
 		return nil, fmt.Errorf("raftnode: read nonce: %w", err)
 	}
 	n.appliedIdx.Store(cfg.Applied)
+	n.truncatedTo = cfg.Applied
+	log.SetSnapshotter(n.makeSnapshot)
 	n.soleVoter = isSoleVoter(log.ConfState(), cfg.ID)
 	return n, nil
 }
@@ -271,6 +290,7 @@ func (n *Node) Stop() {
 		close(n.stopC)
 	}
 	n.wg.Wait()
+	n.releaseOutgoing()
 	n.reads.failAll(ErrStopped)
 	for _, r := range n.readQueue.drain(nil) {
 		r <- ErrStopped
@@ -387,7 +407,6 @@ func (n *Node) raftLoop() {
 		inflight  = map[uint64]*readRound{}
 		readSeq   uint64
 		ticks     uint64
-		truncated = n.cfg.Applied
 	)
 	readTimeoutTicks := uint64(n.cfg.ReadTimeout/n.cfg.TickInterval) + 1
 	n.maybeCampaign()
@@ -438,14 +457,19 @@ func (n *Node) raftLoop() {
 				return
 			}
 		}
-		if applied := n.appliedIdx.Load(); applied >= truncated+2*n.cfg.LogRetention {
+		// A snapshot Raft did not take (it was stale) is not needed.
+		for _, path := range n.steppedImages {
+			_ = snapshot.Remove(snapshot.Image{Path: path})
+		}
+		n.steppedImages = n.steppedImages[:0]
+		if applied := n.appliedIdx.Load(); applied >= n.truncatedTo+2*n.cfg.LogRetention {
 			to := applied - n.cfg.LogRetention
 			if err := n.truncate(to); err != nil {
 				n.fail(err)
 				failReads(inflight, ErrStopped)
 				return
 			}
-			truncated = to
+			n.truncatedTo = to
 		}
 	}
 }
@@ -510,6 +534,9 @@ func (n *Node) step(m *raftpb.Message) {
 		}
 		n.rn.ReportSnapshot(m.GetFrom(), status)
 	default:
+		if m.GetType() == raftpb.MessageType_MsgSnap {
+			n.steppedImages = append(n.steppedImages, string(m.GetSnapshot().GetData()))
+		}
 		if err := n.rn.Step(m); err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
 			n.cfg.Logger.Debug("raft refused a message", "type", m.GetType().String(), "from", fmt.Sprintf("%x", m.GetFrom()), "err", err)
 		}
@@ -624,7 +651,11 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 		n.publishLocalReads()
 	}
 	if !raft.IsEmptySnap(rd.Snapshot) {
-		return fmt.Errorf("raftnode: received a snapshot at index %d: installing snapshots needs clustering, which this member does not run", rd.Snapshot.GetMetadata().GetIndex())
+		path := string(rd.Snapshot.GetData())
+		n.steppedImages = slices.DeleteFunc(n.steppedImages, func(p string) bool { return p == path })
+		if err := n.installSnapshot(rd.Snapshot); err != nil {
+			return err
+		}
 	}
 	if len(rd.Entries) > 0 || !raft.IsEmptyHardState(rd.HardState) {
 		b := n.db.NewBatch()
@@ -744,6 +775,15 @@ func (n *Node) applyLoop() {
 		case <-n.failedC:
 			return
 		case t := <-n.applyC:
+			if t.image != nil {
+				err := n.install(*t.image)
+				t.done <- err
+				if err != nil {
+					n.fail(err)
+					return
+				}
+				continue
+			}
 			if err := n.sm.Apply(t.ents, t.cs); err != nil {
 				n.fail(fmt.Errorf("raftnode: apply: %w", err))
 				return

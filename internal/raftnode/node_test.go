@@ -13,6 +13,7 @@ import (
 	"go.etcd.io/raft/v3"
 	raftpb "go.etcd.io/raft/v3/raftpb"
 
+	"github.com/plinthdb/plinth/internal/snapshot"
 	"github.com/plinthdb/plinth/internal/storage"
 )
 
@@ -55,6 +56,10 @@ func (r *recorder) Apply(ents []*raftpb.Entry, cs *raftpb.ConfState) error {
 		}
 	}
 	return b.Commit(pebble.NoSync)
+}
+
+func (r *recorder) Install(img snapshot.Image) error {
+	return errors.New("recorder: installs no snapshots")
 }
 
 func (r *recorder) snapshot() []string {

@@ -95,13 +95,18 @@ func (s *Server) loadIdentity() ([]raft.Peer, error) {
 }
 
 // addKnownPeers tells the transport where the members in the applied
-// membership are. Members the log adds later reach it through confChanged.
+// membership are: at start, and after a snapshot replaced the membership.
+// Members the log adds later reach it through confChanged.
 func (s *Server) addKnownPeers() error {
 	members, removed, err := membership.List(s.db)
 	if err != nil {
 		return err
 	}
 	for _, id := range removed {
+		if id == s.memberID {
+			s.fail(ErrRemoved)
+			continue
+		}
 		s.peers.RemovePeer(id)
 	}
 	for _, m := range members {
@@ -212,10 +217,12 @@ func (h peerHandler) ReportUnreachable(id uint64) { h.s.node.ReportUnreachable(i
 
 func (h peerHandler) ReportSnapshot(id uint64, ok bool) { h.s.node.ReportSnapshot(id, ok) }
 
-var errNoSnapshots = errors.New("server: raft snapshots are not supported yet")
+func (h peerHandler) WriteSnapshot(w io.Writer, m *raftpb.Message) error {
+	return h.s.node.WriteSnapshot(w, m)
+}
 
-func (h peerHandler) WriteSnapshot(io.Writer, *raftpb.Message) error { return errNoSnapshots }
+func (h peerHandler) DiscardSnapshot(m *raftpb.Message) { h.s.node.DiscardSnapshot(m) }
 
-func (h peerHandler) DiscardSnapshot(*raftpb.Message) {}
-
-func (h peerHandler) ReceiveSnapshot(io.Reader, *raftpb.Message) error { return errNoSnapshots }
+func (h peerHandler) ReceiveSnapshot(r io.Reader, m *raftpb.Message) error {
+	return h.s.node.ReceiveSnapshot(r, m)
+}

@@ -7,12 +7,14 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
 )
 
 // testCluster is a cluster of in-process members on loopback.
@@ -57,7 +59,7 @@ func newTestCluster(t *testing.T, n int, token string) *testCluster {
 			HeartbeatInterval:   10 * time.Millisecond,
 			ElectionTimeout:     100 * time.Millisecond,
 			SnapshotCount:       1000,
-			Logger:              slog.New(slog.NewTextHandler(io.Discard, nil)),
+			Logger:              testLogger(fmt.Sprintf("m%d", i)),
 		})
 	}
 	t.Cleanup(func() {
@@ -66,6 +68,15 @@ func newTestCluster(t *testing.T, n int, token string) *testCluster {
 		}
 	})
 	return c
+}
+
+// testLogger discards, unless PLINTH_TEST_LOG is set: then members log to
+// stderr, each line marked with the member's name.
+func testLogger(name string) *slog.Logger {
+	if os.Getenv("PLINTH_TEST_LOG") == "" {
+		return slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, nil)).With("member", name)
 }
 
 func (c *testCluster) start(i int) {
@@ -212,5 +223,96 @@ func TestClusterRefusesAMemberOfAnotherCluster(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	if l := c.servers[2].node.Leader(); l != 0 {
 		t.Fatalf("the member of another cluster found leader %x", l)
+	}
+}
+
+// A member that was down while the log moved on past what it keeps catches up
+// from a snapshot of the leader's state, and its state then continues the
+// cluster's exactly: versions, create revisions, a key deleted meanwhile.
+func TestClusterCatchesUpBySnapshot(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := newTestCluster(t, 3, "snapshot")
+	for i := range 3 {
+		c.cfgs[i].SnapshotCount = 20
+		c.start(i)
+	}
+	lead := c.leader(ctx)
+	lagging := (lead + 1) % 3
+	cli := c.client(lead)
+	// Keys the lagging member will have seen before it stops.
+	for _, k := range []string{"kept", "deleted", "overwritten"} {
+		if _, err := cli.Put(ctx, k, "before"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(ctx, t, func() bool { return c.servers[lagging].node.AppliedIndex() >= c.servers[lead].node.AppliedIndex() })
+	c.stop(lagging)
+
+	for i := range 200 {
+		if _, err := cli.Put(ctx, fmt.Sprintf("new/%03d", i%50), fmt.Sprint(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := cli.Put(ctx, "overwritten", "during"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Delete(ctx, "deleted"); err != nil {
+		t.Fatal(err)
+	}
+	c.start(lagging)
+	lcli := c.client(lagging)
+	waitFor(ctx, t, func() bool { return c.servers[lagging].node.SnapshotsInstalled() > 0 })
+
+	// Writes after the install: on the snapshot's versions, not on stale
+	// ones the member kept in memory from before it stopped.
+	if _, err := lcli.Put(ctx, "overwritten", "after"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lcli.Put(ctx, "deleted", "again"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lcli.Put(ctx, "new/000", "after"); err != nil {
+		t.Fatal(err)
+	}
+	want, err := cli.Get(ctx, "", clientv3.WithFromKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(ctx, t, func() bool { return c.servers[lagging].kv.Rev() == want.Header.Revision })
+	got, err := lcli.Get(ctx, "", clientv3.WithFromKey(), clientv3.WithSerializable())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Kvs) != len(want.Kvs) {
+		t.Fatalf("lagging member has %d keys, the leader %d", len(got.Kvs), len(want.Kvs))
+	}
+	for i := range want.Kvs {
+		if !proto.Equal(got.Kvs[i], want.Kvs[i]) {
+			t.Fatalf("key %d: lagging member has %v, the leader %v", i, got.Kvs[i], want.Kvs[i])
+		}
+	}
+	for _, kv := range got.Kvs {
+		switch string(kv.Key) {
+		case "overwritten":
+			if kv.Version != 3 {
+				t.Fatalf("overwritten: version %d, want 3", kv.Version)
+			}
+		case "deleted":
+			if kv.Version != 1 {
+				t.Fatalf("deleted then put again: version %d, want 1 (a create)", kv.Version)
+			}
+		}
+	}
+}
+
+func waitFor(ctx context.Context, t *testing.T, cond func() bool) {
+	t.Helper()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("condition not met in time")
+		case <-time.After(5 * time.Millisecond):
+		}
 	}
 }

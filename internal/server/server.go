@@ -31,6 +31,7 @@ import (
 	"github.com/plinthdb/plinth/internal/membership"
 	"github.com/plinthdb/plinth/internal/mvcc"
 	"github.com/plinthdb/plinth/internal/raftnode"
+	"github.com/plinthdb/plinth/internal/snapshot"
 	"github.com/plinthdb/plinth/internal/storage"
 	"github.com/plinthdb/plinth/internal/transport"
 )
@@ -112,6 +113,14 @@ func (s *Server) open(pacer *storage.SyncPacer) error {
 	if s.applier, err = apply.New(s.db, s.kv, s.logger); err != nil {
 		return err
 	}
+	// Images received but not installed before a stop are of no use now.
+	snapDir := filepath.Join(s.cfg.DataDir, "snap")
+	if err := os.MkdirAll(snapDir, 0o700); err != nil {
+		return fmt.Errorf("create snapshot dir: %w", err)
+	}
+	if err := snapshot.Cleanup(snapDir); err != nil {
+		return err
+	}
 	s.peers = transport.New(transport.Config{
 		ClusterID: s.clusterID,
 		ID:        s.memberID,
@@ -130,6 +139,7 @@ func (s *Server) open(pacer *storage.SyncPacer) error {
 		Transport:     s.peers,
 		OnConfChange:  s.confChanged,
 		ReadTimeout:   s.requestTimeout(),
+		SnapshotDir:   snapDir,
 		Applied:       s.applier.AppliedIndex(),
 		LogRetention:  s.cfg.SnapshotCount,
 		OnDropped:     s.proposalDropped,
@@ -292,6 +302,15 @@ func (s *Server) Stop() {
 // stateMachine feeds committed entries to the applier and hands each result
 // to the request waiting for it.
 type stateMachine struct{ s *Server }
+
+// Install replaces the state with a snapshot's image, reloads every copy of
+// it in memory, and tells the transport of the members it holds.
+func (m stateMachine) Install(img snapshot.Image) error {
+	if err := m.s.applier.Restore(func() error { return snapshot.Install(m.s.db, img) }); err != nil {
+		return err
+	}
+	return m.s.addKnownPeers()
+}
 
 func (m stateMachine) Apply(ents []*raftpb.Entry, cs *raftpb.ConfState) error {
 	results, err := m.s.applier.Apply(ents, cs)

@@ -26,6 +26,9 @@ const tailCacheSize = 4096
 // After* method: raft must never read an entry that is not yet durable.
 type LogStore struct {
 	db *pebble.DB
+	// snapshot makes the Raft snapshot that Snapshot returns; nil when
+	// this member cannot send snapshots (see SetSnapshotter).
+	snapshot func() (*pb.Snapshot, error)
 
 	// mu guards every field below. It is held only for memory operations,
 	// never across a Pebble read, except in Entries where a cache miss reads
@@ -80,6 +83,14 @@ func (s *LogStore) Reload() error {
 		}
 		truncIndex = binary.BigEndian.Uint64(v)
 		truncTerm = binary.BigEndian.Uint64(v[8:])
+	}
+	// A snapshot's install writes the truncation mark and the state
+	// before the hard state that raises the commit index to it: after a
+	// crash in between, the commit index is below the snapshot. Entries up
+	// to the mark are committed (the snapshot held only committed state),
+	// so raising it is what Raft itself does on restore.
+	if hardState.GetCommit() < truncIndex {
+		hardState.Commit = &truncIndex
 	}
 	lastIndex := truncIndex
 	iter, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{PrefixRaftLog}, UpperBound: []byte{PrefixRaftLog + 1}})
@@ -231,11 +242,19 @@ func (s *LogStore) Entries(lo, hi, maxSize uint64) ([]*pb.Entry, error) {
 	return ents, nil
 }
 
-// Snapshot implements raft.Storage. A single member never needs to send a
-// snapshot, so none is ever ready; raft treats this answer as "try later".
-// Streaming a Pebble checkpoint to a lagging follower belongs to clustering.
+// SetSnapshotter sets the function that makes the snapshots Snapshot returns.
+// Call it before raft uses the store.
+func (s *LogStore) SetSnapshotter(make func() (*pb.Snapshot, error)) { s.snapshot = make }
+
+// Snapshot implements raft.Storage. Raft asks for one when a follower needs
+// entries the log no longer has; the snapshotter describes the state machine
+// as it is applied now. Without a snapshotter none is ever ready, which raft
+// treats as "try later".
 func (s *LogStore) Snapshot() (*pb.Snapshot, error) {
-	return nil, raft.ErrSnapshotTemporarilyUnavailable
+	if s.snapshot == nil {
+		return nil, raft.ErrSnapshotTemporarilyUnavailable
+	}
+	return s.snapshot()
 }
 
 func (s *LogStore) cachedLocked(i uint64) *pb.Entry {

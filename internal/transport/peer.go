@@ -256,6 +256,15 @@ func (p *peer) sendSnapshot(m *raftpb.Message) bool {
 		err = w.Flush()
 	}
 	if err == nil {
+		// The image ends where the stream ends: the receiver reads to
+		// EOF, then answers on the other half of the connection.
+		if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+			err = cw.CloseWrite()
+		} else {
+			err = errors.New("transport: the connection cannot be half-closed")
+		}
+	}
+	if err == nil {
 		_ = conn.SetReadDeadline(time.Now().Add(snapshotAckTimeout))
 		var ack [1]byte
 		if _, err = io.ReadFull(conn, ack[:]); err == nil && ack[0] != acceptOK {

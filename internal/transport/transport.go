@@ -65,6 +65,9 @@ type Config struct {
 	Handler   Handler
 	Logger    *slog.Logger
 	Dialer    Dialer // nil: plain TCP
+	// Members, when not nil, answers a new member's question of who is in
+	// the cluster (see FetchMembers): the encoded member records.
+	Members func() [][]byte
 }
 
 // Queue and timing bounds.
@@ -229,6 +232,7 @@ func (t *Transport) Stop() {
 const (
 	kindStream   byte = 1
 	kindSnapshot byte = 2
+	kindMembers  byte = 3 // a new member asks who is in the cluster
 )
 
 // Handshake answers.
@@ -294,6 +298,11 @@ func (t *Transport) serveConn(c net.Conn) {
 	switch {
 	case hs[4] != protocolVersion:
 		answer = refuseBadVersion
+	case kind == kindMembers:
+		// A member that is not in the cluster yet knows neither the
+		// cluster's ID nor ours: the question needs no introduction.
+		t.answerMembers(c)
+		return
 	case cluster != t.cfg.ClusterID:
 		answer = refuseCluster
 		t.cfg.Logger.Warn("refused a peer of another cluster", "remote", c.RemoteAddr().String(), "peer-cluster", fmt.Sprintf("%x", cluster), "cluster", fmt.Sprintf("%x", t.cfg.ClusterID), "peer", fmt.Sprintf("%x", from))
@@ -392,4 +401,65 @@ func readMessage(r *bufio.Reader, buf *[]byte) (*raftpb.Message, error) {
 		return nil, fmt.Errorf("transport: decode message: %w", err)
 	}
 	return m, nil
+}
+
+// maxMembersAnswer bounds the answer to a members question.
+const maxMembersAnswer = 1 << 20
+
+// answerMembers answers a members question: acceptOK, the cluster ID, the
+// number of member records, then each record with its length.
+func (t *Transport) answerMembers(c net.Conn) {
+	var records [][]byte
+	if t.cfg.Members != nil {
+		records = t.cfg.Members()
+	}
+	out := []byte{acceptOK}
+	out = binary.BigEndian.AppendUint64(out, t.cfg.ClusterID)
+	out = binary.BigEndian.AppendUint32(out, uint32(len(records)))
+	for _, r := range records {
+		out = binary.BigEndian.AppendUint32(out, uint32(len(r)))
+		out = append(out, r...)
+	}
+	_ = c.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_, _ = c.Write(out)
+}
+
+// FetchMembers asks the member at addr (a peer address, host:port) for the
+// cluster's ID and member records: how a member added to a running cluster
+// learns its own ID and its peers.
+func FetchMembers(dialer Dialer, addr string) (clusterID uint64, records [][]byte, err error) {
+	if dialer == nil {
+		dialer = &net.Dialer{Timeout: dialTimeout}
+	}
+	c, err := dialer.Dial("tcp", addr)
+	if err != nil {
+		return 0, nil, fmt.Errorf("transport: ask %s for the members: %w", addr, err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write(appendHandshake(nil, kindMembers, 0, 0, 0)); err != nil {
+		return 0, nil, fmt.Errorf("transport: ask %s for the members: %w", addr, err)
+	}
+	r := bufio.NewReader(io.LimitReader(c, maxMembersAnswer))
+	var head [1 + 8 + 4]byte
+	if _, err := io.ReadFull(r, head[:]); err != nil {
+		return 0, nil, fmt.Errorf("transport: members answer from %s: %w", addr, err)
+	}
+	if head[0] != acceptOK {
+		return 0, nil, fmt.Errorf("transport: members question to %s: %w", addr, refusal(head[0], 0))
+	}
+	clusterID = binary.BigEndian.Uint64(head[1:])
+	n := binary.BigEndian.Uint32(head[9:])
+	for range n {
+		var l [4]byte
+		if _, err := io.ReadFull(r, l[:]); err != nil {
+			return 0, nil, fmt.Errorf("transport: members answer from %s: %w", addr, err)
+		}
+		rec := make([]byte, binary.BigEndian.Uint32(l[:]))
+		if _, err := io.ReadFull(r, rec); err != nil {
+			return 0, nil, fmt.Errorf("transport: members answer from %s: %w", addr, err)
+		}
+		records = append(records, rec)
+	}
+	return clusterID, records, nil
 }
