@@ -82,6 +82,7 @@ func parseFlags(args []string, stderr io.Writer) (*server.Config, error) {
 		initialCluster  = fs.String("initial-cluster", "", "initial cluster configuration for bootstrapping, name=url,... (default: this member alone, <name>=<initial-advertise-peer-urls>)")
 		clusterState    = fs.String("initial-cluster-state", "new", "initial cluster state: new or existing")
 		clusterToken    = fs.String("initial-cluster-token", "etcd-cluster", "initial cluster token, which makes the cluster's and members' IDs unique")
+		join            = fs.String("join", "", "client URL of a member of a running cluster to join, with an empty data dir: added as a learner, promoted once caught up (the --initial-cluster flags are then unused)")
 		maxRequestBytes = fs.Int("max-request-bytes", 1572864, "largest client request the server accepts, in bytes")
 		logLevel        = fs.String("log-level", "info", "log level: debug, info, warn or error")
 		heartbeat       = fs.Uint("heartbeat-interval", 100, "time (in milliseconds) of a heartbeat interval")
@@ -110,6 +111,7 @@ func parseFlags(args []string, stderr io.Writer) (*server.Config, error) {
 		DataDir:             *dataDir,
 		InitialClusterState: *clusterState,
 		InitialClusterToken: *clusterToken,
+		Join:                *join,
 		MaxRequestBytes:     *maxRequestBytes,
 		HeartbeatInterval:   time.Duration(*heartbeat) * time.Millisecond,
 		ElectionTimeout:     time.Duration(*election) * time.Millisecond,

@@ -190,6 +190,7 @@ type Node struct {
 	localReadFrom atomic.Uint64 // termStart while local reads are safe, else 0
 
 	progress atomic.Pointer[Progress] // the leader's view of its followers; nil when not leader
+	activeAt map[uint64]uint64        // raft loop only: tick each member was last seen active
 
 	outgoing      outgoing // snapshots made for followers, until sent
 	installed     atomic.Uint64
@@ -247,7 +248,9 @@ func New(cfg Config, db *pebble.DB, log *storage.LogStore, sm StateMachine) (*No
 	if cfg.Applied+1 < first {
 		return nil, fmt.Errorf("raftnode: the log starts at entry %d, but the state machine has applied only up to %d: entries it needs are gone", first, cfg.Applied)
 	}
-	if last == 0 {
+	// A member that joins a running cluster has no peers to bootstrap
+	// with: the leader sends it the log, or a snapshot.
+	if last == 0 && len(cfg.Peers) > 0 {
 		if err := rn.Bootstrap(cfg.Peers); err != nil {
 			return nil, fmt.Errorf("raftnode: bootstrap: %w", err)
 		}
@@ -420,7 +423,7 @@ func (n *Node) raftLoop() {
 			n.rn.Tick()
 			n.maybeCampaign()
 			n.retryReads(inflight, ticks, readTimeoutTicks)
-			n.publishProgress()
+			n.publishProgress(ticks)
 		case <-n.proposalQueue.wake:
 		case <-n.readQueue.wake:
 		case <-n.recvQueue.wake:
@@ -475,16 +478,35 @@ func (n *Node) raftLoop() {
 }
 
 // publishProgress refreshes the leader's view of its followers for
-// Progress.
-func (n *Node) publishProgress() {
+// Progress. It runs on the raft loop after each tick.
+//
+// Raft's RecentActive flags are cleared at every quorum check (each election
+// timeout) and set again as each follower answers, so one reading can find
+// them all cleared: a member counts as active if the flag was seen set within
+// the last election timeout.
+func (n *Node) publishProgress(now uint64) {
 	st := n.rn.Status()
 	if st.RaftState != raft.StateLeader {
 		n.progress.Store(nil)
+		clear(n.activeAt)
 		return
+	}
+	if n.activeAt == nil {
+		n.activeAt = map[uint64]uint64{}
 	}
 	p := &Progress{LastIndex: st.Progress[n.cfg.ID].Match, Members: make(map[uint64]MemberProgress, len(st.Progress))}
 	for id, pr := range st.Progress {
-		p.Members[id] = MemberProgress{Match: pr.Match, IsLearner: pr.IsLearner, RecentActive: pr.RecentActive || id == n.cfg.ID}
+		if pr.RecentActive || id == n.cfg.ID {
+			n.activeAt[id] = now
+		}
+		seen, ok := n.activeAt[id]
+		active := ok && now-seen <= uint64(n.cfg.ElectionTicks)
+		p.Members[id] = MemberProgress{Match: pr.Match, IsLearner: pr.IsLearner, RecentActive: active}
+	}
+	for id := range n.activeAt {
+		if _, ok := st.Progress[id]; !ok {
+			delete(n.activeAt, id)
+		}
 	}
 	n.progress.Store(p)
 }

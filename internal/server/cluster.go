@@ -8,13 +8,18 @@ import (
 	"net/url"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/membershippb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/raft/v3"
 	raftpb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/plinthdb/plinth/internal/membership"
 	"github.com/plinthdb/plinth/internal/storage"
@@ -36,9 +41,18 @@ func (c *Config) initialMembers() []membership.Member {
 	return out
 }
 
+// How a member came to its cluster (storage.MetaJoined).
+const (
+	bootstrapped    = 0 // one of a new cluster's initial members
+	joinedExisting  = 1 // added with member add, started with --initial-cluster-state=existing
+	joinedPromoting = 2 // joined with --join, not yet promoted to voter
+	joinedPromoted  = 3 // joined with --join, promoted
+)
+
 // loadIdentity reads the cluster and member IDs, or, on a new data dir,
-// derives and stores them. For a new data dir it returns the peers to
-// bootstrap Raft with.
+// learns them: derives them from the flags for a new cluster, or asks a
+// running cluster for them when joining it. For a member of a new cluster it
+// returns the peers to bootstrap Raft with.
 func (s *Server) loadIdentity() ([]raft.Peer, error) {
 	cid, err := storage.GetMetaUint64(s.db, storage.MetaClusterID)
 	if err != nil {
@@ -46,6 +60,9 @@ func (s *Server) loadIdentity() ([]raft.Peer, error) {
 	}
 	mid, err := storage.GetMetaUint64(s.db, storage.MetaMemberID)
 	if err != nil {
+		return nil, err
+	}
+	if s.joined, err = storage.GetMetaUint64(s.db, storage.MetaJoined); err != nil {
 		return nil, err
 	}
 	initial := s.cfg.initialMembers()
@@ -59,7 +76,7 @@ func (s *Server) loadIdentity() ([]raft.Peer, error) {
 		// A member bootstrapped with a new cluster derives the same
 		// cluster ID from its flags at every start: another ID means
 		// the data dir was made for another cluster.
-		if s.cfg.InitialClusterState == "new" && cid != derived {
+		if s.joined == bootstrapped && s.cfg.Join == "" && s.cfg.InitialClusterState == "new" && cid != derived {
 			return nil, fmt.Errorf("data dir %s belongs to cluster %x, but --initial-cluster and --initial-cluster-token describe cluster %x: refusing to mix them (use the data dir of this cluster, or the flags it was created with)", s.cfg.DataDir, cid, derived)
 		}
 		removed, err := membership.IsRemoved(s.db, mid)
@@ -71,14 +88,25 @@ func (s *Server) loadIdentity() ([]raft.Peer, error) {
 		}
 		return nil, nil
 	}
-	if s.cfg.InitialClusterState == "existing" {
-		return nil, fmt.Errorf("--initial-cluster-state=existing on an empty data dir: joining a running cluster is not supported yet")
-	}
-	s.memberID = memberID(s.cfg.AdvertisePeerURLs, s.cfg.InitialClusterToken)
-	s.clusterID = derived
-	peers := make([]raft.Peer, len(initial))
-	for i, m := range initial {
-		peers[i] = raft.Peer{ID: m.ID, Context: membership.Encode(m)}
+	var peers []raft.Peer
+	switch {
+	case s.cfg.Join != "":
+		if err := s.joinByClientURL(); err != nil {
+			return nil, err
+		}
+		s.joined = joinedPromoting
+	case s.cfg.InitialClusterState == "existing":
+		if err := s.joinExisting(); err != nil {
+			return nil, err
+		}
+		s.joined = joinedExisting
+	default:
+		s.memberID = memberID(s.cfg.AdvertisePeerURLs, s.cfg.InitialClusterToken)
+		s.clusterID = derived
+		peers = make([]raft.Peer, len(initial))
+		for i, m := range initial {
+			peers[i] = raft.Peer{ID: m.ID, Context: membership.Encode(m)}
+		}
 	}
 	b := s.db.NewBatch()
 	defer func() { _ = b.Close() }()
@@ -88,11 +116,147 @@ func (s *Server) loadIdentity() ([]raft.Peer, error) {
 	if err := storage.PutMetaUint64(b, storage.MetaMemberID, s.memberID); err != nil {
 		return nil, err
 	}
+	if err := storage.PutMetaUint64(b, storage.MetaJoined, s.joined); err != nil {
+		return nil, err
+	}
 	if err := b.Commit(pebble.Sync); err != nil {
 		return nil, fmt.Errorf("store member identity: %w", err)
 	}
 	return peers, nil
 }
+
+// joinExisting learns the cluster's ID and this member's from a member of
+// --initial-cluster, as etcd's --initial-cluster-state=existing does: the
+// member must have been added (member add) with this member's peer URLs.
+func (s *Server) joinExisting() error {
+	self := urlStrings(s.cfg.AdvertisePeerURLs)
+	var errs []error
+	for name, urls := range s.cfg.InitialCluster {
+		if name == s.cfg.Name {
+			continue
+		}
+		for _, addr := range peerAddrs(urlStrings(urls)) {
+			cid, records, err := transport.FetchMembers(nil, addr)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			var members []membership.Member
+			for _, r := range records {
+				m, err := membership.Decode(r)
+				if err != nil {
+					return fmt.Errorf("member list from %s: %w", addr, err)
+				}
+				members = append(members, m)
+			}
+			for _, m := range members {
+				if slices.ContainsFunc(m.PeerURLs, func(u string) bool { return slices.Contains(self, u) }) {
+					s.clusterID, s.memberID = cid, m.ID
+					s.joinMembers = members
+					s.logger.Info("joining a running cluster", "cluster", fmt.Sprintf("%x", cid), "member", fmt.Sprintf("%x", m.ID))
+					return nil
+				}
+			}
+			return fmt.Errorf("--initial-cluster-state=existing: cluster %x (asked at %s) has no member with peer URLs %s: add it first (member add --peer-urls=%s)", cid, addr, strings.Join(self, ","), strings.Join(self, ","))
+		}
+	}
+	return fmt.Errorf("--initial-cluster-state=existing: no member of --initial-cluster answered: %w", errors.Join(errs...))
+}
+
+// joinByClientURL adds this member to the cluster that the member at
+// --join serves, as a learner, and learns the cluster's and its own ID. A
+// retry after a crash finds the learner it added before by its peer URLs.
+func (s *Server) joinByClientURL() error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.requestTimeout())
+	defer cancel()
+	u, err := url.Parse(s.cfg.Join)
+	if err != nil || u.Host == "" {
+		return fmt.Errorf("--join %q: want the client URL of a member, http://host:port", s.cfg.Join)
+	}
+	conn, err := grpc.NewClient(u.Host, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("--join %s: %w", s.cfg.Join, err)
+	}
+	defer conn.Close()
+	cli := pb.NewClusterClient(conn)
+	self := urlStrings(s.cfg.AdvertisePeerURLs)
+	var (
+		cid     uint64
+		id      uint64
+		members []*pb.Member
+	)
+	resp, err := cli.MemberAdd(ctx, &pb.MemberAddRequest{PeerURLs: self, IsLearner: true})
+	switch {
+	case err == nil:
+		cid, id, members = resp.GetHeader().GetClusterId(), resp.GetMember().GetID(), resp.GetMembers()
+	case errors.Is(err, rpctypes.ErrGRPCPeerURLExist) || status.Convert(err).Message() == rpctypes.ErrGRPCPeerURLExist.Error():
+		// Added before (a crash after the add, before the identity was
+		// stored): the learner with our peer URLs that never started is
+		// us.
+		list, lerr := cli.MemberList(ctx, &pb.MemberListRequest{Linearizable: true})
+		if lerr != nil {
+			return fmt.Errorf("--join %s: %w", s.cfg.Join, lerr)
+		}
+		for _, m := range list.GetMembers() {
+			if slices.Equal(m.GetPeerURLs(), self) && m.GetIsLearner() && m.GetName() == "" {
+				cid, id, members = list.GetHeader().GetClusterId(), m.GetID(), list.GetMembers()
+			}
+		}
+		if id == 0 {
+			return fmt.Errorf("--join %s: another member already has peer URLs %s", s.cfg.Join, strings.Join(self, ","))
+		}
+	default:
+		return fmt.Errorf("--join %s: add this member: %w", s.cfg.Join, err)
+	}
+	s.clusterID, s.memberID = cid, id
+	for _, m := range members {
+		s.joinMembers = append(s.joinMembers, membership.Member{ID: m.GetID(), Name: m.GetName(), PeerURLs: m.GetPeerURLs(), ClientURLs: m.GetClientURLs(), IsLearner: m.GetIsLearner()})
+	}
+	s.logger.Info("joined a running cluster as a learner", "cluster", fmt.Sprintf("%x", cid), "member", fmt.Sprintf("%x", id), "via", s.cfg.Join)
+	return nil
+}
+
+// promoteSelf promotes this member, which joined with --join as a learner,
+// to voter once it has caught up with the leader. It retries until it is a
+// voter or the server stops.
+func (s *Server) promoteSelf() {
+	defer s.serveWG.Done()
+	if s.joined != joinedPromoting {
+		return
+	}
+	for {
+		m, found, err := membership.Get(s.db, s.memberID)
+		if err == nil && found && !m.IsLearner {
+			b := s.db.NewBatch()
+			err = storage.PutMetaUint64(b, storage.MetaJoined, joinedPromoted)
+			if err == nil {
+				err = b.Commit(pebble.Sync)
+			}
+			_ = b.Close()
+			if err == nil {
+				s.logger.Info("promoted to voter")
+				return
+			}
+		}
+		if err == nil && found {
+			ctx, cancel := context.WithTimeout(s.stopContext(), s.requestTimeout())
+			err = s.PromoteMember(ctx, s.memberID)
+			cancel()
+		}
+		if err != nil {
+			s.logger.Debug("promote this learner", "err", err)
+		}
+		select {
+		case <-s.stopC:
+			return
+		case <-time.After(promoteRetry):
+		}
+	}
+}
+
+// promoteRetry is how often a learner that joined with --join asks to be
+// promoted.
+const promoteRetry = 500 * time.Millisecond
 
 // addKnownPeers tells the transport where the members in the applied
 // membership are: at start, and after a snapshot replaced the membership.
@@ -109,7 +273,7 @@ func (s *Server) addKnownPeers() error {
 		}
 		s.peers.RemovePeer(id)
 	}
-	for _, m := range members {
+	for _, m := range append(members, s.joinMembers...) {
 		s.peers.AddPeer(m.ID, peerAddrs(m.PeerURLs))
 	}
 	return nil

@@ -2,16 +2,20 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
@@ -314,5 +318,182 @@ func waitFor(ctx context.Context, t *testing.T, cond func() bool) {
 			t.Fatalf("condition not met in time")
 		case <-time.After(5 * time.Millisecond):
 		}
+	}
+}
+
+// addMember prepares the configuration of a new member of c, not in its
+// initial cluster, on free ports.
+func (c *testCluster) addMember(name string) int {
+	peer, client := freeLoopbackURL(c.t), freeLoopbackURL(c.t)
+	cfg := c.cfgs[0]
+	cfg.Name = name
+	cfg.DataDir = c.t.TempDir()
+	cfg.ListenClientURLs, cfg.AdvertiseClientURLs = []url.URL{client}, []url.URL{client}
+	cfg.ListenPeerURLs, cfg.AdvertisePeerURLs = []url.URL{peer}, []url.URL{peer}
+	cfg.Logger = testLogger(name)
+	c.cfgs = append(c.cfgs, cfg)
+	c.servers = append(c.servers, nil)
+	return len(c.cfgs) - 1
+}
+
+func (c *testCluster) waitMembers(ctx context.Context, cli *clientv3.Client, cond func([]*etcdserverpb.Member) bool) []*etcdserverpb.Member {
+	c.t.Helper()
+	for {
+		resp, err := cli.MemberList(ctx)
+		if err == nil && cond(resp.Members) {
+			return resp.Members
+		}
+		select {
+		case <-ctx.Done():
+			c.t.Fatalf("members never as wanted: %v %v", resp, err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// The etcd way: member add, then start the member with
+// --initial-cluster-state=existing; promote a learner; remove a member.
+func TestClusterMembershipChanges(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := newTestCluster(t, 3, "membership")
+	for i := range 3 {
+		c.start(i)
+	}
+	lead := c.leader(ctx)
+	follower := (lead + 1) % 3
+	cli := c.client(follower) // changes sent to a follower reach the leader
+	if _, err := cli.Put(ctx, "before", "1"); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until every voter is known active and has published.
+	c.waitMembers(ctx, cli, func(ms []*etcdserverpb.Member) bool {
+		for _, m := range ms {
+			if m.Name == "" {
+				return false
+			}
+		}
+		return true
+	})
+
+	n := c.addMember("learner")
+	peerURL := c.cfgs[n].AdvertisePeerURLs[0].String()
+	if _, err := cli.MemberAdd(ctx, []string{c.cfgs[0].AdvertisePeerURLs[0].String()}); err != rpctypes.ErrPeerURLExist {
+		t.Fatalf("adding a member with a used peer URL: %v, want %v", err, rpctypes.ErrPeerURLExist)
+	}
+	add, err := cli.MemberAddAsLearner(ctx, []string{peerURL})
+	if err != nil {
+		t.Fatalf("member add --learner: %v", err)
+	}
+	if !add.Member.IsLearner || len(add.Members) != 4 {
+		t.Fatalf("member add answered %+v", add)
+	}
+	if _, err := cli.MemberAddAsLearner(ctx, []string{"http://127.0.0.1:1"}); err != rpctypes.ErrTooManyLearners {
+		t.Fatalf("a second learner: %v, want %v", err, rpctypes.ErrTooManyLearners)
+	}
+	if _, err := cli.MemberPromote(ctx, c.servers[0].memberID); err != rpctypes.ErrMemberNotLearner {
+		t.Fatalf("promoting a voter: %v, want %v", err, rpctypes.ErrMemberNotLearner)
+	}
+	// Not started yet: it cannot be in sync.
+	if _, err := cli.MemberPromote(ctx, add.Member.ID); err != rpctypes.ErrMemberLearnerNotReady {
+		t.Fatalf("promoting a learner that never started: %v, want %v", err, rpctypes.ErrMemberLearnerNotReady)
+	}
+
+	c.cfgs[n].InitialClusterState = "existing"
+	c.cfgs[n].InitialCluster = map[string][]url.URL{}
+	for i := range c.cfgs {
+		c.cfgs[n].InitialCluster[c.cfgs[i].Name] = c.cfgs[i].AdvertisePeerURLs
+	}
+	c.start(n)
+	if got := c.servers[n].memberID; got != add.Member.ID {
+		t.Fatalf("the new member took ID %x, member add gave %x", got, add.Member.ID)
+	}
+	for {
+		_, err := cli.MemberPromote(ctx, add.Member.ID)
+		if err == nil {
+			break
+		}
+		if err != rpctypes.ErrMemberLearnerNotReady || ctx.Err() != nil {
+			t.Fatalf("promote: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	ncli := c.client(n)
+	if _, err := ncli.Put(ctx, "after", "1"); err != nil {
+		t.Fatalf("put on the promoted member: %v", err)
+	}
+	get, err := ncli.Get(ctx, "before")
+	if err != nil || len(get.Kvs) != 1 {
+		t.Fatalf("the new member lacks what was written before it came: %+v %v", get, err)
+	}
+
+	// Remove a follower that is not the new member: the cluster goes on.
+	gone := (lead + 2) % 3
+	if _, err := cli.MemberRemove(ctx, c.servers[gone].memberID); err != nil {
+		t.Fatalf("member remove: %v", err)
+	}
+	waitFor(ctx, t, func() bool { return c.servers[gone].Err() != nil })
+	if !errors.Is(c.servers[gone].Err(), ErrRemoved) {
+		t.Fatalf("the removed member stopped with %v, want ErrRemoved", c.servers[gone].Err())
+	}
+	if _, err := cli.MemberRemove(ctx, c.servers[gone].memberID); err != rpctypes.ErrMemberNotFound {
+		t.Fatalf("removing a removed member: %v, want %v", err, rpctypes.ErrMemberNotFound)
+	}
+	c.stop(gone)
+	if _, err := ncli.Put(ctx, "after-remove", "1"); err != nil {
+		t.Fatalf("put after the removal: %v", err)
+	}
+	// The removed member's data dir cannot serve again.
+	if _, err := New(c.cfgs[gone]); !errors.Is(err, ErrRemoved) {
+		t.Fatalf("restarting a removed member: %v, want ErrRemoved", err)
+	}
+}
+
+// plinth --join: one step, learner first, promoted once caught up, with a
+// snapshot when the log moved on.
+func TestClusterJoin(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := newTestCluster(t, 3, "join")
+	for i := range 3 {
+		c.cfgs[i].SnapshotCount = 20
+		c.start(i)
+	}
+	c.leader(ctx)
+	cli := c.client(0)
+	for i := range 100 {
+		if _, err := cli.Put(ctx, fmt.Sprintf("k%02d", i%30), fmt.Sprint(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.waitMembers(ctx, cli, func(ms []*etcdserverpb.Member) bool {
+		return !slices.ContainsFunc(ms, func(m *etcdserverpb.Member) bool { return m.Name == "" })
+	})
+	n := c.addMember("joiner")
+	c.cfgs[n].Join = "http://" + c.cfgs[1].AdvertiseClientURLs[0].Host
+	c.start(n)
+	members := c.waitMembers(ctx, cli, func(ms []*etcdserverpb.Member) bool {
+		return len(ms) == 4 && !slices.ContainsFunc(ms, func(m *etcdserverpb.Member) bool { return m.IsLearner || m.Name == "" })
+	})
+	if i := slices.IndexFunc(members, func(m *etcdserverpb.Member) bool { return m.Name == "joiner" }); i < 0 {
+		t.Fatalf("no member named joiner in %v", members)
+	}
+	if c.servers[n].node.SnapshotsInstalled() == 0 {
+		t.Fatalf("the joiner caught up without a snapshot, though the log was truncated")
+	}
+	jcli := c.client(n)
+	get, err := jcli.Get(ctx, "k29", clientv3.WithSerializable())
+	if err != nil || len(get.Kvs) != 1 || string(get.Kvs[0].Value) != "89" {
+		t.Fatalf("joiner's k29: %+v %v", get, err)
+	}
+	// A restart with the same flags (--join included) keeps its identity.
+	id := c.servers[n].memberID
+	c.stop(n)
+	c.start(n)
+	if c.servers[n].memberID != id {
+		t.Fatalf("restarted joiner is %x, was %x", c.servers[n].memberID, id)
+	}
+	if _, err := c.client(n).Put(ctx, "from-joiner", "1"); err != nil {
+		t.Fatalf("put through the restarted joiner: %v", err)
 	}
 }

@@ -23,9 +23,14 @@ type Config struct {
 	InitialCluster      map[string][]url.URL
 	InitialClusterState string // "new" or "existing"
 	InitialClusterToken string
-	MaxRequestBytes     int
-	HeartbeatInterval   time.Duration
-	ElectionTimeout     time.Duration
+	// Join, when set, is the client URL of a member of a running cluster
+	// that this member, with an empty data dir, joins: added as a learner,
+	// then promoted once it caught up. The initial cluster flags are then
+	// unused.
+	Join              string
+	MaxRequestBytes   int
+	HeartbeatInterval time.Duration
+	ElectionTimeout   time.Duration
 	// SnapshotCount is how many applied entries the Raft log keeps.
 	SnapshotCount uint64
 	// ListenMetricsURLs serve HTTP diagnostics: /debug/pprof/ when
@@ -107,6 +112,24 @@ func (c *Config) Validate() error {
 	if c.InitialClusterState != "new" && c.InitialClusterState != "existing" {
 		return fmt.Errorf("--initial-cluster-state is %q, want new or existing", c.InitialClusterState)
 	}
+	if err := c.validateInitialCluster(); err != nil {
+		return err
+	}
+	if c.MaxRequestBytes <= 0 {
+		return fmt.Errorf("--max-request-bytes must be positive")
+	}
+	if c.HeartbeatInterval <= 0 || c.ElectionTimeout < 5*c.HeartbeatInterval {
+		return fmt.Errorf("--election-timeout (%v) must be at least 5 times --heartbeat-interval (%v)", c.ElectionTimeout, c.HeartbeatInterval)
+	}
+	return nil
+}
+
+// validateInitialCluster checks --initial-cluster against this member's
+// flags. A member that joins with --join does not use it.
+func (c *Config) validateInitialCluster() error {
+	if c.Join != "" {
+		return nil
+	}
 	self, ok := c.InitialCluster[c.Name]
 	if !ok {
 		return fmt.Errorf("--initial-cluster has no member named %q (this member's --name)", c.Name)
@@ -123,12 +146,6 @@ func (c *Config) Validate() error {
 			}
 			seen[u.String()] = name
 		}
-	}
-	if c.MaxRequestBytes <= 0 {
-		return fmt.Errorf("--max-request-bytes must be positive")
-	}
-	if c.HeartbeatInterval <= 0 || c.ElectionTimeout < 5*c.HeartbeatInterval {
-		return fmt.Errorf("--election-timeout (%v) must be at least 5 times --heartbeat-interval (%v)", c.ElectionTimeout, c.HeartbeatInterval)
 	}
 	return nil
 }

@@ -59,8 +59,12 @@ type Server struct {
 
 	clusterID uint64
 	memberID  uint64
-	ids       *idGenerator
-	waits     waitRegistry
+	joined    uint64 // how this member came to its cluster (see loadIdentity)
+	// joinMembers are the members a joining member learned of, before its
+	// log holds them; the transport needs their addresses to begin.
+	joinMembers []membership.Member
+	ids         *idGenerator
+	waits       waitRegistry
 
 	serveWG  sync.WaitGroup
 	stopOnce sync.Once
@@ -126,6 +130,7 @@ func (s *Server) open(pacer *storage.SyncPacer) error {
 		ID:        s.memberID,
 		Handler:   peerHandler{s},
 		Logger:    s.logger,
+		Members:   s.encodedMembers,
 	})
 	if err := s.addKnownPeers(); err != nil {
 		return err
@@ -186,10 +191,11 @@ func (s *Server) Start() error {
 		s.logger.Info("serving peers", "addr", l.Addr().String())
 	}
 	s.node.Start()
-	s.serveWG.Add(3)
+	s.serveWG.Add(4)
 	go s.sweepTimeouts()
 	go s.watchNode()
 	go s.publish()
+	go s.promoteSelf()
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes+grpcOverheadBytes),
 		grpc.MaxSendMsgSize(math.MaxInt32),
@@ -363,6 +369,21 @@ func (s *Server) Members() []api.Member {
 	out := make([]api.Member, len(members))
 	for i, m := range members {
 		out[i] = api.Member{ID: m.ID, Name: m.Name, PeerURLs: m.PeerURLs, ClientURLs: m.ClientURLs, IsLearner: m.IsLearner}
+	}
+	return out
+}
+
+// encodedMembers answers a joining member's question of who is in the
+// cluster.
+func (s *Server) encodedMembers() [][]byte {
+	members, _, err := membership.List(s.db)
+	if err != nil {
+		s.logger.Error("list members", "err", err)
+		return nil
+	}
+	out := make([][]byte, len(members))
+	for i, m := range members {
+		out[i] = membership.Encode(m)
 	}
 	return out
 }

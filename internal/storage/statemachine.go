@@ -54,6 +54,7 @@ var (
 		MetaHardState,
 		MetaClusterID,
 		MetaMemberID,
+		MetaJoined,
 	}
 )
 

@@ -49,6 +49,10 @@ const (
 	MetaCompactDone  = "mvcc/compact-done"
 	MetaClusterID    = "cluster/id"
 	MetaMemberID     = "cluster/member"
+	// MetaJoined marks a member that joined a running cluster instead of
+	// bootstrapping one: joinedExisting, or joinedPromoting while it still
+	// has to promote itself (plinth --join).
+	MetaJoined = "cluster/joined"
 )
 
 // MetaKey returns the Pebble key of a metadata value.
