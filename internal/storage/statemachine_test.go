@@ -53,6 +53,7 @@ func TestEveryKeySpaceIsClassified(t *testing.T) {
 		"MetaHardState": MetaHardState, "MetaConfState": MetaConfState, "MetaLogTruncated": MetaLogTruncated,
 		"MetaAppliedIndex": MetaAppliedIndex, "MetaRevision": MetaRevision, "MetaCompacted": MetaCompacted,
 		"MetaCompactDone": MetaCompactDone, "MetaClusterID": MetaClusterID, "MetaMemberID": MetaMemberID,
+		"MetaJoined": MetaJoined,
 	}
 	for _, name := range prefixes {
 		p, ok := prefixValue[name]
