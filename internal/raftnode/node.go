@@ -161,7 +161,7 @@ type Node struct {
 	readQueue     *inbox[chan error]             // read requests waiting for a read index round
 	recvQueue     *inbox[*raftpb.Message]        // from peers, and reports about them
 	ctrlQueue     *inbox[func(rn *raft.RawNode)] // rare operations, run on the raft loop
-	applyC        chan applyTask
+	applyQ        *applyQueue
 	stopC         chan struct{}
 	wg            sync.WaitGroup
 
@@ -264,7 +264,7 @@ func New(cfg Config, db *pebble.DB, log *storage.LogStore, sm StateMachine) (*No
 		readQueue:     newInbox[chan error](maxQueuedReads),
 		recvQueue:     newInbox[*raftpb.Message](maxQueuedMessages),
 		ctrlQueue:     newInbox[func(*raft.RawNode)](64),
-		applyC:        make(chan applyTask, 64),
+		applyQ:        newApplyQueue(),
 		stopC:         make(chan struct{}),
 		failedC:       make(chan struct{}),
 	}
@@ -439,7 +439,7 @@ func (n *Node) raftLoop() {
 		// Proposals and read requests are taken only while a leader is
 		// known, as raft's own node does: without one raft would drop
 		// them. Until then they wait queued.
-		if n.lead.Load() != raft.None {
+		if n.lead.Load() != raft.None && !n.applyQ.full() {
 			proposals = n.proposalQueue.drain(proposals)
 			for batch := proposals; len(batch) > 0; {
 				k := min(len(batch), maxEntriesPerProposal)
@@ -556,6 +556,9 @@ func (n *Node) step(m *raftpb.Message) {
 		}
 		n.rn.ReportSnapshot(m.GetFrom(), status)
 	default:
+		if m.GetType() == raftpb.MessageType_MsgApp && n.applyQ.full() {
+			return // the leader resends once the apply loop caught up
+		}
 		if m.GetType() == raftpb.MessageType_MsgSnap {
 			n.steppedImages = append(n.steppedImages, string(m.GetSnapshot().GetData()))
 		}
@@ -738,13 +741,7 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 			n.soleVoter = isSoleVoter(cs, n.cfg.ID)
 			n.publishLocalReads()
 		}
-		select {
-		case n.applyC <- applyTask{ents: rd.CommittedEntries, cs: cs}:
-		case <-n.stopC:
-			return nil
-		case <-n.failedC:
-			return n.failErr
-		}
+		n.applyQ.push(applyTask{ents: rd.CommittedEntries, cs: cs})
 	}
 	n.rn.Advance(rd)
 	return nil
@@ -796,28 +793,39 @@ func (n *Node) applyLoop() {
 			return
 		case <-n.failedC:
 			return
-		case t := <-n.applyC:
-			if t.image != nil {
-				err := n.install(*t.image)
-				t.done <- err
-				if err != nil {
-					n.fail(err)
-					return
-				}
-				continue
-			}
-			if err := n.sm.Apply(t.ents, t.cs); err != nil {
-				n.fail(fmt.Errorf("raftnode: apply: %w", err))
+		case <-n.applyQ.wake:
+		}
+		for _, t := range n.applyQ.take() {
+			if err := n.applyTask(t); err != nil {
+				n.fail(err)
 				return
 			}
-			if t.cs != nil {
-				n.log.AfterConfState(t.cs)
+			n.applyQ.done(t)
+			select {
+			case <-n.stopC:
+				return
+			default:
 			}
-			last := t.ents[len(t.ents)-1].GetIndex()
-			n.appliedIdx.Store(last)
-			n.reads.advance(last)
 		}
 	}
+}
+
+func (n *Node) applyTask(t applyTask) error {
+	if t.image != nil {
+		err := n.install(*t.image)
+		t.done <- err
+		return err
+	}
+	if err := n.sm.Apply(t.ents, t.cs); err != nil {
+		return fmt.Errorf("raftnode: apply: %w", err)
+	}
+	if t.cs != nil {
+		n.log.AfterConfState(t.cs)
+	}
+	last := t.ents[len(t.ents)-1].GetIndex()
+	n.appliedIdx.Store(last)
+	n.reads.advance(last)
+	return nil
 }
 
 func (n *Node) truncate(to uint64) error {

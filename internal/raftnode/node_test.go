@@ -306,3 +306,35 @@ func TestSyncHoldOnlyUnderLoad(t *testing.T) {
 		}
 	}
 }
+
+// While the apply loop is stuck in a long apply, the raft loop goes on:
+// entries proposed meanwhile are committed (and, with peers, heartbeats go
+// out), instead of everything waiting for the apply to end.
+func TestRaftLoopRunsDuringALongApply(t *testing.T) {
+	hold := make(chan struct{})
+	tn := startNodeHolding(t, t.TempDir(), hold)
+	released := false
+	defer func() {
+		if !released {
+			close(hold)
+		}
+		tn.stop()
+	}()
+	waitFor(t, "a leader", func() bool { return tn.n.Leader() == 1 })
+	// The second batch the state machine gets (the leader's first entry,
+	// or a proposal) is held.
+	if err := tn.n.Propose(1, []byte("held")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "an entry committed but held", func() bool { return tn.n.CommitIndex() > tn.n.AppliedIndex() })
+	held := tn.n.CommitIndex()
+	for i := range 100 {
+		if err := tn.n.Propose(uint64(10+i), []byte("more")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "entries committed behind the held apply", func() bool { return tn.n.CommitIndex() >= held+100 })
+	close(hold)
+	released = true
+	waitFor(t, "every entry applied", func() bool { return tn.n.AppliedIndex() == tn.n.CommitIndex() && len(tn.sm.snapshot()) == 101 })
+}

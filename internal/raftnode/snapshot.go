@@ -176,13 +176,7 @@ func imageOf(s *raftpb.Snapshot) snapshot.Image {
 func (n *Node) installSnapshot(s *raftpb.Snapshot) error {
 	img := imageOf(s)
 	done := make(chan error, 1)
-	select {
-	case n.applyC <- applyTask{image: &img, done: done}:
-	case <-n.stopC:
-		return ErrStopped
-	case <-n.failedC:
-		return n.failErr
-	}
+	n.applyQ.push(applyTask{image: &img, done: done})
 	select {
 	case err := <-done:
 		if err != nil {

@@ -497,3 +497,75 @@ func TestClusterJoin(t *testing.T) {
 		t.Fatalf("put through the restarted joiner: %v", err)
 	}
 }
+
+// A long apply (a DeleteRange of 100,000 keys) holds the apply loop for a
+// long time; the raft loop goes on heartbeating meanwhile, so no follower
+// starts an election.
+func TestClusterLongApplyKeepsLeader(t *testing.T) {
+	if testing.Short() {
+		t.Skip("loads 100,000 keys")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	c := newTestCluster(t, 3, "long-apply")
+	for i := range 3 {
+		c.cfgs[i].HeartbeatInterval = 20 * time.Millisecond
+		c.cfgs[i].ElectionTimeout = 200 * time.Millisecond
+		c.start(i)
+	}
+	lead := c.leader(ctx)
+	cli := c.client(lead)
+	const perTxn, workers = 128, 4
+	// Under the race detector a quarter of the keys takes as long to
+	// delete (over a second, five election timeouts) as all of them
+	// without it, and stays well inside the request timeout.
+	keys := 100_000
+	if raceEnabled {
+		keys = 25_000
+	}
+	value := strings.Repeat("v", 64)
+	errC := make(chan error, workers)
+	for w := range workers {
+		go func() {
+			for first := w * perTxn; first < keys; first += workers * perTxn {
+				ops := make([]clientv3.Op, 0, perTxn)
+				for k := first; k < min(first+perTxn, keys); k++ {
+					ops = append(ops, clientv3.OpPut(fmt.Sprintf("bulk/%06d", k), value))
+				}
+				if _, err := cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+					errC <- err
+					return
+				}
+			}
+			errC <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errC; err != nil {
+			t.Fatal(err)
+		}
+	}
+	term := c.servers[lead].node.Term()
+	start := time.Now()
+	del, err := cli.Delete(ctx, "bulk/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	if del.Deleted != int64(keys) {
+		t.Fatalf("deleted %d keys, want %d", del.Deleted, keys)
+	}
+	// Every member applies the delete; wait for the slowest.
+	for i := range 3 {
+		waitFor(ctx, t, func() bool { return c.servers[i].kv.Rev() == del.Header.Revision })
+	}
+	t.Logf("the delete took %v on the leader, %v until every member applied it", took, time.Since(start))
+	for i, s := range c.servers {
+		if got := s.node.Term(); got != term {
+			t.Fatalf("member %d is at term %d after the delete, was %d: an election happened", i, got, term)
+		}
+		if l := s.node.Leader(); l != c.servers[lead].memberID {
+			t.Fatalf("member %d follows %x, the leader was %x", i, l, c.servers[lead].memberID)
+		}
+	}
+}

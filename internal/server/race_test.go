@@ -1,0 +1,6 @@
+//go:build race
+
+package server
+
+// raceEnabled: the race detector slows the code under test about tenfold.
+const raceEnabled = true
