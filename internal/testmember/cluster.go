@@ -151,6 +151,9 @@ func (m *Member) Status(ctx context.Context) (Status, error) {
 	defer cancel()
 	resp, err := cli.Status(ctx, m.Endpoint())
 	if err != nil {
+		if xerr := m.exitErr(); xerr != nil {
+			return Status{}, xerr
+		}
 		return Status{}, fmt.Errorf("status of %s: %w", m.name, err)
 	}
 	return Status{

@@ -3,7 +3,9 @@
 // (NewCluster) on free loopback ports with their data in temp dirs, waits
 // until they serve, and stops them gracefully, kills, pauses and resumes them
 // by pid. Every process a Member starts is stopped and reaped when its test
-// ends, a paused one resumed first.
+// ends, a paused one resumed first. When a test fails, the end of each
+// member's newest log is logged, and with PLINTH_TEST_LOGS=dir every log of
+// every member is kept in dir.
 //
 // A Member and a Cluster are used by one goroutine at a time: a test that
 // injects faults from a goroutine of its own lets that goroutine alone drive
@@ -108,9 +110,45 @@ func newMember(t testing.TB, bin, name, clientURL, peerURL string, clusterArgs, 
 		}
 		if t.Failed() {
 			m.LogTail(40)
+			m.keepLogs()
 		}
 	})
 	return m
+}
+
+// keepLogs copies every process log of the member into
+// $PLINTH_TEST_LOGS/<test>/<member>/, when that variable names a directory:
+// the temp dir that holds them is removed when the test ends.
+func (m *Member) keepLogs() {
+	root := os.Getenv("PLINTH_TEST_LOGS")
+	if root == "" {
+		return
+	}
+	dst := filepath.Join(root, strings.ReplaceAll(m.t.Name(), "/", "_"), m.name)
+	logs, _ := filepath.Glob(filepath.Join(m.logDir, "plinth-*.log"))
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		m.t.Logf("keep logs: %v", err)
+		return
+	}
+	for _, l := range logs {
+		b, err := os.ReadFile(l)
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dst, filepath.Base(l)), b, 0o644)
+		}
+		if err != nil {
+			m.t.Logf("keep logs: %v", err)
+			return
+		}
+	}
+	m.t.Logf("logs of %s kept in %s", m.name, dst)
+}
+
+// exitErr returns an error if the running process has exited by itself.
+func (m *Member) exitErr() error {
+	if m.cmd == nil {
+		return nil
+	}
+	return m.exitedBefore("a request")
 }
 
 // FreeAddr returns a 127.0.0.1 address with a port nothing listened on a
