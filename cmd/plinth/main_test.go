@@ -54,7 +54,7 @@ func TestParseFlagsRejectsBadInput(t *testing.T) {
 		{"bad cluster state", []string{"--initial-cluster-state=maybe"}, "--initial-cluster-state"},
 		{"member missing from cluster", []string{"--name=a", "--initial-cluster=b=http://127.0.0.1:2380"}, "no member named"},
 		{"peer url mismatch", []string{"--initial-cluster=default=http://127.0.0.1:9999"}, "--initial-advertise-peer-urls"},
-		{"several members", []string{"--initial-cluster=default=http://127.0.0.1:2380,b=http://127.0.0.1:2381"}, "single-member"},
+		{"peer url given twice", []string{"--initial-cluster=default=http://127.0.0.1:2380,b=http://127.0.0.1:2380"}, "to both"},
 		{"election too short", []string{"--election-timeout=100"}, "--election-timeout"},
 		{"tls", []string{"--listen-client-urls=https://127.0.0.1:2379"}, "TLS"},
 		{"pprof without address", []string{"--enable-pprof"}, "--listen-metrics-urls"},

@@ -73,6 +73,8 @@ func (a *app) rootCommand() *cobra.Command {
 		a.txnCommand(),
 		a.compactionCommand(),
 		a.endpointCommand(),
+		a.memberCommand(),
+		a.alarmCommand(),
 		a.versionCommand(),
 	)
 	return root
@@ -110,9 +112,9 @@ func (a *app) withClient(cmd *cobra.Command, f func(ctx context.Context, c *clie
 func (a *app) printer() (printer, error) {
 	switch a.writeOut {
 	case "simple":
-		return &simplePrinter{w: a.out, hex: a.hex}, nil
+		return &simplePrinter{w: a.out, errOut: a.errOut, hex: a.hex}, nil
 	case "json":
-		return &jsonPrinter{w: a.out}, nil
+		return &jsonPrinter{w: a.out, hex: a.hex}, nil
 	case "fields":
 		return &fieldsPrinter{w: a.out, hex: a.hex}, nil
 	case "table":

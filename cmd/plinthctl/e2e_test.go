@@ -349,6 +349,96 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("endpoint health", func(t *testing.T) {
+		out := ok(t, ep, "", "endpoint", "health")
+		if !strings.HasPrefix(out, ep+" is healthy: successfully committed proposal: took = ") || strings.Count(out, "\n") != 1 {
+			t.Errorf("endpoint health = %q", out)
+		}
+		var hs []endpointHealth
+		out = ok(t, ep, "", "endpoint", "health", "-w", "json")
+		if err := json.Unmarshal([]byte(out), &hs); err != nil || len(hs) != 1 || hs[0].Endpoint != ep || !hs[0].Health || hs[0].Took == "" || hs[0].Error != "" {
+			t.Errorf("endpoint health -w json = %s (%v)", out, err)
+		}
+		// --cluster checks every client URL of the member list.
+		members, err := c.MemberList(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = ok(t, ep, "", "endpoint", "health", "--cluster", "-w", "table")
+		for _, m := range members.Members {
+			for _, u := range m.ClientURLs {
+				if !strings.Contains(out, "│ "+u+" │   true │") {
+					t.Errorf("endpoint health --cluster -w table: no healthy row for %s in\n%s", u, out)
+				}
+			}
+		}
+		out = ok(t, ep, "", "endpoint", "status", "--cluster")
+		if n := strings.Count(out, "\n"); n != len(members.Members) || !strings.HasPrefix(out, members.Members[0].ClientURLs[0]+", ") {
+			t.Errorf("endpoint status --cluster = %q, want a line per member", out)
+		}
+	})
+
+	t.Run("alarm list", func(t *testing.T) {
+		// No alarm is active: nothing in the simple format, a header alone
+		// in JSON.
+		wantOut(t, ep, "", "", "alarm", "list")
+		out := ok(t, ep, "", "alarm", "list", "-w", "json")
+		if !strings.HasPrefix(out, `{"header":{"cluster_id":`) || strings.Contains(out, "alarms") {
+			t.Errorf("alarm list -w json = %s", out)
+		}
+		wantOut(t, ep, "", "", "alarm", "disarm") // nothing to disarm
+		wantFail(t, ep, exitBadArgs, "Error: alarm list command accepts no arguments", "alarm", "list", "x")
+		wantFail(t, ep, exitBadFeature, "Error: table not supported as output format", "alarm", "list", "-w", "table")
+	})
+
+	t.Run("member list", func(t *testing.T) {
+		resp, err := c.MemberList(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var lines []string
+		for _, m := range resp.Members {
+			lines = append(lines, fmt.Sprintf("%x, started, %s, %s, %s, false\n", m.ID, m.Name,
+				strings.Join(m.PeerURLs, ","), strings.Join(m.ClientURLs, ",")))
+		}
+		wantOut(t, ep, "", strings.Join(lines, ""), "member", "list")
+		wantOut(t, ep, "", strings.Join(lines, ""), "member", "list", "--consistency", "s")
+		if os.Getenv(endpointEnv) == "" {
+			// The member testmember started: one, named default, its
+			// client URL the endpoint.
+			m := resp.Members
+			if len(m) != 1 || m[0].Name != "default" || len(m[0].ClientURLs) != 1 || m[0].ClientURLs[0] != "http://"+ep || len(m[0].PeerURLs) != 1 {
+				t.Errorf("member list of a single member = %v", m)
+			}
+		}
+		out := ok(t, ep, "", "member", "list", "-w", "table")
+		if !strings.Contains(out, " ID ") || !strings.Contains(out, "│ STATUS  │") || !strings.Contains(out, fmt.Sprintf("│ %x │ started │", resp.Members[0].ID)) {
+			t.Errorf("member list -w table =\n%s", out)
+		}
+		var hexJSON struct {
+			Members []struct {
+				ID         string   `json:"ID"`
+				Name       string   `json:"name"`
+				ClientURLs []string `json:"clientURLs"`
+			} `json:"members"`
+		}
+		out = ok(t, ep, "", "member", "list", "-w", "json", "--hex")
+		if err := json.Unmarshal([]byte(out), &hexJSON); err != nil || len(hexJSON.Members) != len(resp.Members) ||
+			hexJSON.Members[0].ID != fmt.Sprintf("%x", resp.Members[0].ID) || hexJSON.Members[0].Name != resp.Members[0].Name {
+			t.Errorf("member list -w json --hex = %s (%v)", out, err)
+		}
+		out = ok(t, ep, "", "member", "list", "-w", "fields")
+		if !strings.Contains(out, fmt.Sprintf("\"ID\" : %d\n\"Name\" : %q\n", resp.Members[0].ID, resp.Members[0].Name)) {
+			t.Errorf("member list -w fields =\n%s", out)
+		}
+		wantFail(t, ep, exitBadFeature, `Error: unknown consistency flag "x"`, "member", "list", "--consistency", "x")
+		wantFail(t, ep, exitBadArgs, "Error: member peer urls not provided", "member", "add", "m2")
+		wantFail(t, ep, exitBadArgs, "Error: too many arguments, did you mean --peer-urls=http://127.0.0.1:1", "member", "add", "m2", "http://127.0.0.1:1")
+		wantFail(t, ep, exitBadArgs, "Error: bad member ID arg", "member", "remove", "xyz")
+		wantFail(t, ep, exitBadArgs, "Error: member ID is not provided", "member", "promote")
+		wantFail(t, ep, exitBadFeature, "Error: fields not supported as output format", "member", "remove", "-w", "fields", "1")
+	})
+
 	t.Run("usage errors", func(t *testing.T) {
 		wantFail(t, ep, exitBadArgs, "Error: get command needs one argument", "get")
 		wantFail(t, ep, exitBadArgs, "Error: put command needs 1 argument and input from stdin or 2 arguments", "put")
@@ -379,6 +469,14 @@ func TestEndToEnd(t *testing.T) {
 		r = ctl(t, down, "", "--command-timeout", "300ms", "endpoint", "status", "-w", "table")
 		if r.code != exitError || r.err != "Failed to get the status of endpoint "+down+" (context deadline exceeded)\n" {
 			t.Errorf("endpoint status of a closed port: exit %d, stderr %q", r.code, r.err)
+		}
+		// The healthy endpoint on stdout, the other on stderr, exit 1.
+		// (The timeout leaves room for the first linearizable read of the
+		// live endpoint on a loaded machine.)
+		r = ctl(t, ep+","+down, "", "--command-timeout", "2s", "endpoint", "health")
+		wantErr := down + " is unhealthy: failed to commit proposal: context deadline exceeded\nError: unhealthy cluster\n"
+		if r.code != exitError || r.err != wantErr || !strings.HasPrefix(r.out, ep+" is healthy: ") {
+			t.Errorf("endpoint health with a closed port: exit %d, stdout %q, stderr %q; want stderr %q", r.code, r.out, r.err, wantErr)
 		}
 	})
 

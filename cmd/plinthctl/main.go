@@ -3,8 +3,9 @@
 // plinth speaks the etcd v3 API, so plinthctl is built on the real etcd client
 // (go.etcd.io/etcd/client/v3) and takes etcdctl's command names, flags, input
 // formats, output formats and exit codes: what a hand or a script does with
-// etcdctl get/put/del/txn/compaction/endpoint status/version works the same
-// with plinthctl. Where the two differ it is written down beside the command.
+// etcdctl get/put/del/txn/compaction, endpoint status/health, member
+// list/add/remove/update/promote, alarm list/disarm and version works the
+// same with plinthctl. Where the two differ it is written down beside the command.
 //
 // plinthctl never changes the data it prints: keys and values are printed as
 // the server sent them (raw bytes in simple output, base64 in JSON, \x escapes

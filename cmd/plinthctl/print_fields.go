@@ -29,7 +29,11 @@ func (p *fieldsPrinter) header(h *pb.ResponseHeader) {
 	}
 	p.id("ClusterID", h.ClusterId)
 	p.id("MemberID", h.MemberId)
-	fmt.Fprintf(p.w, "\"Revision\" : %d\n", h.Revision)
+	// As etcdctl: answers outside the KV service may carry no revision,
+	// and then the line is left out.
+	if h.Revision > 0 {
+		fmt.Fprintf(p.w, "\"Revision\" : %d\n", h.Revision)
+	}
 	fmt.Fprintf(p.w, "\"RaftTerm\" : %d\n", h.RaftTerm)
 }
 
@@ -110,3 +114,44 @@ func (p *fieldsPrinter) status(s []endpointStatus) error {
 	}
 	return nil
 }
+
+func (p *fieldsPrinter) health(hs []endpointHealth) error {
+	for _, h := range hs {
+		fmt.Fprintf(p.w, "\"Endpoint\" : %q\n", h.Endpoint)
+		fmt.Fprintf(p.w, "\"Health\" : %v\n", h.Health)
+		fmt.Fprintf(p.w, "\"Took\" : %s\n", h.Took)
+		fmt.Fprintf(p.w, "\"Error\" : %s\n", h.Error)
+		fmt.Fprintln(p.w)
+	}
+	return nil
+}
+
+func (p *fieldsPrinter) alarm(r *pb.AlarmResponse) error {
+	p.header(r.Header)
+	for _, a := range r.Alarms {
+		p.id("MemberID", a.MemberID)
+		fmt.Fprintf(p.w, "\"AlarmType\" : %v\n", a.Alarm)
+		fmt.Fprintln(p.w)
+	}
+	return nil
+}
+
+func (p *fieldsPrinter) memberList(r *pb.MemberListResponse) error {
+	p.header(r.Header)
+	for _, m := range r.Members {
+		p.id("ID", m.ID)
+		fmt.Fprintf(p.w, "\"Name\" : %q\n", m.Name)
+		for _, u := range m.PeerURLs {
+			fmt.Fprintf(p.w, "\"PeerURL\" : %q\n", u)
+		}
+		for _, u := range m.ClientURLs {
+			fmt.Fprintf(p.w, "\"ClientURL\" : %q\n", u)
+		}
+		fmt.Fprintf(p.w, "\"IsLearner\" : %v\n", m.IsLearner)
+		fmt.Fprintln(p.w)
+	}
+	return nil
+}
+
+// memberChange: etcdctl has no fields output for membership changes.
+func (p *fieldsPrinter) memberChange(memberChange) error { return errFieldsUnsupported }

@@ -14,7 +14,8 @@ import (
 // base64, integers are JSON numbers and zero fields are left out. One line
 // per answer.
 type jsonPrinter struct {
-	w io.Writer
+	w   io.Writer
+	hex bool // member answers only: IDs as hex strings, as etcdctl --hex
 }
 
 func (p *jsonPrinter) write(v any) error {
@@ -70,4 +71,77 @@ func txnToJSON(r *pb.TxnResponse) *txnJSON {
 		t.Responses = append(t.Responses, responseOpJSON{Response: j})
 	}
 	return t
+}
+
+func (p *jsonPrinter) health(h []endpointHealth) error { return p.write(h) }
+func (p *jsonPrinter) alarm(r *pb.AlarmResponse) error { return p.write(r) }
+
+func (p *jsonPrinter) memberList(r *pb.MemberListResponse) error {
+	if p.hex {
+		return p.write(hexMembersJSON{Header: (*hexHeader)(r.Header), Members: hexMembers(r.Members)})
+	}
+	return p.write(r)
+}
+
+func (p *jsonPrinter) memberChange(c memberChange) error {
+	if !p.hex {
+		return p.write(c.resp)
+	}
+	switch r := c.resp.(type) {
+	case *pb.MemberAddResponse:
+		return p.write(struct {
+			Header  *hexHeader   `json:"header"`
+			Member  *hexMember   `json:"member"`
+			Members []*hexMember `json:"members"`
+		}{(*hexHeader)(r.Header), (*hexMember)(r.Member), hexMembers(r.Members)})
+	default:
+		var members []*pb.Member
+		switch r := r.(type) {
+		case *pb.MemberRemoveResponse:
+			members = r.Members
+		case *pb.MemberUpdateResponse:
+			members = r.Members
+		case *pb.MemberPromoteResponse:
+			members = r.Members
+		}
+		return p.write(hexMembersJSON{Header: (*hexHeader)(c.header()), Members: hexMembers(members)})
+	}
+}
+
+// hexMembersJSON is a member answer in etcdctl's -w json --hex shape: the
+// IDs of the header and of each member as hex strings.
+type hexMembersJSON struct {
+	Header  *hexHeader   `json:"header"`
+	Members []*hexMember `json:"members"`
+}
+
+type hexHeader pb.ResponseHeader
+
+func (h *hexHeader) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		ClusterID string `json:"cluster_id"`
+		MemberID  string `json:"member_id"`
+		Revision  int64  `json:"revision,omitempty"`
+		RaftTerm  uint64 `json:"raft_term,omitempty"`
+	}{fmt.Sprintf("%x", h.ClusterId), fmt.Sprintf("%x", h.MemberId), h.Revision, h.RaftTerm})
+}
+
+type hexMember pb.Member
+
+func (m *hexMember) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		ID         string   `json:"ID"`
+		Name       string   `json:"name,omitempty"`
+		PeerURLs   []string `json:"peerURLs,omitempty"`
+		ClientURLs []string `json:"clientURLs,omitempty"`
+		IsLearner  bool     `json:"isLearner,omitempty"`
+	}{fmt.Sprintf("%x", m.ID), m.Name, m.PeerURLs, m.ClientURLs, m.IsLearner})
+}
+
+func hexMembers(ms []*pb.Member) []*hexMember {
+	out := make([]*hexMember, len(ms))
+	for i, m := range ms {
+		out[i] = (*hexMember)(m)
+	}
+	return out
 }

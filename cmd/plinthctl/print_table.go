@@ -102,3 +102,55 @@ func printable(s string) string {
 	q = q[1 : len(q)-1]
 	return strings.ReplaceAll(q, `\"`, `"`)
 }
+
+func (p *tablePrinter) alarm(*pb.AlarmResponse) error   { return errTableUnsupported }
+func (p *tablePrinter) memberChange(memberChange) error { return errTableUnsupported }
+
+func (p *tablePrinter) health(h []endpointHealth) error {
+	titles := []string{"ENDPOINT", "HEALTH", "TOOK", "ERROR"}
+	var rows [][]string
+	for _, e := range h {
+		rows = append(rows, []string{e.Endpoint, strconv.FormatBool(e.Health), e.Took, e.Error})
+	}
+	writeTable(p.w, titleColumns(titles), rows)
+	return nil
+}
+
+func (p *tablePrinter) memberList(r *pb.MemberListResponse) error {
+	titles, rows := memberRows(r)
+	writeTable(p.w, titleColumns(titles), rows)
+	return nil
+}
+
+// titleColumns are right-aligned columns with these titles: etcdctl aligns
+// every cell of its cluster tables right.
+func titleColumns(titles []string) []column {
+	cols := make([]column, len(titles))
+	for i, t := range titles {
+		cols[i] = column{title: t}
+	}
+	return cols
+}
+
+// memberRows are the columns of member list in the table and simple
+// formats: the ID in hex, "unstarted" for a member added but never started
+// (it has no name yet), URLs joined by commas.
+func memberRows(r *pb.MemberListResponse) ([]string, [][]string) {
+	titles := []string{"ID", "STATUS", "NAME", "PEER ADDRS", "CLIENT ADDRS", "IS LEARNER"}
+	var rows [][]string
+	for _, m := range r.Members {
+		status := "started"
+		if m.Name == "" {
+			status = "unstarted"
+		}
+		rows = append(rows, []string{
+			fmt.Sprintf("%x", m.ID),
+			status,
+			m.Name,
+			strings.Join(m.PeerURLs, ","),
+			strings.Join(m.ClientURLs, ","),
+			strconv.FormatBool(m.IsLearner),
+		})
+	}
+	return titles, rows
+}

@@ -16,6 +16,12 @@ type printer interface {
 	del(r *pb.DeleteRangeResponse) error
 	txn(r *pb.TxnResponse) error
 	status(s []endpointStatus) error
+	health(h []endpointHealth) error
+	alarm(r *pb.AlarmResponse) error
+	memberList(r *pb.MemberListResponse) error
+	// memberChange prints the answer to member add, remove, update or
+	// promote (the simple format says which).
+	memberChange(c memberChange) error
 }
 
 // rangeShape is what the get flags ask of the output.
@@ -36,3 +42,7 @@ func hexBytes(b []byte) string {
 // errTableUnsupported is etcdctl's answer to -w table for commands without
 // a table.
 var errTableUnsupported = badFeature("table not supported as output format")
+
+// errFieldsUnsupported is etcdctl's answer to -w fields for commands without
+// a fields output.
+var errFieldsUnsupported = badFeature("fields not supported as output format")

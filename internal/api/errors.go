@@ -5,6 +5,7 @@ import (
 	"errors"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/plinthdb/plinth/internal/mvcc"
@@ -16,6 +17,10 @@ var (
 	ErrRequestTooLarge = errors.New("api: request is too large")
 	ErrTimeout         = errors.New("api: request timed out")
 	ErrNoLeader        = errors.New("api: no leader")
+	// ErrNotLeader answers a request only the leader can serve.
+	ErrNotLeader             = errors.New("api: not leader")
+	ErrBadLeaderTransferee   = errors.New("api: bad leader transferee")
+	ErrLeaderTransferTimeout = errors.New("api: leader transfer took too long")
 )
 
 // toGRPC maps an error to the status etcd answers with, so clients that
@@ -42,6 +47,27 @@ func toGRPC(err error) error {
 		return rpctypes.ErrGRPCTimeout
 	case errors.Is(err, ErrNoLeader):
 		return rpctypes.ErrGRPCNoLeader
+	case errors.Is(err, ErrMemberNotFound):
+		return rpctypes.ErrGRPCMemberNotFound
+	case errors.Is(err, ErrPeerURLExist):
+		return rpctypes.ErrGRPCPeerURLExist
+	case errors.Is(err, ErrMemberNotLearner):
+		return rpctypes.ErrGRPCMemberNotLearner
+	case errors.Is(err, ErrLearnerNotReady):
+		return rpctypes.ErrGRPCLearnerNotReady
+	case errors.Is(err, ErrTooManyLearners):
+		return rpctypes.ErrGRPCTooManyLearners
+	case errors.Is(err, ErrNotEnoughStarted):
+		return rpctypes.ErrGRPCMemberNotEnoughStarted
+	case errors.Is(err, ErrUnhealthy):
+		return rpctypes.ErrGRPCUnhealthy
+	case errors.Is(err, ErrNotLeader):
+		return rpctypes.ErrGRPCNotLeader
+	case errors.Is(err, ErrBadLeaderTransferee):
+		return rpctypes.ErrGRPCBadLeaderTransferee
+	case errors.Is(err, ErrLeaderTransferTimeout):
+		// etcd has no rpctypes error for it: its message travels as is.
+		return status.Error(codes.Unknown, "etcdserver: request timed out, leader transfer took too long")
 	case errors.Is(err, raftnode.ErrDropped), errors.Is(err, raftnode.ErrTooManyRequests):
 		return rpctypes.ErrGRPCRequestTooManyRequests
 	case errors.Is(err, raftnode.ErrStopped):

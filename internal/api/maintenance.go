@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"slices"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 )
@@ -21,18 +22,29 @@ type MemberStatus struct {
 // StatusSource answers for Maintenance.Status.
 type StatusSource interface {
 	Status() MemberStatus
+	// MoveLeader hands leadership from this member, the leader, to
+	// member to, and returns once to leads.
+	MoveLeader(ctx context.Context, to uint64) error
 	FillHeader(h *pb.ResponseHeader)
 }
 
 // Maintenance serves the parts of the etcd Maintenance service this member
-// supports; the rest answer Unimplemented.
+// supports (Status, Alarm); the rest answer Unimplemented.
 type Maintenance struct {
 	pb.UnimplementedMaintenanceServer
 	src StatusSource
+	// alarms is src when src keeps alarm state; nil while no backend raises
+	// alarms, and then there are none (see alarm.go).
+	alarms AlarmSource
 }
 
-// NewMaintenance returns the Maintenance service over src.
-func NewMaintenance(src StatusSource) *Maintenance { return &Maintenance{src: src} }
+// NewMaintenance returns the Maintenance service over src. If src is also an
+// AlarmSource, Alarm and Status report its alarms.
+func NewMaintenance(src StatusSource) *Maintenance {
+	m := &Maintenance{src: src}
+	m.alarms, _ = src.(AlarmSource)
+	return m
+}
 
 // Status implements Maintenance.Status.
 func (m *Maintenance) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusResponse, error) {
@@ -46,43 +58,26 @@ func (m *Maintenance) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.Stat
 		RaftIndex:        st.RaftIndex,
 		RaftTerm:         st.RaftTerm,
 		RaftAppliedIndex: st.AppliedIndex,
-		Errors:           st.Errors,
+		Errors:           slices.Clip(st.Errors), // appends below must not reach the source's array
 		StorageVersion:   st.Version,
+	}
+	if m.alarms != nil {
+		// As etcd: each active alarm is an error of the member's status.
+		for _, a := range m.alarms.Alarms() {
+			resp.Errors = append(resp.Errors, a.String())
+		}
 	}
 	m.src.FillHeader(resp.Header)
 	return resp, nil
 }
 
-// Member is one member as the Cluster service lists it.
-type Member struct {
-	ID         uint64
-	Name       string
-	PeerURLs   []string
-	ClientURLs []string
-}
-
-// MemberSource answers for the Cluster service.
-type MemberSource interface {
-	Members() []Member
-	FillHeader(h *pb.ResponseHeader)
-}
-
-// Cluster serves the etcd Cluster service's read side; membership changes
-// answer Unimplemented until members can join.
-type Cluster struct {
-	pb.UnimplementedClusterServer
-	src MemberSource
-}
-
-// NewCluster returns the Cluster service over src.
-func NewCluster(src MemberSource) *Cluster { return &Cluster{src: src} }
-
-// MemberList implements Cluster.MemberList.
-func (c *Cluster) MemberList(ctx context.Context, _ *pb.MemberListRequest) (*pb.MemberListResponse, error) {
-	resp := &pb.MemberListResponse{Header: &pb.ResponseHeader{}}
-	for _, m := range c.src.Members() {
-		resp.Members = append(resp.Members, &pb.Member{ID: m.ID, Name: m.Name, PeerURLs: m.PeerURLs, ClientURLs: m.ClientURLs})
+// MoveLeader implements Maintenance.MoveLeader. Only the leader takes it, as
+// in etcd: clients send it to the leader's endpoint.
+func (m *Maintenance) MoveLeader(ctx context.Context, req *pb.MoveLeaderRequest) (*pb.MoveLeaderResponse, error) {
+	if err := m.src.MoveLeader(ctx, req.GetTargetID()); err != nil {
+		return nil, toGRPC(err)
 	}
-	c.src.FillHeader(resp.Header)
+	resp := &pb.MoveLeaderResponse{Header: &pb.ResponseHeader{}}
+	m.src.FillHeader(resp.Header)
 	return resp, nil
 }

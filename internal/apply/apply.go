@@ -25,8 +25,9 @@ import (
 	"github.com/plinthdb/plinth/internal/storage"
 )
 
-// ErrUnsupported is the answer to a request kind this member cannot apply yet.
-var ErrUnsupported = errors.New("apply: unsupported request")
+// ErrUnknownRequest stops a member that meets a committed request it cannot
+// read.
+var ErrUnknownRequest = errors.New("apply: committed entry holds a request this member does not know")
 
 // Result is the outcome of one applied request.
 type Result struct {
@@ -62,6 +63,31 @@ func New(db *pebble.DB, kv *mvcc.Store, logger *slog.Logger) (*Applier, error) {
 // AppliedIndex returns the index of the last applied entry.
 func (a *Applier) AppliedIndex() uint64 { return a.applied }
 
+// Restore replaces the state machine with the one install writes into the
+// database (a Raft snapshot's installation, see package snapshot) and reloads
+// every in-memory copy of it: the MVCC store's (see mvcc.Store.Restore) and
+// the applied index. It runs on the apply goroutine, in order with committed
+// entries: the next entry applied must follow the installed applied index.
+// An error means the member's memory and database may disagree: it must stop.
+func (a *Applier) Restore(install func() error) error {
+	err := a.kv.Restore(install)
+	if rerr := a.Reload(); rerr != nil {
+		return errors.Join(err, rerr)
+	}
+	return err
+}
+
+// Reload reloads the applied index from the database, after its contents
+// were replaced underneath the Applier. Restore is the whole sequence.
+func (a *Applier) Reload() error {
+	applied, err := storage.GetMetaUint64(a.db, storage.MetaAppliedIndex)
+	if err != nil {
+		return fmt.Errorf("apply: reload applied index: %w", err)
+	}
+	a.applied = applied
+	return nil
+}
+
 // noLeases answers for the lease table until leases exist: no lease is live,
 // so a put that names one fails as etcd's does with an unknown lease.
 func noLeases(int64) bool { return false }
@@ -84,8 +110,21 @@ func (a *Applier) Apply(ents []*raftpb.Entry, cs *raftpb.ConfState) ([]Result, e
 			return nil, fmt.Errorf("apply: entry %d follows applied index %d", e.GetIndex(), last)
 		}
 		last = e.GetIndex()
-		if e.GetType() != raftpb.EntryType_EntryNormal || len(e.GetData()) == 0 {
-			continue // configuration changes reach raft in the raft loop; cs carries their result
+		if e.GetType() != raftpb.EntryType_EntryNormal {
+			// Raft learns of the change in the raft loop; cs carries
+			// its result. The member records change here.
+			id, err := applyConfChange(b.Writer(), e)
+			if err != nil {
+				b.Abort()
+				return nil, fmt.Errorf("apply entry %d: %w", e.GetIndex(), err)
+			}
+			if id != 0 {
+				results = append(results, Result{ID: id})
+			}
+			continue
+		}
+		if len(e.GetData()) == 0 {
+			continue // a new leader's empty entry
 		}
 		res, err := a.applyRequest(b, e)
 		if err != nil {
@@ -138,8 +177,14 @@ func (a *Applier) applyRequest(b *mvcc.Batch, e *raftpb.Entry) (Result, error) {
 		if err == nil && req.Compaction.Physical {
 			res.Done = done
 		}
+	case req.ClusterMemberAttrSet != nil:
+		err = setMemberAttributes(b.Writer(), req.ClusterMemberAttrSet)
+		res.Resp = &pb.MemberUpdateResponse{}
 	default:
-		err = ErrUnsupported
+		// A request this member cannot read, from a newer member:
+		// applying the rest without it would make this member's state
+		// diverge. Stop instead.
+		return Result{}, fmt.Errorf("%w (fields unknown to this version: %d bytes); upgrade this member", ErrUnknownRequest, len(req.ProtoReflect().GetUnknown()))
 	}
 	if err != nil {
 		if !isRequestError(err) {
@@ -153,7 +198,7 @@ func (a *Applier) applyRequest(b *mvcc.Batch, e *raftpb.Entry) (Result, error) {
 // isRequestError tells the errors that are a request's answer, and leave the
 // state untouched, from failures to read or write the state.
 func isRequestError(err error) bool {
-	for _, re := range []error{mvcc.ErrCompacted, mvcc.ErrFutureRev, mvcc.ErrKeyNotFound, mvcc.ErrLeaseNotFound, ErrUnsupported} {
+	for _, re := range []error{mvcc.ErrCompacted, mvcc.ErrFutureRev, mvcc.ErrKeyNotFound, mvcc.ErrLeaseNotFound} {
 		if errors.Is(err, re) {
 			return true
 		}

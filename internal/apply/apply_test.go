@@ -9,9 +9,11 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	raftpb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/plinthdb/plinth/internal/entry"
+	"github.com/plinthdb/plinth/internal/membership"
 	"github.com/plinthdb/plinth/internal/mvcc"
 	"github.com/plinthdb/plinth/internal/storage"
 )
@@ -106,18 +108,45 @@ func TestApplyRequestErrorsAreAnswersNotFailures(t *testing.T) {
 	m := openMember(t, t.TempDir())
 	ents := []*raftpb.Entry{
 		raftEntry(t, 1, &pb.InternalRaftRequest{ID: 1, Compaction: &pb.CompactionRequest{Revision: 100}}),
-		raftEntry(t, 2, &pb.InternalRaftRequest{ID: 2, LeaseGrant: &pb.LeaseGrantRequest{TTL: 10}}),
+		raftEntry(t, 2, &pb.InternalRaftRequest{ID: 2, DeleteRange: &pb.DeleteRangeRequest{Key: []byte("absent")}}),
 		put(t, 3, 3, "k", "v"),
 	}
 	results, err := m.a.Apply(ents, nil)
 	if err != nil {
 		t.Fatalf("apply: %v", err)
 	}
-	if !errors.Is(results[0].Err, mvcc.ErrFutureRev) || !errors.Is(results[1].Err, ErrUnsupported) || results[2].Err != nil {
+	if !errors.Is(results[0].Err, mvcc.ErrFutureRev) || results[1].Err != nil || results[2].Err != nil {
 		t.Fatalf("results: %v, %v, %v", results[0].Err, results[1].Err, results[2].Err)
 	}
 	if m.a.AppliedIndex() != 3 || m.kv.Rev() != 2 {
 		t.Fatalf("applied %d revision %d, want 3 and 2", m.a.AppliedIndex(), m.kv.Rev())
+	}
+}
+
+// An entry this member cannot read (a request kind from a newer version, or
+// one it does not apply) stops it: skipping the entry would let its state
+// diverge from the other members'.
+func TestApplyStopsAtAnUnknownRequest(t *testing.T) {
+	m := openMember(t, t.TempDir())
+	// Field 9999 is unknown to every version: it decodes as no request.
+	unknown := protowire.AppendTag(nil, 9999, protowire.BytesType)
+	unknown = protowire.AppendBytes(unknown, []byte("from the future"))
+	ents := []*raftpb.Entry{
+		put(t, 1, 1, "k", "v"),
+		{Index: proto.Uint64(2), Term: proto.Uint64(1), Data: unknown},
+		put(t, 3, 3, "k", "w"),
+	}
+	_, err := m.a.Apply(ents, nil)
+	if !errors.Is(err, ErrUnknownRequest) {
+		t.Fatalf("apply of an unknown request: %v, want ErrUnknownRequest", err)
+	}
+	if m.a.AppliedIndex() != 0 || m.kv.Rev() != 1 {
+		t.Fatalf("a refused batch changed the state: applied %d revision %d", m.a.AppliedIndex(), m.kv.Rev())
+	}
+	// A request kind plinth knows but does not apply stops it as well.
+	_, err = m.a.Apply([]*raftpb.Entry{raftEntry(t, 1, &pb.InternalRaftRequest{ID: 2, LeaseGrant: &pb.LeaseGrantRequest{TTL: 10}})}, nil)
+	if !errors.Is(err, ErrUnknownRequest) {
+		t.Fatalf("apply of a lease grant: %v, want ErrUnknownRequest", err)
 	}
 }
 
@@ -135,7 +164,12 @@ func TestApplyPersistsConfState(t *testing.T) {
 	dir := t.TempDir()
 	m := openMember(t, dir)
 	cs := &raftpb.ConfState{Voters: []uint64{7}}
-	if _, err := m.a.Apply([]*raftpb.Entry{{Index: proto.Uint64(1), Term: proto.Uint64(1), Type: raftpb.EntryType_EntryConfChange.Enum()}}, cs); err != nil {
+	member := membership.Member{ID: 7, Name: "seven", PeerURLs: []string{"http://127.0.0.1:2380"}}
+	cc, err := proto.Marshal(&raftpb.ConfChange{Type: raftpb.ConfChangeType_ConfChangeAddNode.Enum(), NodeId: proto.Uint64(7), Context: membership.Encode(member)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.a.Apply([]*raftpb.Entry{{Index: proto.Uint64(1), Term: proto.Uint64(1), Type: raftpb.EntryType_EntryConfChange.Enum(), Data: cc}}, cs); err != nil {
 		t.Fatalf("apply: %v", err)
 	}
 	m.close()
@@ -146,5 +180,12 @@ func TestApplyPersistsConfState(t *testing.T) {
 	}
 	if got := log.ConfState(); !proto.Equal(got, cs) {
 		t.Fatalf("conf state after reopen: %v, want %v", got, cs)
+	}
+	members, _, err := membership.List(m.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(members) != 1 || members[0].Name != "seven" || members[0].PeerURLs[0] != member.PeerURLs[0] || members[0].IsLearner {
+		t.Fatalf("members after the conf change: %+v, want %+v", members, member)
 	}
 }

@@ -39,7 +39,10 @@ type compactor struct {
 	stopped chan struct{}
 }
 
-func newCompactor(db *pebble.DB, logger *slog.Logger, done int64) *compactor {
+// newCompactor starts a compactor that has finished compacting up to done.
+// waiters, when not nil, are done channels taken from a stopped compactor:
+// those up to done are closed, the others wait for this one.
+func newCompactor(db *pebble.DB, logger *slog.Logger, done int64, waiters map[int64]chan struct{}) *compactor {
 	c := &compactor{
 		db: db, logger: logger, done: done, want: done,
 		waiters: map[int64]chan struct{}{},
@@ -47,8 +50,25 @@ func newCompactor(db *pebble.DB, logger *slog.Logger, done int64) *compactor {
 		stopC:   make(chan struct{}),
 		stopped: make(chan struct{}),
 	}
+	for r, ch := range waiters {
+		if r <= done {
+			close(ch)
+		} else {
+			c.waiters[r] = ch
+		}
+	}
 	go c.run()
 	return c
+}
+
+// takeWaiters removes and returns the done channels not closed yet. Call it
+// after stop.
+func (c *compactor) takeWaiters() map[int64]chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	w := c.waiters
+	c.waiters = map[int64]chan struct{}{}
+	return w
 }
 
 func (c *compactor) schedule(rev int64) {

@@ -53,9 +53,26 @@ type Store struct {
 // Open loads the store's revision from db and resumes an unfinished
 // compaction.
 func Open(db *pebble.DB, logger *slog.Logger) (*Store, error) {
-	rev, err := storage.GetMetaUint64(db, storage.MetaRevision)
+	revs, err := loadRevisions(db)
 	if err != nil {
 		return nil, err
+	}
+	s := &Store{db: db, logger: logger, rev: revs.rev, compactRev: revs.compactRev, keys: newKeyCache(keyCacheEntries, keyCacheBytes)}
+	s.startBackground(revs, nil)
+	return s, nil
+}
+
+// revisions are the store's revisions as the database holds them.
+type revisions struct {
+	rev         int64
+	compactRev  int64 // -1 before any compaction
+	compactDone int64 // newest compaction physically finished
+}
+
+func loadRevisions(db pebble.Reader) (revisions, error) {
+	rev, err := storage.GetMetaUint64(db, storage.MetaRevision)
+	if err != nil {
+		return revisions{}, err
 	}
 	if rev == 0 {
 		rev = 1
@@ -64,42 +81,52 @@ func Open(db *pebble.DB, logger *slog.Logger) (*Store, error) {
 	// -1, so that compacting at 0 succeeds once.
 	compactRev := int64(-1)
 	if _, found, err := storage.GetMeta(db, storage.MetaCompacted); err != nil {
-		return nil, err
+		return revisions{}, err
 	} else if found {
 		c, err := storage.GetMetaUint64(db, storage.MetaCompacted)
 		if err != nil {
-			return nil, err
+			return revisions{}, err
 		}
 		compactRev = int64(c)
 	}
 	done, err := storage.GetMetaUint64(db, storage.MetaCompactDone)
 	if err != nil {
-		return nil, err
+		return revisions{}, err
 	}
-	s := &Store{
-		db: db, logger: logger, rev: int64(rev), compactRev: compactRev,
-		keys:   newKeyCache(keyCacheEntries, keyCacheBytes),
-		filter: newKeyFilter(keyFilterKeys),
-		stopC:  make(chan struct{}),
-	}
+	return revisions{rev: int64(rev), compactRev: compactRev, compactDone: int64(done)}, nil
+}
+
+// startBackground starts building a new key filter from the database and a
+// compactor that resumes an unfinished compaction; waiters are the pending
+// compactions' done channels taken from a compactor that was stopped.
+func (s *Store) startBackground(revs revisions, waiters map[int64]chan struct{}) {
+	f := newKeyFilter(keyFilterKeys)
+	stop := make(chan struct{})
+	s.filter, s.stopC = f, stop
 	s.filling.Add(1)
 	go func() {
 		defer s.filling.Done()
-		s.filter.fill(db, logger, s.stopC)
+		f.fill(s.db, s.logger, stop)
 	}()
-	s.compactor = newCompactor(db, logger, int64(done))
-	if compactRev > int64(done) {
-		s.compactor.schedule(compactRev)
+	s.compactor = newCompactor(s.db, s.logger, revs.compactDone, waiters)
+	if revs.compactRev > revs.compactDone {
+		s.compactor.schedule(revs.compactRev)
 	}
-	return s, nil
+}
+
+// stopBackground stops the key filter's build and the compactor, and returns
+// the compactor's waiters.
+func (s *Store) stopBackground() map[int64]chan struct{} {
+	close(s.stopC)
+	s.filling.Wait()
+	s.compactor.stop()
+	return s.compactor.takeWaiters()
 }
 
 // Close stops background work (compaction, building the key filter). It does
 // not close the Pebble database.
 func (s *Store) Close() {
-	close(s.stopC)
-	s.filling.Wait()
-	s.compactor.stop()
+	s.stopBackground()
 }
 
 // Rev returns the current revision.

@@ -44,7 +44,7 @@ func (s *Store) NewBatch() *Batch {
 
 // Writer exposes the batch so the caller can stage its own state (the applied
 // index) atomically with the requests.
-func (b *Batch) Writer() pebble.Writer { return b.b }
+func (b *Batch) Writer() *pebble.Batch { return b.b }
 
 // Rev returns the revision after the requests staged so far.
 func (b *Batch) Rev() int64 { return b.rev }

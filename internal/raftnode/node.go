@@ -7,12 +7,15 @@
 // applied.
 //
 // Everything else talks to the node through its methods, which pass typed
-// messages to the loops. The raft loop never blocks on a client: proposals
-// wait in a bounded channel, and only while a leader is known.
+// messages to the loops. The raft loop never blocks on a client or a peer:
+// proposals and received messages wait in bounded queues, proposals only
+// while a leader is known, and messages to peers go to a Transport that
+// never blocks.
 package raftnode
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -37,7 +40,16 @@ var (
 	// ErrTooManyRequests is returned when requests queue faster than Raft
 	// takes them.
 	ErrTooManyRequests = errors.New("raftnode: too many requests")
+	// ErrReadTimeout fails a linearizable read whose read index round
+	// did not complete within Config.ReadTimeout, however often it was
+	// retried.
+	ErrReadTimeout = errors.New("raftnode: read index timed out")
 )
+
+// Transport carries messages to the other members. Send must not block.
+type Transport interface {
+	Send(msgs []*raftpb.Message)
+}
 
 // StateMachine receives committed entries, in order, on the apply loop. cs is
 // the configuration after them when they changed it, nil otherwise. An error
@@ -48,11 +60,25 @@ type StateMachine interface {
 
 // Config configures a Node.
 type Config struct {
-	ID            uint64
-	Peers         []uint64      // initial voters; used only when the log is empty
+	ID uint64
+	// Peers are the initial voters, this member included, with the
+	// context of the configuration change that adds each; used only to
+	// bootstrap an empty log. Every member of a new cluster must give the
+	// same peers in the same order: the entries must be identical.
+	Peers         []raft.Peer
 	TickInterval  time.Duration // the heartbeat interval
 	ElectionTicks int           // election timeout, in ticks
-	Applied       uint64        // index of the last entry the state machine holds
+	// Transport sends messages to the other members; nil for a member
+	// that has none.
+	Transport Transport
+	// OnConfChange, when not nil, is called on the raft loop with each
+	// configuration change as it takes effect in Raft (committed, before it
+	// is applied). It must not block.
+	OnConfChange func(cc *raftpb.ConfChangeV2)
+	// ReadTimeout fails a read index round that did not complete in time
+	// (ErrReadTimeout); 0 means 5s.
+	ReadTimeout time.Duration
+	Applied     uint64 // index of the last entry the state machine holds
 	// LogRetention is how many applied entries the log keeps for followers
 	// that fall behind; the log is truncated behind it every LogRetention
 	// entries.
@@ -71,7 +97,13 @@ type Config struct {
 const (
 	maxQueuedProposals = 1 << 14
 	maxQueuedReads     = 1 << 14
+	maxQueuedMessages  = 1 << 13
 )
+
+// readRetryTicks is how many ticks a read index round waits for its answer
+// before it asks again: Raft drops a read index request silently when the
+// message to the leader is lost, or the leader cannot serve it yet.
+const readRetryTicks = 5
 
 // Group commit. A Ready that persists at least loadedBatch entries shows many
 // proposals in flight; the WAL then holds its next sync back for syncHold,
@@ -95,8 +127,9 @@ func syncHoldFor(n int) time.Duration {
 }
 
 type proposal struct {
-	id   uint64
-	data []byte
+	id         uint64
+	data       []byte
+	confChange bool // data is a raftpb.ConfChange
 }
 
 type applyTask struct {
@@ -113,7 +146,9 @@ type Node struct {
 	rn  *raft.RawNode // owned by the raft loop
 
 	proposalQueue *inbox[proposal]
-	readQueue     *inbox[chan error] // read requests waiting for a read index round
+	readQueue     *inbox[chan error]             // read requests waiting for a read index round
+	recvQueue     *inbox[*raftpb.Message]        // from peers, and reports about them
+	ctrlQueue     *inbox[func(rn *raft.RawNode)] // rare operations, run on the raft loop
 	applyC        chan applyTask
 	stopC         chan struct{}
 	wg            sync.WaitGroup
@@ -128,6 +163,10 @@ type Node struct {
 	appliedIdx atomic.Uint64
 
 	reads readWaits
+	// readNonce starts every read index request context: random per
+	// process, so that an answer meant for an earlier run of this member
+	// (delayed in the network) never matches a request of this one.
+	readNonce [8]byte
 
 	// Local reads: a leader that is the only voter needs no read index
 	// round. No other member can be elected without its vote, and every
@@ -137,6 +176,23 @@ type Node struct {
 	soleVoter     bool          // raft loop only: the configuration is just this member
 	termStart     uint64        // raft loop only: first committed entry of this leader's term; 0 if not leader or unknown
 	localReadFrom atomic.Uint64 // termStart while local reads are safe, else 0
+
+	progress atomic.Pointer[Progress] // the leader's view of its followers; nil when not leader
+}
+
+// Progress is a leader's view of the members' logs, refreshed every tick.
+type Progress struct {
+	LastIndex uint64
+	Members   map[uint64]MemberProgress
+}
+
+// MemberProgress is how far one member's log matches the leader's.
+type MemberProgress struct {
+	Match     uint64
+	IsLearner bool
+	// RecentActive: the leader heard from the member within the last
+	// election timeout.
+	RecentActive bool
 }
 
 // New opens the Raft member over the log in log. It does not start it.
@@ -175,21 +231,25 @@ func New(cfg Config, db *pebble.DB, log *storage.LogStore, sm StateMachine) (*No
 		return nil, fmt.Errorf("raftnode: the log starts at entry %d, but the state machine has applied only up to %d: entries it needs are gone", first, cfg.Applied)
 	}
 	if last == 0 {
-		peers := make([]raft.Peer, len(cfg.Peers))
-		for i, id := range cfg.Peers {
-			peers[i] = raft.Peer{ID: id}
-		}
-		if err := rn.Bootstrap(peers); err != nil {
+		if err := rn.Bootstrap(cfg.Peers); err != nil {
 			return nil, fmt.Errorf("raftnode: bootstrap: %w", err)
 		}
+	}
+	if cfg.ReadTimeout == 0 {
+		cfg.ReadTimeout = 5 * time.Second
 	}
 	n := &Node{
 		cfg: cfg, db: db, log: log, sm: sm, rn: rn,
 		proposalQueue: newInbox[proposal](maxQueuedProposals),
 		readQueue:     newInbox[chan error](maxQueuedReads),
+		recvQueue:     newInbox[*raftpb.Message](maxQueuedMessages),
+		ctrlQueue:     newInbox[func(*raft.RawNode)](64),
 		applyC:        make(chan applyTask, 64),
 		stopC:         make(chan struct{}),
 		failedC:       make(chan struct{}),
+	}
+	if _, err := rand.Read(n.readNonce[:]); err != nil {
+		return nil, fmt.Errorf("raftnode: read nonce: %w", err)
 	}
 	n.appliedIdx.Store(cfg.Applied)
 	n.soleVoter = isSoleVoter(log.ConfState(), cfg.ID)
@@ -270,6 +330,29 @@ func (n *Node) Propose(id uint64, data []byte) error {
 	return nil
 }
 
+// Step hands Raft a message from a peer. It never blocks: when messages
+// arrive faster than the raft loop takes them, it drops m (Raft resends).
+// Messages of the kinds Raft only makes locally are refused.
+func (n *Node) Step(m *raftpb.Message) {
+	if raft.IsLocalMsg(m.GetType()) {
+		return
+	}
+	n.recvQueue.push(m)
+}
+
+// ReportUnreachable tells Raft that a message to member id was lost.
+func (n *Node) ReportUnreachable(id uint64) {
+	t := raftpb.MessageType_MsgUnreachable
+	n.recvQueue.push(&raftpb.Message{Type: &t, From: &id})
+}
+
+// ReportSnapshot tells Raft whether the snapshot sent to member id arrived.
+func (n *Node) ReportSnapshot(id uint64, ok bool) {
+	t := raftpb.MessageType_MsgSnapStatus
+	reject := !ok
+	n.recvQueue.push(&raftpb.Message{Type: &t, From: &id, Reject: &reject})
+}
+
 // ReadIndex returns once the local state machine holds every entry that was
 // committed when it was called: a read served after it is linearizable.
 // Concurrent calls share one Raft read index round.
@@ -300,10 +383,13 @@ func (n *Node) raftLoop() {
 	var (
 		proposals []proposal
 		reads     []chan error
-		inflight  = map[uint64][]chan error{}
+		msgs      []*raftpb.Message
+		inflight  = map[uint64]*readRound{}
 		readSeq   uint64
+		ticks     uint64
 		truncated = n.cfg.Applied
 	)
+	readTimeoutTicks := uint64(n.cfg.ReadTimeout/n.cfg.TickInterval) + 1
 	n.maybeCampaign()
 	for {
 		select {
@@ -311,10 +397,22 @@ func (n *Node) raftLoop() {
 			failReads(inflight, ErrStopped)
 			return
 		case <-ticker.C:
+			ticks++
 			n.rn.Tick()
 			n.maybeCampaign()
+			n.retryReads(inflight, ticks, readTimeoutTicks)
+			n.publishProgress()
 		case <-n.proposalQueue.wake:
 		case <-n.readQueue.wake:
+		case <-n.recvQueue.wake:
+		case <-n.ctrlQueue.wake:
+		}
+		for _, op := range n.ctrlQueue.drain(nil) {
+			op(n.rn)
+		}
+		msgs = n.recvQueue.drain(msgs)
+		for _, m := range msgs {
+			n.step(m)
 		}
 		// Proposals and read requests are taken only while a leader is
 		// known, as raft's own node does: without one raft would drop
@@ -328,10 +426,9 @@ func (n *Node) raftLoop() {
 			}
 			if reads = n.readQueue.drain(reads); len(reads) > 0 {
 				readSeq++
-				var ctx [8]byte
-				binary.BigEndian.PutUint64(ctx[:], readSeq)
-				n.rn.ReadIndex(ctx[:])
-				inflight[readSeq] = append([]chan error(nil), reads...)
+				r := &readRound{ctx: n.readContext(readSeq), waiters: append([]chan error(nil), reads...), started: ticks, asked: ticks}
+				inflight[readSeq] = r
+				n.rn.ReadIndex(r.ctx)
 			}
 		}
 		for n.rn.HasReady() {
@@ -353,6 +450,106 @@ func (n *Node) raftLoop() {
 	}
 }
 
+// publishProgress refreshes the leader's view of its followers for
+// Progress.
+func (n *Node) publishProgress() {
+	st := n.rn.Status()
+	if st.RaftState != raft.StateLeader {
+		n.progress.Store(nil)
+		return
+	}
+	p := &Progress{LastIndex: st.Progress[n.cfg.ID].Match, Members: make(map[uint64]MemberProgress, len(st.Progress))}
+	for id, pr := range st.Progress {
+		p.Members[id] = MemberProgress{Match: pr.Match, IsLearner: pr.IsLearner, RecentActive: pr.RecentActive || id == n.cfg.ID}
+	}
+	n.progress.Store(p)
+}
+
+// Progress returns the leader's view of the members' logs, as of the last
+// tick, or nil if this member is not the leader.
+func (n *Node) Progress() *Progress { return n.progress.Load() }
+
+// ProposeConfChange proposes a configuration change under the caller's id, as
+// Propose does a request: the outcome arrives through the state machine, or
+// through Config.OnDropped.
+func (n *Node) ProposeConfChange(id uint64, cc *raftpb.ConfChange) error {
+	cc.Id = &id
+	data, err := proto.Marshal(cc)
+	if err != nil {
+		return fmt.Errorf("raftnode: encode conf change: %w", err)
+	}
+	select {
+	case <-n.stopC:
+		return ErrStopped
+	default:
+	}
+	if !n.proposalQueue.push(proposal{id: id, data: data, confChange: true}) {
+		return ErrTooManyRequests
+	}
+	return nil
+}
+
+// TransferLeadership asks the leader (this member) to hand leadership to
+// member to. It returns at once; Leader tells when it happened.
+func (n *Node) TransferLeadership(to uint64) error {
+	if !n.ctrlQueue.push(func(rn *raft.RawNode) { rn.TransferLeader(to) }) {
+		return ErrTooManyRequests
+	}
+	return nil
+}
+
+// step hands Raft one message from the receive queue.
+func (n *Node) step(m *raftpb.Message) {
+	switch m.GetType() {
+	case raftpb.MessageType_MsgUnreachable:
+		n.rn.ReportUnreachable(m.GetFrom())
+	case raftpb.MessageType_MsgSnapStatus:
+		status := raft.SnapshotFinish
+		if m.GetReject() {
+			status = raft.SnapshotFailure
+		}
+		n.rn.ReportSnapshot(m.GetFrom(), status)
+	default:
+		if err := n.rn.Step(m); err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
+			n.cfg.Logger.Debug("raft refused a message", "type", m.GetType().String(), "from", fmt.Sprintf("%x", m.GetFrom()), "err", err)
+		}
+	}
+}
+
+// readRound is one read index request and the reads that share it.
+type readRound struct {
+	ctx     []byte
+	waiters []chan error
+	started uint64 // tick it was first asked at
+	asked   uint64 // tick it was last asked at
+}
+
+// readContext is the request context of read index round seq: the process's
+// nonce, then seq.
+func (n *Node) readContext(seq uint64) []byte {
+	ctx := make([]byte, 16)
+	copy(ctx, n.readNonce[:])
+	binary.BigEndian.PutUint64(ctx[8:], seq)
+	return ctx
+}
+
+// retryReads asks again for the rounds that waited readRetryTicks without an
+// answer, and fails those older than the read timeout.
+func (n *Node) retryReads(inflight map[uint64]*readRound, now, timeoutTicks uint64) {
+	for seq, r := range inflight {
+		switch {
+		case now-r.started >= timeoutTicks:
+			delete(inflight, seq)
+			for _, w := range r.waiters {
+				w <- ErrReadTimeout
+			}
+		case now-r.asked >= readRetryTicks && n.lead.Load() != raft.None:
+			r.asked = now
+			n.rn.ReadIndex(r.ctx)
+		}
+	}
+}
+
 // maxEntriesPerProposal bounds how many queued proposals go to Raft in one
 // message.
 const maxEntriesPerProposal = 512
@@ -364,6 +561,9 @@ func (n *Node) propose(ps []proposal) {
 	ents := make([]*raftpb.Entry, len(ps))
 	for i, p := range ps {
 		slab[i].Data = p.data
+		if p.confChange {
+			slab[i].Type = raftpb.EntryType_EntryConfChange.Enum()
+		}
 		ents[i] = &slab[i]
 	}
 	from := n.cfg.ID
@@ -400,8 +600,18 @@ func (n *Node) publishLocalReads() {
 	n.localReadFrom.Store(0)
 }
 
-func (n *Node) handleReady(inflight map[uint64][]chan error) error {
+func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 	rd := n.rn.Ready()
+	// A leader sends before it persists: its followers write the entries
+	// while it does (Raft thesis, 10.2.1). Any other member sends after:
+	// its votes and acknowledgements must not get ahead of its disk.
+	leading := n.lead.Load() == n.cfg.ID
+	if rd.SoftState != nil {
+		leading = rd.SoftState.RaftState == raft.StateLeader
+	}
+	if leading {
+		n.send(rd.Messages)
+	}
 	if rd.SoftState != nil {
 		prev := n.lead.Swap(rd.SoftState.Lead)
 		if prev != rd.SoftState.Lead {
@@ -440,18 +650,18 @@ func (n *Node) handleReady(inflight map[uint64][]chan error) error {
 		n.term.Store(rd.HardState.GetTerm())
 		n.commitIdx.Store(rd.HardState.GetCommit())
 	}
-	for _, m := range rd.Messages {
-		// A single member has nobody to talk to; peers arrive with clustering.
-		n.cfg.Logger.Debug("dropping message to unknown peer", "to", m.GetTo(), "type", m.GetType().String())
+	if !leading {
+		n.send(rd.Messages)
 	}
 	for _, rs := range rd.ReadStates {
-		if len(rs.RequestCtx) != 8 {
+		ctx := rs.RequestCtx
+		if len(ctx) != 16 || [8]byte(ctx[:8]) != n.readNonce {
 			continue
 		}
-		seq := binary.BigEndian.Uint64(rs.RequestCtx)
-		if waiters, ok := inflight[seq]; ok {
+		seq := binary.BigEndian.Uint64(ctx[8:])
+		if r, ok := inflight[seq]; ok {
 			delete(inflight, seq)
-			n.reads.add(rs.Index, waiters, n.appliedIdx.Load())
+			n.reads.add(rs.Index, r.waiters, n.appliedIdx.Load())
 		}
 	}
 	if len(rd.CommittedEntries) > 0 {
@@ -505,7 +715,25 @@ func (n *Node) applyConfChange(e *raftpb.Entry) (*raftpb.ConfState, error) {
 	default:
 		return nil, fmt.Errorf("raftnode: entry %d has unknown type %v", e.GetIndex(), e.GetType())
 	}
-	return n.rn.ApplyConfChange(cc), nil
+	cs := n.rn.ApplyConfChange(cc)
+	if n.cfg.OnConfChange != nil {
+		n.cfg.OnConfChange(cc.AsV2())
+	}
+	return cs, nil
+}
+
+// send hands messages to the transport.
+func (n *Node) send(msgs []*raftpb.Message) {
+	if len(msgs) == 0 {
+		return
+	}
+	if n.cfg.Transport == nil {
+		for _, m := range msgs {
+			n.cfg.Logger.Debug("dropping message: no transport", "to", fmt.Sprintf("%x", m.GetTo()), "type", m.GetType().String())
+		}
+		return
+	}
+	n.cfg.Transport.Send(msgs)
 }
 
 func (n *Node) applyLoop() {
@@ -544,9 +772,9 @@ func (n *Node) truncate(to uint64) error {
 	return nil
 }
 
-func failReads(inflight map[uint64][]chan error, err error) {
-	for seq, waiters := range inflight {
-		for _, w := range waiters {
+func failReads(inflight map[uint64]*readRound, err error) {
+	for seq, r := range inflight {
+		for _, w := range r.waiters {
 			w <- err
 		}
 		delete(inflight, seq)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"go.etcd.io/raft/v3"
 	raftpb "go.etcd.io/raft/v3/raftpb"
 
 	"github.com/plinthdb/plinth/internal/storage"
@@ -95,7 +96,7 @@ func startNodeHolding(t *testing.T, dir string, hold chan struct{}) *testNode {
 	}
 	tn := &testNode{sm: &recorder{db: db, index: applied, hold: hold}, db: db, dropped: make(chan uint64, 16)}
 	n, err := New(Config{
-		ID: 1, Peers: []uint64{1}, TickInterval: 10 * time.Millisecond, ElectionTicks: 10,
+		ID: 1, Peers: []raft.Peer{{ID: 1}}, TickInterval: 10 * time.Millisecond, ElectionTicks: 10,
 		Applied: applied, LogRetention: 50, Logger: logger,
 		OnDropped: func(id uint64, err error) { tn.dropped <- id },
 	}, db, log, tn.sm)
@@ -252,7 +253,7 @@ func TestStateBehindTruncatedLogIsRefused(t *testing.T) {
 		t.Fatalf("log starts at %d; the test needs it truncated", first)
 	}
 	// The state machine claims to have applied nothing.
-	_, err := New(Config{ID: 1, Peers: []uint64{1}, TickInterval: 10 * time.Millisecond, ElectionTicks: 10, Applied: 0, Logger: slog.New(slog.DiscardHandler)}, db, log, &recorder{db: db})
+	_, err := New(Config{ID: 1, Peers: []raft.Peer{{ID: 1}}, TickInterval: 10 * time.Millisecond, ElectionTicks: 10, Applied: 0, Logger: slog.New(slog.DiscardHandler)}, db, log, &recorder{db: db})
 	if err == nil || !strings.Contains(err.Error(), "entries it needs are gone") {
 		t.Fatalf("New with applied index 0 over a truncated log: %v, want an error naming the gap", err)
 	}

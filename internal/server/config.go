@@ -115,8 +115,14 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--initial-cluster has %s=%s but --initial-advertise-peer-urls is %s",
 			c.Name, joinURLs(self), joinURLs(c.AdvertisePeerURLs))
 	}
-	if len(c.InitialCluster) > 1 {
-		return fmt.Errorf("--initial-cluster names %d members: this build runs single-member clusters only", len(c.InitialCluster))
+	seen := map[string]string{}
+	for name, urls := range c.InitialCluster {
+		for _, u := range urls {
+			if other, dup := seen[u.String()]; dup && other != name {
+				return fmt.Errorf("--initial-cluster gives peer URL %s to both %s and %s", u.String(), other, name)
+			}
+			seen[u.String()] = name
+		}
 	}
 	if c.MaxRequestBytes <= 0 {
 		return fmt.Errorf("--max-request-bytes must be positive")

@@ -31,9 +31,15 @@ func (s *Server) Propose(ctx context.Context, req *pb.InternalRaftRequest) (prot
 	if size > s.cfg.MaxRequestBytes {
 		return nil, api.ErrRequestTooLarge
 	}
-	ch := s.waits.register(req.ID)
-	if err := s.node.Propose(req.ID, data); err != nil {
-		s.waits.cancel(req.ID)
+	return s.await(ctx, req.ID, func() error { return s.node.Propose(req.ID, data) })
+}
+
+// await registers a waiter for request id, proposes it with propose, and
+// waits for its applied answer.
+func (s *Server) await(ctx context.Context, id uint64, propose func() error) (proto.Message, error) {
+	ch := s.waits.register(id)
+	if err := propose(); err != nil {
+		s.waits.cancel(id)
 		return nil, err
 	}
 	select {
@@ -51,7 +57,7 @@ func (s *Server) Propose(ctx context.Context, req *pb.InternalRaftRequest) (prot
 		}
 		return r.Resp, nil
 	case <-ctx.Done():
-		s.waits.cancel(req.ID)
+		s.waits.cancel(id)
 		return nil, ctx.Err()
 	}
 }

@@ -28,9 +28,11 @@ import (
 
 	"github.com/plinthdb/plinth/internal/api"
 	"github.com/plinthdb/plinth/internal/apply"
+	"github.com/plinthdb/plinth/internal/membership"
 	"github.com/plinthdb/plinth/internal/mvcc"
 	"github.com/plinthdb/plinth/internal/raftnode"
 	"github.com/plinthdb/plinth/internal/storage"
+	"github.com/plinthdb/plinth/internal/transport"
 )
 
 // Version is the etcd API version plinth answers as: the semantics it copies.
@@ -49,6 +51,7 @@ type Server struct {
 	kv         *mvcc.Store
 	applier    *apply.Applier
 	node       *raftnode.Node
+	peers      *transport.Transport
 	grpc       *grpc.Server
 	listeners  []net.Listener
 	httpServer *http.Server // diagnostics; nil unless metrics URLs are set
@@ -60,7 +63,11 @@ type Server struct {
 
 	serveWG  sync.WaitGroup
 	stopOnce sync.Once
-	stopC    chan struct{} // closed by Stop; ends the request timeout sweeper
+	stopC    chan struct{} // closed by Stop; ends the server's goroutines
+
+	failOnce sync.Once
+	failErr  error
+	failedC  chan struct{} // closed when the member must stop; failErr says why
 }
 
 // New opens the member's state in cfg.DataDir and prepares it to serve.
@@ -77,7 +84,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, logger: logger, db: db, stopC: make(chan struct{})}
+	s := &Server{cfg: cfg, logger: logger, db: db, stopC: make(chan struct{}), failedC: make(chan struct{})}
 	s.waits.init()
 	if err := s.open(pacer); err != nil {
 		if s.kv != nil {
@@ -90,7 +97,8 @@ func New(cfg Config) (*Server, error) {
 }
 
 func (s *Server) open(pacer *storage.SyncPacer) error {
-	if err := s.loadIdentity(); err != nil {
+	boot, err := s.loadIdentity()
+	if err != nil {
 		return err
 	}
 	s.ids = newIDGenerator(s.memberID, time.Now())
@@ -104,12 +112,24 @@ func (s *Server) open(pacer *storage.SyncPacer) error {
 	if s.applier, err = apply.New(s.db, s.kv, s.logger); err != nil {
 		return err
 	}
+	s.peers = transport.New(transport.Config{
+		ClusterID: s.clusterID,
+		ID:        s.memberID,
+		Handler:   peerHandler{s},
+		Logger:    s.logger,
+	})
+	if err := s.addKnownPeers(); err != nil {
+		return err
+	}
 	electionTicks := int(s.cfg.ElectionTimeout / s.cfg.HeartbeatInterval)
 	s.node, err = raftnode.New(raftnode.Config{
 		ID:            s.memberID,
-		Peers:         []uint64{s.memberID},
+		Peers:         boot,
 		TickInterval:  s.cfg.HeartbeatInterval,
 		ElectionTicks: electionTicks,
+		Transport:     s.peers,
+		OnConfChange:  s.confChanged,
+		ReadTimeout:   s.requestTimeout(),
 		Applied:       s.applier.AppliedIndex(),
 		LogRetention:  s.cfg.SnapshotCount,
 		OnDropped:     s.proposalDropped,
@@ -117,40 +137,6 @@ func (s *Server) open(pacer *storage.SyncPacer) error {
 		SyncPacer:     pacer, // db's: the raft loop drives its syncs
 	}, s.db, logStore, stateMachine{s})
 	return err
-}
-
-// loadIdentity reads the cluster and member IDs, or, on a new data dir,
-// derives and stores them.
-func (s *Server) loadIdentity() error {
-	cid, err := storage.GetMetaUint64(s.db, storage.MetaClusterID)
-	if err != nil {
-		return err
-	}
-	mid, err := storage.GetMetaUint64(s.db, storage.MetaMemberID)
-	if err != nil {
-		return err
-	}
-	if cid != 0 && mid != 0 {
-		s.clusterID, s.memberID = cid, mid
-		return nil
-	}
-	if s.cfg.InitialClusterState == "existing" {
-		return fmt.Errorf("--initial-cluster-state=existing on an empty data dir: joining a running cluster is not supported yet")
-	}
-	s.memberID = memberID(s.cfg.AdvertisePeerURLs, s.cfg.InitialClusterToken)
-	s.clusterID = clusterID([]uint64{s.memberID}, s.cfg.InitialClusterToken)
-	b := s.db.NewBatch()
-	defer func() { _ = b.Close() }()
-	if err := storage.PutMetaUint64(b, storage.MetaClusterID, s.clusterID); err != nil {
-		return err
-	}
-	if err := storage.PutMetaUint64(b, storage.MetaMemberID, s.memberID); err != nil {
-		return err
-	}
-	if err := b.Commit(pebble.Sync); err != nil {
-		return fmt.Errorf("store member identity: %w", err)
-	}
-	return nil
 }
 
 // streamWorkers is the size of the gRPC stream worker pool. Requests beyond it
@@ -177,11 +163,23 @@ func (s *Server) sweepTimeouts() {
 	}
 }
 
-// Start starts Raft and serves clients on the listen client URLs.
+// Start starts Raft, serves peers on the listen peer URLs and clients on the
+// listen client URLs.
 func (s *Server) Start() error {
+	for _, u := range s.cfg.ListenPeerURLs {
+		l, err := net.Listen("tcp", u.Host)
+		if err != nil {
+			s.peers.Stop()
+			return fmt.Errorf("listen for peers on %s: %w", u.String(), err)
+		}
+		s.peers.Serve(l)
+		s.logger.Info("serving peers", "addr", l.Addr().String())
+	}
 	s.node.Start()
-	s.serveWG.Add(1)
+	s.serveWG.Add(3)
 	go s.sweepTimeouts()
+	go s.watchNode()
+	go s.publish()
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes+grpcOverheadBytes),
 		grpc.MaxSendMsgSize(math.MaxInt32),
@@ -230,11 +228,36 @@ func (s *Server) ClientAddrs() []string {
 	return out
 }
 
-// Failed is closed if the member stopped on an internal error.
-func (s *Server) Failed() <-chan struct{} { return s.node.Failed() }
+// Failed is closed when the member must stop: on an internal error, or when
+// it was removed from the cluster. Err tells why.
+func (s *Server) Failed() <-chan struct{} { return s.failedC }
 
 // Err tells why the member failed, if it did.
-func (s *Server) Err() error { return s.node.Err() }
+func (s *Server) Err() error {
+	select {
+	case <-s.failedC:
+		return s.failErr
+	default:
+		return nil
+	}
+}
+
+func (s *Server) fail(err error) {
+	s.failOnce.Do(func() {
+		s.failErr = err
+		close(s.failedC)
+	})
+}
+
+// watchNode fails the member when its Raft node fails.
+func (s *Server) watchNode() {
+	defer s.serveWG.Done()
+	select {
+	case <-s.stopC:
+	case <-s.node.Failed():
+		s.fail(s.node.Err())
+	}
+}
 
 // Stop stops serving, stops Raft and closes the database. In-flight requests
 // get a few seconds to finish.
@@ -255,6 +278,7 @@ func (s *Server) Stop() {
 		}
 		close(s.stopC)
 		s.serveWG.Wait()
+		s.peers.Stop()
 		s.node.Stop()
 		s.waits.failAll(raftnode.ErrStopped)
 		s.kv.Close()
@@ -312,10 +336,14 @@ func (s *Server) Status() api.MemberStatus {
 
 // Members implements api.MemberSource.
 func (s *Server) Members() []api.Member {
-	return []api.Member{{
-		ID:         s.memberID,
-		Name:       s.cfg.Name,
-		PeerURLs:   urlStrings(s.cfg.AdvertisePeerURLs),
-		ClientURLs: urlStrings(s.cfg.AdvertiseClientURLs),
-	}}
+	members, _, err := membership.List(s.db)
+	if err != nil {
+		s.logger.Error("list members", "err", err)
+		return nil
+	}
+	out := make([]api.Member, len(members))
+	for i, m := range members {
+		out[i] = api.Member{ID: m.ID, Name: m.Name, PeerURLs: m.PeerURLs, ClientURLs: m.ClientURLs, IsLearner: m.IsLearner}
+	}
+	return out
 }

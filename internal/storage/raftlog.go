@@ -43,49 +43,69 @@ var _ raft.Storage = (*LogStore)(nil)
 
 // OpenLogStore loads the log's bounds and hard state from db.
 func OpenLogStore(db *pebble.DB) (*LogStore, error) {
-	s := &LogStore{db: db, hardState: &pb.HardState{}, confState: &pb.ConfState{}}
-	if v, found, err := GetMeta(db, MetaHardState); err != nil {
+	s := &LogStore{db: db}
+	if err := s.Reload(); err != nil {
 		return nil, err
+	}
+	return s, nil
+}
+
+// Reload loads the log's bounds, hard state and configuration from db again,
+// and empties the cache of recent entries. Call it after installing a
+// snapshot, which replaced the log, its truncation mark and the
+// configuration underneath the LogStore. raft must not call into the
+// LogStore meanwhile (the raft loop, which owns both, calls Reload).
+func (s *LogStore) Reload() error {
+	hardState, confState := &pb.HardState{}, &pb.ConfState{}
+	if v, found, err := GetMeta(s.db, MetaHardState); err != nil {
+		return err
 	} else if found {
-		if err := proto.Unmarshal(v, s.hardState); err != nil {
-			return nil, fmt.Errorf("storage: decode hard state: %w: %v", ErrCorrupt, err)
+		if err := proto.Unmarshal(v, hardState); err != nil {
+			return fmt.Errorf("storage: decode hard state: %w: %v", ErrCorrupt, err)
 		}
 	}
-	if v, found, err := GetMeta(db, MetaConfState); err != nil {
-		return nil, err
+	if v, found, err := GetMeta(s.db, MetaConfState); err != nil {
+		return err
 	} else if found {
-		if err := proto.Unmarshal(v, s.confState); err != nil {
-			return nil, fmt.Errorf("storage: decode conf state: %w: %v", ErrCorrupt, err)
+		if err := proto.Unmarshal(v, confState); err != nil {
+			return fmt.Errorf("storage: decode conf state: %w: %v", ErrCorrupt, err)
 		}
 	}
-	if v, found, err := GetMeta(db, MetaLogTruncated); err != nil {
-		return nil, err
+	var truncIndex, truncTerm uint64
+	if v, found, err := GetMeta(s.db, MetaLogTruncated); err != nil {
+		return err
 	} else if found {
 		if len(v) != 16 {
-			return nil, fmt.Errorf("storage: truncation mark is %d bytes: %w", len(v), ErrCorrupt)
+			return fmt.Errorf("storage: truncation mark is %d bytes: %w", len(v), ErrCorrupt)
 		}
-		s.truncIndex = binary.BigEndian.Uint64(v)
-		s.truncTerm = binary.BigEndian.Uint64(v[8:])
+		truncIndex = binary.BigEndian.Uint64(v)
+		truncTerm = binary.BigEndian.Uint64(v[8:])
 	}
-	s.lastIndex = s.truncIndex
-	iter, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte{PrefixRaftLog}, UpperBound: []byte{PrefixRaftLog + 1}})
+	lastIndex := truncIndex
+	iter, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{PrefixRaftLog}, UpperBound: []byte{PrefixRaftLog + 1}})
 	if err != nil {
-		return nil, fmt.Errorf("storage: scan raft log: %w", err)
+		return fmt.Errorf("storage: scan raft log: %w", err)
 	}
 	if iter.Last() {
 		idx, err := decodeLogKey(iter.Key())
 		if err != nil {
 			_ = iter.Close()
-			return nil, err
+			return err
 		}
-		if idx > s.lastIndex {
-			s.lastIndex = idx
+		if idx > lastIndex {
+			lastIndex = idx
 		}
 	}
 	if err := iter.Close(); err != nil {
-		return nil, fmt.Errorf("storage: scan raft log: %w", err)
+		return fmt.Errorf("storage: scan raft log: %w", err)
 	}
-	return s, nil
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hardState, s.confState = hardState, confState
+	s.truncIndex, s.truncTerm, s.lastIndex = truncIndex, truncTerm, lastIndex
+	clear(s.tail)
+	s.tail = s.tail[:0]
+	return nil
 }
 
 // LogKey returns the Pebble key of the entry at index.
@@ -353,10 +373,7 @@ func (s *LogStore) Truncate(b *pebble.Batch, index uint64) (term uint64, err err
 	if err != nil {
 		return 0, fmt.Errorf("storage: truncate to %d: %w", index, err)
 	}
-	var mark [16]byte
-	binary.BigEndian.PutUint64(mark[:], index)
-	binary.BigEndian.PutUint64(mark[8:], term)
-	if err := b.Set(MetaKey(MetaLogTruncated), mark[:], nil); err != nil {
+	if err := b.Set(MetaKey(MetaLogTruncated), TruncationMark(index, term), nil); err != nil {
 		return 0, fmt.Errorf("storage: stage truncation mark: %w", err)
 	}
 	if err := b.DeleteRange(LogKey(trunc+1), LogKey(index+1), nil); err != nil {

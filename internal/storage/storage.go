@@ -17,6 +17,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
+	"github.com/cockroachdb/pebble/v2/sstable"
 )
 
 // Key space prefixes. Every Pebble key starts with exactly one of these bytes,
@@ -72,28 +73,45 @@ const (
 // newest version would read and decompress blocks from disk. pacer, when not
 // nil, spaces the WAL's syncs (see SyncPacer).
 func Open(dir string, logger *slog.Logger, pacer *SyncPacer) (*pebble.DB, error) {
-	opts := &pebble.Options{
-		Logger:                      pebbleLogger{logger},
-		MemTableSize:                memTableSize,
-		MemTableStopWritesThreshold: 4,
-		L0CompactionThreshold:       4,
-		L0StopWritesThreshold:       1000,
-		LBaseMaxBytes:               64 << 20,
-		Cache:                       pebble.NewCache(blockCacheSize),
-	}
+	opts := tunedOptions()
+	opts.Logger = pebbleLogger{logger}
+	opts.Cache = pebble.NewCache(blockCacheSize)
 	if pacer != nil {
 		opts.WALMinSyncInterval = pacer.minSyncInterval
 	}
 	defer opts.Cache.Unref()
-	for i := range opts.Levels {
-		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
-		opts.Levels[i].BlockSize = 32 << 10
-	}
 	db, err := pebble.Open(dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("storage: open pebble at %s: %w", dir, err)
 	}
 	return db, nil
+}
+
+// tunedOptions are the options of Open that shape the data files (see Open),
+// without the process-wide parts (logger, cache, sync pacing).
+func tunedOptions() *pebble.Options {
+	opts := &pebble.Options{
+		MemTableSize:                memTableSize,
+		MemTableStopWritesThreshold: 4,
+		L0CompactionThreshold:       4,
+		L0StopWritesThreshold:       1000,
+		LBaseMaxBytes:               64 << 20,
+	}
+	for i := range opts.Levels {
+		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+		opts.Levels[i].BlockSize = 32 << 10
+	}
+	return opts
+}
+
+// TableWriterOptions are the options to write an sstable in the given format
+// for ingestion into a database opened by Open: the comparer, merger, bloom
+// filters and block size of the database's bottom level, where an ingested
+// table that replaces whole key spaces usually lands.
+func TableWriterOptions(format sstable.TableFormat) sstable.WriterOptions {
+	opts := tunedOptions()
+	opts.EnsureDefaults()
+	return opts.MakeWriterOptions(len(opts.Levels)-1, format)
 }
 
 // GetMeta reads a metadata value; found is false when it was never written.

@@ -1,0 +1,354 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	raftpb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/plinthdb/plinth/internal/api"
+	"github.com/plinthdb/plinth/internal/membership"
+	"github.com/plinthdb/plinth/internal/raftnode"
+)
+
+// Membership changes are decided by the leader, which sees the members'
+// logs: a change that reaches a follower is forwarded to the leader's client
+// URL, and answered once this member has applied it too.
+//
+// The checks are etcd's (with its strict reconfiguration check on): at most
+// maxLearners learners; a voter is added or promoted only while a quorum of
+// the grown cluster has started; a voter is removed only if the active
+// voters left still form a quorum; a learner is promoted only once its log
+// matches at least learnerReadyFraction of the leader's.
+const (
+	maxLearners          = 1
+	learnerReadyFraction = 0.9
+)
+
+// confMu serializes this member's configuration changes: Raft refuses a
+// change while another is pending.
+var confMu sync.Mutex
+
+// AddMember implements api.MemberSource.
+func (s *Server) AddMember(ctx context.Context, peerURLs []string, learner bool) (api.Member, error) {
+	if cli, done, err := s.leaderCluster(ctx); err != nil {
+		return api.Member{}, err
+	} else if cli != nil {
+		defer done()
+		resp, err := cli.MemberAdd(ctx, &pb.MemberAddRequest{PeerURLs: peerURLs, IsLearner: learner})
+		if err != nil {
+			return api.Member{}, err
+		}
+		m := resp.GetMember()
+		return api.Member{ID: m.GetID(), Name: m.GetName(), PeerURLs: m.GetPeerURLs(), ClientURLs: m.GetClientURLs(), IsLearner: m.GetIsLearner()}, s.catchUp(ctx)
+	}
+	confMu.Lock()
+	defer confMu.Unlock()
+	members, removed, err := membership.List(s.db)
+	if err != nil {
+		return api.Member{}, err
+	}
+	for _, m := range members {
+		for _, u := range m.PeerURLs {
+			if slices.Contains(peerURLs, u) {
+				return api.Member{}, api.ErrPeerURLExist
+			}
+		}
+	}
+	if learner {
+		n := 0
+		for _, m := range members {
+			if m.IsLearner {
+				n++
+			}
+		}
+		if n >= maxLearners {
+			return api.Member{}, api.ErrTooManyLearners
+		}
+	} else if err := s.mayAddVoter(members); err != nil {
+		return api.Member{}, err
+	}
+	id := newMemberID(peerURLs, s.cfg.InitialClusterToken, time.Now(), func(id uint64) bool {
+		return slices.ContainsFunc(members, func(m membership.Member) bool { return m.ID == id }) || slices.Contains(removed, id)
+	})
+	m := membership.Member{ID: id, PeerURLs: peerURLs, IsLearner: learner}
+	typ := raftpb.ConfChangeType_ConfChangeAddNode
+	if learner {
+		typ = raftpb.ConfChangeType_ConfChangeAddLearnerNode
+	}
+	if err := s.changeConf(ctx, typ, id, membership.Encode(m)); err != nil {
+		return api.Member{}, err
+	}
+	return api.Member{ID: id, PeerURLs: peerURLs, IsLearner: learner}, nil
+}
+
+// RemoveMember implements api.MemberSource.
+func (s *Server) RemoveMember(ctx context.Context, id uint64) error {
+	if cli, done, err := s.leaderCluster(ctx); err != nil {
+		return err
+	} else if cli != nil {
+		defer done()
+		if _, err := cli.MemberRemove(ctx, &pb.MemberRemoveRequest{ID: id}); err != nil {
+			return err
+		}
+		return s.catchUp(ctx)
+	}
+	confMu.Lock()
+	defer confMu.Unlock()
+	members, _, err := membership.List(s.db)
+	if err != nil {
+		return err
+	}
+	i := slices.IndexFunc(members, func(m membership.Member) bool { return m.ID == id })
+	if i < 0 {
+		return api.ErrMemberNotFound
+	}
+	if !members[i].IsLearner {
+		if err := s.mayRemoveVoter(members, id); err != nil {
+			return err
+		}
+	}
+	return s.changeConf(ctx, raftpb.ConfChangeType_ConfChangeRemoveNode, id, nil)
+}
+
+// UpdateMember implements api.MemberSource.
+func (s *Server) UpdateMember(ctx context.Context, id uint64, peerURLs []string) error {
+	if cli, done, err := s.leaderCluster(ctx); err != nil {
+		return err
+	} else if cli != nil {
+		defer done()
+		if _, err := cli.MemberUpdate(ctx, &pb.MemberUpdateRequest{ID: id, PeerURLs: peerURLs}); err != nil {
+			return err
+		}
+		return s.catchUp(ctx)
+	}
+	confMu.Lock()
+	defer confMu.Unlock()
+	members, _, err := membership.List(s.db)
+	if err != nil {
+		return err
+	}
+	i := slices.IndexFunc(members, func(m membership.Member) bool { return m.ID == id })
+	if i < 0 {
+		return api.ErrMemberNotFound
+	}
+	for _, m := range members {
+		if m.ID == id {
+			continue
+		}
+		for _, u := range m.PeerURLs {
+			if slices.Contains(peerURLs, u) {
+				return api.ErrPeerURLExist
+			}
+		}
+	}
+	m := members[i]
+	m.PeerURLs = peerURLs
+	return s.changeConf(ctx, raftpb.ConfChangeType_ConfChangeUpdateNode, id, membership.Encode(m))
+}
+
+// PromoteMember implements api.MemberSource.
+func (s *Server) PromoteMember(ctx context.Context, id uint64) error {
+	if cli, done, err := s.leaderCluster(ctx); err != nil {
+		return err
+	} else if cli != nil {
+		defer done()
+		if _, err := cli.MemberPromote(ctx, &pb.MemberPromoteRequest{ID: id}); err != nil {
+			return err
+		}
+		return s.catchUp(ctx)
+	}
+	confMu.Lock()
+	defer confMu.Unlock()
+	members, _, err := membership.List(s.db)
+	if err != nil {
+		return err
+	}
+	i := slices.IndexFunc(members, func(m membership.Member) bool { return m.ID == id })
+	if i < 0 {
+		return api.ErrMemberNotFound
+	}
+	if !members[i].IsLearner {
+		return api.ErrMemberNotLearner
+	}
+	p := s.node.Progress()
+	if p == nil {
+		return api.ErrNotLeader
+	}
+	if float64(p.Members[id].Match) < learnerReadyFraction*float64(p.LastIndex) {
+		return api.ErrLearnerNotReady
+	}
+	if err := s.mayAddVoter(members); err != nil {
+		return err
+	}
+	m := members[i]
+	m.IsLearner = false
+	return s.changeConf(ctx, raftpb.ConfChangeType_ConfChangeAddNode, id, membership.Encode(m))
+}
+
+// mayAddVoter refuses a new voter while fewer members than a quorum of the
+// grown cluster have started (published their name), or while a voter is
+// not active: the new member counts as down until it catches up, so the
+// others must all be up to keep a quorum.
+func (s *Server) mayAddVoter(members []membership.Member) error {
+	voters, started := 1, 0
+	for _, m := range members {
+		if m.IsLearner {
+			continue
+		}
+		voters++
+		if m.Name != "" {
+			started++
+		}
+	}
+	// A lone member may always take a second one: etcd allows it too.
+	if !(voters == 2 && started == 1) && started < voters/2+1 {
+		return api.ErrNotEnoughStarted
+	}
+	p := s.node.Progress()
+	if p == nil {
+		return api.ErrNotLeader
+	}
+	active := 0
+	for _, m := range members {
+		if !m.IsLearner && p.Members[m.ID].RecentActive {
+			active++
+		}
+	}
+	if active < voters/2+1 {
+		return api.ErrUnhealthy
+	}
+	return nil
+}
+
+// mayRemoveVoter refuses to remove voter id when the active voters left would
+// not form a quorum of the shrunk cluster. A voter that is down may always
+// go: it is not part of the active quorum.
+func (s *Server) mayRemoveVoter(members []membership.Member, id uint64) error {
+	p := s.node.Progress()
+	if p == nil {
+		return api.ErrNotLeader
+	}
+	if !p.Members[id].RecentActive {
+		return nil
+	}
+	voters, active := 0, 0
+	for _, m := range members {
+		if m.IsLearner {
+			continue
+		}
+		voters++
+		if m.ID != id && p.Members[m.ID].RecentActive {
+			active++
+		}
+	}
+	if active < (voters-1)/2+1 {
+		return api.ErrUnhealthy
+	}
+	return nil
+}
+
+// changeConf proposes a configuration change and waits until it is applied
+// here.
+func (s *Server) changeConf(ctx context.Context, typ raftpb.ConfChangeType, id uint64, context []byte) error {
+	reqID := s.ids.next()
+	cc := &raftpb.ConfChange{Type: &typ, NodeId: &id, Context: context}
+	_, err := s.await(ctx, reqID, func() error { return s.node.ProposeConfChange(reqID, cc) })
+	if err != nil {
+		return err
+	}
+	s.logger.Info("configuration changed", "change", typ.String(), "member", fmt.Sprintf("%x", id))
+	return nil
+}
+
+// catchUp returns once this member has applied everything committed now: a
+// change the leader made is then in its member records too.
+func (s *Server) catchUp(ctx context.Context) error { return s.node.ReadIndex(ctx) }
+
+// leaderCluster returns a Cluster client of the leader when this member is
+// not the leader (done closes it), nil when it is.
+func (s *Server) leaderCluster(ctx context.Context) (pb.ClusterClient, func(), error) {
+	lead := s.node.Leader()
+	if lead == 0 {
+		return nil, nil, api.ErrNoLeader
+	}
+	if lead == s.memberID {
+		return nil, nil, nil
+	}
+	m, found, err := membership.Get(s.db, lead)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !found || len(m.ClientURLs) == 0 {
+		return nil, nil, fmt.Errorf("%w: the leader %x has not published its client URLs", api.ErrNoLeader, lead)
+	}
+	u, err := url.Parse(m.ClientURLs[0])
+	if err != nil {
+		return nil, nil, fmt.Errorf("leader %x's client URL %q: %w", lead, m.ClientURLs[0], err)
+	}
+	conn, err := grpc.NewClient(u.Host, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, nil, fmt.Errorf("dial the leader %x: %w", lead, err)
+	}
+	return pb.NewClusterClient(conn), func() { _ = conn.Close() }, nil
+}
+
+// MoveLeader implements api.StatusSource.
+func (s *Server) MoveLeader(ctx context.Context, to uint64) error {
+	if s.node.Leader() != s.memberID {
+		return api.ErrNotLeader
+	}
+	m, found, err := membership.Get(s.db, to)
+	if err != nil {
+		return err
+	}
+	if !found || m.IsLearner {
+		return api.ErrBadLeaderTransferee
+	}
+	if to == s.memberID {
+		return nil
+	}
+	if err := s.node.TransferLeadership(to); err != nil {
+		return err
+	}
+	t := time.NewTicker(s.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for s.node.Leader() != to {
+		select {
+		case <-ctx.Done():
+			return api.ErrLeaderTransferTimeout
+		case <-s.stopC:
+			return raftnode.ErrStopped
+		case <-t.C:
+		}
+	}
+	s.logger.Info("leadership moved", "to", fmt.Sprintf("%x", to))
+	return nil
+}
+
+// newMemberID derives the ID of a member added at now from its peer URLs and
+// the cluster token, as etcd does, skipping IDs taken (by a member, or by a
+// removed one).
+func newMemberID(peerURLs []string, token string, now time.Time, taken func(uint64) bool) uint64 {
+	us := slices.Clone(peerURLs)
+	slices.Sort(us)
+	for salt := now.Unix(); ; salt++ {
+		h := sha256.New()
+		h.Write([]byte(strings.Join(us, ",") + "\x00" + token + "\x00"))
+		_ = binary.Write(h, binary.BigEndian, salt)
+		id := binary.BigEndian.Uint64(h.Sum(nil)[:8])
+		if id != 0 && !taken(id) {
+			return id
+		}
+	}
+}

@@ -1,0 +1,395 @@
+// Package transport carries Raft messages between the members of a cluster.
+//
+// Each member keeps one outgoing TCP stream to every peer, written by a
+// goroutine of its own from a bounded queue: Send never blocks, so a slow or
+// dead peer can never hold back the raft loop. When a peer's queue is full the
+// message is dropped and Raft is told the peer is unreachable (it retransmits).
+// A broken stream is redialed with backoff. Snapshots travel on a separate
+// connection per snapshot, so a large one never delays heartbeats.
+//
+// Every connection opens with a handshake naming the cluster and both members;
+// the receiver refuses a peer of another cluster, or a message meant for
+// another member, and says why on both sides.
+//
+// The transport knows nothing of what a snapshot holds: the Handler writes and
+// reads its bytes. It never steps Raft itself; it hands what it receives to the
+// Handler.
+package transport
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	raftpb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// Handler receives what peers send, and produces and consumes snapshot data.
+// Its methods are called from the transport's goroutines, concurrently.
+type Handler interface {
+	// Process hands a received message to Raft. It must not block for long:
+	// a full queue drops the message (Raft retransmits).
+	Process(m *raftpb.Message)
+	// ReportUnreachable tells Raft that a message to id could not be sent.
+	ReportUnreachable(id uint64)
+	// ReportSnapshot tells Raft whether the snapshot to id arrived.
+	ReportSnapshot(id uint64, ok bool)
+	// WriteSnapshot writes the data of the snapshot that m (a MsgSnap)
+	// carries to w, and releases it whatever the outcome.
+	WriteSnapshot(w io.Writer, m *raftpb.Message) error
+	// DiscardSnapshot releases the data of the snapshot m carries, which
+	// will not be sent.
+	DiscardSnapshot(m *raftpb.Message)
+	// ReceiveSnapshot reads the data of the snapshot m announces from r,
+	// and hands m to Raft once the data is safely stored.
+	ReceiveSnapshot(r io.Reader, m *raftpb.Message) error
+}
+
+// Dialer opens connections to peers. It is the seam for TLS: a TLS dialer
+// wraps net.Dialer.
+type Dialer interface {
+	Dial(network, addr string) (net.Conn, error)
+}
+
+// Config configures a Transport.
+type Config struct {
+	ClusterID uint64
+	ID        uint64 // this member
+	Handler   Handler
+	Logger    *slog.Logger
+	Dialer    Dialer // nil: plain TCP
+}
+
+// Queue and timing bounds.
+const (
+	peerQueueSize  = 4096
+	dialTimeout    = time.Second
+	writeTimeout   = 5 * time.Second
+	minBackoff     = 50 * time.Millisecond
+	maxBackoff     = time.Second
+	maxMessageSize = 256 << 20
+)
+
+// Transport sends and receives Raft messages.
+type Transport struct {
+	cfg Config
+
+	mu        sync.Mutex // guards the fields below; never held across I/O
+	peers     map[uint64]*peer
+	removed   map[uint64]bool
+	listeners []net.Listener
+	conns     map[net.Conn]struct{} // accepted, open
+	stopped   bool
+
+	wg sync.WaitGroup
+}
+
+// New returns a transport with no peers.
+func New(cfg Config) *Transport {
+	if cfg.Dialer == nil {
+		cfg.Dialer = &net.Dialer{Timeout: dialTimeout}
+	}
+	return &Transport{
+		cfg:     cfg,
+		peers:   map[uint64]*peer{},
+		removed: map[uint64]bool{},
+		conns:   map[net.Conn]struct{}{},
+	}
+}
+
+// AddPeer starts sending to member id at addrs (host:port). Adding a known
+// peer updates its addresses.
+func (t *Transport) AddPeer(id uint64, addrs []string) {
+	if id == t.cfg.ID {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopped || t.removed[id] {
+		return
+	}
+	if p, ok := t.peers[id]; ok {
+		p.setAddrs(addrs)
+		return
+	}
+	p := newPeer(t, id, addrs)
+	t.peers[id] = p
+	t.wg.Add(1)
+	go func() { defer t.wg.Done(); p.run() }()
+}
+
+// RemovePeer stops sending to member id, for good: a removed member's
+// connections are refused from then on.
+func (t *Transport) RemovePeer(id uint64) {
+	t.mu.Lock()
+	p := t.peers[id]
+	delete(t.peers, id)
+	t.removed[id] = true
+	t.mu.Unlock()
+	if p != nil {
+		p.stop()
+	}
+}
+
+// Send queues msgs for their peers. It never blocks.
+func (t *Transport) Send(msgs []*raftpb.Message) {
+	for _, m := range msgs {
+		to := m.GetTo()
+		t.mu.Lock()
+		p := t.peers[to]
+		t.mu.Unlock()
+		if p == nil {
+			if m.GetType() == raftpb.MessageType_MsgSnap {
+				t.cfg.Handler.DiscardSnapshot(m)
+				t.cfg.Handler.ReportSnapshot(to, false)
+			}
+			continue
+		}
+		p.send(m)
+	}
+}
+
+// Serve accepts peer connections on l until Stop.
+func (t *Transport) Serve(l net.Listener) {
+	t.mu.Lock()
+	if t.stopped {
+		t.mu.Unlock()
+		_ = l.Close()
+		return
+	}
+	t.listeners = append(t.listeners, l)
+	t.wg.Add(1)
+	t.mu.Unlock()
+	go func() {
+		defer t.wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			if !t.track(c) {
+				_ = c.Close()
+				return
+			}
+			t.wg.Add(1)
+			go func() {
+				defer t.wg.Done()
+				defer t.untrack(c)
+				t.serveConn(c)
+			}()
+		}
+	}()
+}
+
+func (t *Transport) track(c net.Conn) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopped {
+		return false
+	}
+	t.conns[c] = struct{}{}
+	return true
+}
+
+func (t *Transport) untrack(c net.Conn) {
+	_ = c.Close()
+	t.mu.Lock()
+	delete(t.conns, c)
+	t.mu.Unlock()
+}
+
+// Stop closes every connection and listener and waits for the transport's
+// goroutines.
+func (t *Transport) Stop() {
+	t.mu.Lock()
+	t.stopped = true
+	peers := t.peers
+	t.peers = map[uint64]*peer{}
+	for _, l := range t.listeners {
+		_ = l.Close()
+	}
+	for c := range t.conns {
+		_ = c.Close()
+	}
+	t.mu.Unlock()
+	for _, p := range peers {
+		p.stop()
+	}
+	t.wg.Wait()
+}
+
+// Connection kinds.
+const (
+	kindStream   byte = 1
+	kindSnapshot byte = 2
+)
+
+// Handshake answers.
+const (
+	acceptOK         byte = 0
+	refuseCluster    byte = 1
+	refuseWrongPeer  byte = 2
+	refuseRemoved    byte = 3
+	refuseBadVersion byte = 4
+)
+
+var magic = [4]byte{'P', 'L', 'R', 'F'}
+
+const protocolVersion = 1
+
+// handshake is what a connection opens with: 4 magic bytes, the protocol
+// version, the connection kind, then the cluster ID and the sending and
+// receiving members' IDs (8 bytes each, big endian).
+const handshakeLen = 4 + 1 + 1 + 8 + 8 + 8
+
+func appendHandshake(b []byte, kind byte, cluster, from, to uint64) []byte {
+	b = append(b, magic[:]...)
+	b = append(b, protocolVersion, kind)
+	b = binary.BigEndian.AppendUint64(b, cluster)
+	b = binary.BigEndian.AppendUint64(b, from)
+	return binary.BigEndian.AppendUint64(b, to)
+}
+
+// refusal explains a handshake answer other than acceptOK.
+func refusal(code byte, cluster uint64) error {
+	switch code {
+	case refuseCluster:
+		return fmt.Errorf("peer belongs to another cluster than %x (its data dir, or --initial-cluster-token, differs)", cluster)
+	case refuseWrongPeer:
+		return errors.New("peer has another member ID at this address")
+	case refuseRemoved:
+		return ErrRemoved
+	case refuseBadVersion:
+		return errors.New("peer speaks another transport protocol version")
+	}
+	return fmt.Errorf("peer refused the connection with code %d", code)
+}
+
+// ErrRemoved is the answer of a peer to a member removed from the cluster.
+var ErrRemoved = errors.New("transport: this member was removed from the cluster")
+
+func (t *Transport) serveConn(c net.Conn) {
+	var hs [handshakeLen]byte
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, hs[:]); err != nil {
+		return
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	if [4]byte(hs[:4]) != magic {
+		t.cfg.Logger.Warn("refused a peer connection: not a plinth peer", "remote", c.RemoteAddr().String())
+		return
+	}
+	kind := hs[5]
+	cluster := binary.BigEndian.Uint64(hs[6:])
+	from := binary.BigEndian.Uint64(hs[14:])
+	to := binary.BigEndian.Uint64(hs[22:])
+	answer := acceptOK
+	switch {
+	case hs[4] != protocolVersion:
+		answer = refuseBadVersion
+	case cluster != t.cfg.ClusterID:
+		answer = refuseCluster
+		t.cfg.Logger.Warn("refused a peer of another cluster", "remote", c.RemoteAddr().String(), "peer-cluster", fmt.Sprintf("%x", cluster), "cluster", fmt.Sprintf("%x", t.cfg.ClusterID), "peer", fmt.Sprintf("%x", from))
+	case to != t.cfg.ID:
+		answer = refuseWrongPeer
+		t.cfg.Logger.Warn("refused a peer connection meant for another member", "remote", c.RemoteAddr().String(), "for", fmt.Sprintf("%x", to), "self", fmt.Sprintf("%x", t.cfg.ID))
+	case t.isRemoved(from):
+		answer = refuseRemoved
+	}
+	if _, err := c.Write([]byte{answer}); err != nil || answer != acceptOK {
+		return
+	}
+	r := bufio.NewReaderSize(c, 64<<10)
+	switch kind {
+	case kindStream:
+		t.readStream(r, from)
+	case kindSnapshot:
+		t.readSnapshot(c, r, from)
+	}
+}
+
+func (t *Transport) isRemoved(id uint64) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.removed[id]
+}
+
+func (t *Transport) readStream(r *bufio.Reader, from uint64) {
+	var buf []byte
+	for {
+		m, err := readMessage(r, &buf)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+				t.cfg.Logger.Debug("peer stream ended", "peer", fmt.Sprintf("%x", from), "err", err)
+			}
+			return
+		}
+		if m.GetFrom() != from {
+			t.cfg.Logger.Warn("dropped a message whose sender is not the stream's peer", "peer", fmt.Sprintf("%x", from), "from", fmt.Sprintf("%x", m.GetFrom()))
+			continue
+		}
+		t.cfg.Handler.Process(m)
+	}
+}
+
+func (t *Transport) readSnapshot(c net.Conn, r *bufio.Reader, from uint64) {
+	var buf []byte
+	m, err := readMessage(r, &buf)
+	if err != nil || m.GetType() != raftpb.MessageType_MsgSnap || m.GetFrom() != from {
+		t.cfg.Logger.Warn("bad snapshot announcement", "peer", fmt.Sprintf("%x", from), "err", err)
+		return
+	}
+	if err := t.cfg.Handler.ReceiveSnapshot(r, m); err != nil {
+		t.cfg.Logger.Warn("receive snapshot", "peer", fmt.Sprintf("%x", from), "index", m.GetSnapshot().GetMetadata().GetIndex(), "err", err)
+		return
+	}
+	// The answer tells the sender the snapshot is stored.
+	_, _ = c.Write([]byte{acceptOK})
+}
+
+// writeMessage frames m: its length (4 bytes, big endian), then its encoding.
+func writeMessage(w *bufio.Writer, m *raftpb.Message, buf *[]byte) error {
+	data, err := proto.MarshalOptions{}.MarshalAppend((*buf)[:0], m)
+	if err != nil {
+		return fmt.Errorf("transport: encode %v: %w", m.GetType(), err)
+	}
+	*buf = data
+	var l [4]byte
+	binary.BigEndian.PutUint32(l[:], uint32(len(data)))
+	if _, err := w.Write(l[:]); err != nil {
+		return err
+	}
+	_, err = w.Write(data)
+	return err
+}
+
+func readMessage(r *bufio.Reader, buf *[]byte) (*raftpb.Message, error) {
+	var l [4]byte
+	if _, err := io.ReadFull(r, l[:]); err != nil {
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(l[:])
+	if n > maxMessageSize {
+		return nil, fmt.Errorf("transport: message of %d bytes exceeds %d", n, maxMessageSize)
+	}
+	if cap(*buf) < int(n) {
+		*buf = make([]byte, n)
+	}
+	data := (*buf)[:n]
+	if _, err := io.ReadFull(r, data); err != nil {
+		return nil, err
+	}
+	m := &raftpb.Message{}
+	// Unmarshal copies bytes fields, so buf can be reused.
+	if err := proto.Unmarshal(data, m); err != nil {
+		return nil, fmt.Errorf("transport: decode message: %w", err)
+	}
+	return m, nil
+}

@@ -1,0 +1,142 @@
+package transport
+
+import (
+	"io"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	raftpb "go.etcd.io/raft/v3/raftpb"
+)
+
+// inbox is a Handler that keeps what it is given.
+type inbox struct {
+	msgs        chan *raftpb.Message
+	unreachable chan uint64
+}
+
+func newInbox() *inbox {
+	return &inbox{msgs: make(chan *raftpb.Message, 1024), unreachable: make(chan uint64, 1024)}
+}
+
+func (h *inbox) Process(m *raftpb.Message) { h.msgs <- m }
+func (h *inbox) ReportUnreachable(id uint64) {
+	select {
+	case h.unreachable <- id:
+	default:
+	}
+}
+func (h *inbox) ReportSnapshot(uint64, bool)                      {}
+func (h *inbox) WriteSnapshot(io.Writer, *raftpb.Message) error   { return nil }
+func (h *inbox) DiscardSnapshot(*raftpb.Message)                  {}
+func (h *inbox) ReceiveSnapshot(io.Reader, *raftpb.Message) error { return nil }
+
+func startTransport(t *testing.T, cluster, id uint64) (*Transport, *inbox, string) {
+	t.Helper()
+	h := newInbox()
+	tr := New(Config{ClusterID: cluster, ID: id, Handler: h, Logger: slog.New(slog.DiscardHandler)})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.Serve(l)
+	t.Cleanup(tr.Stop)
+	return tr, h, l.Addr().String()
+}
+
+func heartbeat(from, to uint64, term uint64) *raftpb.Message {
+	typ := raftpb.MessageType_MsgHeartbeat
+	return &raftpb.Message{Type: &typ, From: &from, To: &to, Term: &term}
+}
+
+func TestMessagesArriveInOrder(t *testing.T) {
+	a, _, _ := startTransport(t, 7, 1)
+	_, hb, addrB := startTransport(t, 7, 2)
+	a.AddPeer(2, []string{addrB})
+	const n = 2000
+	for i := range n {
+		a.Send([]*raftpb.Message{heartbeat(1, 2, uint64(i))})
+		if i%100 == 0 {
+			time.Sleep(time.Millisecond) // let the queue drain: it is bounded
+		}
+	}
+	var want uint64
+	deadline := time.After(10 * time.Second)
+	for want < n {
+		select {
+		case m := <-hb.msgs:
+			if m.GetTerm() < want {
+				t.Fatalf("message of term %d after %d", m.GetTerm(), want)
+			}
+			want = m.GetTerm() + 1
+		case <-deadline:
+			t.Fatalf("only %d of %d messages arrived", want, n)
+		}
+	}
+}
+
+func TestAPeerOfAnotherClusterIsRefused(t *testing.T) {
+	a, _, _ := startTransport(t, 7, 1)
+	_, hb, addrB := startTransport(t, 8, 2) // same member ID, other cluster
+	a.AddPeer(2, []string{addrB})
+	a.Send([]*raftpb.Message{heartbeat(1, 2, 1)})
+	select {
+	case m := <-hb.msgs:
+		t.Fatalf("a member of another cluster got %v", m)
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+func TestAMessageForAnotherMemberIsRefused(t *testing.T) {
+	a, _, _ := startTransport(t, 7, 1)
+	_, hb, addrB := startTransport(t, 7, 3)
+	a.AddPeer(2, []string{addrB}) // member 2's address, but member 3 listens there
+	a.Send([]*raftpb.Message{heartbeat(1, 2, 1)})
+	select {
+	case m := <-hb.msgs:
+		t.Fatalf("member 3 took a message for member 2: %v", m)
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+func TestARemovedMemberIsToldSo(t *testing.T) {
+	a, ha, _ := startTransport(t, 7, 1)
+	b, _, addrB := startTransport(t, 7, 2)
+	b.RemovePeer(1)
+	a.AddPeer(2, []string{addrB})
+	a.Send([]*raftpb.Message{heartbeat(1, 2, 1)})
+	select {
+	case m := <-ha.msgs:
+		if !IsRemovedNotice(m) {
+			t.Fatalf("got %v, want the removed notice", m)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("the removed member was not told")
+	}
+}
+
+func TestADeadPeerNeverBlocksSend(t *testing.T) {
+	a, ha, _ := startTransport(t, 7, 1)
+	a.AddPeer(2, []string{"127.0.0.1:1"}) // nothing listens there
+	done := make(chan struct{})
+	go func() {
+		for i := range 4 * peerQueueSize {
+			a.Send([]*raftpb.Message{heartbeat(1, 2, uint64(i))})
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("Send blocked on a dead peer")
+	}
+	select {
+	case id := <-ha.unreachable:
+		if id != 2 {
+			t.Fatalf("unreachable %d, want 2", id)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("the dead peer was never reported unreachable")
+	}
+}

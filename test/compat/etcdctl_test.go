@@ -1,0 +1,108 @@
+package compat
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// TestEtcdctl runs the real etcdctl v3.7.3 (a tool of this module, see
+// go.mod) against the reference etcd and against plinth, and requires the
+// same output and exit code from both, once the ids, addresses and timings
+// that must differ are replaced by names. These are the commands an operator
+// (or a health probe) runs first on a new cluster.
+func TestEtcdctl(t *testing.T) {
+	ctl := buildEtcdctl(t)
+	p := startPair(t)
+	for _, args := range [][]string{
+		{"endpoint", "health"},
+		{"endpoint", "health", "-w", "json"},
+		{"endpoint", "health", "--cluster", "-w", "table"},
+		{"alarm", "list"},
+		{"alarm", "list", "-w", "json"},
+		{"alarm", "disarm"},
+		{"member", "list"},
+		{"member", "list", "-w", "json"},
+		{"member", "list", "-w", "table", "--consistency", "s"},
+		{"member", "list", "-w", "fields", "--hex"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			ref := runEtcdctl(t, ctl, p.ref, args)
+			tgt := runEtcdctl(t, ctl, p.tgt, args)
+			if ref != tgt {
+				t.Errorf("etcdctl %s:\netcd:\n%s\n%s:\n%s", strings.Join(args, " "), ref, p.tgt.name, tgt)
+			}
+			if !strings.HasSuffix(ref, "exit 0\n") {
+				t.Errorf("etcdctl %s against etcd did not succeed:\n%s", strings.Join(args, " "), ref)
+			}
+		})
+	}
+}
+
+// buildEtcdctl builds etcdctl v3.7.3, the version this module requires, into
+// a temp dir.
+func buildEtcdctl(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "etcdctl")
+	out, err := exec.Command("go", "build", "-o", bin, "go.etcd.io/etcd/etcdctl/v3").CombinedOutput()
+	if err != nil {
+		t.Fatalf("compat: go build etcdctl: %v\n%s", err, out)
+	}
+	return bin
+}
+
+var tookRE = regexp.MustCompile(`[0-9.]+(ns|µs|ms|s)\b`)
+
+// runEtcdctl runs etcdctl against s and returns its stdout, stderr and exit
+// code in one text, with the server's ids and URLs replaced by names and
+// durations by "T".
+func runEtcdctl(t *testing.T, ctl string, s *server, args []string) string {
+	t.Helper()
+	cmd := exec.Command(ctl, append([]string{"--endpoints", s.addr, "--command-timeout", "10s"}, args...)...)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	code := 0
+	if err := cmd.Run(); err != nil {
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			t.Fatalf("compat: run etcdctl: %v", err)
+		}
+		code = ee.ExitCode()
+	}
+	out := fmt.Sprintf("stdout:\n%sstderr:\n%sexit %d\n", stdout.String(), stderr.String(), code)
+
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{s.addr}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ml, err := cli.MemberList(ctx)
+	if err != nil {
+		t.Fatalf("compat: member list of %s: %v", s.name, err)
+	}
+	var pairs []string
+	for _, m := range ml.Members {
+		pairs = append(pairs, fmt.Sprintf("%x", m.ID), "MEMBER", fmt.Sprint(m.ID), "MEMBER")
+		for _, u := range m.PeerURLs {
+			pairs = append(pairs, u, "PEER-URL")
+		}
+	}
+	h := ml.Header
+	pairs = append(pairs,
+		fmt.Sprintf("%x", h.ClusterId), "CLUSTER", fmt.Sprint(h.ClusterId), "CLUSTER",
+		s.addr, "CLIENT-ADDR")
+	out = strings.NewReplacer(pairs...).Replace(out)
+	// Durations, and the table widths they set.
+	out = tookRE.ReplaceAllString(out, "T")
+	return regexp.MustCompile(`[─ ]+`).ReplaceAllString(out, " ")
+}
