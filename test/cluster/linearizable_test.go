@@ -246,7 +246,7 @@ func runNemesis(t *testing.T, c *testmember.Cluster, rng *rand.Rand, d time.Dura
 			what = fmt.Sprintf("kill -9 %s for %v", m.Name(), down.Round(time.Millisecond))
 			if err = m.Kill(); err == nil {
 				time.Sleep(down)
-				err = restart(ctx, m)
+				err = restart(ctx, c, m)
 			}
 		case 2, 3:
 			m := leader

@@ -144,7 +144,7 @@ func TestKillLeaderUnderLoad(t *testing.T) {
 		elected := electedAt.Sub(killed)
 		time.Sleep(time.Until(killed.Add(loadDown))) // load on the survivors alone
 		restarted := time.Now()
-		if err := restart(ctx, leader); err != nil {
+		if err := restart(ctx, c, leader); err != nil {
 			failure = err.Error()
 			break
 		}
@@ -207,7 +207,7 @@ func checkRanges(ctx context.Context, c *testmember.Cluster, records []*loadReco
 		if err != nil {
 			return append(errs, err.Error())
 		}
-		if *breakFlag != "nowait" {
+		if *breakFlag != "nowait" && *breakFlag != "isolate" {
 			if err := waitRevision(ctx, cli, maxRev); err != nil {
 				errs = append(errs, fmt.Sprintf("%s: %v", m.Name(), err))
 			}

@@ -99,12 +99,14 @@ func TestReplicateAndElect(t *testing.T) {
 	// The killed member restarts and catches up: once it answered a
 	// linearizable read, its own state holds every write acknowledged
 	// before, so a serializable read on it sees them without waiting.
-	if err := restart(ctx, leader); err != nil {
+	if err := restart(ctx, c, leader); err != nil {
 		t.Fatal(err)
 	}
 	cli := client(t, leader.Endpoint())
 	for _, w := range acked {
-		resp, err := cli.Get(ctx, w.key, clientv3.WithSerializable())
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		resp, err := cli.Get(rctx, w.key, clientv3.WithSerializable())
+		cancel()
 		if err != nil {
 			t.Fatalf("serializable get on restarted %s: %v", leader.Name(), err)
 		}
