@@ -12,7 +12,7 @@ BIN     ?= bin
 # testdata/fuzz/.
 FUZZ_EXECS ?= 250000
 
-.PHONY: build test test-unit test-compat test-bench fuzz bench vet clean
+.PHONY: build test test-unit test-compat test-bench test-faults fuzz bench vet clean
 
 build:
 	$(GO) build -o $(BIN)/plinth ./cmd/plinth
@@ -38,6 +38,14 @@ test-compat:
 test-bench:
 	$(GO) -C bench vet ./...
 	$(GO) -C bench test -count=1 -timeout 10m ./...
+
+# The cluster fault tests for longer: kill -9, pauses and restarts of members
+# under load for FAULTS_DURATION, with porcupine checking the history. `make
+# test` runs them briefly. FAULTSFLAGS passes more flags (e.g.
+# -cluster.seed=N to rerun a failure's choices).
+FAULTS_DURATION ?= 5m
+test-faults:
+	$(GO) test -race -count=1 -timeout 60m -v ./test/cluster -run 'TestLinearizableUnderFaults' -cluster.duration=$(FAULTS_DURATION) $(FAULTSFLAGS)
 
 # Longer fuzzing of every fuzz target (FUZZ_EXECS, above).
 fuzz:

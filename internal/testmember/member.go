@@ -1,7 +1,15 @@
 // Package testmember runs plinth members as child processes for tests: it
-// builds cmd/plinth, starts a member on free loopback ports with its data in a
-// temp dir, waits until it serves, and stops it gracefully or kills it by pid.
-// Every process a Member starts is stopped and reaped when its test ends.
+// builds cmd/plinth, starts a member (New) or a cluster of members
+// (NewCluster) on free loopback ports with their data in temp dirs, waits
+// until they serve, and stops them gracefully, kills, pauses and resumes them
+// by pid. Every process a Member starts is stopped and reaped when its test
+// ends, a paused one resumed first. When a test fails, the end of each
+// member's newest log is logged, and with PLINTH_TEST_LOGS=dir every log of
+// every member is kept in dir.
+//
+// A Member and a Cluster are used by one goroutine at a time: a test that
+// injects faults from a goroutine of its own lets that goroutine alone drive
+// them, and stops it before the test ends.
 //
 // Tests that need the real process (its flags, its exit, a kill -9) use it; tests
 // of the server's behaviour use internal/server in-process instead.
@@ -47,42 +55,100 @@ const stopTimeout = 10 * time.Second
 type Member struct {
 	t         testing.TB
 	bin       string
-	args      []string
+	name      string
+	args      []string // the flags of every start: identity, URLs, then the caller's
 	dataDir   string
 	logDir    string
 	clientURL string
 	peerURL   string
 	starts    int
 	cmd       *exec.Cmd
+	paused    bool       // the process was sent SIGSTOP and not yet SIGCONT
 	exited    chan error // receives the result of cmd.Wait once
 	logPath   string     // the log of the current (or last) process
 }
 
-// New prepares a member of the binary bin: free ports and a data directory.
-// args are added to the flags of every start. When the test ends, a running
-// process gets SIGTERM (the test fails if it does not stop within 10s), and if
-// the test failed, the end of the newest process log is logged.
+// New prepares a single-member cluster of the binary bin: a member named
+// "default" with free ports and a data directory. args are added to the flags
+// of every start. When the test ends, a running process gets SIGTERM (the
+// test fails if it does not stop within 10s), and if the test failed, the end
+// of the newest process log is logged.
 func New(t testing.TB, bin string, args ...string) *Member {
+	t.Helper()
+	clientURL, peerURL := "http://"+FreeAddr(t), "http://"+FreeAddr(t)
+	return newMember(t, bin, "default", clientURL, peerURL, []string{
+		"--initial-cluster", "default=" + peerURL,
+	}, args)
+}
+
+// newMember prepares a member named name on the given URLs. Its flags are its
+// identity and URLs, then clusterArgs, then args.
+func newMember(t testing.TB, bin, name, clientURL, peerURL string, clusterArgs, args []string) *Member {
 	t.Helper()
 	dir := t.TempDir()
 	m := &Member{
 		t:         t,
 		bin:       bin,
-		args:      args,
+		name:      name,
 		dataDir:   filepath.Join(dir, "data"),
 		logDir:    dir,
-		clientURL: "http://" + FreeAddr(t),
-		peerURL:   "http://" + FreeAddr(t),
+		clientURL: clientURL,
+		peerURL:   peerURL,
 	}
+	m.args = append([]string{
+		"--name", name,
+		"--data-dir", m.dataDir,
+		"--listen-client-urls", clientURL,
+		"--advertise-client-urls", clientURL,
+		"--listen-peer-urls", peerURL,
+		"--initial-advertise-peer-urls", peerURL,
+	}, clusterArgs...)
+	m.args = append(m.args, args...)
 	t.Cleanup(func() {
 		if err := m.Stop(); err != nil {
 			t.Error(err)
 		}
 		if t.Failed() {
 			m.LogTail(40)
+			m.keepLogs()
 		}
 	})
 	return m
+}
+
+// keepLogs copies every process log of the member into
+// $PLINTH_TEST_LOGS/<test>/<member>/, when that variable names a directory:
+// the temp dir that holds them is removed when the test ends.
+func (m *Member) keepLogs() {
+	root := os.Getenv("PLINTH_TEST_LOGS")
+	if root == "" {
+		return
+	}
+	dst := filepath.Join(root, strings.ReplaceAll(m.t.Name(), "/", "_"), m.name)
+	logs, _ := filepath.Glob(filepath.Join(m.logDir, "plinth-*.log"))
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		m.t.Logf("keep logs: %v", err)
+		return
+	}
+	for _, l := range logs {
+		b, err := os.ReadFile(l)
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dst, filepath.Base(l)), b, 0o644)
+		}
+		if err != nil {
+			m.t.Logf("keep logs: %v", err)
+			return
+		}
+	}
+	m.t.Logf("logs of %s kept in %s", m.name, dst)
+}
+
+// exitErr returns an error if the running process has exited by itself.
+func (m *Member) exitErr() error {
+	if m.cmd == nil {
+		return nil
+	}
+	return m.exitedBefore("a request")
 }
 
 // FreeAddr returns a 127.0.0.1 address with a port nothing listened on a
@@ -122,12 +188,56 @@ func ephemeralLow() int {
 // Endpoint is the member's client address, host:port.
 func (m *Member) Endpoint() string { return strings.TrimPrefix(m.clientURL, "http://") }
 
+// Name is the member's --name.
+func (m *Member) Name() string { return m.name }
+
+// PeerURL is the member's peer URL, http://host:port.
+func (m *Member) PeerURL() string { return m.peerURL }
+
+// DataDir is the member's data directory, kept across restarts.
+func (m *Member) DataDir() string { return m.dataDir }
+
+// Running reports whether the member's process was started and not yet
+// stopped or killed by the harness (a paused process is running).
+func (m *Member) Running() bool { return m.cmd != nil }
+
+// Paused reports whether the member's process is stopped by SIGSTOP.
+func (m *Member) Paused() bool { return m.paused }
+
+// Pid is the process id of the running process, 0 when none runs.
+func (m *Member) Pid() int {
+	if m.cmd == nil {
+		return 0
+	}
+	return m.cmd.Process.Pid
+}
+
 // LogPath is the log of the current process, or of the last one.
 func (m *Member) LogPath() string { return m.logPath }
 
 // Start starts the member and waits until it answers a linearizable read,
-// for 30s at most.
+// for 30s at most. A member of a cluster answers one only once a quorum of
+// its cluster runs: start its peers too (Cluster.Start does). Start after
+// Kill or Stop restarts the member on the same data directory and flags.
 func (m *Member) Start(ctx context.Context) error {
+	if err := m.Launch(); err != nil {
+		return err
+	}
+	return m.WaitReady(ctx)
+}
+
+// Restart stops the running process, if any, with SIGTERM (see Stop), and
+// starts the member again on the same data directory and flags (see Start).
+func (m *Member) Restart(ctx context.Context) error {
+	if err := m.Stop(); err != nil {
+		return err
+	}
+	return m.Start(ctx)
+}
+
+// Launch starts the member's process and returns without waiting for it to
+// serve (see WaitReady).
+func (m *Member) Launch() error {
 	if m.cmd != nil {
 		return errors.New("testmember: member already running")
 	}
@@ -137,16 +247,7 @@ func (m *Member) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	args := append([]string{
-		"--name", "default",
-		"--data-dir", m.dataDir,
-		"--listen-client-urls", m.clientURL,
-		"--advertise-client-urls", m.clientURL,
-		"--listen-peer-urls", m.peerURL,
-		"--initial-advertise-peer-urls", m.peerURL,
-		"--initial-cluster", "default=" + m.peerURL,
-	}, m.args...)
-	cmd := exec.Command(m.bin, args...)
+	cmd := exec.Command(m.bin, m.args...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	if err := cmd.Start(); err != nil {
@@ -160,10 +261,15 @@ func (m *Member) Start(ctx context.Context) error {
 		_ = logf.Close()
 		m.exited <- err
 	}()
-	return m.waitReady(ctx)
+	return nil
 }
 
-func (m *Member) waitReady(ctx context.Context) error {
+// WaitReady waits until the launched member answers a linearizable read, for
+// 30s at most, and fails at once if its process exits.
+func (m *Member) WaitReady(ctx context.Context) error {
+	if m.cmd == nil {
+		return errors.New("testmember: member not running")
+	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	cli, err := m.Client()
@@ -181,9 +287,9 @@ func (m *Member) waitReady(ctx context.Context) error {
 		select {
 		case werr := <-m.exited:
 			m.exited <- werr
-			return fmt.Errorf("plinth exited while starting (%v); log %s", werr, m.logPath)
+			return fmt.Errorf("plinth %s exited while starting (%v); log %s", m.name, werr, m.logPath)
 		case <-ctx.Done():
-			return fmt.Errorf("plinth not ready after 30s: %v; log %s", err, m.logPath)
+			return fmt.Errorf("plinth %s not ready after 30s: %v; log %s", m.name, err, m.logPath)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -202,6 +308,38 @@ func (m *Member) Client() (*clientv3.Client, error) {
 // an error if the process had already exited by itself.
 func (m *Member) Kill() error { return m.end(syscall.SIGKILL) }
 
+// Pause stops the running process with SIGSTOP: it keeps its sockets and
+// state but answers nothing, to peers or clients, until Resume. Stop and Kill
+// resume a paused process first.
+func (m *Member) Pause() error {
+	if m.cmd == nil {
+		return errors.New("testmember: pause: member not running")
+	}
+	if m.paused {
+		return nil
+	}
+	if err := m.exitedBefore("SIGSTOP"); err != nil {
+		return err
+	}
+	if err := m.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		return fmt.Errorf("testmember: pause %s (pid %d): %w", m.name, m.cmd.Process.Pid, err)
+	}
+	m.paused = true
+	return nil
+}
+
+// Resume continues a paused process with SIGCONT.
+func (m *Member) Resume() error {
+	if m.cmd == nil || !m.paused {
+		return nil
+	}
+	m.paused = false
+	if err := m.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		return fmt.Errorf("testmember: resume %s (pid %d): %w", m.name, m.cmd.Process.Pid, err)
+	}
+	return nil
+}
+
 // Stop sends SIGTERM to the running process, if any, and reaps it. If the
 // process does not exit within 10s it is killed, and Stop returns an error, as
 // it does when the process had already exited by itself.
@@ -215,6 +353,12 @@ func (m *Member) end(sig syscall.Signal) error {
 	if err := m.exitedBefore(sig.String()); err != nil {
 		return err
 	}
+	// A stopped process would hold SIGTERM pending forever: continue it
+	// first (SIGKILL needs no SIGCONT, but it does no harm).
+	if m.paused {
+		m.paused = false
+		_ = m.cmd.Process.Signal(syscall.SIGCONT)
+	}
 	_ = m.cmd.Process.Signal(sig)
 	select {
 	case <-m.exited:
@@ -222,7 +366,7 @@ func (m *Member) end(sig syscall.Signal) error {
 	case <-time.After(stopTimeout):
 		_ = m.cmd.Process.Kill()
 		<-m.exited
-		return fmt.Errorf("plinth (pid %d) did not exit within %v of %v; killed it; log %s", m.cmd.Process.Pid, stopTimeout, sig, m.logPath)
+		return fmt.Errorf("plinth %s (pid %d) did not exit within %v of %v; killed it; log %s", m.name, m.cmd.Process.Pid, stopTimeout, sig, m.logPath)
 	}
 }
 
@@ -231,7 +375,8 @@ func (m *Member) end(sig syscall.Signal) error {
 func (m *Member) exitedBefore(sig string) error {
 	select {
 	case err := <-m.exited:
-		return fmt.Errorf("plinth exited by itself before it was sent %s: %v; log %s", sig, err, m.logPath)
+		m.exited <- err
+		return fmt.Errorf("plinth %s exited by itself before it was sent %s: %v; log %s", m.name, sig, err, m.logPath)
 	default:
 		return nil
 	}

@@ -1,0 +1,271 @@
+package cluster
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+	"github.com/plinthdb/plinth/internal/testmember"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// The shape of TestLinearizableUnderFaults.
+const (
+	linKeys    = 6
+	linClients = 6 // client i is pinned to member i % members
+	// linPace spaces a client's ops, so that the history stays small enough
+	// for porcupine however long the run.
+	linPace        = 5 * time.Millisecond
+	linOpTimeout   = 2 * time.Second
+	linCheckBudget = 2 * time.Minute
+)
+
+var membersFlag = flag.Int("cluster.members", 3, "members of TestLinearizableUnderFaults's cluster (1 tries the harness on a single member)")
+
+// linHistory records the ops of the linearizability test.
+type linHistory struct {
+	epoch time.Time
+	mu    sync.Mutex // guards the fields below
+	ops   []porcupine.Operation
+	acked []ackedWrite
+	// counts of ops by kind and outcome, for the log
+	okOps, unknownOps, failedReads [3]int
+}
+
+func (h *linHistory) now() int64 { return time.Since(h.epoch).Nanoseconds() }
+
+// record adds an op that was called at call. err nil: it returned out now.
+// A failed read tells nothing and is left out; a failed write may take
+// effect at any time after its call, so it returns at the end of time.
+func (h *linHistory) record(clientID int, in kvInput, call int64, out kvOutput, err error) {
+	ret := h.now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if err != nil {
+		if in.kind == kvGet {
+			h.failedReads[in.kind]++
+			return
+		}
+		h.unknownOps[in.kind]++
+		out = kvOutput{unknown: true}
+		ret = math.MaxInt64
+	} else {
+		h.okOps[in.kind]++
+		if in.kind == kvPut || (in.kind == kvCAS && out.ok) {
+			h.acked = append(h.acked, ackedWrite{key: in.key, value: in.value, rev: out.rev})
+		}
+	}
+	h.ops = append(h.ops, porcupine.Operation{ClientId: clientID, Input: in, Call: call, Output: out, Return: ret})
+}
+
+// do issues one op through cli and records it.
+func (h *linHistory) do(ctx context.Context, cli *clientv3.Client, clientID int, in kvInput) (kvOutput, error) {
+	call := h.now()
+	octx, cancel := context.WithTimeout(ctx, linOpTimeout)
+	defer cancel()
+	var out kvOutput
+	var err error
+	switch in.kind {
+	case kvPut:
+		var resp *clientv3.PutResponse
+		if resp, err = cli.Put(octx, in.key, in.value); err == nil {
+			out.rev = resp.Header.Revision
+		}
+	case kvGet:
+		var resp *clientv3.GetResponse
+		if resp, err = cli.Get(octx, in.key, linearizable()...); err == nil {
+			out.rev = resp.Header.Revision
+			switch len(resp.Kvs) {
+			case 0:
+			case 1:
+				out.value = string(resp.Kvs[0].Value)
+			default:
+				err = fmt.Errorf("get %s answered %d keys", in.key, len(resp.Kvs))
+			}
+		}
+	case kvCAS:
+		var resp *clientv3.TxnResponse
+		resp, err = cli.Txn(octx).
+			If(clientv3.Compare(clientv3.Value(in.key), "=", in.expect)).
+			Then(clientv3.OpPut(in.key, in.value)).
+			Commit()
+		if err == nil {
+			out.ok, out.rev = resp.Succeeded, resp.Header.Revision
+		}
+	}
+	h.record(clientID, in, call, out, err)
+	return out, err
+}
+
+func linKey(k int) string { return fmt.Sprintf("lin/%d", k) }
+
+// TestLinearizableUnderFaults runs clients pinned to different members,
+// each issuing puts, linearizable gets and compare-and-set txns on a few
+// shared keys, while a nemesis kills -9 random members and leaders and
+// restarts them, and pauses the leader (SIGSTOP) for longer than the election
+// timeout, or a follower. Ops without an answer are recorded with an unknown
+// outcome. At the end, porcupine must find the history linearizable, and
+// every acknowledged write must be readable from every member.
+//
+// It runs for -cluster.duration (make test-faults runs it longer).
+func TestLinearizableUnderFaults(t *testing.T) {
+	ctx := t.Context()
+	seed := pickSeed(t)
+	rng := rand.New(rand.NewPCG(uint64(seed), 2))
+	c := startCluster(t, *membersFlag)
+	h := &linHistory{epoch: time.Now()}
+
+	// Every key starts with a value, so that compares have one to hold.
+	init := client(t, c.Endpoints()...)
+	for k := range linKeys {
+		if _, err := h.do(ctx, init, 0, kvInput{kind: kvPut, key: linKey(k), value: fmt.Sprintf("init.%d", k)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	lctx, stopLoad := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	var idMu sync.Mutex
+	nextID := linClients + 1
+	newID := func() int {
+		idMu.Lock()
+		defer idMu.Unlock()
+		nextID++
+		return nextID - 1
+	}
+	for i := range linClients {
+		cli := client(t, c.Members[i%len(c.Members)].Endpoint())
+		crng := rand.New(rand.NewPCG(uint64(seed), uint64(100+i)))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id := i + 1
+			seen := map[string]string{} // the newest value this client knows of a key
+			for n := 0; lctx.Err() == nil; n++ {
+				key := linKey(crng.IntN(linKeys))
+				in := kvInput{kind: kvGet, key: key}
+				switch r := crng.IntN(100); {
+				case r < 25 && seen[key] != "":
+					in = kvInput{kind: kvCAS, key: key, expect: seen[key], value: fmt.Sprintf("c%d.%d", i, n)}
+				case r < 55:
+					in = kvInput{kind: kvPut, key: key, value: fmt.Sprintf("c%d.%d", i, n)}
+				}
+				out, err := h.do(lctx, cli, id, in)
+				switch {
+				case err != nil:
+					delete(seen, key)
+					if in.kind != kvGet {
+						// The op stays open to the end of time: give
+						// this client's next ops a lane of their own
+						// in the visualization.
+						id = newID()
+					}
+					select {
+					case <-lctx.Done():
+					case <-time.After(100 * time.Millisecond):
+					}
+				case in.kind == kvGet:
+					seen[key] = out.value
+				case in.kind == kvPut || out.ok:
+					seen[key] = in.value
+				default:
+					delete(seen, key)
+				}
+				time.Sleep(linPace)
+			}
+		}()
+	}
+
+	faults := runNemesis(t, c, rng, *durationFlag)
+	stopLoad()
+	wg.Wait()
+
+	// Every member back and serving; then a last linearizable read of each
+	// key through each member joins the history.
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range c.Members {
+		cli := client(t, m.Endpoint())
+		for k := range linKeys {
+			if _, err := h.do(ctx, cli, 0, kvInput{kind: kvGet, key: linKey(k)}); err != nil {
+				t.Errorf("final read of %s through %s: %v", linKey(k), m.Name(), err)
+			}
+		}
+	}
+	t.Logf("%d faults; ops answered: %d puts, %d gets, %d cas; unknown outcome: %d puts, %d cas; %d failed gets",
+		faults, h.okOps[kvPut], h.okOps[kvGet], h.okOps[kvCAS], h.unknownOps[kvPut], h.unknownOps[kvCAS], h.failedReads[kvGet])
+
+	checkStart := time.Now()
+	res, info := porcupine.CheckOperationsVerbose(kvModel, h.ops, linCheckBudget)
+	t.Logf("porcupine: %v on %d ops in %v", res, len(h.ops), time.Since(checkStart).Round(time.Millisecond))
+	switch res {
+	case porcupine.Illegal:
+		path := filepath.Join(os.TempDir(), fmt.Sprintf("plinth-cluster-%d.html", time.Now().UnixNano()))
+		if err := porcupine.VisualizePath(kvModel, info, path); err != nil {
+			path = fmt.Sprintf("(visualization failed: %v)", err)
+		}
+		t.Errorf("NOT LINEARIZABLE (seed %d): see %s", seed, path)
+	case porcupine.Unknown:
+		t.Errorf("linearizability undecided after %v", linCheckBudget)
+	}
+	report(t, "acknowledged writes", checkAcked(ctx, c, h.acked))
+}
+
+// runNemesis injects one fault at a time until d has passed, and returns
+// how many. After each, every member runs again and the cluster must agree
+// on a leader within 15s.
+func runNemesis(t *testing.T, c *testmember.Cluster, rng *rand.Rand, d time.Duration) int {
+	t.Helper()
+	ctx := t.Context()
+	deadline := time.Now().Add(d)
+	pause := func() time.Duration { // longer than the election timeout
+		return electionTimeout*3/2 + time.Duration(rng.Int64N(int64(electionTimeout*3/2)))
+	}
+	n := 0
+	for time.Now().Before(deadline) {
+		time.Sleep(300*time.Millisecond + time.Duration(rng.Int64N(int64(700*time.Millisecond))))
+		leader, term := findLeader(t, c)
+		var err error
+		var what string
+		switch f := rng.IntN(4); f {
+		case 0, 1:
+			m := leader
+			if f == 0 {
+				m = c.Members[rng.IntN(len(c.Members))]
+			}
+			down := 200*time.Millisecond + time.Duration(rng.Int64N(int64(1500*time.Millisecond)))
+			what = fmt.Sprintf("kill -9 %s for %v", m.Name(), down.Round(time.Millisecond))
+			if err = m.Kill(); err == nil {
+				time.Sleep(down)
+				err = restart(ctx, c, m)
+			}
+		case 2, 3:
+			m := leader
+			if f == 3 {
+				m = c.Members[rng.IntN(len(c.Members))]
+			}
+			p := pause()
+			what = fmt.Sprintf("pause %s for %v", m.Name(), p.Round(time.Millisecond))
+			if err = m.Pause(); err == nil {
+				time.Sleep(p)
+				err = m.Resume()
+			}
+		}
+		n++
+		if err != nil {
+			t.Fatalf("fault %d (%s): %v", n, what, err)
+		}
+		after, afterTerm := findLeader(t, c)
+		t.Logf("fault %d: %s (leader was %s, term %d); now %s leads in term %d", n, what, leader.Name(), term, after.Name(), afterTerm)
+	}
+	return n
+}
