@@ -43,7 +43,7 @@ func toGRPC(err error) error {
 		return rpctypes.ErrGRPCLeaseNotFound
 	case errors.Is(err, ErrRequestTooLarge):
 		return rpctypes.ErrGRPCRequestTooLarge
-	case errors.Is(err, ErrTimeout):
+	case errors.Is(err, ErrTimeout), errors.Is(err, raftnode.ErrReadTimeout), errors.Is(err, raftnode.ErrProposalExpired):
 		return rpctypes.ErrGRPCTimeout
 	case errors.Is(err, ErrNoLeader):
 		return rpctypes.ErrGRPCNoLeader

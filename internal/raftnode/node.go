@@ -42,6 +42,9 @@ var (
 	// ErrTooManyRequests is returned when requests queue faster than Raft
 	// takes them.
 	ErrTooManyRequests = errors.New("raftnode: too many requests")
+	// ErrProposalExpired fails a proposal that waited for a leader for
+	// longer than Config.ReadTimeout.
+	ErrProposalExpired = errors.New("raftnode: proposal waited too long for a leader")
 	// ErrReadTimeout fails a linearizable read whose read index round
 	// did not complete within Config.ReadTimeout, however often it was
 	// retried.
@@ -81,7 +84,8 @@ type Config struct {
 	// is applied). It must not block.
 	OnConfChange func(cc *raftpb.ConfChangeV2)
 	// ReadTimeout fails a read index round that did not complete in time
-	// (ErrReadTimeout); 0 means 5s.
+	// (ErrReadTimeout), and a proposal that waited that long for a leader
+	// (ErrProposalExpired); 0 means 5s.
 	ReadTimeout time.Duration
 	// SnapshotDir is where snapshots received from the leader are stored
 	// until they are installed; "" for a member that takes none.
@@ -137,7 +141,8 @@ func syncHoldFor(n int) time.Duration {
 type proposal struct {
 	id         uint64
 	data       []byte
-	confChange bool // data is a raftpb.ConfChange
+	confChange bool   // data is a raftpb.ConfChange
+	queuedAt   uint64 // the raft loop's tick count when it was queued
 }
 
 // applyTask is work for the apply loop: committed entries, or a snapshot to
@@ -194,8 +199,9 @@ type Node struct {
 
 	outgoing      outgoing // snapshots made for followers, until sent
 	installed     atomic.Uint64
-	truncatedTo   uint64   // raft loop only: the log holds no entry at or below it
-	steppedImages []string // raft loop only: images handed to Raft by the last step
+	ticks         atomic.Uint64 // the raft loop's tick count, for proposals' age
+	truncatedTo   uint64        // raft loop only: the log holds no entry at or below it
+	steppedImages []string      // raft loop only: images handed to Raft by the last step
 }
 
 // Progress is a leader's view of the members' logs, refreshed every tick.
@@ -347,7 +353,7 @@ func (n *Node) Propose(id uint64, data []byte) error {
 		return ErrStopped
 	default:
 	}
-	if !n.proposalQueue.push(proposal{id: id, data: data}) {
+	if !n.proposalQueue.push(proposal{id: id, data: data, queuedAt: n.ticks.Load()}) {
 		return ErrTooManyRequests
 	}
 	return nil
@@ -420,6 +426,7 @@ func (n *Node) raftLoop() {
 			return
 		case <-ticker.C:
 			ticks++
+			n.ticks.Store(ticks)
 			n.rn.Tick()
 			n.maybeCampaign()
 			n.retryReads(inflight, ticks, readTimeoutTicks)
@@ -436,28 +443,40 @@ func (n *Node) raftLoop() {
 		for _, m := range msgs {
 			n.step(m)
 		}
-		// Proposals and read requests are taken only while a leader is
-		// known, as raft's own node does: without one raft would drop
-		// them. Until then they wait queued.
+		// Proposals are taken only while a leader is known, as raft's
+		// own node does: without one raft would drop them. Until then
+		// they wait queued (the server times them out).
 		if n.lead.Load() != raft.None && !n.applyQ.full() {
-			proposals = n.proposalQueue.drain(proposals)
+			proposals = n.dropExpired(n.proposalQueue.drain(proposals), ticks, readTimeoutTicks)
 			for batch := proposals; len(batch) > 0; {
 				k := min(len(batch), maxEntriesPerProposal)
 				n.propose(batch[:k])
 				batch = batch[k:]
 			}
-			if reads = n.readQueue.drain(reads); len(reads) > 0 {
-				readSeq++
-				r := &readRound{ctx: n.readContext(readSeq), waiters: append([]chan error(nil), reads...), started: ticks, asked: ticks}
-				inflight[readSeq] = r
-				n.rn.ReadIndex(r.ctx)
-			}
+		}
+		// Reads start a round at once, leader or not: a round that Raft
+		// drops for want of a leader is asked again, and fails after the
+		// read timeout, so that a member cut off from the leader answers
+		// with an error instead of never.
+		if reads = n.readQueue.drain(reads); len(reads) > 0 {
+			readSeq++
+			r := &readRound{ctx: n.readContext(readSeq), waiters: append([]chan error(nil), reads...), started: ticks}
+			inflight[readSeq] = r
+			n.askRead(r, ticks)
 		}
 		for n.rn.HasReady() {
 			if err := n.handleReady(inflight); err != nil {
 				n.fail(err)
 				failReads(inflight, ErrStopped)
 				return
+			}
+		}
+		// Rounds queued while no leader was known go as soon as one is.
+		if n.lead.Load() != raft.None {
+			for _, r := range inflight {
+				if r.leader == raft.None {
+					n.askRead(r, ticks)
+				}
 			}
 		}
 		// A snapshot Raft did not take (it was stale) is not needed.
@@ -529,7 +548,7 @@ func (n *Node) ProposeConfChange(id uint64, cc *raftpb.ConfChange) error {
 		return ErrStopped
 	default:
 	}
-	if !n.proposalQueue.push(proposal{id: id, data: data, confChange: true}) {
+	if !n.proposalQueue.push(proposal{id: id, data: data, confChange: true, queuedAt: n.ticks.Load()}) {
 		return ErrTooManyRequests
 	}
 	return nil
@@ -572,8 +591,11 @@ func (n *Node) step(m *raftpb.Message) {
 type readRound struct {
 	ctx     []byte
 	waiters []chan error
-	started uint64 // tick it was first asked at
+	started uint64 // tick it was queued at
 	asked   uint64 // tick it was last asked at
+	// leader is the leader it was last asked under; 0 while it was never
+	// asked (no leader was known).
+	leader uint64
 }
 
 // readContext is the request context of read index round seq: the process's
@@ -595,11 +617,34 @@ func (n *Node) retryReads(inflight map[uint64]*readRound, now, timeoutTicks uint
 			for _, w := range r.waiters {
 				w <- ErrReadTimeout
 			}
-		case now-r.asked >= readRetryTicks && n.lead.Load() != raft.None:
-			r.asked = now
-			n.rn.ReadIndex(r.ctx)
+		case r.leader == raft.None || now-r.asked >= readRetryTicks:
+			n.askRead(r, now)
 		}
 	}
+}
+
+// askRead asks Raft for the read index of round r, if a leader is known.
+func (n *Node) askRead(r *readRound, now uint64) {
+	if lead := n.lead.Load(); lead != raft.None {
+		r.asked, r.leader = now, lead
+		n.rn.ReadIndex(r.ctx)
+	}
+}
+
+// dropExpired fails the proposals that waited for a leader longer than the
+// request timeout: their proposers were told the request timed out, and a
+// write that surfaces long after (when a partition heals) is a surprise no
+// client wants.
+func (n *Node) dropExpired(ps []proposal, now, timeoutTicks uint64) []proposal {
+	kept := ps[:0]
+	for _, p := range ps {
+		if now-p.queuedAt >= timeoutTicks {
+			n.cfg.OnDropped(p.id, ErrProposalExpired)
+			continue
+		}
+		kept = append(kept, p)
+	}
+	return kept
 }
 
 // maxEntriesPerProposal bounds how many queued proposals go to Raft in one
@@ -668,9 +713,10 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 		prev := n.lead.Swap(rd.SoftState.Lead)
 		if prev != rd.SoftState.Lead {
 			n.cfg.Logger.Info("leader changed", "leader", fmt.Sprintf("%x", rd.SoftState.Lead), "state", rd.SoftState.RaftState.String())
-			// Read index requests die with a leader change; their
-			// callers retry.
-			failReads(inflight, ErrLeaderChanged)
+			// Read index requests asked of the old leader die with
+			// it; their callers retry. Those never asked wait for
+			// the next one (retryReads asks them at the next tick).
+			failAskedReads(inflight, ErrLeaderChanged)
 		}
 		n.termStart = 0
 		n.publishLocalReads()
@@ -840,6 +886,18 @@ func (n *Node) truncate(to uint64) error {
 	}
 	n.log.AfterTruncate(to, term)
 	return nil
+}
+
+func failAskedReads(inflight map[uint64]*readRound, err error) {
+	for seq, r := range inflight {
+		if r.leader == raft.None {
+			continue
+		}
+		for _, w := range r.waiters {
+			w <- err
+		}
+		delete(inflight, seq)
+	}
 }
 
 func failReads(inflight map[uint64]*readRound, err error) {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +19,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -114,6 +117,17 @@ func (c *testCluster) client(i int) *clientv3.Client {
 	}
 	c.t.Cleanup(func() { _ = cli.Close() })
 	return cli
+}
+
+// rawKV is a KV client of member i without the etcd client's retries.
+func (c *testCluster) rawKV(i int) etcdserverpb.KVClient {
+	c.t.Helper()
+	conn, err := grpc.NewClient(c.cfgs[i].AdvertiseClientURLs[0].Host, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { _ = conn.Close() })
+	return etcdserverpb.NewKVClient(conn)
 }
 
 // leader waits until the running members agree on a leader and returns its
@@ -351,6 +365,10 @@ func (c *testCluster) waitMembers(ctx context.Context, cli *clientv3.Client, con
 	}
 }
 
+func allPublished(ms []*etcdserverpb.Member) bool {
+	return !slices.ContainsFunc(ms, func(m *etcdserverpb.Member) bool { return m.Name == "" || len(m.ClientURLs) == 0 })
+}
+
 // The etcd way: member add, then start the member with
 // --initial-cluster-state=existing; promote a learner; remove a member.
 func TestClusterMembershipChanges(t *testing.T) {
@@ -366,15 +384,9 @@ func TestClusterMembershipChanges(t *testing.T) {
 	if _, err := cli.Put(ctx, "before", "1"); err != nil {
 		t.Fatal(err)
 	}
-	// Wait until every voter is known active and has published.
-	c.waitMembers(ctx, cli, func(ms []*etcdserverpb.Member) bool {
-		for _, m := range ms {
-			if m.Name == "" {
-				return false
-			}
-		}
-		return true
-	})
+	// Wait until every member has published its client URLs: a follower
+	// forwards changes to the leader's.
+	c.waitMembers(ctx, cli, allPublished)
 
 	n := c.addMember("learner")
 	peerURL := c.cfgs[n].AdvertisePeerURLs[0].String()
@@ -466,9 +478,7 @@ func TestClusterJoin(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c.waitMembers(ctx, cli, func(ms []*etcdserverpb.Member) bool {
-		return !slices.ContainsFunc(ms, func(m *etcdserverpb.Member) bool { return m.Name == "" })
-	})
+	c.waitMembers(ctx, cli, allPublished)
 	n := c.addMember("joiner")
 	c.cfgs[n].Join = "http://" + c.cfgs[1].AdvertiseClientURLs[0].Host
 	c.start(n)
@@ -567,5 +577,112 @@ func TestClusterLongApplyKeepsLeader(t *testing.T) {
 		if l := s.node.Leader(); l != c.servers[lead].memberID {
 			t.Fatalf("member %d follows %x, the leader was %x", i, l, c.servers[lead].memberID)
 		}
+	}
+}
+
+// partition is a network fault between in-process members: a member in
+// isolated can neither send to nor hear from any other.
+type partition struct {
+	mu       sync.Mutex
+	isolated map[uint64]bool
+}
+
+func (p *partition) blocked(from, to uint64) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.isolated[from] != p.isolated[to]
+}
+
+func (p *partition) set(ids ...uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.isolated = map[uint64]bool{}
+	for _, id := range ids {
+		p.isolated[id] = true
+	}
+}
+
+// refused reports whether err is how etcd refuses a request that a member
+// cut off from its leader cannot serve: timed out, or leader changed.
+func refused(err error) bool {
+	return errors.Is(err, rpctypes.ErrGRPCTimeout) || errors.Is(err, rpctypes.ErrGRPCLeaderChanged)
+}
+
+// A partitioned follower cannot serve linearizable reads (they fail, they do
+// not hang), still serves serializable ones, and catches up once healed; a
+// partitioned leader steps down (CheckQuorum), fails linearizable reads and
+// writes, while the majority elects a new leader and keeps serving.
+func TestClusterPartitions(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	c := newTestCluster(t, 3, "partition")
+	var p partition
+	for i := range 3 {
+		c.cfgs[i].PeerBlocked = p.blocked
+		c.start(i)
+	}
+	lead := c.leader(ctx)
+	clis := []*clientv3.Client{c.client(0), c.client(1), c.client(2)}
+	if _, err := clis[lead].Put(ctx, "k", "v1"); err != nil {
+		t.Fatal(err)
+	}
+
+	// One follower cut off.
+	f := (lead + 1) % 3
+	p.set(c.servers[f].memberID)
+	if _, err := clis[lead].Put(ctx, "k", "v2"); err != nil {
+		t.Fatalf("put with a follower partitioned: %v", err)
+	}
+	if get, err := clis[(lead+2)%3].Get(ctx, "k"); err != nil || string(get.Kvs[0].Value) != "v2" {
+		t.Fatalf("linearizable get on the majority: %+v %v", get, err)
+	}
+	// A bare KV client: the etcd client retries a read that timed out
+	// (Unavailable) until its own deadline, hiding the server's answer.
+	rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
+	_, err := c.rawKV(f).Range(rctx, &etcdserverpb.RangeRequest{Key: []byte("k")})
+	rcancel()
+	if !refused(err) {
+		t.Fatalf("a partitioned follower's linearizable read: %v, want %v or %v (not an answer, and not a hang)", err, rpctypes.ErrTimeout, rpctypes.ErrLeaderChanged)
+	}
+	if get, err := clis[f].Get(ctx, "k", clientv3.WithSerializable()); err != nil || string(get.Kvs[0].Value) != "v1" {
+		t.Fatalf("serializable get on the partitioned follower: %+v %v", get, err)
+	}
+	p.set()
+	waitFor(ctx, t, func() bool {
+		get, err := clis[f].Get(ctx, "k", clientv3.WithSerializable())
+		return err == nil && string(get.Kvs[0].Value) == "v2"
+	})
+
+	// The leader cut off.
+	oldLead := c.servers[lead]
+	term := oldLead.node.Term()
+	p.set(oldLead.memberID)
+	waitFor(ctx, t, func() bool { return oldLead.node.Leader() != oldLead.memberID })
+	others := []int{(lead + 1) % 3, (lead + 2) % 3}
+	waitFor(ctx, t, func() bool {
+		l := c.servers[others[0]].node.Leader()
+		return l != 0 && l != oldLead.memberID && l == c.servers[others[1]].node.Leader()
+	})
+	if got := c.servers[others[0]].node.Term(); got <= term {
+		t.Fatalf("the majority's term is %d, not above the old leader's %d", got, term)
+	}
+	if _, err := clis[others[0]].Put(ctx, "k", "v3"); err != nil {
+		t.Fatalf("put on the majority after the leader was cut off: %v", err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
+	_, werr := c.rawKV(lead).Put(wctx, &etcdserverpb.PutRequest{Key: []byte("k"), Value: []byte("lost")})
+	_, rerr := c.rawKV(lead).Range(wctx, &etcdserverpb.RangeRequest{Key: []byte("k")})
+	wcancel()
+	if !refused(werr) || !refused(rerr) {
+		t.Fatalf("the deposed leader answered put with %v and a linearizable get with %v, want %v or %v (not an answer, and not a hang)", werr, rerr, rpctypes.ErrTimeout, rpctypes.ErrLeaderChanged)
+	}
+	p.set()
+	waitFor(ctx, t, func() bool {
+		get, err := clis[lead].Get(ctx, "k", clientv3.WithSerializable())
+		return err == nil && string(get.Kvs[0].Value) == "v3"
+	})
+	get, err := clis[lead].Get(ctx, "k")
+	if err != nil || string(get.Kvs[0].Value) != "v3" || get.Kvs[0].Version != 3 {
+		t.Fatalf("after healing, the old leader reads %+v %v; the write it took while cut off must not exist", get, err)
 	}
 }

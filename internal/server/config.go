@@ -38,6 +38,9 @@ type Config struct {
 	ListenMetricsURLs []url.URL
 	EnablePprof       bool
 	Logger            *slog.Logger
+	// PeerBlocked injects network faults for tests: messages between two
+	// members it reports blocked are dropped (see transport.Config).
+	PeerBlocked func(from, to uint64) bool
 }
 
 // ParseURLs parses a comma-separated list of URLs as etcd's flags take them.

@@ -131,6 +131,7 @@ func (s *Server) open(pacer *storage.SyncPacer) error {
 		Handler:   peerHandler{s},
 		Logger:    s.logger,
 		Members:   s.encodedMembers,
+		Blocked:   s.cfg.PeerBlocked,
 	})
 	if err := s.addKnownPeers(); err != nil {
 		return err

@@ -198,6 +198,7 @@ func buildReceiver(m *member) {
 	}
 	m.setMeta(storage.MetaClusterID, "cluster-B")
 	m.setMeta(storage.MetaMemberID, "member-B")
+	m.setMeta(storage.MetaJoined, "joined-B")
 }
 
 // dump returns every key and value of r in [start, end).

@@ -68,6 +68,10 @@ type Config struct {
 	// Members, when not nil, answers a new member's question of who is in
 	// the cluster (see FetchMembers): the encoded member records.
 	Members func() [][]byte
+	// Blocked, when not nil, injects network faults for tests: every
+	// message between two members it reports blocked is dropped, sent or
+	// received, as a network partition drops it.
+	Blocked func(from, to uint64) bool
 }
 
 // Queue and timing bounds.
@@ -145,6 +149,13 @@ func (t *Transport) RemovePeer(id uint64) {
 func (t *Transport) Send(msgs []*raftpb.Message) {
 	for _, m := range msgs {
 		to := m.GetTo()
+		if t.blocked(t.cfg.ID, to) {
+			if m.GetType() == raftpb.MessageType_MsgSnap {
+				t.cfg.Handler.DiscardSnapshot(m)
+				t.cfg.Handler.ReportSnapshot(to, false)
+			}
+			continue
+		}
 		t.mu.Lock()
 		p := t.peers[to]
 		t.mu.Unlock()
@@ -324,6 +335,10 @@ func (t *Transport) serveConn(c net.Conn) {
 	}
 }
 
+func (t *Transport) blocked(from, to uint64) bool {
+	return t.cfg.Blocked != nil && t.cfg.Blocked(from, to)
+}
+
 func (t *Transport) isRemoved(id uint64) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -344,6 +359,9 @@ func (t *Transport) readStream(r *bufio.Reader, from uint64) {
 			t.cfg.Logger.Warn("dropped a message whose sender is not the stream's peer", "peer", fmt.Sprintf("%x", from), "from", fmt.Sprintf("%x", m.GetFrom()))
 			continue
 		}
+		if t.blocked(from, t.cfg.ID) {
+			continue
+		}
 		t.cfg.Handler.Process(m)
 	}
 }
@@ -353,6 +371,9 @@ func (t *Transport) readSnapshot(c net.Conn, r *bufio.Reader, from uint64) {
 	m, err := readMessage(r, &buf)
 	if err != nil || m.GetType() != raftpb.MessageType_MsgSnap || m.GetFrom() != from {
 		t.cfg.Logger.Warn("bad snapshot announcement", "peer", fmt.Sprintf("%x", from), "err", err)
+		return
+	}
+	if t.blocked(from, t.cfg.ID) {
 		return
 	}
 	if err := t.cfg.Handler.ReceiveSnapshot(r, m); err != nil {
