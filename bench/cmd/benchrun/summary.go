@@ -118,7 +118,11 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 
 // describeLoad is the benchmark tool arguments of a load, for table titles.
-func describeLoad(l harness.Load, c harness.Client) string {
-	return fmt.Sprintf("%s: benchmark --clients=%d --conns=%d %s --total=%d",
-		l.Name, c.Clients, c.Conns, strings.Join(l.Args, " "), l.Total)
+func describeLoad(l harness.Load, c harness.Client, members int) string {
+	who := "1 member"
+	if members > 1 {
+		who = fmt.Sprintf("%d members (CPU summed over them; the floor is one process)", members)
+	}
+	return fmt.Sprintf("%s, %s: benchmark --clients=%d --conns=%d %s --total=%d",
+		l.Name, who, c.Clients, c.Conns, strings.Join(l.Args, " "), l.Total)
 }
