@@ -1,4 +1,4 @@
-// Package floor is a gRPC server of the etcd KV API that does no work: Range and Put
+// Package floor is a gRPC server of the etcd KV API that does no work: Range, Put and Txn
 // answer at once from memory. Benchmarks run the etcd benchmark tool against it to
 // measure what gRPC and the benchmark client cost on their own, the floor beneath any
 // real server; a server's CPU per request is read as a ratio to the floor's.
