@@ -63,7 +63,7 @@ func main() {
 	flag.IntVar(&c.rounds, "rounds", 3, "rounds per load; each round runs every server once, in turn")
 	flag.StringVar(&c.loads, "loads", "put,range-l,range-s", "loads to run: put (sequential keys), put-rand (random keys), txn-put, range-l (linearizable), range-s (serializable); put loads take a key space as put-rand:10000 (or :10k)")
 	flag.StringVar(&c.members, "members", "1", "cluster sizes to run, e.g. 3 or 1,3: plinth and etcd run as that many member processes on loopback, the floor as one process")
-	flag.StringVar(&c.servers, "servers", "plinth,etcd,floor", "servers to race, in the order each round runs them")
+	flag.StringVar(&c.servers, "servers", "plinth,etcd,floor", "servers to race, in the order each round runs them; floor-each (one floor process per member, no peers) is a diagnostic for -members > 1")
 	flag.IntVar(&c.clients, "clients", 1000, "benchmark --clients")
 	flag.IntVar(&c.conns, "conns", 100, "benchmark --conns")
 	flag.IntVar(&c.putTotal, "put-total", 100000, "requests per put round")
@@ -136,8 +136,8 @@ func run(ctx context.Context, c config) error {
 
 	wanted := splitList(c.servers)
 	for _, name := range wanted {
-		if name != "plinth" && name != "etcd" && name != "floor" {
-			return fmt.Errorf("unknown server %q (want plinth, etcd, floor)", name)
+		if name != "plinth" && name != "etcd" && name != "floor" && name != "floor-each" {
+			return fmt.Errorf("unknown server %q (want plinth, etcd, floor, floor-each)", name)
 		}
 	}
 
@@ -150,6 +150,9 @@ func run(ctx context.Context, c config) error {
 	specs := map[string]harness.Spec{
 		"etcd":  {Name: "etcd", Bin: filepath.Join(c.out, "etcd"), Args: harness.EtcdArgs(c.quota)},
 		"floor": {Name: "floor", Bin: filepath.Join(c.out, "floor"), Args: harness.FloorArgs(c.valSize), Single: true},
+		// floor-each runs one floor process per member, with no peers: what
+		// spreading the clients over that many processes costs, with no Raft.
+		"floor-each": {Name: "floor-each", Bin: filepath.Join(c.out, "floor"), Args: harness.FloorArgs(c.valSize)},
 	}
 	var notes []string
 	if contains(wanted, "plinth") {

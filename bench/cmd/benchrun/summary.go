@@ -91,7 +91,8 @@ func printTable(w io.Writer, title string, sums []summary) {
 	for _, s := range sums {
 		byName[s.server] = s
 	}
-	pairs := [][2]string{{"plinth", "etcd"}, {"plinth", "floor"}, {"etcd", "floor"}}
+	pairs := [][2]string{{"plinth", "etcd"}, {"plinth", "floor"}, {"etcd", "floor"},
+		{"plinth", "floor-each"}, {"etcd", "floor-each"}, {"floor-each", "floor"}}
 	var lines [][2]summary
 	for _, p := range pairs {
 		a, okA := byName[p[0]]
