@@ -1,4 +1,4 @@
-// Package floor is a gRPC server of the etcd KV API that does no work: Range and Put
+// Package floor is a gRPC server of the etcd KV API that does no work: Range, Put and Txn
 // answer at once from memory. Benchmarks run the etcd benchmark tool against it to
 // measure what gRPC and the benchmark client cost on their own, the floor beneath any
 // real server; a server's CPU per request is read as a ratio to the floor's.
@@ -15,6 +15,8 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Fixed identity reported in every response header.
@@ -24,8 +26,8 @@ const (
 	RaftTerm  = 2
 )
 
-// KV answers the etcd KV service from constants. Put bumps a revision counter and
-// returns it; Range returns one fixed key-value (the key asked for, a fixed value) at
+// KV answers the etcd KV service from constants. Put (and a Txn with puts) bumps a
+// revision counter and returns it; Range returns one fixed key-value (the key asked for, a fixed value) at
 // the current revision, or nothing when the floor was built with an empty value.
 type KV struct {
 	pb.UnimplementedKVServer
@@ -72,6 +74,34 @@ func (kv *KV) Range(_ context.Context, r *pb.RangeRequest) (*pb.RangeResponse, e
 // Put returns a header with the next revision and stores nothing.
 func (kv *KV) Put(_ context.Context, _ *pb.PutRequest) (*pb.PutResponse, error) {
 	return &pb.PutResponse{Header: kv.header(kv.rev.Add(1))}, nil
+}
+
+// Txn answers every request as if its comparisons held: one response per op of the
+// success branch, a put's with no previous value, a range's as Range answers. A
+// txn with puts takes one new revision, as in etcd. It stores nothing; ops other
+// than put and range answer Unimplemented.
+func (kv *KV) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
+	rev := kv.rev.Load()
+	for _, op := range r.Success {
+		if _, ok := op.Request.(*pb.RequestOp_RequestPut); ok {
+			rev = kv.rev.Add(1)
+			break
+		}
+	}
+	resp := &pb.TxnResponse{Header: kv.header(rev), Succeeded: true, Responses: make([]*pb.ResponseOp, 0, len(r.Success))}
+	for _, op := range r.Success {
+		switch req := op.Request.(type) {
+		case *pb.RequestOp_RequestPut:
+			resp.Responses = append(resp.Responses, &pb.ResponseOp{Response: &pb.ResponseOp_ResponsePut{
+				ResponsePut: &pb.PutResponse{Header: kv.header(rev)}}})
+		case *pb.RequestOp_RequestRange:
+			rr, _ := kv.Range(ctx, req.RequestRange)
+			resp.Responses = append(resp.Responses, &pb.ResponseOp{Response: &pb.ResponseOp_ResponseRange{ResponseRange: rr}})
+		default:
+			return nil, status.Errorf(codes.Unimplemented, "floor: txn op %T not served", req)
+		}
+	}
+	return resp, nil
 }
 
 // NewServer returns a gRPC server with the KV service registered, configured as etcd

@@ -65,6 +65,19 @@ func TestFloorWithEtcdClient(t *testing.T) {
 		t.Fatalf("get = %+v", get)
 	}
 
+	txn, err := cli.Txn(ctx).Then(clientv3.OpPut("a", "1"), clientv3.OpPut("b", "2"), clientv3.OpGet("c")).Commit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !txn.Succeeded || txn.Header.Revision != last+1 || len(txn.Responses) != 3 ||
+		txn.Responses[0].GetResponsePut() == nil || len(txn.Responses[2].GetResponseRange().GetKvs()) != 1 {
+		t.Fatalf("txn = %+v", txn)
+	}
+	_, err = cli.Txn(ctx).Then(clientv3.OpDelete("a")).Commit()
+	if status.Code(err) != codes.Unimplemented {
+		t.Fatalf("txn delete: err = %v, want Unimplemented", err)
+	}
+
 	_, err = cli.Delete(ctx, "k")
 	if status.Code(err) != codes.Unimplemented {
 		t.Fatalf("delete: err = %v, want Unimplemented", err)

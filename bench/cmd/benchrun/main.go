@@ -24,6 +24,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -46,6 +47,8 @@ type config struct {
 	valSize      int
 	keySpace     int
 	sequential   bool
+	txnOps       int
+	members      string
 	quick        bool
 	plinthBin    string
 	out          string
@@ -58,8 +61,9 @@ type config struct {
 func main() {
 	var c config
 	flag.IntVar(&c.rounds, "rounds", 3, "rounds per load; each round runs every server once, in turn")
-	flag.StringVar(&c.loads, "loads", "put,range-l,range-s", "loads to run: put, range-l (linearizable), range-s (serializable)")
-	flag.StringVar(&c.servers, "servers", "plinth,etcd,floor", "servers to race, in the order each round runs them")
+	flag.StringVar(&c.loads, "loads", "put,range-l,range-s", "loads to run: put (sequential keys), put-rand (random keys), txn-put, range-l (linearizable), range-s (serializable); put loads take a key space as put-rand:10000 (or :10k)")
+	flag.StringVar(&c.members, "members", "1", "cluster sizes to run, e.g. 3 or 1,3: plinth and etcd run as that many member processes on loopback, the floor as one process")
+	flag.StringVar(&c.servers, "servers", "plinth,etcd,floor", "servers to race, in the order each round runs them; floor-each (one floor process per member, no peers) is a diagnostic for -members > 1")
 	flag.IntVar(&c.clients, "clients", 1000, "benchmark --clients")
 	flag.IntVar(&c.conns, "conns", 100, "benchmark --conns")
 	flag.IntVar(&c.putTotal, "put-total", 100000, "requests per put round")
@@ -68,7 +72,8 @@ func main() {
 	flag.IntVar(&c.keySize, "key-size", 8, "benchmark put --key-size")
 	flag.IntVar(&c.valSize, "val-size", 256, "benchmark put --val-size, and the size of the value range loads read")
 	flag.IntVar(&c.keySpace, "key-space-size", 100000, "benchmark put --key-space-size")
-	flag.BoolVar(&c.sequential, "sequential-keys", true, "benchmark put --sequential-keys (false: random keys)")
+	flag.BoolVar(&c.sequential, "sequential-keys", true, "benchmark put --sequential-keys for the put load (false: random keys, as put-rand)")
+	flag.IntVar(&c.txnOps, "txn-ops", 1, "benchmark txn-put --txn-ops: puts per txn")
 	flag.BoolVar(&c.quick, "quick", false, "smoke test: 1 round, 5000 puts and 10000 ranges (explicit flags still win)")
 	flag.StringVar(&c.plinthBin, "plinth-bin", "", "use this plinth executable instead of building ./cmd/plinth")
 	flag.StringVar(&c.out, "out", "", "directory for the built executables (default: bench/out)")
@@ -110,6 +115,10 @@ func run(ctx context.Context, c config) error {
 	if err != nil {
 		return err
 	}
+	sizes, err := memberCounts(c.members)
+	if err != nil {
+		return err
+	}
 	benchDir, err := findBenchDir()
 	if err != nil {
 		return err
@@ -127,8 +136,8 @@ func run(ctx context.Context, c config) error {
 
 	wanted := splitList(c.servers)
 	for _, name := range wanted {
-		if name != "plinth" && name != "etcd" && name != "floor" {
-			return fmt.Errorf("unknown server %q (want plinth, etcd, floor)", name)
+		if name != "plinth" && name != "etcd" && name != "floor" && name != "floor-each" {
+			return fmt.Errorf("unknown server %q (want plinth, etcd, floor, floor-each)", name)
 		}
 	}
 
@@ -140,7 +149,10 @@ func run(ctx context.Context, c config) error {
 	}
 	specs := map[string]harness.Spec{
 		"etcd":  {Name: "etcd", Bin: filepath.Join(c.out, "etcd"), Args: harness.EtcdArgs(c.quota)},
-		"floor": {Name: "floor", Bin: filepath.Join(c.out, "floor"), Args: harness.FloorArgs(c.valSize)},
+		"floor": {Name: "floor", Bin: filepath.Join(c.out, "floor"), Args: harness.FloorArgs(c.valSize), Single: true},
+		// floor-each runs one floor process per member, with no peers: what
+		// spreading the clients over that many processes costs, with no Raft.
+		"floor-each": {Name: "floor-each", Bin: filepath.Join(c.out, "floor"), Args: harness.FloorArgs(c.valSize)},
 	}
 	var notes []string
 	if contains(wanted, "plinth") {
@@ -166,50 +178,53 @@ func run(ctx context.Context, c config) error {
 	var header bytes.Buffer
 	fmt.Fprintf(&header, "benchrun: %d CPUs, %s/%s, %s; %s\n", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH,
 		runtime.Version(), moduleVersions(ctx, benchDir))
-	fmt.Fprintf(&header, "servers: %s; %d round(s) per load, servers in turn, each on a fresh data dir\n",
-		names(servers), c.rounds)
+	fmt.Fprintf(&header, "servers: %s; %d round(s) per load, servers in turn, each on a fresh data dir; members: %s (the floor: one process)\n",
+		names(servers), c.rounds, c.members)
 	for _, n := range notes {
 		fmt.Fprintln(&header, n)
 	}
 	logf("%s", strings.TrimSpace(header.String()))
 
-	// Rounds: for each load, round after round, every server in turn.
+	// Rounds: for each cluster size and load, round after round, every server in turn.
 	var tables bytes.Buffer
 	failed := 0
 	start := time.Now()
-	for _, load := range loads {
-		results := map[string][]harness.Result{}
-		tried := map[string]int{}
-		for r := 1; r <= c.rounds; r++ {
-			for _, spec := range servers {
-				if err := ctx.Err(); err != nil {
-					return err
-				}
-				tried[spec.Name]++
-				res, err := runRound(ctx, c, client, spec, load)
-				if err != nil {
-					if ctx.Err() != nil {
-						return ctx.Err() // interrupted: the round's failure is ours
+	for _, members := range sizes {
+		for _, load := range loads {
+			results := map[string][]harness.Result{}
+			tried := map[string]int{}
+			tag := fmt.Sprintf("%s/%d", load.Name, members)
+			for r := 1; r <= c.rounds; r++ {
+				for _, spec := range servers {
+					if err := ctx.Err(); err != nil {
+						return err
 					}
-					failed++
-					logf("%-8s %-8s round %d: FAILED: %v", load.Name, spec.Name, r, err)
-					continue
-				}
-				results[spec.Name] = append(results[spec.Name], res)
-				p99, _ := res.Report.P(99)
-				logf("%-8s %-8s round %d: %8.0f req/s  p99 %7.2f ms  server CPU %6.1f µs/req  client CPU %6.1f µs/req  failed %d",
-					load.Name, spec.Name, r, res.Report.RPS, ms(p99), us(res.ServerCPUPerRequest()),
-					us(res.ClientCPUPerRequest()), res.Report.ErrorCount())
-				if c.verbose {
-					fmt.Fprintln(os.Stderr, res.Output)
+					tried[spec.Name]++
+					res, err := runRound(ctx, c, client, spec, members, load)
+					if err != nil {
+						if ctx.Err() != nil {
+							return ctx.Err() // interrupted: the round's failure is ours
+						}
+						failed++
+						logf("%-14s %-7s round %d: FAILED: %v", tag, spec.Name, r, err)
+						continue
+					}
+					results[spec.Name] = append(results[spec.Name], res)
+					p99, _ := res.Report.P(99)
+					logf("%-14s %-7s round %d: %7.0f req/s  p99 %7.2f ms  server CPU %6.1f µs/req%s  client CPU %5.1f µs/req  failed %d",
+						tag, spec.Name, r, res.Report.RPS, ms(p99), us(res.ServerCPUPerRequest()), memberShares(res),
+						us(res.ClientCPUPerRequest()), res.Report.ErrorCount())
+					if c.verbose {
+						fmt.Fprintln(os.Stderr, res.Output)
+					}
 				}
 			}
+			var sums []summary
+			for _, spec := range servers {
+				sums = append(sums, summarize(spec.Name, tried[spec.Name], results[spec.Name]))
+			}
+			printTable(&tables, describeLoad(load, client, members)+" (medians over rounds)", sums)
 		}
-		var sums []summary
-		for _, spec := range servers {
-			sums = append(sums, summarize(spec.Name, tried[spec.Name], results[spec.Name]))
-		}
-		printTable(&tables, describeLoad(load, client)+" (medians over rounds)", sums)
 	}
 	fmt.Print(header.String())
 	fmt.Print(tables.String())
@@ -220,11 +235,12 @@ func run(ctx context.Context, c config) error {
 	return nil
 }
 
-// runRound starts a fresh server, runs the load against it and stops it.
-func runRound(ctx context.Context, c config, client harness.Client, spec harness.Spec, load harness.Load) (harness.Result, error) {
+// runRound starts a fresh server of members members, runs the load against it and
+// stops it.
+func runRound(ctx context.Context, c config, client harness.Client, spec harness.Spec, members int, load harness.Load) (harness.Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.roundTimeout)
 	defer cancel()
-	srv, err := harness.Start(ctx, spec, c.dataRoot)
+	srv, err := harness.Start(ctx, spec, c.dataRoot, members)
 	if err != nil {
 		return harness.Result{}, err
 	}
@@ -235,22 +251,88 @@ func runRound(ctx context.Context, c config, client harness.Client, spec harness
 	return res, err
 }
 
+// makeLoads parses -loads. A put load's name may end in :N (N keys, or Nk
+// thousands) to set its key space; otherwise -key-space-size sets it.
 func makeLoads(c config) ([]harness.Load, error) {
 	var loads []harness.Load
 	for _, name := range splitList(c.loads) {
-		switch name {
-		case "put":
-			loads = append(loads, harness.PutLoad(c.putTotal, c.keySize, c.valSize, c.keySpace, c.sequential))
-		case "range-l", "range-s":
-			loads = append(loads, harness.RangeLoad(c.rangeTotal, c.valSize, strings.TrimPrefix(name, "range-")))
-		default:
-			return nil, fmt.Errorf("unknown load %q (want put, range-l, range-s)", name)
+		base, space, err := parseKeySpace(name, c.keySpace)
+		if err != nil {
+			return nil, err
 		}
+		var l harness.Load
+		switch base {
+		case "put":
+			l = harness.PutLoad(c.putTotal, c.keySize, c.valSize, space, c.sequential)
+		case "put-rand":
+			l = harness.PutLoad(c.putTotal, c.keySize, c.valSize, space, false)
+		case "txn-put":
+			if c.txnOps < 1 || c.txnOps > space {
+				return nil, fmt.Errorf("-txn-ops %d: want 1 to the key space (%d)", c.txnOps, space)
+			}
+			l = harness.TxnPutLoad(c.putTotal, c.keySize, c.valSize, space, c.txnOps)
+		case "range-l", "range-s":
+			if base != name {
+				return nil, fmt.Errorf("load %q: range loads take no key space", name)
+			}
+			l = harness.RangeLoad(c.rangeTotal, c.valSize, strings.TrimPrefix(name, "range-"))
+		default:
+			return nil, fmt.Errorf("unknown load %q (want put, put-rand, txn-put, range-l, range-s)", name)
+		}
+		l.Name = name
+		loads = append(loads, l)
 	}
 	if len(loads) == 0 {
 		return nil, errors.New("no loads")
 	}
 	return loads, nil
+}
+
+// parseKeySpace splits "put-rand:10k" into "put-rand" and 10000; a name without
+// ":" has key space def.
+func parseKeySpace(name string, def int) (string, int, error) {
+	base, n, ok := strings.Cut(name, ":")
+	if !ok {
+		return name, def, nil
+	}
+	mult := 1
+	if rest, ok := strings.CutSuffix(n, "k"); ok {
+		n, mult = rest, 1000
+	}
+	v, err := strconv.Atoi(n)
+	if err != nil || v < 1 {
+		return "", 0, fmt.Errorf("load %q: key space %q is not a positive number", name, n)
+	}
+	return base, v * mult, nil
+}
+
+// memberCounts parses -members: cluster sizes, each 1 or more.
+func memberCounts(s string) ([]int, error) {
+	var out []int
+	for _, f := range splitList(s) {
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("-members: %q is not a positive number", f)
+		}
+		out = append(out, n)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("-members: none given")
+	}
+	return out, nil
+}
+
+// memberShares formats each member's CPU per request when there are several
+// (" = 40.1+12.3+12.0"), and is empty for one.
+func memberShares(r harness.Result) string {
+	if len(r.MemberCPU) < 2 || r.Requests == 0 {
+		return ""
+	}
+	var parts []string
+	for _, d := range r.MemberCPU {
+		parts = append(parts, fmt.Sprintf("%.1f", us(d/time.Duration(r.Requests))))
+	}
+	return " = " + strings.Join(parts, "+")
 }
 
 // plinthBinary returns -plinth-bin, or builds ./cmd/plinth in the repository root.

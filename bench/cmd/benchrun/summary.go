@@ -91,7 +91,8 @@ func printTable(w io.Writer, title string, sums []summary) {
 	for _, s := range sums {
 		byName[s.server] = s
 	}
-	pairs := [][2]string{{"plinth", "etcd"}, {"plinth", "floor"}, {"etcd", "floor"}}
+	pairs := [][2]string{{"plinth", "etcd"}, {"plinth", "floor"}, {"etcd", "floor"},
+		{"plinth", "floor-each"}, {"etcd", "floor-each"}, {"floor-each", "floor"}}
 	var lines [][2]summary
 	for _, p := range pairs {
 		a, okA := byName[p[0]]
@@ -118,7 +119,11 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 
 // describeLoad is the benchmark tool arguments of a load, for table titles.
-func describeLoad(l harness.Load, c harness.Client) string {
-	return fmt.Sprintf("%s: benchmark --clients=%d --conns=%d %s --total=%d",
-		l.Name, c.Clients, c.Conns, strings.Join(l.Args, " "), l.Total)
+func describeLoad(l harness.Load, c harness.Client, members int) string {
+	who := "1 member"
+	if members > 1 {
+		who = fmt.Sprintf("%d members (CPU summed over them; the floor is one process)", members)
+	}
+	return fmt.Sprintf("%s, %s: benchmark --clients=%d --conns=%d %s --total=%d",
+		l.Name, who, c.Clients, c.Conns, strings.Join(l.Args, " "), l.Total)
 }

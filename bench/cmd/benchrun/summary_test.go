@@ -86,3 +86,34 @@ func TestMakeLoads(t *testing.T) {
 		t.Fatal("unknown load accepted")
 	}
 }
+
+func TestMakeLoadsKeySpaces(t *testing.T) {
+	c := config{loads: "put-rand,put-rand:10k,txn-put:500", putTotal: 60000, rangeTotal: 20,
+		keySize: 8, valSize: 256, keySpace: 100000, sequential: true, txnOps: 2}
+	loads, err := makeLoads(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"put-rand put --key-size=8 --val-size=256 --key-space-size=100000",
+		"put-rand:10k put --key-size=8 --val-size=256 --key-space-size=10000",
+		"txn-put:500 txn-put --key-size=8 --val-size=256 --key-space-size=500 --txn-ops=2",
+	}
+	for i, l := range loads {
+		if got := l.Name + " " + strings.Join(l.Args, " "); got != want[i] || l.Total != 60000 {
+			t.Errorf("load %d = %q (total %d), want %q", i, got, l.Total, want[i])
+		}
+	}
+	for _, bad := range []string{"put:x", "put-rand:0", "range-l:10", "txn-put:1"} {
+		c.loads = bad
+		if _, err := makeLoads(c); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	if got, err := memberCounts("1, 3"); err != nil || len(got) != 2 || got[1] != 3 {
+		t.Errorf("memberCounts = %v, %v", got, err)
+	}
+	if _, err := memberCounts("0"); err == nil {
+		t.Error("-members=0 accepted")
+	}
+}

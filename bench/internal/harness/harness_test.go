@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -42,15 +43,17 @@ func TestRoundAgainstFloor(t *testing.T) {
 
 	for _, load := range []Load{
 		PutLoad(requests, 8, 256, 1000, true),
+		PutLoad(requests, 8, 256, 100, false),
+		TxnPutLoad(requests, 8, 256, 100, 2),
 		RangeLoad(requests, 256, "s"),
 		RangeLoad(requests, 256, "l"),
 	} {
 		t.Run(load.Name, func(t *testing.T) {
-			srv, err := Start(ctx, spec, t.TempDir())
+			srv, err := Start(ctx, spec, t.TempDir(), 1)
 			if err != nil {
 				t.Fatal(err)
 			}
-			pid := srv.Pid()
+			pid := srv.Members[0].Pid()
 			res, err := client.Run(ctx, srv, load)
 			if stopErr := srv.Stop(); stopErr != nil {
 				t.Errorf("Stop: %v", stopErr)
@@ -90,11 +93,11 @@ func TestStartFailsWhenServerExits(t *testing.T) {
 		t.Skip("no sh")
 	}
 	root := t.TempDir()
-	spec := Spec{Name: "dies", Bin: sh, Args: func(string, int, int) []string {
+	spec := Spec{Name: "dies", Bin: sh, Args: func(Member) []string {
 		return []string{"-c", "echo cannot start >&2; exit 3"}
 	}}
 	start := time.Now()
-	_, err = Start(context.Background(), spec, root)
+	_, err = Start(context.Background(), spec, root, 1)
 	if err == nil {
 		t.Fatal("Start succeeded")
 	}
@@ -106,6 +109,106 @@ func TestStartFailsWhenServerExits(t *testing.T) {
 	}
 	if left, _ := os.ReadDir(root); len(left) != 0 {
 		t.Fatalf("left behind: %v", left)
+	}
+}
+
+// TestClusterOfThree starts three floor processes as the members of one cluster
+// (the floor ignores its peers; what is tested is the harness): every member is
+// ready, the tool's connections reach all three, the round's server CPU is the sum
+// of the members', and Stop ends all three and removes the directory.
+func TestClusterOfThree(t *testing.T) {
+	floorBin, benchBin := buildTools(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	spec := Spec{Name: "floor3", Bin: floorBin, Args: FloorArgs(256)}
+	c, err := Start(ctx, spec, t.TempDir(), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	if len(c.Members) != 3 || len(c.Endpoints()) != 3 {
+		t.Fatalf("members %d, endpoints %v", len(c.Members), c.Endpoints())
+	}
+	res, err := Client{Bin: benchBin, Clients: 60, Conns: 6}.Run(ctx, c, PutLoad(3000, 8, 256, 3000, true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum time.Duration
+	for i, d := range res.MemberCPU {
+		if d <= 0 {
+			t.Errorf("member %d used no CPU: the tool did not reach it", i+1)
+		}
+		sum += d
+	}
+	if len(res.MemberCPU) != 3 || sum != res.ServerCPU {
+		t.Fatalf("member CPU %v, server CPU %v", res.MemberCPU, res.ServerCPU)
+	}
+	pids := []int{c.Members[0].Pid(), c.Members[1].Pid(), c.Members[2].Pid()}
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, 0); err == nil {
+			t.Fatalf("member pid %d still alive after Stop", pid)
+		}
+	}
+	if _, err := os.Stat(c.dir); !os.IsNotExist(err) {
+		t.Fatalf("cluster dir %s not removed: %v", c.dir, err)
+	}
+	if one, err := Start(ctx, Spec{Name: "floor", Bin: floorBin, Args: FloorArgs(0), Single: true}, t.TempDir(), 3); err != nil {
+		t.Fatal(err)
+	} else if one.Stop(); len(one.Members) != 1 {
+		t.Fatalf("a Single spec started %d members", len(one.Members))
+	}
+}
+
+// TestStartClusterFailsWhenAMemberExits checks that when one member dies at once,
+// Start stops the members that did start and removes everything.
+func TestStartClusterFailsWhenAMemberExits(t *testing.T) {
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh")
+	}
+	root := t.TempDir()
+	var pidFiles []string
+	spec := Spec{Name: "half", Bin: sh, Args: func(m Member) []string {
+		if m.Name == "m3" {
+			return []string{"-c", "echo m3 cannot start >&2; exit 3"}
+		}
+		f := filepath.Join(root, m.Name+".pid")
+		pidFiles = append(pidFiles, f)
+		return []string{"-c", "echo $$ > " + f + "; exec sleep 60"}
+	}}
+	_, err = Start(context.Background(), spec, root, 3)
+	if err == nil || !strings.Contains(err.Error(), "m3 cannot start") {
+		t.Fatalf("err = %v, want m3's failure with its log", err)
+	}
+	for _, f := range pidFiles {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // the member was stopped before its shell wrote the file
+		}
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		if pid > 0 && syscall.Kill(pid, 0) == nil {
+			t.Fatalf("member pid %d still alive", pid)
+		}
+		os.Remove(f)
+	}
+	if left, _ := os.ReadDir(root); len(left) != 0 {
+		t.Fatalf("left behind: %v", left)
+	}
+}
+
+func TestEtcdArgsOfAMember(t *testing.T) {
+	m := Member{Name: "m2", DataDir: "/d", ClientPort: 1, PeerPort: 2,
+		InitialCluster: "m1=http://127.0.0.1:4,m2=http://127.0.0.1:2,m3=http://127.0.0.1:6"}
+	got := strings.Join(EtcdArgs(0)(m), " ")
+	for _, want := range []string{"--name m2", "--data-dir /d", "--listen-client-urls http://127.0.0.1:1",
+		"--initial-advertise-peer-urls http://127.0.0.1:2", "--initial-cluster " + m.InitialCluster,
+		"--initial-cluster-state new", "--initial-cluster-token " + ClusterToken} {
+		if !strings.Contains(got, want) {
+			t.Errorf("args %q lack %q", got, want)
+		}
 	}
 }
 

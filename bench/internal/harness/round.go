@@ -18,27 +18,45 @@ const RangeKey = "benchkey"
 
 // Load is one kind of benchmark request stream.
 type Load struct {
-	Name  string   // short name for tables: "put", "range-l", "range-s"
+	Name  string   // short name for tables: "put", "put-rand", "txn-put", "range-l", ...
 	Args  []string // benchmark tool subcommand and its flags, without --total
 	Total int      // requests per round
 
 	// Prepare, when set, runs on the fresh server before the CPU reading that starts
 	// the round (for example to put the key a range load reads).
-	Prepare func(ctx context.Context, s *Server) error
+	Prepare func(ctx context.Context, c *Cluster) error
 }
 
 // PutLoad writes total keys of keySize bytes with values of valSize bytes, keys
-// drawn from keySpace distinct keys, in order when sequential.
+// drawn from keySpace distinct keys, in order when sequential (all creates when
+// total <= keySpace), at random otherwise (the tool's rand.Intn: total random puts
+// over keySpace keys leave about keySpace*(1-exp(-total/keySpace)) distinct keys, the
+// rest of the puts overwrite).
 func PutLoad(total, keySize, valSize, keySpace int, sequential bool) Load {
 	args := []string{"put",
 		"--key-size=" + strconv.Itoa(keySize),
 		"--val-size=" + strconv.Itoa(valSize),
 		"--key-space-size=" + strconv.Itoa(keySpace),
 	}
+	name := "put-rand"
 	if sequential {
 		args = append(args, "--sequential-keys")
+		name = "put"
 	}
-	return Load{Name: "put", Args: args, Total: total}
+	return Load{Name: name, Args: args, Total: total}
+}
+
+// TxnPutLoad sends total txns of ops puts each (no comparisons), keys of keySize
+// bytes and values of valSize bytes. The tool takes keys in order over keySpace
+// keys (key number (i*ops+j) mod keySpace), so after the first keySpace puts every
+// put overwrites.
+func TxnPutLoad(total, keySize, valSize, keySpace, ops int) Load {
+	return Load{Name: "txn-put", Total: total, Args: []string{"txn-put",
+		"--key-size=" + strconv.Itoa(keySize),
+		"--val-size=" + strconv.Itoa(valSize),
+		"--key-space-size=" + strconv.Itoa(keySpace),
+		"--txn-ops=" + strconv.Itoa(ops),
+	}}
 }
 
 // RangeLoad reads RangeKey total times, which Prepare first puts with a value of
@@ -48,8 +66,8 @@ func RangeLoad(total, valSize int, consistency string) Load {
 		Name:  "range-" + consistency,
 		Args:  []string{"range", RangeKey, "--consistency=" + consistency},
 		Total: total,
-		Prepare: func(ctx context.Context, s *Server) error {
-			cli, err := s.Client()
+		Prepare: func(ctx context.Context, c *Cluster) error {
+			cli, err := c.Client()
 			if err != nil {
 				return err
 			}
@@ -57,7 +75,19 @@ func RangeLoad(total, valSize int, consistency string) Load {
 			ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
 			_, err = cli.Put(ctx, RangeKey, strings.Repeat("v", valSize))
-			return err
+			if err != nil {
+				return err
+			}
+			// A linearizable Get on each member returns once that member has applied
+			// the put, so no serializable range of the load misses the key.
+			if len(c.Members) > 1 {
+				for _, m := range c.Members {
+					if err := m.get(ctx, RangeKey); err != nil {
+						return fmt.Errorf("member %s: %w", m.Name, err)
+					}
+				}
+			}
+			return nil
 		},
 	}
 }
@@ -76,7 +106,10 @@ type Result struct {
 	Load      string
 	Requests  int // requests sent (the load's total)
 	Report    benchout.Report
-	ServerCPU time.Duration // server utime+stime during the load
+	ServerCPU time.Duration // utime+stime of all the server's members during the load
+	// MemberCPU is each member's utime+stime during the load, in member order; its
+	// sum is ServerCPU.
+	MemberCPU []time.Duration
 	ClientCPU time.Duration // benchmark tool utime+stime (its whole run)
 	Output    string        // benchmark tool standard output
 }
@@ -97,20 +130,22 @@ func (r Result) ClientCPUPerRequest() time.Duration {
 	return r.ClientCPU / time.Duration(r.Requests)
 }
 
-// Run runs load against the running server s and measures it. It fails when the
-// tool fails, prints no summary, or the server exits during the load; requests that
-// failed are reported in Result.Report.Errors.
-func (c Client) Run(ctx context.Context, s *Server, load Load) (Result, error) {
-	res := Result{Server: s.Spec.Name, Load: load.Name, Requests: load.Total}
+// Run runs load against the running server c, its connections spread over all the
+// members' endpoints (the tool dials them in turn, one endpoint per connection), and
+// measures it. It fails when the tool fails, prints no summary, or a member exits
+// during the load; requests that failed are reported in Result.Report.Errors.
+func (cl Client) Run(ctx context.Context, c *Cluster, load Load) (Result, error) {
+	name := c.Spec.Name
+	res := Result{Server: name, Load: load.Name, Requests: load.Total}
 	if load.Prepare != nil {
-		if err := load.Prepare(ctx, s); err != nil {
-			return res, fmt.Errorf("harness: prepare %s on %s: %w", load.Name, s.Spec.Name, err)
+		if err := load.Prepare(ctx, c); err != nil {
+			return res, fmt.Errorf("harness: prepare %s on %s: %w", load.Name, name, err)
 		}
 	}
 	args := []string{
-		"--endpoints=" + s.Endpoint,
-		"--clients=" + strconv.Itoa(c.Clients),
-		"--conns=" + strconv.Itoa(c.Conns),
+		"--endpoints=" + strings.Join(c.Endpoints(), ","),
+		"--clients=" + strconv.Itoa(cl.Clients),
+		"--conns=" + strconv.Itoa(cl.Conns),
 		"--precise",
 	}
 	args = append(args, load.Args...)
@@ -118,38 +153,42 @@ func (c Client) Run(ctx context.Context, s *Server, load Load) (Result, error) {
 
 	var stdout bytes.Buffer
 	stderr := &tailBuffer{max: 256 << 10}
-	cmd := exec.CommandContext(ctx, c.Bin, args...)
+	cmd := exec.CommandContext(ctx, cl.Bin, args...)
 	cmd.Stdout = &stdout
 	cmd.Stderr = stderr
 	cmd.WaitDelay = 5 * time.Second
 	killWithParent(cmd)
 
-	before, err := proccpu.Ticks(s.Pid())
+	before, err := c.cpuTicks()
 	if err != nil {
 		return res, err
 	}
 	runErr := cmd.Run()
-	after, err := proccpu.Ticks(s.Pid())
+	after, err := c.cpuTicks()
 	if err != nil {
-		return res, fmt.Errorf("harness: %s during %s: %w", s.Spec.Name, load.Name, err)
+		return res, fmt.Errorf("harness: during %s: %w", load.Name, err)
 	}
-	if s.Exited() {
-		return res, fmt.Errorf("harness: %s exited during %s: %v\n--- server log (tail) ---\n%s",
-			s.Spec.Name, load.Name, s.waitErr, s.LogTail(2000))
+	if s := c.exited(); s != nil {
+		return res, fmt.Errorf("harness: %s member %s exited during %s: %v\n%s",
+			name, s.Name, load.Name, s.waitErr, c.LogTail(2000))
 	}
-	res.ServerCPU = proccpu.TicksToDuration(after - before)
+	for i := range before {
+		d := proccpu.TicksToDuration(after[i] - before[i])
+		res.MemberCPU = append(res.MemberCPU, d)
+		res.ServerCPU += d
+	}
 	if cmd.ProcessState != nil {
 		res.ClientCPU = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	}
 	res.Output = stdout.String()
 	if runErr != nil {
 		return res, fmt.Errorf("harness: benchmark %s on %s: %w\n--- benchmark stderr (tail) ---\n%s",
-			load.Name, s.Spec.Name, runErr, toolErrors(stderr.String(), 20))
+			load.Name, name, runErr, toolErrors(stderr.String(), 20))
 	}
 	rep, err := benchout.Parse(res.Output)
 	res.Report = rep
 	if err != nil {
-		return res, fmt.Errorf("harness: benchmark %s on %s: %w (errors: %v)", load.Name, s.Spec.Name, err, rep.Errors)
+		return res, fmt.Errorf("harness: benchmark %s on %s: %w (errors: %v)", load.Name, name, err, rep.Errors)
 	}
 	return res, nil
 }
