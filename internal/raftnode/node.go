@@ -454,16 +454,7 @@ func (n *Node) raftLoop() {
 				batch = batch[k:]
 			}
 		}
-		// Reads start a round at once, leader or not: a round that Raft
-		// drops for want of a leader is asked again, and fails after the
-		// read timeout, so that a member cut off from the leader answers
-		// with an error instead of never.
-		if reads = n.readQueue.drain(reads); len(reads) > 0 {
-			readSeq++
-			r := &readRound{ctx: n.readContext(readSeq), waiters: append([]chan error(nil), reads...), started: ticks}
-			inflight[readSeq] = r
-			n.askRead(r, ticks)
-		}
+		reads = n.startReadRound(inflight, reads, &readSeq, ticks)
 		for n.rn.HasReady() {
 			if err := n.handleReady(inflight); err != nil {
 				n.fail(err)
@@ -471,6 +462,9 @@ func (n *Node) raftLoop() {
 				return
 			}
 		}
+		// The answer to the round in flight may have come: the reads
+		// that queued meanwhile go now.
+		reads = n.startReadRound(inflight, reads, &readSeq, ticks)
 		// Rounds queued while no leader was known go as soon as one is.
 		if n.lead.Load() != raft.None {
 			for _, r := range inflight {
@@ -585,6 +579,31 @@ func (n *Node) step(m *raftpb.Message) {
 			n.cfg.Logger.Debug("raft refused a message", "type", m.GetType().String(), "from", fmt.Sprintf("%x", m.GetFrom()), "err", err)
 		}
 	}
+}
+
+// startReadRound starts a read index round for the queued reads, unless one is
+// in flight already: then they wait for it to end and share the next one, as
+// etcd's reads do. Every round costs the leader a heartbeat to each follower
+// and (on a follower) a round trip to the leader, so under load a round
+// shared by every read that arrived during the previous one is what keeps
+// linearizable reads cheap.
+//
+// A round starts leader or not: one that Raft drops for want of a leader is
+// asked again, and fails after the read timeout, so that a member cut off
+// from the leader answers with an error instead of never.
+func (n *Node) startReadRound(inflight map[uint64]*readRound, spare []chan error, seq *uint64, now uint64) []chan error {
+	if len(inflight) > 0 {
+		return spare
+	}
+	reads := n.readQueue.drain(spare)
+	if len(reads) == 0 {
+		return reads
+	}
+	*seq++
+	r := &readRound{ctx: n.readContext(*seq), waiters: append([]chan error(nil), reads...), started: now}
+	inflight[*seq] = r
+	n.askRead(r, now)
+	return reads
 }
 
 // readRound is one read index request and the reads that share it.
