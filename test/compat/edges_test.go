@@ -26,12 +26,17 @@ type edgeCase struct {
 	steps []step
 }
 
-// runCases runs each case as a named subtest on a fresh pair, so that
-// revisions in a case start at 1 on both sides.
-func runCases(t *testing.T, cases []edgeCase) {
+// runCases runs each case as a named subtest on a fresh pair with the
+// target deployed as topo, so that revisions in a case start at 1 on both
+// sides. Cases on a cluster run in parallel (up to -parallel at once): a
+// case spends most of its time waiting for the cluster's first election.
+func runCases(t *testing.T, topo topology, cases []edgeCase) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			p := startPair(t)
+			if topo == threeMembers {
+				t.Parallel()
+			}
+			p := startPair(t, topo)
 			for i, s := range c.steps {
 				ref, report := p.run(s.op)
 				if report != "" {
@@ -99,7 +104,9 @@ func withSeed(steps ...step) []step {
 	return append(append([]step(nil), seedKeys...), steps...)
 }
 
-func TestEdgeRange(t *testing.T) {
+func TestEdgeRange(t *testing.T) { runCases(t, oneMember, edgeRangeCases()) }
+
+func edgeRangeCases() []edgeCase {
 	var sorts []step
 	for order := range int32(3) {
 		for target := range int32(5) {
@@ -113,7 +120,7 @@ func TestEdgeRange(t *testing.T) {
 			})))
 		}
 	}
-	runCases(t, []edgeCase{
+	return []edgeCase{
 		{"empty_store", []step{ok(get("a")), ok(all())}},
 		{"end_empty_is_one_key", withSeed(ok(get("a")), ok(get("a/")))},
 		{"end_zero_byte_is_from_key", withSeed(ok(rangeOf("a/c", "\x00")))},
@@ -165,13 +172,15 @@ func TestEdgeRange(t *testing.T) {
 			fails(rng(&pb.RangeRequest{}), "key is not provided"),
 			fails(rng(&pb.RangeRequest{RangeEnd: []byte{0}}), "key is not provided"),
 		)},
-	})
+	}
 }
 
 // TestEdgeManyKeys goes past the 30-key keyspace of the random test: 1280
 // keys written by ten 128-put txns, read whole, in pages, sorted, counted,
 // at past revisions, then half deleted and compacted.
-func TestEdgeManyKeys(t *testing.T) {
+func TestEdgeManyKeys(t *testing.T) { runCases(t, oneMember, edgeManyKeysCases()) }
+
+func edgeManyKeysCases() []edgeCase {
 	var steps []step
 	for b := range 10 {
 		puts := make([]*pb.RequestOp, 128)
@@ -205,12 +214,14 @@ func TestEdgeManyKeys(t *testing.T) {
 		everything(func(r *pb.RangeRequest) { r.Revision = 12; r.CountOnly = true }),
 		ok(all()),
 	)
-	runCases(t, []edgeCase{{"many_keys", steps}})
+	return []edgeCase{{"many_keys", steps}}
 }
 
-func TestEdgeWrite(t *testing.T) {
+func TestEdgeWrite(t *testing.T) { runCases(t, oneMember, edgeWriteCases()) }
+
+func edgeWriteCases() []edgeCase {
 	big := func(n int) string { return strings.Repeat("x", n) }
-	runCases(t, []edgeCase{
+	return []edgeCase{
 		{"put_prev_kv", []step{ok(putPrev("a", "1")), ok(putPrev("a", "2")), ok(putPrev("a", "2"))}},
 		{"put_empty_value", []step{ok(put("a", "")), ok(get("a"))}},
 		{"put_recreate_resets_version", []step{
@@ -267,10 +278,12 @@ func TestEdgeWrite(t *testing.T) {
 		{"delete_everything", withSeed(ok(del("\x00", "\x00")), ok(all()))},
 		{"delete_end_below_key", withSeed(ok(del("c", "a")), ok(all()))},
 		{"delete_empty_key", withSeed(fails(op{del: &pb.DeleteRangeRequest{}}, "key is not provided"))},
-	})
+	}
 }
 
-func TestEdgeTxn(t *testing.T) {
+func TestEdgeTxn(t *testing.T) { runCases(t, oneMember, edgeTxnCases()) }
+
+func edgeTxnCases() []edgeCase {
 	// Every compare target with every result, on a present and an absent
 	// key, as the one compare of a txn that reads in either branch.
 	var matrix []step
@@ -306,7 +319,7 @@ func TestEdgeTxn(t *testing.T) {
 		}
 		return r
 	}
-	runCases(t, []edgeCase{
+	return []edgeCase{
 		{"empty_txn", []step{ok(txn(&pb.TxnRequest{}))}},
 		{"compare_matrix", withSeed(matrix...)},
 		{"compare_value_of_absent_key_fails", withSeed(ok(txn(&pb.TxnRequest{
@@ -399,12 +412,14 @@ func TestEdgeTxn(t *testing.T) {
 			fails(txn(&pb.TxnRequest{Success: []*pb.RequestOp{opRange(&pb.RangeRequest{Key: []byte("a"), Revision: 3})}}), "compacted"),
 			ok(txn(&pb.TxnRequest{Success: []*pb.RequestOp{opRange(&pb.RangeRequest{Key: []byte("a"), Revision: 4})}})),
 		)},
-	})
+	}
 }
 
 // TestEdgeErrorOrder sends requests that are wrong in two ways at once: the
 // answer must name the same one of the two as etcd does.
-func TestEdgeErrorOrder(t *testing.T) {
+func TestEdgeErrorOrder(t *testing.T) { runCases(t, oneMember, edgeErrorOrderCases()) }
+
+func edgeErrorOrderCases() []edgeCase {
 	leasePut := func(k string, ignoreValue bool) *pb.PutRequest {
 		return &pb.PutRequest{Key: []byte(k), Lease: 42, IgnoreValue: ignoreValue}
 	}
@@ -416,7 +431,7 @@ func TestEdgeErrorOrder(t *testing.T) {
 		many[i] = opPut(fmt.Sprintf("k%d", i), "v")
 	}
 	many[5] = opPut("", "v")
-	runCases(t, []edgeCase{
+	return []edgeCase{
 		{"put_lease_before_missing_key", withSeed(
 			fails(op{put: leasePut("absent", true)}, "requested lease not found"),
 			fails(txn(&pb.TxnRequest{Success: []*pb.RequestOp{opLeasePut("absent", true)}}), "requested lease not found"),
@@ -461,11 +476,13 @@ func TestEdgeErrorOrder(t *testing.T) {
 				opRange(&pb.RangeRequest{Key: []byte("a"), Revision: 99}),
 			}}), "requested lease not found"),
 		)},
-	})
+	}
 }
 
-func TestEdgeCompact(t *testing.T) {
-	runCases(t, []edgeCase{
+func TestEdgeCompact(t *testing.T) { runCases(t, oneMember, edgeCompactCases()) }
+
+func edgeCompactCases() []edgeCase {
+	return []edgeCase{
 		{"compact_old_then_read", withSeed(
 			ok(compact(4, false)),
 			fails(rng(&pb.RangeRequest{Key: []byte("a"), Revision: 3}), "compacted"),
@@ -480,7 +497,25 @@ func TestEdgeCompact(t *testing.T) {
 		{"compact_zero_and_negative", withSeed(ok(compact(0, false)), fails(compact(-1, false), "compacted"), fails(compact(0, true), "compacted"))},
 		{"compact_keeps_latest_of_deleted", withSeed(ok(del("a", "")), ok(compact(8, true)), ok(all()), ok(rng(&pb.RangeRequest{Key: []byte{0}, RangeEnd: []byte{0}, Revision: 8})))},
 		{"revision_filters_after_compaction", withSeed(ok(compact(6, true)), ok(rng(&pb.RangeRequest{Key: []byte{0}, RangeEnd: []byte{0}, MaxModRevision: 5})))},
-	})
+	}
+}
+
+// TestClusterEdges runs every edge case above against a 3-member target,
+// through a follower (startCluster), each case on a fresh cluster.
+func TestClusterEdges(t *testing.T) {
+	for _, suite := range []struct {
+		name  string
+		cases func() []edgeCase
+	}{
+		{"Range", edgeRangeCases},
+		{"ManyKeys", edgeManyKeysCases},
+		{"Write", edgeWriteCases},
+		{"Txn", edgeTxnCases},
+		{"ErrorOrder", edgeErrorOrderCases},
+		{"Compact", edgeCompactCases},
+	} {
+		t.Run(suite.name, func(t *testing.T) { runCases(t, threeMembers, suite.cases()) })
+	}
 }
 
 // TestHarnessDetectsDifferences proves, without servers, that the compare

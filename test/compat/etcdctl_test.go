@@ -21,7 +21,7 @@ import (
 // (or a health probe) runs first on a new cluster.
 func TestEtcdctl(t *testing.T) {
 	ctl := buildEtcdctl(t)
-	p := startPair(t)
+	p := startPair(t, oneMember)
 	for _, args := range [][]string{
 		{"endpoint", "health"},
 		{"endpoint", "health", "-w", "json"},

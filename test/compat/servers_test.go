@@ -38,29 +38,55 @@ type server struct {
 	addr string // host:port of the client URL
 	kv   pb.KVClient
 
-	// clusterID and memberID are learnt from the first response header and
-	// must not change afterwards, restarts included (see checkHeader).
+	// clusterID and memberID are learnt from the first response header (for
+	// a cluster they are set beforehand: the cluster's id and the id of the
+	// member the client talks to) and must not change afterwards, restarts
+	// included (see checkHeader).
 	clusterID, memberID uint64
 
 	// restart stops the server and starts it again on the same data dir and
-	// ports; the connection above reconnects by itself.
+	// ports; the connection above reconnects by itself. For a cluster it
+	// restarts every member (see startCluster).
 	restart func(t testing.TB)
+
+	// checkRole, set for a member of a cluster, logs whether the member
+	// is still a follower, as the comparison means it to be.
+	checkRole func(t testing.TB)
 }
+
+// topology is how the target is deployed.
+type topology int
+
+const (
+	// oneMember: the target is a single member.
+	oneMember topology = iota
+	// threeMembers: the target is a 3-member cluster, and the comparison
+	// talks to a follower (startCluster).
+	threeMembers
+)
 
 // pair is the reference etcd and the target under test, both fresh.
 type pair struct {
 	ref, tgt *server
 }
 
-// startPair starts a fresh reference etcd and a fresh target; both are
-// stopped and their data removed when t ends.
-func startPair(t testing.TB) *pair {
+// startPair starts a fresh reference etcd (always a single member: etcd
+// answers KV requests the same on one member or three, but for the ids and
+// terms that normalise covers, which COMPAT_SELFTEST=1 shows against a
+// 3-member etcd) and a fresh target deployed as topo; both are stopped and
+// their data removed when t ends.
+func startPair(t testing.TB, topo topology) *pair {
 	t.Helper()
 	ref := startEmbedded(t, "etcd")
 	var tgt *server
-	if selftest {
+	switch {
+	case topo == threeMembers && selftest:
+		tgt = startCluster(t, "etcd-selftest", "")
+	case topo == threeMembers:
+		tgt = startCluster(t, "plinth", targetBin)
+	case selftest:
 		tgt = startEmbedded(t, "etcd-selftest")
-	} else {
+	default:
 		tgt = startBinary(t, "plinth", targetBin)
 	}
 	return &pair{ref: ref, tgt: tgt}
@@ -166,60 +192,83 @@ func startBinary(t testing.TB, name, bin string) *server {
 	t.Helper()
 	dir := t.TempDir()
 	client, peer := freeURL(t), freeURL(t)
-	logPath := filepath.Join(dir, name+".log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatalf("compat: %v", err)
-	}
-	var (
-		proc   *os.Process
-		exited chan struct{}
+	p := newProcess(t, name, bin, dir,
+		"--name", "default",
+		"--data-dir", filepath.Join(dir, "data"),
+		"--listen-client-urls", client.String(),
+		"--advertise-client-urls", client.String(),
+		"--listen-peer-urls", peer.String(),
+		"--initial-advertise-peer-urls", peer.String(),
+		"--initial-cluster", "default="+peer.String(),
 	)
-	launch := func(t testing.TB) {
-		cmd := exec.Command(bin,
-			"--name", "default",
-			"--data-dir", filepath.Join(dir, "data"),
-			"--listen-client-urls", client.String(),
-			"--advertise-client-urls", client.String(),
-			"--listen-peer-urls", peer.String(),
-			"--initial-advertise-peer-urls", peer.String(),
-			"--initial-cluster", "default="+peer.String(),
-		)
-		cmd.Stdout, cmd.Stderr = logf, logf
-		if err := cmd.Start(); err != nil {
-			t.Fatalf("compat: starting %s: %v", bin, err)
-		}
-		proc, exited = cmd.Process, make(chan struct{})
-		done := exited
-		go func() {
-			_ = cmd.Wait()
-			close(done)
-		}()
-	}
-	stop := func() {
-		if proc != nil {
-			stopProcess(t, proc, exited)
-			proc = nil
-		}
-	}
-	launch(t)
-	// Registered after t.TempDir, so it runs before the directory is removed.
-	t.Cleanup(func() {
-		stop()
-		logf.Close()
-		if t.Failed() {
-			t.Logf("compat: last lines of %s's log:\n%s", name, tail(logPath, 40))
-		}
-	})
+	p.start(t)
 	s := dial(t, name, client.Host)
 	s.restart = func(t testing.TB) {
-		stop()
-		fmt.Fprintf(logf, "--- compat: restarted ---\n")
-		launch(t)
-		waitReady(t, s, exited, logPath)
+		p.stop(t)
+		p.start(t)
+		waitReady(t, s, p.exited, p.logPath)
 	}
-	waitReady(t, s, exited, logPath)
+	waitReady(t, s, p.exited, p.logPath)
 	return s
+}
+
+// process is the target binary run as a child process, with its output in a
+// log file in its directory. It keeps its flags across restarts.
+type process struct {
+	name, bin string
+	args      []string
+	logPath   string
+	logf      *os.File
+	proc      *os.Process
+	exited    chan struct{} // closed when the current (or last) process exits
+}
+
+// newProcess prepares a process of bin logging to dir/name.log. When t
+// ends it is stopped by pid, and, if t failed, the end of its log is logged.
+// Call it after creating dir with t.TempDir, so that the process is stopped
+// before the directory is removed.
+func newProcess(t testing.TB, name, bin, dir string, args ...string) *process {
+	t.Helper()
+	p := &process{name: name, bin: bin, args: args, logPath: filepath.Join(dir, name+".log")}
+	var err error
+	if p.logf, err = os.Create(p.logPath); err != nil {
+		t.Fatalf("compat: %v", err)
+	}
+	t.Cleanup(func() {
+		p.stop(t)
+		p.logf.Close()
+		if t.Failed() {
+			t.Logf("compat: last lines of %s's log:\n%s", name, tail(p.logPath, 40))
+		}
+	})
+	return p
+}
+
+// start starts the process; it does not wait for it to serve.
+func (p *process) start(t testing.TB) {
+	t.Helper()
+	if p.proc != nil {
+		fmt.Fprintf(p.logf, "--- compat: restarted ---\n")
+	}
+	cmd := exec.Command(p.bin, p.args...)
+	cmd.Stdout, cmd.Stderr = p.logf, p.logf
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("compat: starting %s: %v", p.bin, err)
+	}
+	p.proc, p.exited = cmd.Process, make(chan struct{})
+	done := p.exited
+	go func() {
+		_ = cmd.Wait()
+		close(done)
+	}()
+}
+
+// stop stops the process by pid, if it runs: SIGTERM, then SIGKILL after
+// stopGrace. It returns once the process has exited.
+func (p *process) stop(t testing.TB) {
+	if p.proc != nil {
+		stopProcess(t, p.proc, p.exited)
+	}
 }
 
 func stopProcess(t testing.TB, p *os.Process, exited <-chan struct{}) {
