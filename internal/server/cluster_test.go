@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/url"
 	"os"
 	"slices"
@@ -19,6 +18,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/plinthdb/plinth/internal/testmember"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
@@ -31,14 +32,10 @@ type testCluster struct {
 	servers []*Server // nil when stopped
 }
 
+// freeLoopbackURL picks a free port below the ephemeral range: members are
+// restarted on their ports (see testmember.FreeAddr).
 func freeLoopbackURL(t *testing.T) url.URL {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return url.URL{Scheme: "http", Host: l.Addr().String()}
+	return url.URL{Scheme: "http", Host: testmember.FreeAddr(t)}
 }
 
 func newTestCluster(t *testing.T, n int, token string) *testCluster {
@@ -623,12 +620,14 @@ func TestClusterPartitions(t *testing.T) {
 	}
 	lead := c.leader(ctx)
 	clis := []*clientv3.Client{c.client(0), c.client(1), c.client(2)}
-	if _, err := clis[lead].Put(ctx, "k", "v1"); err != nil {
+	put, err := clis[lead].Put(ctx, "k", "v1")
+	if err != nil {
 		t.Fatal(err)
 	}
 
-	// One follower cut off.
+	// One follower cut off, once it has v1.
 	f := (lead + 1) % 3
+	waitFor(ctx, t, func() bool { return c.servers[f].kv.Rev() >= put.Header.Revision })
 	p.set(c.servers[f].memberID)
 	if _, err := clis[lead].Put(ctx, "k", "v2"); err != nil {
 		t.Fatalf("put with a follower partitioned: %v", err)
@@ -639,7 +638,7 @@ func TestClusterPartitions(t *testing.T) {
 	// A bare KV client: the etcd client retries a read that timed out
 	// (Unavailable) until its own deadline, hiding the server's answer.
 	rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
-	_, err := c.rawKV(f).Range(rctx, &etcdserverpb.RangeRequest{Key: []byte("k")})
+	_, err = c.rawKV(f).Range(rctx, &etcdserverpb.RangeRequest{Key: []byte("k")})
 	rcancel()
 	if !refused(err) {
 		t.Fatalf("a partitioned follower's linearizable read: %v, want %v or %v (not an answer, and not a hang)", err, rpctypes.ErrTimeout, rpctypes.ErrLeaderChanged)

@@ -27,6 +27,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -161,7 +162,11 @@ func FreeAddr(t testing.TB) string {
 	t.Helper()
 	low := ephemeralLow()
 	for range 1000 {
-		addr := fmt.Sprintf("127.0.0.1:%d", 10000+rand.IntN(low-10000))
+		port := 10000 + rand.IntN(low-10000)
+		if _, taken := handedOut.LoadOrStore(port, true); taken {
+			continue
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
 		if l, err := net.Listen("tcp", addr); err == nil {
 			_ = l.Close()
 			return addr
@@ -170,6 +175,12 @@ func FreeAddr(t testing.TB) string {
 	t.Fatalf("no free port between 10000 and %d", low)
 	return ""
 }
+
+// handedOut holds every port FreeAddr returned in this process: a port is
+// free only until its member binds it, and a test picks a cluster's ports
+// before it starts any member, so without this two members could be handed
+// the same one.
+var handedOut sync.Map
 
 // ephemeralLow is the first port of the kernel's ephemeral range (Linux's
 // default when it cannot be read).

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -109,7 +110,11 @@ func freeURL(t testing.TB) url.URL {
 		}
 	}
 	for range 1000 {
-		addr := fmt.Sprintf("127.0.0.1:%d", 10000+rand.IntN(low-10000))
+		port := 10000 + rand.IntN(low-10000)
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		if !claimPort(port) {
+			continue
+		}
 		if l, err := net.Listen("tcp", addr); err == nil {
 			_ = l.Close()
 			return url.URL{Scheme: "http", Host: addr}
@@ -117,6 +122,16 @@ func freeURL(t testing.TB) url.URL {
 	}
 	t.Fatalf("compat: no free port between 10000 and %d", low)
 	return url.URL{}
+}
+
+// handedOut holds every port freeURL returned in this process: a port is
+// free only until its server binds it, and tests start servers in parallel,
+// so without this two of them could be handed the same one.
+var handedOut sync.Map
+
+func claimPort(port int) bool {
+	_, taken := handedOut.LoadOrStore(port, true)
+	return !taken
 }
 
 // startEmbedded starts an etcd v3.7.3 member inside the test process.
