@@ -38,8 +38,11 @@ var (
 	//                 member restarts, so it cannot catch up at all (only
 	//                 TestReplicateAndElect can run so);
 	//   nopartition:  the partition tests cut nobody off, so the member
-	//                 they take as isolated keeps serving.
-	breakFlag = flag.String("cluster.break", "", "weaken the tests on purpose: serializable, nowait, isolate or nopartition (expect failures)")
+	//                 they take as isolated keeps serving;
+	//   nosnapshot:   the snapshot and join tests write less than the log
+	//                 keeps, so the lagging member catches up from the log;
+	//   nopromote:    TestMembershipUnderLoad leaves its learner a learner.
+	breakFlag = flag.String("cluster.break", "", "weaken the tests on purpose: serializable, nowait, isolate, nopartition, nosnapshot or nopromote (expect failures)")
 )
 
 func TestMain(m *testing.M) {
@@ -49,9 +52,9 @@ func TestMain(m *testing.M) {
 func run(m *testing.M) int {
 	flag.Parse()
 	switch *breakFlag {
-	case "", "serializable", "nowait", "isolate", "nopartition":
+	case "", "serializable", "nowait", "isolate", "nopartition", "nosnapshot", "nopromote":
 	default:
-		fmt.Fprintf(os.Stderr, "cluster: -cluster.break=%q: want serializable, nowait, isolate or nopartition\n", *breakFlag)
+		fmt.Fprintf(os.Stderr, "cluster: -cluster.break=%q: want serializable, nowait, isolate, nopartition, nosnapshot or nopromote\n", *breakFlag)
 		return 2
 	}
 	if bin := os.Getenv("CLUSTER_TARGET_BIN"); bin != "" {
