@@ -258,7 +258,7 @@ func removeMember(t *testing.T, c *testmember.Cluster, m *testmember.Member) {
 		t.Fatal(err)
 	}
 	via := others(c, m)[0]
-	if _, err := client(t, via.Endpoint()).MemberRemove(t.Context(), st.ID); err != nil {
+	if err := memberRemove(t, client(t, via.Endpoint()), st.ID); err != nil {
 		t.Fatalf("member remove %s through %s: %v", m.Name(), via.Name(), err)
 	}
 	c.Forget(m)
@@ -282,6 +282,21 @@ func removeMember(t *testing.T, c *testmember.Cluster, m *testmember.Member) {
 		t.Errorf("removed member %s restarted on its data dir: exit %v; want it to refuse", m.Name(), exit)
 	}
 	t.Logf("removed %s (id %x): it exited (%v), and refuses to start again", m.Name(), st.ID, exit)
+}
+
+// memberRemove removes member id through cli. While a member has been
+// connected to its peers for less than etcd's health interval (5s), etcd
+// (and plinth) refuse a removal that could cost the quorum with
+// ErrUnhealthy: it retries that for 15s.
+func memberRemove(t *testing.T, cli *clientv3.Client, id uint64) error {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		_, err := cli.MemberRemove(t.Context(), id)
+		if err == nil || !errors.Is(rpctypes.Error(err), rpctypes.ErrUnhealthy) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // checkMembers checks that every member of c lists exactly c's members, by
@@ -424,4 +439,44 @@ func follower(t *testing.T, c *testmember.Cluster, among []*testmember.Member) *
 	}
 	t.Fatal("no follower")
 	return nil
+}
+
+// TestRemoveLeader removes the leader through a follower, as etcd allows:
+// the removal is answered (etcd answers it before the removed leader stops),
+// the old leader exits saying it was removed, and the two others elect a
+// leader and keep taking writes.
+func TestRemoveLeader(t *testing.T) {
+	ctx := t.Context()
+	c := startCluster(t, 3)
+	leader, term := findLeader(t, c)
+	st, err := leader.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	via := others(c, leader)[0]
+	vcli := client(t, via.Endpoint())
+	rerr := memberRemove(t, vcli, st.ID)
+	if rerr != nil {
+		t.Fatalf("member remove of the leader %s (%x) through %s: %v; etcd removes a leader (it steps down and stops)", leader.Name(), st.ID, via.Name(), rerr)
+	}
+	c.Forget(leader)
+	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	exit := leader.WaitExit(wctx)
+	log, _ := leader.Log()
+	if exit == nil || errors.Is(exit, context.DeadlineExceeded) || !strings.Contains(log, "removed from the cluster") {
+		t.Errorf("removed leader %s: exit %v; want a non-zero exit and its log to say it was removed", leader.Name(), exit)
+	}
+	newLeader, newTerm := findLeader(t, c)
+	t.Logf("removed leader %s (term %d); %s leads in term %d", leader.Name(), term, newLeader.Name(), newTerm)
+	list, err := vcli.MemberList(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Members) != 2 || slices.ContainsFunc(list.Members, func(m *pb.Member) bool { return m.ID == st.ID }) {
+		t.Errorf("member list after removing %s (%x): %v", leader.Name(), st.ID, list.Members)
+	}
+	if _, err := vcli.Put(ctx, "after/removal", "v"); err != nil {
+		t.Errorf("put after the leader's removal: %v", err)
+	}
 }
