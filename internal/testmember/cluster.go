@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -13,47 +15,76 @@ import (
 	"go.uber.org/zap"
 )
 
-// Cluster is n plinth members, m0..m(n-1), that bootstrap together as a new
-// cluster: each on free ports with its own data directory, all with the same
-// --initial-cluster and --initial-cluster-token.
+// Cluster is plinth members, m0..m(n-1), that bootstrap together as a new
+// cluster: each on its own ports (or host) with its own data directory, all
+// with the same --initial-cluster and --initial-cluster-token. Members added
+// later (NewMember) join the list; members removed from the cluster leave it
+// (Forget).
 type Cluster struct {
 	t       testing.TB
+	bin     string
+	args    []string // the caller's flags of every member
+	token   string
+	seen    map[string]bool // addresses handed out, so that no two members share one
+	hosts   []Host          // where members are placed, when given
 	Members []*Member
 }
 
-// NewCluster prepares a cluster of n members of the binary bin. args are
-// added to every member's flags at every start (after the harness's own, so
-// e.g. "--election-timeout" can be given). Nothing runs until Start.
+// Host is where a member runs: the IP its client and peer URLs are on (ports
+// 2379 and 2380), and the network namespace its process runs in (see
+// internal/testnet).
+type Host struct {
+	IP    string
+	Netns string
+}
+
+// NewCluster prepares a cluster of n members of the binary bin, on loopback
+// ports. args are added to every member's flags at every start (after the
+// harness's own, so e.g. "--election-timeout" can be given). Nothing runs
+// until Start.
 func NewCluster(t testing.TB, bin string, n int, args ...string) *Cluster {
 	t.Helper()
 	if n < 1 {
 		t.Fatalf("testmember: a cluster of %d members", n)
 	}
-	// 2n distinct addresses: FreeAddr checks each alone, so two picks
-	// could name the same port.
-	seen := map[string]bool{}
-	addr := func() string {
-		for {
-			if a := FreeAddr(t); !seen[a] {
-				seen[a] = true
-				return "http://" + a
-			}
-		}
+	return newCluster(t, bin, n, nil, args)
+}
+
+// NewClusterOn prepares a cluster of one member on each of hosts, as
+// NewCluster does.
+func NewClusterOn(t testing.TB, bin string, hosts []Host, args ...string) *Cluster {
+	t.Helper()
+	if len(hosts) < 1 {
+		t.Fatal("testmember: a cluster on no hosts")
+	}
+	return newCluster(t, bin, len(hosts), hosts, args)
+}
+
+func newCluster(t testing.TB, bin string, n int, hosts []Host, args []string) *Cluster {
+	c := &Cluster{
+		t:     t,
+		bin:   bin,
+		args:  args,
+		token: fmt.Sprintf("plinth-test-%d", time.Now().UnixNano()),
+		seen:  map[string]bool{},
+		hosts: hosts,
 	}
 	clientURLs, peerURLs := make([]string, n), make([]string, n)
 	initial := make([]string, n)
 	for i := range n {
-		clientURLs[i], peerURLs[i] = addr(), addr()
+		clientURLs[i], peerURLs[i] = c.urls(i)
 		initial[i] = fmt.Sprintf("m%d=%s", i, peerURLs[i])
 	}
-	token := fmt.Sprintf("plinth-test-%d", time.Now().UnixNano())
-	c := &Cluster{t: t}
 	for i := range n {
-		c.Members = append(c.Members, newMember(t, bin, fmt.Sprintf("m%d", i), clientURLs[i], peerURLs[i], []string{
+		m := newMember(t, bin, fmt.Sprintf("m%d", i), clientURLs[i], peerURLs[i], []string{
 			"--initial-cluster", strings.Join(initial, ","),
 			"--initial-cluster-state", "new",
-			"--initial-cluster-token", token,
-		}, args))
+			"--initial-cluster-token", c.token,
+		}, args)
+		if hosts != nil {
+			m.netns = hosts[i].Netns
+		}
+		c.Members = append(c.Members, m)
 	}
 	// Registered after the members' own cleanups, so it runs first: stop
 	// them all at once, as a member stopping alone may wait for a quorum.
@@ -71,6 +102,53 @@ func NewCluster(t testing.TB, bin string, n int, args ...string) *Cluster {
 		wg.Wait()
 	})
 	return c
+}
+
+// urls picks the client and peer URLs of the i-th member: free loopback
+// ports, or host i's IP.
+func (c *Cluster) urls(i int) (clientURL, peerURL string) {
+	if c.hosts != nil {
+		ip := c.hosts[i].IP
+		return "http://" + net.JoinHostPort(ip, "2379"), "http://" + net.JoinHostPort(ip, "2380")
+	}
+	// FreeAddr checks each address alone, so two picks could name the same
+	// port: remember them all.
+	addr := func() string {
+		for {
+			if a := FreeAddr(c.t); !c.seen[a] {
+				c.seen[a] = true
+				return "http://" + a
+			}
+		}
+	}
+	return addr(), addr()
+}
+
+// Token is the cluster's --initial-cluster-token.
+func (c *Cluster) Token() string { return c.token }
+
+// NewMember prepares a member named name that is not one of the cluster's
+// bootstrap members, on free loopback ports, and adds it to Members. Its flags
+// are its identity and URLs, then flags(its peer URL, its client URL) (e.g.
+// --join, or --initial-cluster and --initial-cluster-state existing), then the
+// cluster's flags. It is stopped when the test ends. Nothing runs until it is
+// started; it can only be placed on loopback.
+func (c *Cluster) NewMember(name string, flags func(peerURL, clientURL string) []string) *Member {
+	c.t.Helper()
+	if c.hosts != nil {
+		c.t.Fatal("testmember: NewMember on a cluster placed on hosts")
+	}
+	clientURL, peerURL := c.urls(len(c.Members))
+	m := newMember(c.t, c.bin, name, clientURL, peerURL, flags(peerURL, clientURL), c.args)
+	c.Members = append(c.Members, m)
+	return m
+}
+
+// Forget takes m out of Members (a member removed from the cluster): Leader,
+// Live and Endpoints no longer count it. Its process, if any, is still
+// stopped when the test ends.
+func (c *Cluster) Forget(m *Member) {
+	c.Members = slices.DeleteFunc(c.Members, func(o *Member) bool { return o == m })
 }
 
 // Start launches every member not running, all at once (members of a new

@@ -62,6 +62,7 @@ type Member struct {
 	logDir    string
 	clientURL string
 	peerURL   string
+	netns     string // the network namespace the process runs in, "" for the test's own
 	starts    int
 	cmd       *exec.Cmd
 	paused    bool       // the process was sent SIGSTOP and not yet SIGCONT
@@ -259,6 +260,11 @@ func (m *Member) Launch() error {
 		return err
 	}
 	cmd := exec.Command(m.bin, m.args...)
+	if m.netns != "" {
+		// ip netns exec enters the namespace and execs plinth in place: the
+		// pid stays plinth's, for Pause, Kill and Stop.
+		cmd = exec.Command("ip", append([]string{"netns", "exec", m.netns, m.bin}, m.args...)...)
+	}
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	if err := cmd.Start(); err != nil {
@@ -414,4 +420,31 @@ func (m *Member) LogTail(n int) {
 		lines = lines[len(lines)-n:]
 	}
 	m.t.Logf("last lines of %s:\n%s", m.logPath, strings.Join(lines, "\n"))
+}
+
+// WaitExit waits until the running process exits by itself, for as long as
+// ctx allows, and returns how it exited: nil for exit status 0, else the
+// *exec.ExitError. The member is then not running. WaitExit is for a process
+// expected to stop on its own (a member removed from its cluster); an error
+// of ctx is returned as is, and the process keeps running.
+func (m *Member) WaitExit(ctx context.Context) error {
+	if m.cmd == nil {
+		return errors.New("testmember: member not running")
+	}
+	select {
+	case err := <-m.exited:
+		m.cmd, m.paused = nil, false
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Log returns the text of the current (or last) process's log.
+func (m *Member) Log() (string, error) {
+	if m.logPath == "" {
+		return "", errors.New("testmember: member never started")
+	}
+	b, err := os.ReadFile(m.logPath)
+	return string(b), err
 }

@@ -36,8 +36,13 @@ var (
 	//                 so this seldom fails: isolate does;
 	//   isolate:      as nowait, and the other members are paused while a
 	//                 member restarts, so it cannot catch up at all (only
-	//                 TestReplicateAndElect can run so).
-	breakFlag = flag.String("cluster.break", "", "weaken the tests on purpose: serializable, nowait or isolate (expect failures)")
+	//                 TestReplicateAndElect can run so);
+	//   nopartition:  the partition tests cut nobody off, so the member
+	//                 they take as isolated keeps serving;
+	//   nosnapshot:   the snapshot and join tests write less than the log
+	//                 keeps, so the lagging member catches up from the log;
+	//   nopromote:    TestMembershipUnderLoad leaves its learner a learner.
+	breakFlag = flag.String("cluster.break", "", "weaken the tests on purpose: serializable, nowait, isolate, nopartition, nosnapshot or nopromote (expect failures)")
 )
 
 func TestMain(m *testing.M) {
@@ -47,9 +52,9 @@ func TestMain(m *testing.M) {
 func run(m *testing.M) int {
 	flag.Parse()
 	switch *breakFlag {
-	case "", "serializable", "nowait", "isolate":
+	case "", "serializable", "nowait", "isolate", "nopartition", "nosnapshot", "nopromote":
 	default:
-		fmt.Fprintf(os.Stderr, "cluster: -cluster.break=%q: want serializable, nowait or isolate\n", *breakFlag)
+		fmt.Fprintf(os.Stderr, "cluster: -cluster.break=%q: want serializable, nowait, isolate, nopartition, nosnapshot or nopromote\n", *breakFlag)
 		return 2
 	}
 	if bin := os.Getenv("CLUSTER_TARGET_BIN"); bin != "" {
@@ -79,14 +84,19 @@ const (
 	electionTimeout = 1000 * time.Millisecond
 )
 
-// startCluster starts a new cluster of n members and waits until each serves.
-func startCluster(t *testing.T, n int) *testmember.Cluster {
-	t.Helper()
-	c := testmember.NewCluster(t, plinthBin, n,
+// memberFlags are the flags of every member of the tests' clusters.
+func memberFlags() []string {
+	return []string{
 		"--heartbeat-interval", strconv.Itoa(int(heartbeat.Milliseconds())),
 		"--election-timeout", strconv.Itoa(int(electionTimeout.Milliseconds())),
 		"--snapshot-count", strconv.FormatUint(*snapshotFlag, 10),
-	)
+	}
+}
+
+// startCluster starts a new cluster of n members and waits until each serves.
+func startCluster(t *testing.T, n int) *testmember.Cluster {
+	t.Helper()
+	c := testmember.NewCluster(t, plinthBin, n, memberFlags()...)
 	start := time.Now()
 	if err := c.Start(t.Context()); err != nil {
 		t.Fatal(err)
