@@ -236,7 +236,10 @@ func New(cfg Config, db *pebble.DB, log *storage.LogStore, sm StateMachine) (*No
 		MaxInflightMsgs:           256,
 		CheckQuorum:               true,
 		PreVote:                   true,
-		Logger:                    raftLogger{cfg.Logger},
+		// A removed leader hands over at once instead of leading a
+		// configuration it is not in until it stops.
+		StepDownOnRemoval: true,
+		Logger:            raftLogger{cfg.Logger},
 	}
 	rn, err := raft.NewRawNode(rcfg)
 	if err != nil {
@@ -739,6 +742,9 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 		}
 		n.termStart = 0
 		n.publishLocalReads()
+		// A new leader's view of its followers is there at once, not
+		// a tick later: membership changes consult it.
+		n.publishProgress(n.ticks.Load())
 	}
 	if !raft.IsEmptySnap(rd.Snapshot) {
 		path := string(rd.Snapshot.GetData())

@@ -301,8 +301,17 @@ func (s *Server) confChanged(cc *raftpb.ConfChangeV2) {
 		switch c.GetType() {
 		case raftpb.ConfChangeType_ConfChangeRemoveNode:
 			if id == s.memberID {
-				s.logger.Warn("this member was removed from the cluster")
-				s.fail(ErrRemoved)
+				// The request that removed this member may be
+				// waiting on it for its answer: stop a moment later,
+				// as etcd does.
+				s.logger.Warn("this member was removed from the cluster; stopping", "in", removedGrace.String())
+				go func() {
+					select {
+					case <-time.After(removedGrace):
+					case <-s.stopC:
+					}
+					s.fail(ErrRemoved)
+				}()
 				continue
 			}
 			s.peers.RemovePeer(id)
@@ -315,6 +324,9 @@ func (s *Server) confChanged(cc *raftpb.ConfChangeV2) {
 		}
 	}
 }
+
+// removedGrace is how long a removed member goes on before it stops.
+const removedGrace = time.Second
 
 // publishRetry is how long publish waits between attempts.
 const publishRetry = 500 * time.Millisecond

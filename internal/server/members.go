@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/url"
 	"slices"
@@ -181,9 +182,9 @@ func (s *Server) PromoteMember(ctx context.Context, id uint64) error {
 	if !members[i].IsLearner {
 		return api.ErrMemberNotLearner
 	}
-	p := s.node.Progress()
-	if p == nil {
-		return api.ErrNotLeader
+	p, err := s.leaderProgress()
+	if err != nil {
+		return err
 	}
 	if float64(p.Members[id].Match) < learnerReadyFraction*float64(p.LastIndex) {
 		return api.ErrLearnerNotReady
@@ -215,9 +216,9 @@ func (s *Server) mayAddVoter(members []membership.Member) error {
 	if !(voters == 2 && started == 1) && started < voters/2+1 {
 		return api.ErrNotEnoughStarted
 	}
-	p := s.node.Progress()
-	if p == nil {
-		return api.ErrNotLeader
+	p, err := s.leaderProgress()
+	if err != nil {
+		return err
 	}
 	active := 0
 	for _, m := range members {
@@ -235,9 +236,9 @@ func (s *Server) mayAddVoter(members []membership.Member) error {
 // not form a quorum of the shrunk cluster. A voter that is down may always
 // go: it is not part of the active quorum.
 func (s *Server) mayRemoveVoter(members []membership.Member, id uint64) error {
-	p := s.node.Progress()
-	if p == nil {
-		return api.ErrNotLeader
+	p, err := s.leaderProgress()
+	if err != nil {
+		return err
 	}
 	if !p.Members[id].RecentActive {
 		return nil
@@ -258,6 +259,18 @@ func (s *Server) mayRemoveVoter(members []membership.Member, id uint64) error {
 	return nil
 }
 
+// leaderProgress is the leader's view of the members' logs; this member must
+// be the leader.
+func (s *Server) leaderProgress() (*raftnode.Progress, error) {
+	if p := s.node.Progress(); p != nil {
+		return p, nil
+	}
+	if s.node.Leader() == s.memberID {
+		return nil, api.ErrUnhealthy // leading, but not yet for a tick
+	}
+	return nil, api.ErrNotLeader
+}
+
 // changeConf proposes a configuration change and waits until it is applied
 // here.
 func (s *Server) changeConf(ctx context.Context, typ raftpb.ConfChangeType, id uint64, context []byte) error {
@@ -272,8 +285,22 @@ func (s *Server) changeConf(ctx context.Context, typ raftpb.ConfChangeType, id u
 }
 
 // catchUp returns once this member has applied everything committed now: a
-// change the leader made is then in its member records too.
-func (s *Server) catchUp(ctx context.Context) error { return s.node.ReadIndex(ctx) }
+// change the leader made is then in its member records too. A change that
+// removed the leader ends its leadership: the read is asked again of the
+// next one.
+func (s *Server) catchUp(ctx context.Context) error {
+	for {
+		err := s.node.ReadIndex(ctx)
+		if !errors.Is(err, raftnode.ErrLeaderChanged) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(s.cfg.HeartbeatInterval):
+		}
+	}
+}
 
 // leaderCluster returns a Cluster client of the leader when this member is
 // not the leader (done closes it), nil when it is.

@@ -12,8 +12,11 @@ import (
 	"time"
 
 	"github.com/plinthdb/plinth/internal/testmember"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 )
 
 // plinthBin is the plinth binary built by TestMain, or named by
@@ -148,6 +151,21 @@ func linearizable() []clientv3.OpOption {
 		return []clientv3.OpOption{clientv3.WithSerializable()}
 	}
 	return nil
+}
+
+// rawGet reads key linearizably (but for -cluster.break=serializable) from the
+// member at endpoint with a bare gRPC client. The etcd client retries a
+// range that failed with Unavailable ("request timed out", "leader changed")
+// until its own deadline, against etcd as against plinth; the bare client
+// shows what the member answered.
+func rawGet(ctx context.Context, t *testing.T, endpoint, key string) (*pb.RangeResponse, error) {
+	t.Helper()
+	conn, err := grpc.NewClient(endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	return pb.NewKVClient(conn).Range(ctx, &pb.RangeRequest{Key: []byte(key), Serializable: *breakFlag == "serializable"})
 }
 
 // ackedWrite is a write some client was told succeeded: key holds value at
