@@ -342,7 +342,42 @@ func (m *Member) Pause() error {
 		return fmt.Errorf("testmember: pause %s (pid %d): %w", m.name, m.cmd.Process.Pid, err)
 	}
 	m.paused = true
+	// The signal is delivered asynchronously: a thread running on another
+	// core can still answer a request for a moment. Wait until the
+	// kernel reports the process stopped.
+	return waitStopped(m.cmd.Process.Pid)
+}
+
+// waitStopped waits until /proc says every thread of process pid is stopped
+// (state T), for 5s at most.
+func waitStopped(pid int) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for !allStopped(pid) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("testmember: pid %d not stopped 5s after SIGSTOP", pid)
+		}
+		time.Sleep(time.Millisecond)
+	}
 	return nil
+}
+
+func allStopped(pid int) bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, task := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+		if err != nil {
+			return false
+		}
+		// The state follows the command name, which is in parentheses.
+		i := strings.LastIndexByte(string(b), ')')
+		if i < 0 || i+2 >= len(b) || b[i+2] != 'T' {
+			return false
+		}
+	}
+	return true
 }
 
 // Resume continues a paused process with SIGCONT.
