@@ -199,9 +199,11 @@ type Node struct {
 
 	outgoing      outgoing // snapshots made for followers, until sent
 	installed     atomic.Uint64
-	ticks         atomic.Uint64 // the raft loop's tick count, for proposals' age
-	truncatedTo   uint64        // raft loop only: the log holds no entry at or below it
-	steppedImages []string      // raft loop only: images handed to Raft by the last step
+	ticks         atomic.Uint64     // the raft loop's tick count, for proposals' age
+	truncatedTo   uint64            // raft loop only: the log holds no entry at or below it
+	steppedImages []string          // raft loop only: images handed to Raft by the last step
+	leading       bool              // raft loop only: this member is the leader
+	remoteReads   []*raftpb.Message // raft loop only: followers' reads for the next round
 }
 
 // Progress is a leader's view of the members' logs, refreshed every tick.
@@ -571,6 +573,15 @@ func (n *Node) step(m *raftpb.Message) {
 			status = raft.SnapshotFailure
 		}
 		n.rn.ReportSnapshot(m.GetFrom(), status)
+	case raftpb.MessageType_MsgReadIndex:
+		// A follower's read: a leader answers it from its own next
+		// round, shared with its own reads and every other follower's,
+		// instead of a round (a heartbeat to every follower) each.
+		if n.leading && m.GetFrom() != n.cfg.ID && len(m.GetEntries()) == 1 {
+			n.remoteReads = append(n.remoteReads, m)
+			return
+		}
+		n.stepRaft(m)
 	default:
 		if m.GetType() == raftpb.MessageType_MsgApp && n.applyQ.full() {
 			return // the leader resends once the apply loop caught up
@@ -578,10 +589,33 @@ func (n *Node) step(m *raftpb.Message) {
 		if m.GetType() == raftpb.MessageType_MsgSnap {
 			n.steppedImages = append(n.steppedImages, string(m.GetSnapshot().GetData()))
 		}
-		if err := n.rn.Step(m); err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
-			n.cfg.Logger.Debug("raft refused a message", "type", m.GetType().String(), "from", fmt.Sprintf("%x", m.GetFrom()), "err", err)
+		n.stepRaft(m)
+	}
+}
+
+func (n *Node) stepRaft(m *raftpb.Message) {
+	if err := n.rn.Step(m); err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
+		n.cfg.Logger.Debug("raft refused a message", "type", m.GetType().String(), "from", fmt.Sprintf("%x", m.GetFrom()), "err", err)
+	}
+}
+
+// answerRemoteReads sends followers the read index of the round their
+// requests shared. A follower waits until it has applied that far, as with
+// an answer from Raft.
+func (n *Node) answerRemoteReads(reqs []*raftpb.Message, index uint64) {
+	if len(reqs) == 0 {
+		return
+	}
+	term := n.term.Load()
+	out := make([]*raftpb.Message, len(reqs))
+	for i, req := range reqs {
+		from, to, idx := n.cfg.ID, req.GetFrom(), index
+		out[i] = &raftpb.Message{
+			Type: raftpb.MessageType_MsgReadIndexResp.Enum(), From: &from, To: &to,
+			Term: &term, Index: &idx, Entries: req.GetEntries(),
 		}
 	}
+	n.send(out)
 }
 
 // startReadRound starts a read index round for the queued reads, unless one is
@@ -599,11 +633,12 @@ func (n *Node) startReadRound(inflight map[uint64]*readRound, spare []chan error
 		return spare
 	}
 	reads := n.readQueue.drain(spare)
-	if len(reads) == 0 {
+	if len(reads) == 0 && len(n.remoteReads) == 0 {
 		return reads
 	}
 	*seq++
-	r := &readRound{ctx: n.readContext(*seq), waiters: append([]chan error(nil), reads...), started: now}
+	r := &readRound{ctx: n.readContext(*seq), waiters: append([]chan error(nil), reads...), remote: n.remoteReads, started: now}
+	n.remoteReads = nil
 	inflight[*seq] = r
 	n.askRead(r, now)
 	return reads
@@ -613,6 +648,9 @@ func (n *Node) startReadRound(inflight map[uint64]*readRound, spare []chan error
 type readRound struct {
 	ctx     []byte
 	waiters []chan error
+	// remote are followers' read index requests that this leader answers
+	// with the round's index (see step).
+	remote  []*raftpb.Message
 	started uint64 // tick it was queued at
 	asked   uint64 // tick it was last asked at
 	// leader is the leader it was last asked under; 0 while it was never
@@ -732,6 +770,10 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 		n.send(rd.Messages)
 	}
 	if rd.SoftState != nil {
+		n.leading = rd.SoftState.RaftState == raft.StateLeader
+		if !n.leading {
+			n.remoteReads = nil // their followers ask again
+		}
 		prev := n.lead.Swap(rd.SoftState.Lead)
 		if prev != rd.SoftState.Lead {
 			n.cfg.Logger.Info("leader changed", "leader", fmt.Sprintf("%x", rd.SoftState.Lead), "state", rd.SoftState.RaftState.String())
@@ -789,6 +831,7 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 		if r, ok := inflight[seq]; ok {
 			delete(inflight, seq)
 			n.reads.add(rs.Index, r.waiters, n.appliedIdx.Load())
+			n.answerRemoteReads(r.remote, rs.Index)
 		}
 	}
 	if len(rd.CommittedEntries) > 0 {
