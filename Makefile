@@ -55,6 +55,9 @@ fuzz:
 	$(GO) test ./internal/entry -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZ_EXECS)x
 	$(GO) test ./internal/entry -run '^$$' -fuzz FuzzPut -fuzztime $(FUZZ_EXECS)x
 	$(GO) test ./internal/storage -run '^$$' -fuzz FuzzLogStore -fuzztime $$(( $(FUZZ_EXECS) / 16 ))x
+	$(GO) test ./internal/transport -run '^$$' -fuzz FuzzReadMessage -fuzztime $(FUZZ_EXECS)x
+	$(GO) test ./internal/membership -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZ_EXECS)x
+	$(GO) test ./internal/snapshot -run '^$$' -fuzz FuzzReceive -fuzztime $$(( $(FUZZ_EXECS) / 16 ))x
 
 # Side-by-side benchmark of plinth, etcd and a do-nothing gRPC floor; prints
 # ratios. BENCHFLAGS passes flags to benchrun (e.g. -quick, -loads=put).

@@ -685,3 +685,32 @@ func TestClusterPartitions(t *testing.T) {
 		t.Fatalf("after healing, the old leader reads %+v %v; the write it took while cut off must not exist", get, err)
 	}
 }
+
+// Maintenance.MoveLeader hands leadership to the member named, as etcd's:
+// only the leader takes it, and only a voter can receive it.
+func TestClusterMoveLeader(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := newTestCluster(t, 3, "move-leader")
+	for i := range 3 {
+		c.start(i)
+	}
+	lead := c.leader(ctx)
+	to := (lead + 1) % 3
+	target := c.servers[to].memberID
+	if _, err := c.client(to).MoveLeader(ctx, c.servers[(lead+2)%3].memberID); err != rpctypes.ErrNotLeader {
+		t.Fatalf("move-leader sent to a follower: %v, want %v", err, rpctypes.ErrNotLeader)
+	}
+	if _, err := c.client(lead).MoveLeader(ctx, 12345); err != rpctypes.ErrBadLeaderTransferee {
+		t.Fatalf("move-leader to an unknown member: %v, want %v", err, rpctypes.ErrBadLeaderTransferee)
+	}
+	if _, err := c.client(lead).MoveLeader(ctx, target); err != nil {
+		t.Fatalf("move-leader: %v", err)
+	}
+	if got := c.leader(ctx); got != to {
+		t.Fatalf("after move-leader, member %d leads, want %d", got, to)
+	}
+	if _, err := c.client(lead).Put(ctx, "after-move", "1"); err != nil {
+		t.Fatalf("put after move-leader: %v", err)
+	}
+}
