@@ -16,6 +16,7 @@ type MemberStatus struct {
 	RaftIndex    uint64
 	RaftTerm     uint64
 	AppliedIndex uint64
+	IsLearner    bool
 	Errors       []string
 }
 
@@ -58,6 +59,7 @@ func (m *Maintenance) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.Stat
 		RaftIndex:        st.RaftIndex,
 		RaftTerm:         st.RaftTerm,
 		RaftAppliedIndex: st.AppliedIndex,
+		IsLearner:        st.IsLearner,
 		Errors:           slices.Clip(st.Errors), // appends below must not reach the source's array
 		StorageVersion:   st.Version,
 	}

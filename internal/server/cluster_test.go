@@ -417,6 +417,14 @@ func TestClusterMembershipChanges(t *testing.T) {
 	if got := c.servers[n].memberID; got != add.Member.ID {
 		t.Fatalf("the new member took ID %x, member add gave %x", got, add.Member.ID)
 	}
+	learnerStatus := func() bool {
+		st, err := c.client(n).Status(ctx, c.cfgs[n].AdvertiseClientURLs[0].Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.IsLearner
+	}
+	waitFor(ctx, t, learnerStatus)
 	for {
 		_, err := cli.MemberPromote(ctx, add.Member.ID)
 		if err == nil {
@@ -427,6 +435,7 @@ func TestClusterMembershipChanges(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	waitFor(ctx, t, func() bool { return !learnerStatus() })
 	ncli := c.client(n)
 	if _, err := ncli.Put(ctx, "after", "1"); err != nil {
 		t.Fatalf("put on the promoted member: %v", err)

@@ -349,7 +349,12 @@ func (s *Server) ReadIndex(ctx context.Context) error { return s.node.ReadIndex(
 // Status implements api.StatusSource.
 func (s *Server) Status() api.MemberStatus {
 	usage := s.db.Metrics().DiskSpaceUsage()
+	self, _, err := membership.Get(s.db, s.memberID)
+	if err != nil {
+		s.logger.Error("read this member's record", "err", err)
+	}
 	return api.MemberStatus{
+		IsLearner:    self.IsLearner,
 		Version:      Version,
 		DBSize:       int64(usage),
 		DBSizeInUse:  int64(usage),
