@@ -164,7 +164,7 @@ func FreeAddr(t testing.TB) string {
 	low := ephemeralLow()
 	for range 1000 {
 		port := 10000 + rand.IntN(low-10000)
-		if _, taken := handedOut.LoadOrStore(port, true); taken {
+		if !claimPort(t, port) {
 			continue
 		}
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
@@ -182,6 +182,39 @@ func FreeAddr(t testing.TB) string {
 // before it starts any member, so without this two members could be handed
 // the same one.
 var handedOut sync.Map
+
+// PortLockDir is where test processes claim ports, machine-wide: go test
+// runs packages in parallel processes, each picking ports from the same
+// range. A test claims a port by holding a lock on a file named after it
+// until the test ends; another process skips a port whose file is locked. The
+// compat suite (its own module) claims ports in the same directory.
+const PortLockDir = "/tmp/plinth-test-ports"
+
+// claimPort claims port for the test t, unless this process or another
+// claimed it already.
+func claimPort(t testing.TB, port int) bool {
+	if _, taken := handedOut.LoadOrStore(port, true); taken {
+		return false
+	}
+	if err := os.MkdirAll(PortLockDir, 0o777); err != nil {
+		return true // no lock dir: this process's own claims still hold
+	}
+	f, err := os.OpenFile(filepath.Join(PortLockDir, strconv.Itoa(port)), os.O_CREATE|os.O_RDWR, 0o666)
+	if err != nil {
+		return true
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		_ = f.Close()
+		return false // another process holds it
+	}
+	// The lock is held until the test that asked ends (its members are
+	// stopped by then: their cleanups run first).
+	t.Cleanup(func() {
+		_ = os.Remove(f.Name())
+		_ = f.Close()
+	})
+	return true
+}
 
 // ephemeralLow is the first port of the kernel's ephemeral range (Linux's
 // default when it cannot be read).

@@ -112,7 +112,7 @@ func freeURL(t testing.TB) url.URL {
 	for range 1000 {
 		port := 10000 + rand.IntN(low-10000)
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		if !claimPort(port) {
+		if !claimPort(t, port) {
 			continue
 		}
 		if l, err := net.Listen("tcp", addr); err == nil {
@@ -129,9 +129,31 @@ func freeURL(t testing.TB) url.URL {
 // so without this two of them could be handed the same one.
 var handedOut sync.Map
 
-func claimPort(port int) bool {
-	_, taken := handedOut.LoadOrStore(port, true)
-	return !taken
+// claimPort claims port for the test t, unless this process or another
+// claimed it already: it holds a lock on a file named after the port, in the
+// directory where plinth's own test processes claim theirs
+// (testmember.PortLockDir), until the test ends.
+func claimPort(t testing.TB, port int) bool {
+	if _, taken := handedOut.LoadOrStore(port, true); taken {
+		return false
+	}
+	const lockDir = "/tmp/plinth-test-ports"
+	if err := os.MkdirAll(lockDir, 0o777); err != nil {
+		return true
+	}
+	f, err := os.OpenFile(filepath.Join(lockDir, strconv.Itoa(port)), os.O_CREATE|os.O_RDWR, 0o666)
+	if err != nil {
+		return true
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		_ = f.Close()
+		return false
+	}
+	t.Cleanup(func() {
+		_ = os.Remove(f.Name())
+		_ = f.Close()
+	})
+	return true
 }
 
 // startEmbedded starts an etcd v3.7.3 member inside the test process.
