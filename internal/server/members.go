@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -36,10 +35,6 @@ const (
 	learnerReadyFraction = 0.9
 )
 
-// confMu serializes this member's configuration changes: Raft refuses a
-// change while another is pending.
-var confMu sync.Mutex
-
 // AddMember implements api.MemberSource.
 func (s *Server) AddMember(ctx context.Context, peerURLs []string, learner bool) (api.Member, error) {
 	if cli, done, err := s.leaderCluster(ctx); err != nil {
@@ -53,8 +48,8 @@ func (s *Server) AddMember(ctx context.Context, peerURLs []string, learner bool)
 		m := resp.GetMember()
 		return api.Member{ID: m.GetID(), Name: m.GetName(), PeerURLs: m.GetPeerURLs(), ClientURLs: m.GetClientURLs(), IsLearner: m.GetIsLearner()}, s.catchUp(ctx)
 	}
-	confMu.Lock()
-	defer confMu.Unlock()
+	s.confMu.Lock()
+	defer s.confMu.Unlock()
 	members, removed, err := membership.List(s.db)
 	if err != nil {
 		return api.Member{}, err
@@ -104,8 +99,8 @@ func (s *Server) RemoveMember(ctx context.Context, id uint64) error {
 		}
 		return s.catchUp(ctx)
 	}
-	confMu.Lock()
-	defer confMu.Unlock()
+	s.confMu.Lock()
+	defer s.confMu.Unlock()
 	members, _, err := membership.List(s.db)
 	if err != nil {
 		return err
@@ -133,8 +128,8 @@ func (s *Server) UpdateMember(ctx context.Context, id uint64, peerURLs []string)
 		}
 		return s.catchUp(ctx)
 	}
-	confMu.Lock()
-	defer confMu.Unlock()
+	s.confMu.Lock()
+	defer s.confMu.Unlock()
 	members, _, err := membership.List(s.db)
 	if err != nil {
 		return err
@@ -169,8 +164,8 @@ func (s *Server) PromoteMember(ctx context.Context, id uint64) error {
 		}
 		return s.catchUp(ctx)
 	}
-	confMu.Lock()
-	defer confMu.Unlock()
+	s.confMu.Lock()
+	defer s.confMu.Unlock()
 	members, _, err := membership.List(s.db)
 	if err != nil {
 		return err

@@ -65,6 +65,10 @@ type Server struct {
 	joinMembers []membership.Member
 	ids         *idGenerator
 	waits       waitRegistry
+	// confMu serializes this member's configuration changes: Raft
+	// refuses a change while another is pending. Held while one is
+	// proposed and applied.
+	confMu sync.Mutex
 
 	serveWG  sync.WaitGroup
 	stopOnce sync.Once
