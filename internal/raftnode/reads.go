@@ -1,0 +1,220 @@
+package raftnode
+
+import (
+	"context"
+	"encoding/binary"
+	"sync"
+
+	"go.etcd.io/raft/v3"
+	raftpb "go.etcd.io/raft/v3/raftpb"
+)
+
+// Linearizable reads. A read waits for a read index round: Raft's leader
+// confirms with a quorum that it still leads and names its commit index; the
+// read is served once the local state machine has applied that far. Rounds
+// run one at a time per member, shared by every read that arrived during the
+// previous one; a leader folds its followers' requests into its own rounds.
+
+// readRetryTicks is how many ticks a read index round waits for its answer
+// before it asks again: Raft drops a read index request silently when the
+// message to the leader is lost, or the leader cannot serve it yet.
+const readRetryTicks = 5
+
+// ReadIndex returns once the local state machine holds every entry that was
+// committed when it was called: a read served after it is linearizable.
+// Concurrent calls share one Raft read index round.
+func (n *Node) ReadIndex(ctx context.Context) error {
+	if from := n.localReadFrom.Load(); from != 0 && n.appliedIdx.Load() >= from {
+		return nil
+	}
+	select {
+	case <-n.stopC:
+		return ErrStopped
+	default:
+	}
+	errC := make(chan error, 1)
+	if !n.readQueue.push(errC) {
+		return ErrTooManyRequests
+	}
+	select {
+	case err := <-errC:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// answerRemoteReads sends followers the read index of the round their
+// requests shared. A follower waits until it has applied that far, as with
+// an answer from Raft.
+func (n *Node) answerRemoteReads(reqs []*raftpb.Message, index uint64) {
+	if len(reqs) == 0 {
+		return
+	}
+	term := n.term.Load()
+	out := make([]*raftpb.Message, len(reqs))
+	for i, req := range reqs {
+		from, to, idx := n.cfg.ID, req.GetFrom(), index
+		out[i] = &raftpb.Message{
+			Type: raftpb.MessageType_MsgReadIndexResp.Enum(), From: &from, To: &to,
+			Term: &term, Index: &idx, Entries: req.GetEntries(),
+		}
+	}
+	n.send(out)
+}
+
+// startReadRound starts a read index round for the queued reads, unless one is
+// in flight already: then they wait for it to end and share the next one, as
+// etcd's reads do. Every round costs the leader a heartbeat to each follower
+// and (on a follower) a round trip to the leader, so under load a round
+// shared by every read that arrived during the previous one is what keeps
+// linearizable reads cheap.
+//
+// A round starts leader or not: one that Raft drops for want of a leader is
+// asked again, and fails after the read timeout, so that a member cut off
+// from the leader answers with an error instead of never.
+func (n *Node) startReadRound(inflight map[uint64]*readRound, spare []chan error, seq *uint64, now uint64) []chan error {
+	if len(inflight) > 0 {
+		return spare
+	}
+	reads := n.readQueue.drain(spare)
+	if len(reads) == 0 && len(n.remoteReads) == 0 {
+		return reads
+	}
+	*seq++
+	r := &readRound{ctx: n.readContext(*seq), waiters: append([]chan error(nil), reads...), remote: n.remoteReads, started: now}
+	n.remoteReads = nil
+	inflight[*seq] = r
+	n.askRead(r, now)
+	return reads
+}
+
+// readRound is one read index request and the reads that share it.
+type readRound struct {
+	ctx     []byte
+	waiters []chan error
+	// remote are followers' read index requests that this leader answers
+	// with the round's index (see step).
+	remote  []*raftpb.Message
+	started uint64 // tick it was queued at
+	asked   uint64 // tick it was last asked at
+	// leader is the leader it was last asked under; 0 while it was never
+	// asked (no leader was known).
+	leader uint64
+}
+
+// readContext is the request context of read index round seq: the process's
+// nonce, then seq.
+func (n *Node) readContext(seq uint64) []byte {
+	ctx := make([]byte, 16)
+	copy(ctx, n.readNonce[:])
+	binary.BigEndian.PutUint64(ctx[8:], seq)
+	return ctx
+}
+
+// retryReads asks again for the rounds that waited readRetryTicks without an
+// answer, and fails those older than the read timeout.
+func (n *Node) retryReads(inflight map[uint64]*readRound, now, timeoutTicks uint64) {
+	for seq, r := range inflight {
+		switch {
+		case now-r.started >= timeoutTicks:
+			delete(inflight, seq)
+			for _, w := range r.waiters {
+				w <- ErrReadTimeout
+			}
+		case r.leader == raft.None || now-r.asked >= readRetryTicks:
+			n.askRead(r, now)
+		}
+	}
+}
+
+// askRead asks Raft for the read index of round r, if a leader is known.
+func (n *Node) askRead(r *readRound, now uint64) {
+	if lead := n.lead.Load(); lead != raft.None {
+		r.asked, r.leader = now, lead
+		n.rn.ReadIndex(r.ctx)
+	}
+}
+
+func failAskedReads(inflight map[uint64]*readRound, err error) {
+	for seq, r := range inflight {
+		if r.leader == raft.None {
+			continue
+		}
+		for _, w := range r.waiters {
+			w <- err
+		}
+		delete(inflight, seq)
+	}
+}
+
+func failReads(inflight map[uint64]*readRound, err error) {
+	for seq, r := range inflight {
+		for _, w := range r.waiters {
+			w <- err
+		}
+		delete(inflight, seq)
+	}
+}
+
+// readWaits holds read requests whose read index is known, until the apply
+// loop reaches it.
+type readWaits struct {
+	mu        sync.Mutex // guards the fields below; never held while blocking
+	appliedTo uint64
+	waiting   []readWait // in arrival order; indexes are nondecreasing
+}
+
+type readWait struct {
+	index   uint64
+	waiters []chan error
+}
+
+func (r *readWaits) add(index uint64, waiters []chan error, applied uint64) {
+	r.mu.Lock()
+	if applied > r.appliedTo {
+		r.appliedTo = applied
+	}
+	if index <= r.appliedTo {
+		r.mu.Unlock()
+		for _, w := range waiters {
+			w <- nil
+		}
+		return
+	}
+	r.waiting = append(r.waiting, readWait{index: index, waiters: waiters})
+	r.mu.Unlock()
+}
+
+func (r *readWaits) advance(index uint64) {
+	r.mu.Lock()
+	r.appliedTo = index
+	var ready []readWait
+	keep := r.waiting[:0]
+	for _, w := range r.waiting {
+		if w.index <= index {
+			ready = append(ready, w)
+		} else {
+			keep = append(keep, w)
+		}
+	}
+	r.waiting = keep
+	r.mu.Unlock()
+	for _, w := range ready {
+		for _, c := range w.waiters {
+			c <- nil
+		}
+	}
+}
+
+func (r *readWaits) failAll(err error) {
+	r.mu.Lock()
+	waiting := r.waiting
+	r.waiting = nil
+	r.mu.Unlock()
+	for _, w := range waiting {
+		for _, c := range w.waiters {
+			c <- err
+		}
+	}
+}
