@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -88,13 +89,28 @@ var faultMenu = []fault{
 	{"replace-leader", 3, false, func(nm *nemesis, l *testmember.Member) (string, error) { return nm.replace(l) }},
 }
 
-// menu lists the faults that fit the cluster and the network.
+var faultsFlag = flag.String("cluster.faults", "", "comma-separated faults of TestLinearizableUnderFaults's nemesis (default: all that fit; see nemesis)")
+
+// menu lists the faults that fit the cluster and the network, of those
+// -cluster.faults names if it does.
 func (nm *nemesis) menu() []fault {
+	var want []string
+	if *faultsFlag != "" {
+		want = strings.Split(*faultsFlag, ",")
+		for _, w := range want {
+			if !slices.ContainsFunc(faultMenu, func(f fault) bool { return f.name == w }) {
+				nm.t.Fatalf("-cluster.faults: no fault %q", w)
+			}
+		}
+	}
 	var out []fault
 	for _, f := range faultMenu {
-		if len(nm.c.Members) >= f.members && (nm.nw != nil || !f.network) {
+		if len(nm.c.Members) >= f.members && (nm.nw != nil || !f.network) && (want == nil || slices.Contains(want, f.name)) {
 			out = append(out, f)
 		}
+	}
+	if len(out) == 0 {
+		nm.t.Fatalf("no fault of -cluster.faults=%s fits (%d members, network namespaces %v)", *faultsFlag, len(nm.c.Members), nm.nw != nil)
 	}
 	return out
 }
