@@ -39,10 +39,12 @@ test-bench:
 	$(GO) -C bench vet ./...
 	$(GO) -C bench test -count=1 -timeout 10m ./...
 
-# The cluster fault tests for longer: kill -9, pauses and restarts of members
-# under load for FAULTS_DURATION, with porcupine checking the history. `make
-# test` runs them briefly. FAULTSFLAGS passes more flags (e.g.
-# -cluster.seed=N to rerun a failure's choices).
+# The cluster fault tests for longer: kill -9, pauses and restarts of members,
+# loss of quorum, partitions (as root: members in network namespaces) and
+# members replaced under load for FAULTS_DURATION, with porcupine checking
+# the history. `make test` runs each fault once. FAULTSFLAGS passes more flags
+# (e.g. -cluster.seed=N to rerun a failure's choices, -cluster.faults=a,b to
+# make only those).
 FAULTS_DURATION ?= 5m
 test-faults:
 	$(GO) test -race -count=1 -timeout 60m -v ./test/cluster -run 'TestLinearizableUnderFaults' -cluster.duration=$(FAULTS_DURATION) $(FAULTSFLAGS)

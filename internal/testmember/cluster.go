@@ -19,7 +19,7 @@ import (
 // cluster: each on its own ports (or host) with its own data directory, all
 // with the same --initial-cluster and --initial-cluster-token. Members added
 // later (NewMember) join the list; members removed from the cluster leave it
-// (Forget).
+// (Forget), or make room for a fresh member on their URLs (Replace).
 type Cluster struct {
 	t       testing.TB
 	bin     string
@@ -141,6 +141,30 @@ func (c *Cluster) NewMember(name string, flags func(peerURL, clientURL string) [
 	clientURL, peerURL := c.urls(len(c.Members))
 	m := newMember(c.t, c.bin, name, clientURL, peerURL, flags(peerURL, clientURL), c.args)
 	c.Members = append(c.Members, m)
+	return m
+}
+
+// Replace prepares a fresh member named name in place of old, a member
+// removed from the cluster whose process no longer runs: on old's client and
+// peer URLs and host (so that clients of old's endpoint reach it, and a
+// network fault of old's host hits it), with an empty data directory, at
+// old's position in Members. Its flags are its identity and URLs, then
+// flags(its peer URL, its client URL) (e.g. --initial-cluster and
+// --initial-cluster-state existing, after a member add), then the cluster's
+// flags. Nothing runs until it is started; old's process, if any, is still
+// stopped when the test ends.
+func (c *Cluster) Replace(old *Member, name string, flags func(peerURL, clientURL string) []string) *Member {
+	c.t.Helper()
+	i := slices.Index(c.Members, old)
+	if i < 0 {
+		c.t.Fatalf("testmember: replace %s: not a member of the cluster", old.name)
+	}
+	if old.Running() {
+		c.t.Fatalf("testmember: replace %s: its process runs", old.name)
+	}
+	m := newMember(c.t, c.bin, name, old.clientURL, old.peerURL, flags(old.peerURL, old.clientURL), c.args)
+	m.netns = old.netns
+	c.Members[i] = m
 	return m
 }
 

@@ -31,7 +31,7 @@
 // are removed by the next New.
 //
 // It needs root and a kernel with network namespaces: New skips the test
-// with the reason otherwise.
+// with the reason otherwise, and Open returns it.
 package testnet
 
 import (
@@ -65,18 +65,36 @@ type Network struct {
 	cut []map[int]bool
 }
 
+// ErrUnavailable is returned by Open, wrapped with the reason, when this
+// process cannot create network namespaces: it is not root, or a command or
+// the kernel's support is missing.
+var ErrUnavailable = errors.New("testnet: network namespaces unavailable")
+
 // New creates a network of n hosts for the test, removed when it ends. It
 // skips the test when the process is not root or namespaces cannot be made.
 func New(t testing.TB, n int) *Network {
 	t.Helper()
+	nw, err := Open(t, n)
+	if err != nil {
+		t.Skip(err)
+	}
+	return nw
+}
+
+// Open creates a network of n hosts for the test, removed when it ends, as
+// New does; where namespaces cannot be made it returns an error that wraps
+// ErrUnavailable instead of skipping, so that a test can run without
+// partitions. Other failures fail the test.
+func Open(t testing.TB, n int) (*Network, error) {
+	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("testnet: needs root to create network namespaces")
+		return nil, fmt.Errorf("%w: needs root", ErrUnavailable)
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("testnet: no ip command (iproute2)")
+		return nil, fmt.Errorf("%w: no ip command (iproute2)", ErrUnavailable)
 	}
 	if _, err := exec.LookPath("iptables"); err != nil {
-		t.Skip("testnet: no iptables command")
+		return nil, fmt.Errorf("%w: no iptables command", ErrUnavailable)
 	}
 	removeStale(t)
 
@@ -110,7 +128,7 @@ func New(t testing.TB, n int) *Network {
 
 	sw := nw.prefix + "-sw"
 	if err := ip("netns", "add", sw); err != nil {
-		t.Skipf("testnet: cannot create a network namespace: %v", err)
+		return nil, fmt.Errorf("%w: cannot create a network namespace: %v", ErrUnavailable, err)
 	}
 	steps := [][]string{
 		{"-n", sw, "link", "set", "lo", "up"},
@@ -138,7 +156,7 @@ func New(t testing.TB, n int) *Network {
 			t.Fatalf("testnet: %v", err)
 		}
 	}
-	return nw
+	return nw, nil
 }
 
 // freeSubnet picks a /24 of 198.18.0.0/15 that no interface of the root

@@ -1,18 +1,21 @@
 // Package cluster holds plinth's multi-member tests: three members run as
 // child processes and bootstrap a cluster; the tests write and read through
 // every member, kill -9 the leader, pause members (SIGSTOP) for longer than
-// the election timeout and restart them, and prove from the clients' answers
-// that the cluster elects a new leader and keeps taking writes, that a
-// restarted member catches up, that every acknowledged write is readable from
-// every member, and (with porcupine) that the history of puts, linearizable
-// reads and compare-and-set txns is linearizable.
+// the election timeout and restart them, partition them (in network
+// namespaces, as root), take the quorum away, and change the membership, and
+// prove from the clients' answers that the cluster elects a new leader and
+// keeps taking writes, that a restarted member catches up, that every
+// acknowledged write is readable from every member, and (with porcupine)
+// that the history of puts, linearizable reads and compare-and-set txns is
+// linearizable.
 //
 // The package has no non-test code, and it must never import the server's
 // packages: it speaks to plinth only over the wire, as a client would, and
 // runs it through internal/testmember.
 //
 // Flags: -cluster.duration sets how long the fault test runs (make
-// test-faults runs it longer), -cluster.seed fixes its random choices, and
+// test-faults runs it longer), -cluster.faults picks the faults it makes,
+// -cluster.seed fixes its random choices, and
 // -cluster.break deliberately weakens the tests' own setup so that a run
 // shows the checks can fail (see breakFlag).
 package cluster

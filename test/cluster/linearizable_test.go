@@ -2,25 +2,30 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/anishathalye/porcupine"
 	"github.com/plinthdb/plinth/internal/testmember"
+	"github.com/plinthdb/plinth/internal/testnet"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // The shape of TestLinearizableUnderFaults.
 const (
-	linKeys    = 6
-	linClients = 6 // client i is pinned to member i % members
+	linKeys = 6
+	// Client i < linClients is pinned to member i % members; one more
+	// client is over every member's endpoint.
+	linClients = 6
 	// linPace spaces a client's ops, so that the history stays small enough
 	// for porcupine however long the run.
 	linPace        = 5 * time.Millisecond
@@ -107,20 +112,27 @@ func (h *linHistory) do(ctx context.Context, cli *clientv3.Client, clientID int,
 
 func linKey(k int) string { return fmt.Sprintf("lin/%d", k) }
 
-// TestLinearizableUnderFaults runs clients pinned to different members,
-// each issuing puts, linearizable gets and compare-and-set txns on a few
-// shared keys, while a nemesis kills -9 random members and leaders and
-// restarts them, and pauses the leader (SIGSTOP) for longer than the election
-// timeout, or a follower. Ops without an answer are recorded with an unknown
-// outcome. At the end, porcupine must find the history linearizable, and
-// every acknowledged write must be readable from every member.
+// TestLinearizableUnderFaults runs clients pinned to different members, and
+// one over all of them, each issuing puts, linearizable gets and
+// compare-and-set txns on a few shared keys, while a nemesis (see nemesis)
+// kills -9 and pauses (SIGSTOP) members and leaders, takes the quorum away
+// by pausing or killing a majority, partitions the network (isolates the
+// leader, a follower, or every member), and replaces members: removes one,
+// wipes it and adds it back as a fresh member. Ops without an answer are
+// recorded with an unknown outcome. At the end, porcupine must find the
+// history linearizable, no op may have been answered while no quorum
+// existed, and every acknowledged write must be readable from every member
+// then in the cluster.
 //
-// It runs for -cluster.duration (make test-faults runs it longer).
+// The members run in network namespaces (testnet) when the test can make
+// them, and on loopback without the partition faults otherwise; the log
+// says which. It runs for -cluster.duration, and at least until each fault
+// ran once (make test-faults runs it longer).
 func TestLinearizableUnderFaults(t *testing.T) {
 	ctx := t.Context()
 	seed := pickSeed(t)
 	rng := rand.New(rand.NewPCG(uint64(seed), 2))
-	c := startCluster(t, *membersFlag)
+	c, nw := startFaultCluster(t, *membersFlag)
 	h := &linHistory{epoch: time.Now()}
 
 	// Every key starts with a value, so that compares have one to hold.
@@ -134,15 +146,21 @@ func TestLinearizableUnderFaults(t *testing.T) {
 	lctx, stopLoad := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	var idMu sync.Mutex
-	nextID := linClients + 1
+	nextID := linClients + 2
 	newID := func() int {
 		idMu.Lock()
 		defer idMu.Unlock()
 		nextID++
 		return nextID - 1
 	}
-	for i := range linClients {
-		cli := client(t, c.Members[i%len(c.Members)].Endpoint())
+	for i := range linClients + 1 {
+		// A replaced member's successor has its endpoint: the clients
+		// pinned to it reach the successor.
+		eps := c.Endpoints()
+		if i < linClients {
+			eps = eps[i%len(eps) : i%len(eps)+1]
+		}
+		cli := client(t, eps...)
 		crng := rand.New(rand.NewPCG(uint64(seed), uint64(100+i)))
 		wg.Add(1)
 		go func() {
@@ -184,7 +202,8 @@ func TestLinearizableUnderFaults(t *testing.T) {
 		}()
 	}
 
-	faults := runNemesis(t, c, rng, *durationFlag)
+	nm := &nemesis{t: t, c: c, nw: nw, h: h, rng: rng}
+	faults := nm.run(*durationFlag)
 	stopLoad()
 	wg.Wait()
 
@@ -203,6 +222,11 @@ func TestLinearizableUnderFaults(t *testing.T) {
 	}
 	t.Logf("%d faults; ops answered: %d puts, %d gets, %d cas; unknown outcome: %d puts, %d cas; %d failed gets",
 		faults, h.okOps[kvPut], h.okOps[kvGet], h.okOps[kvCAS], h.unknownOps[kvPut], h.unknownOps[kvCAS], h.failedReads[kvGet])
+	noQuorumErrs, noQuorumUnknown := checkNoQuorum(h, nm.noQuorum)
+	t.Logf("%d times without a quorum: %d writes issued then have an unknown outcome, %d ops were answered", len(nm.noQuorum), noQuorumUnknown, len(noQuorumErrs))
+	if len(noQuorumErrs) > 0 {
+		t.Errorf("ops answered while no quorum existed: %d:\n%s", len(noQuorumErrs), strings.Join(noQuorumErrs[:min(len(noQuorumErrs), 30)], "\n"))
+	}
 
 	checkStart := time.Now()
 	res, info := porcupine.CheckOperationsVerbose(kvModel, h.ops, linCheckBudget)
@@ -220,52 +244,20 @@ func TestLinearizableUnderFaults(t *testing.T) {
 	report(t, "acknowledged writes", checkAcked(ctx, c, h.acked))
 }
 
-// runNemesis injects one fault at a time until d has passed, and returns
-// how many. After each, every member runs again and the cluster must agree
-// on a leader within 15s.
-func runNemesis(t *testing.T, c *testmember.Cluster, rng *rand.Rand, d time.Duration) int {
+// startFaultCluster starts the cluster of TestLinearizableUnderFaults: its
+// members each in a network namespace of its own when the test can make
+// them, so that the nemesis can partition them, and on loopback otherwise
+// (nw is then nil).
+func startFaultCluster(t *testing.T, n int) (c *testmember.Cluster, nw *testnet.Network) {
 	t.Helper()
-	ctx := t.Context()
-	deadline := time.Now().Add(d)
-	pause := func() time.Duration { // longer than the election timeout
-		return electionTimeout*3/2 + time.Duration(rng.Int64N(int64(electionTimeout*3/2)))
-	}
-	n := 0
-	for time.Now().Before(deadline) {
-		time.Sleep(300*time.Millisecond + time.Duration(rng.Int64N(int64(700*time.Millisecond))))
-		leader, term := findLeader(t, c)
-		var err error
-		var what string
-		switch f := rng.IntN(4); f {
-		case 0, 1:
-			m := leader
-			if f == 0 {
-				m = c.Members[rng.IntN(len(c.Members))]
-			}
-			down := 200*time.Millisecond + time.Duration(rng.Int64N(int64(1500*time.Millisecond)))
-			what = fmt.Sprintf("kill -9 %s for %v", m.Name(), down.Round(time.Millisecond))
-			if err = m.Kill(); err == nil {
-				time.Sleep(down)
-				err = restart(ctx, c, m)
-			}
-		case 2, 3:
-			m := leader
-			if f == 3 {
-				m = c.Members[rng.IntN(len(c.Members))]
-			}
-			p := pause()
-			what = fmt.Sprintf("pause %s for %v", m.Name(), p.Round(time.Millisecond))
-			if err = m.Pause(); err == nil {
-				time.Sleep(p)
-				err = m.Resume()
-			}
+	nw, err := testnet.Open(t, n)
+	if err != nil {
+		if !errors.Is(err, testnet.ErrUnavailable) {
+			t.Fatal(err)
 		}
-		n++
-		if err != nil {
-			t.Fatalf("fault %d (%s): %v", n, what, err)
-		}
-		after, afterTerm := findLeader(t, c)
-		t.Logf("fault %d: %s (leader was %s, term %d); now %s leads in term %d", n, what, leader.Name(), term, after.Name(), afterTerm)
+		t.Logf("members on loopback, WITHOUT partition faults: %v", err)
+		return startCluster(t, n), nil
 	}
-	return n
+	t.Logf("members in network namespaces: partition faults on")
+	return startOn(t, nw), nw
 }

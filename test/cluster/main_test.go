@@ -40,8 +40,10 @@ var (
 	//   isolate:      as nowait, and the other members are paused while a
 	//                 member restarts, so it cannot catch up at all (only
 	//                 TestReplicateAndElect can run so);
-	//   nopartition:  the partition tests cut nobody off, so the member
-	//                 they take as isolated keeps serving;
+	//   nopartition:  the partition tests and faults cut nobody off, so
+	//                 the member they take as isolated keeps serving, and
+	//                 a cluster taken as split with no quorum anywhere
+	//                 keeps answering;
 	//   nosnapshot:   the snapshot and join tests write less than the log
 	//                 keeps, so the lagging member catches up from the log;
 	//   nopromote:    TestMembershipUnderLoad leaves its learner a learner.

@@ -25,6 +25,14 @@ const requestTimeout = 5*time.Second + 2*electionTimeout
 func startNetCluster(t *testing.T, n int) (*testmember.Cluster, *testnet.Network) {
 	t.Helper()
 	nw := testnet.New(t, n)
+	return startOn(t, nw), nw
+}
+
+// startOn starts a new cluster of one member on each host of nw and waits
+// until each serves.
+func startOn(t *testing.T, nw *testnet.Network) *testmember.Cluster {
+	t.Helper()
+	n := nw.Hosts()
 	hosts := make([]testmember.Host, n)
 	for i := range hosts {
 		hosts[i] = testmember.Host{IP: nw.IP(i), Netns: nw.Netns(i)}
@@ -35,7 +43,7 @@ func startNetCluster(t *testing.T, n int) (*testmember.Cluster, *testnet.Network
 		t.Fatal(err)
 	}
 	t.Logf("%d members serving in %v, each in its own network namespace", n, time.Since(start).Round(time.Millisecond))
-	return c, nw
+	return c
 }
 
 // index is m's position in c.Members, which is its host in the network.
