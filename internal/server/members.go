@@ -35,161 +35,161 @@ const (
 	learnerReadyFraction = 0.9
 )
 
-// AddMember implements api.MemberSource.
-func (s *Server) AddMember(ctx context.Context, peerURLs []string, learner bool) (api.Member, error) {
-	if cli, done, err := s.leaderCluster(ctx); err != nil {
-		return api.Member{}, err
-	} else if cli != nil {
+// decideOnLeader runs a membership change where it is decided: here, under
+// confMu and on the applied member records, when this member leads; else it
+// forwards the request to the leader and returns once this member applied
+// the change too.
+func (s *Server) decideOnLeader(ctx context.Context, forward func(pb.ClusterClient) error, decide func(members []membership.Member, removed []uint64) error) error {
+	cli, done, err := s.leaderCluster(ctx)
+	if err != nil {
+		return err
+	}
+	if cli != nil {
 		defer done()
-		resp, err := cli.MemberAdd(ctx, &pb.MemberAddRequest{PeerURLs: peerURLs, IsLearner: learner})
-		if err != nil {
-			return api.Member{}, err
+		if err := forward(cli); err != nil {
+			return err
 		}
-		m := resp.GetMember()
-		return api.Member{ID: m.GetID(), Name: m.GetName(), PeerURLs: m.GetPeerURLs(), ClientURLs: m.GetClientURLs(), IsLearner: m.GetIsLearner()}, s.catchUp(ctx)
+		return s.catchUp(ctx)
 	}
 	s.confMu.Lock()
 	defer s.confMu.Unlock()
 	members, removed, err := membership.List(s.db)
 	if err != nil {
-		return api.Member{}, err
+		return err
 	}
+	return decide(members, removed)
+}
+
+// findMember returns the index of member id in members.
+func findMember(members []membership.Member, id uint64) (int, error) {
+	i := slices.IndexFunc(members, func(m membership.Member) bool { return m.ID == id })
+	if i < 0 {
+		return 0, api.ErrMemberNotFound
+	}
+	return i, nil
+}
+
+// peerURLTaken refuses peer URLs that a member other than except has.
+func peerURLTaken(members []membership.Member, peerURLs []string, except uint64) error {
 	for _, m := range members {
-		for _, u := range m.PeerURLs {
-			if slices.Contains(peerURLs, u) {
-				return api.Member{}, api.ErrPeerURLExist
-			}
+		if m.ID != except && slices.ContainsFunc(m.PeerURLs, func(u string) bool { return slices.Contains(peerURLs, u) }) {
+			return api.ErrPeerURLExist
 		}
 	}
-	if learner {
-		n := 0
-		for _, m := range members {
-			if m.IsLearner {
-				n++
+	return nil
+}
+
+// AddMember implements api.MemberSource.
+func (s *Server) AddMember(ctx context.Context, peerURLs []string, learner bool) (api.Member, error) {
+	var added api.Member
+	err := s.decideOnLeader(ctx, func(cli pb.ClusterClient) error {
+		resp, err := cli.MemberAdd(ctx, &pb.MemberAddRequest{PeerURLs: peerURLs, IsLearner: learner})
+		if err != nil {
+			return err
+		}
+		m := resp.GetMember()
+		added = api.Member{ID: m.GetID(), Name: m.GetName(), PeerURLs: m.GetPeerURLs(), ClientURLs: m.GetClientURLs(), IsLearner: m.GetIsLearner()}
+		return nil
+	}, func(members []membership.Member, removed []uint64) error {
+		if err := peerURLTaken(members, peerURLs, 0); err != nil {
+			return err
+		}
+		if learner {
+			learners := 0
+			for _, m := range members {
+				if m.IsLearner {
+					learners++
+				}
 			}
+			if learners >= maxLearners {
+				return api.ErrTooManyLearners
+			}
+		} else if err := s.mayAddVoter(members); err != nil {
+			return err
 		}
-		if n >= maxLearners {
-			return api.Member{}, api.ErrTooManyLearners
+		id := newMemberID(peerURLs, s.cfg.InitialClusterToken, time.Now(), func(id uint64) bool {
+			_, err := findMember(members, id)
+			return err == nil || slices.Contains(removed, id)
+		})
+		typ := raftpb.ConfChangeType_ConfChangeAddNode
+		if learner {
+			typ = raftpb.ConfChangeType_ConfChangeAddLearnerNode
 		}
-	} else if err := s.mayAddVoter(members); err != nil {
-		return api.Member{}, err
-	}
-	id := newMemberID(peerURLs, s.cfg.InitialClusterToken, time.Now(), func(id uint64) bool {
-		return slices.ContainsFunc(members, func(m membership.Member) bool { return m.ID == id }) || slices.Contains(removed, id)
+		m := membership.Member{ID: id, PeerURLs: peerURLs, IsLearner: learner}
+		if err := s.changeConf(ctx, typ, id, membership.Encode(m)); err != nil {
+			return err
+		}
+		added = api.Member{ID: id, PeerURLs: peerURLs, IsLearner: learner}
+		return nil
 	})
-	m := membership.Member{ID: id, PeerURLs: peerURLs, IsLearner: learner}
-	typ := raftpb.ConfChangeType_ConfChangeAddNode
-	if learner {
-		typ = raftpb.ConfChangeType_ConfChangeAddLearnerNode
-	}
-	if err := s.changeConf(ctx, typ, id, membership.Encode(m)); err != nil {
-		return api.Member{}, err
-	}
-	return api.Member{ID: id, PeerURLs: peerURLs, IsLearner: learner}, nil
+	return added, err
 }
 
 // RemoveMember implements api.MemberSource.
 func (s *Server) RemoveMember(ctx context.Context, id uint64) error {
-	if cli, done, err := s.leaderCluster(ctx); err != nil {
+	return s.decideOnLeader(ctx, func(cli pb.ClusterClient) error {
+		_, err := cli.MemberRemove(ctx, &pb.MemberRemoveRequest{ID: id})
 		return err
-	} else if cli != nil {
-		defer done()
-		if _, err := cli.MemberRemove(ctx, &pb.MemberRemoveRequest{ID: id}); err != nil {
+	}, func(members []membership.Member, _ []uint64) error {
+		i, err := findMember(members, id)
+		if err != nil {
 			return err
 		}
-		return s.catchUp(ctx)
-	}
-	s.confMu.Lock()
-	defer s.confMu.Unlock()
-	members, _, err := membership.List(s.db)
-	if err != nil {
-		return err
-	}
-	i := slices.IndexFunc(members, func(m membership.Member) bool { return m.ID == id })
-	if i < 0 {
-		return api.ErrMemberNotFound
-	}
-	if !members[i].IsLearner {
-		if err := s.mayRemoveVoter(members, id); err != nil {
-			return err
+		if !members[i].IsLearner {
+			if err := s.mayRemoveVoter(members, id); err != nil {
+				return err
+			}
 		}
-	}
-	return s.changeConf(ctx, raftpb.ConfChangeType_ConfChangeRemoveNode, id, nil)
+		return s.changeConf(ctx, raftpb.ConfChangeType_ConfChangeRemoveNode, id, nil)
+	})
 }
 
 // UpdateMember implements api.MemberSource.
 func (s *Server) UpdateMember(ctx context.Context, id uint64, peerURLs []string) error {
-	if cli, done, err := s.leaderCluster(ctx); err != nil {
+	return s.decideOnLeader(ctx, func(cli pb.ClusterClient) error {
+		_, err := cli.MemberUpdate(ctx, &pb.MemberUpdateRequest{ID: id, PeerURLs: peerURLs})
 		return err
-	} else if cli != nil {
-		defer done()
-		if _, err := cli.MemberUpdate(ctx, &pb.MemberUpdateRequest{ID: id, PeerURLs: peerURLs}); err != nil {
+	}, func(members []membership.Member, _ []uint64) error {
+		i, err := findMember(members, id)
+		if err != nil {
 			return err
 		}
-		return s.catchUp(ctx)
-	}
-	s.confMu.Lock()
-	defer s.confMu.Unlock()
-	members, _, err := membership.List(s.db)
-	if err != nil {
-		return err
-	}
-	i := slices.IndexFunc(members, func(m membership.Member) bool { return m.ID == id })
-	if i < 0 {
-		return api.ErrMemberNotFound
-	}
-	for _, m := range members {
-		if m.ID == id {
-			continue
+		if err := peerURLTaken(members, peerURLs, id); err != nil {
+			return err
 		}
-		for _, u := range m.PeerURLs {
-			if slices.Contains(peerURLs, u) {
-				return api.ErrPeerURLExist
-			}
-		}
-	}
-	m := members[i]
-	m.PeerURLs = peerURLs
-	return s.changeConf(ctx, raftpb.ConfChangeType_ConfChangeUpdateNode, id, membership.Encode(m))
+		m := members[i]
+		m.PeerURLs = peerURLs
+		return s.changeConf(ctx, raftpb.ConfChangeType_ConfChangeUpdateNode, id, membership.Encode(m))
+	})
 }
 
 // PromoteMember implements api.MemberSource.
 func (s *Server) PromoteMember(ctx context.Context, id uint64) error {
-	if cli, done, err := s.leaderCluster(ctx); err != nil {
+	return s.decideOnLeader(ctx, func(cli pb.ClusterClient) error {
+		_, err := cli.MemberPromote(ctx, &pb.MemberPromoteRequest{ID: id})
 		return err
-	} else if cli != nil {
-		defer done()
-		if _, err := cli.MemberPromote(ctx, &pb.MemberPromoteRequest{ID: id}); err != nil {
+	}, func(members []membership.Member, _ []uint64) error {
+		i, err := findMember(members, id)
+		if err != nil {
 			return err
 		}
-		return s.catchUp(ctx)
-	}
-	s.confMu.Lock()
-	defer s.confMu.Unlock()
-	members, _, err := membership.List(s.db)
-	if err != nil {
-		return err
-	}
-	i := slices.IndexFunc(members, func(m membership.Member) bool { return m.ID == id })
-	if i < 0 {
-		return api.ErrMemberNotFound
-	}
-	if !members[i].IsLearner {
-		return api.ErrMemberNotLearner
-	}
-	p, err := s.leaderProgress()
-	if err != nil {
-		return err
-	}
-	if float64(p.Members[id].Match) < learnerReadyFraction*float64(p.LastIndex) {
-		return api.ErrLearnerNotReady
-	}
-	if err := s.mayAddVoter(members); err != nil {
-		return err
-	}
-	m := members[i]
-	m.IsLearner = false
-	return s.changeConf(ctx, raftpb.ConfChangeType_ConfChangeAddNode, id, membership.Encode(m))
+		if !members[i].IsLearner {
+			return api.ErrMemberNotLearner
+		}
+		p, err := s.leaderProgress()
+		if err != nil {
+			return err
+		}
+		if float64(p.Members[id].Match) < learnerReadyFraction*float64(p.LastIndex) {
+			return api.ErrLearnerNotReady
+		}
+		if err := s.mayAddVoter(members); err != nil {
+			return err
+		}
+		m := members[i]
+		m.IsLearner = false
+		return s.changeConf(ctx, raftpb.ConfChangeType_ConfChangeAddNode, id, membership.Encode(m))
+	})
 }
 
 // mayAddVoter refuses a new voter while fewer members than a quorum of the
