@@ -15,7 +15,6 @@ package raftnode
 
 import (
 	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -701,11 +700,10 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 		n.send(rd.Messages)
 	}
 	for _, rs := range rd.ReadStates {
-		ctx := rs.RequestCtx
-		if len(ctx) != 16 || [8]byte(ctx[:8]) != n.readNonce {
+		seq, mine := n.roundOf(rs.RequestCtx)
+		if !mine {
 			continue
 		}
-		seq := binary.BigEndian.Uint64(ctx[8:])
 		if r, ok := inflight[seq]; ok {
 			delete(inflight, seq)
 			n.reads.add(rs.Index, r.waiters, n.appliedIdx.Load())

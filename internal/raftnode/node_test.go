@@ -338,3 +338,21 @@ func TestRaftLoopRunsDuringALongApply(t *testing.T) {
 	released = true
 	waitFor(t, "every entry applied", func() bool { return tn.n.AppliedIndex() == tn.n.CommitIndex() && len(tn.sm.snapshot()) == 101 })
 }
+
+// A read index answer meant for an earlier run of the member (delayed in the
+// network across a restart) must not answer a read of this run: the request
+// contexts of the two runs differ even where their round numbers agree.
+func TestReadContextsAreUniqueAcrossRestarts(t *testing.T) {
+	dir := t.TempDir()
+	first := startNode(t, dir)
+	before := first.n.readContext(1)
+	first.stop()
+	second := startNode(t, dir)
+	defer second.stop()
+	if seq, mine := second.n.roundOf(before); mine {
+		t.Fatalf("round 1 of the previous run was taken as this run's round %d", seq)
+	}
+	if seq, mine := second.n.roundOf(second.n.readContext(1)); !mine || seq != 1 {
+		t.Fatalf("this run's own round 1 read as %d, %v", seq, mine)
+	}
+}

@@ -112,6 +112,16 @@ func (n *Node) readContext(seq uint64) []byte {
 	return ctx
 }
 
+// roundOf returns the round a read index request context names, and whether
+// this process asked it: an answer to a request of an earlier run of the
+// member (its sequence numbers started again at 1) is not.
+func (n *Node) roundOf(ctx []byte) (seq uint64, mine bool) {
+	if len(ctx) != 16 || [8]byte(ctx[:8]) != n.readNonce {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(ctx[8:]), true
+}
+
 // retryReads asks again for the rounds that waited readRetryTicks without an
 // answer, and fails those older than the read timeout.
 func (n *Node) retryReads(inflight map[uint64]*readRound, now, timeoutTicks uint64) {
