@@ -239,7 +239,7 @@ func (s *Server) promoteSelf() {
 			}
 		}
 		if err == nil && found {
-			ctx, cancel := context.WithTimeout(s.stopContext(), s.requestTimeout())
+			ctx, cancel := context.WithTimeout(s.stopCtx, s.requestTimeout())
 			err = s.PromoteMember(ctx, s.memberID)
 			cancel()
 		}
@@ -339,13 +339,13 @@ func (s *Server) publish() {
 	defer s.serveWG.Done()
 	attrs := &membershippb.Attributes{Name: s.cfg.Name, ClientUrls: urlStrings(s.cfg.AdvertiseClientURLs)}
 	for {
-		if err := s.node.ReadIndex(s.stopContext()); err == nil {
+		if err := s.node.ReadIndex(s.stopCtx); err == nil {
 			m, found, err := membership.Get(s.db, s.memberID)
 			if err == nil && found && m.Name == attrs.Name && slices.Equal(m.ClientURLs, attrs.ClientUrls) {
 				return
 			}
 			if err == nil {
-				ctx, cancel := context.WithTimeout(s.stopContext(), s.requestTimeout())
+				ctx, cancel := context.WithTimeout(s.stopCtx, s.requestTimeout())
 				req := &pb.InternalRaftRequest{ClusterMemberAttrSet: &membershippb.ClusterMemberAttrSetRequest{Member_ID: s.memberID, MemberAttributes: attrs}}
 				_, err = s.Propose(ctx, req)
 				cancel()
@@ -364,18 +364,6 @@ func (s *Server) publish() {
 	}
 }
 
-// stopContext is a context that ends when the server stops.
-func (s *Server) stopContext() context.Context {
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() {
-		select {
-		case <-s.stopC:
-		case <-ctx.Done():
-		}
-		cancel()
-	}()
-	return ctx
-}
 
 // peerHandler connects the transport to the Raft node.
 type peerHandler struct{ s *Server }

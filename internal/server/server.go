@@ -73,6 +73,10 @@ type Server struct {
 	serveWG  sync.WaitGroup
 	stopOnce sync.Once
 	stopC    chan struct{} // closed by Stop; ends the server's goroutines
+	// stopCtx ends when Stop begins: the server's own requests (publish,
+	// self-promotion) wait on it.
+	stopCtx    context.Context
+	cancelStop context.CancelFunc
 
 	failOnce sync.Once
 	failErr  error
@@ -94,8 +98,10 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, logger: logger, db: db, stopC: make(chan struct{}), failedC: make(chan struct{})}
+	s.stopCtx, s.cancelStop = context.WithCancel(context.Background())
 	s.waits.init()
 	if err := s.open(pacer); err != nil {
+		s.cancelStop()
 		if s.kv != nil {
 			s.kv.Close()
 		}
@@ -298,6 +304,7 @@ func (s *Server) Stop() {
 			_ = s.httpServer.Close()
 		}
 		close(s.stopC)
+		s.cancelStop()
 		s.serveWG.Wait()
 		s.peers.Stop()
 		s.node.Stop()
