@@ -42,6 +42,7 @@ func coalesce(msgs []*raftpb.Message) []*raftpb.Message {
 		to    uint64
 		at    int
 		bytes int
+		owned bool // out[at] was made here: a merge may append to it
 	}
 	var last []slot
 	for _, m := range msgs {
@@ -53,9 +54,11 @@ func coalesce(msgs []*raftpb.Message) []*raftpb.Message {
 			}
 		}
 		if i >= 0 {
-			if merged, ok := merge(out[last[i].at], m, last[i].bytes); ok {
-				out[last[i].at] = merged
-				last[i].bytes += entryBytes(m)
+			sl := &last[i]
+			if merged, ok := merge(out[sl.at], m, sl.bytes, sl.owned); ok {
+				sl.owned = sl.owned || merged != out[sl.at] && merged != m
+				out[sl.at] = merged
+				sl.bytes += entryBytes(m)
 				continue
 			}
 		}
@@ -64,7 +67,7 @@ func coalesce(msgs []*raftpb.Message) []*raftpb.Message {
 			last = append(last, slot{to: m.GetTo()})
 			i = len(last) - 1
 		}
-		last[i].at, last[i].bytes = len(out)-1, entryBytes(m)
+		last[i].at, last[i].bytes, last[i].owned = len(out)-1, entryBytes(m), false
 	}
 	return out
 }
@@ -74,8 +77,9 @@ func coalesce(msgs []*raftpb.Message) []*raftpb.Message {
 const maxCoalescedBytes = 1 << 20
 
 // merge returns the one message that says what a then b say, if there is one.
-// aBytes is the entry bytes a carries.
-func merge(a, b *raftpb.Message, aBytes int) (*raftpb.Message, bool) {
+// aBytes is the entry bytes a carries; owned says a was made by an earlier
+// merge, so that its entries may be appended to instead of copied.
+func merge(a, b *raftpb.Message, aBytes int, owned bool) (*raftpb.Message, bool) {
 	if a.GetType() != b.GetType() || a.GetTo() != b.GetTo() || a.GetFrom() != b.GetFrom() ||
 		a.GetTerm() != b.GetTerm() || !plain(a) || !plain(b) {
 		return nil, false
@@ -101,6 +105,11 @@ func merge(a, b *raftpb.Message, aBytes int) (*raftpb.Message, bool) {
 		if endIndex != a.GetIndex()+uint64(len(ents)) || b.GetIndex() != endIndex || b.GetLogTerm() != endTerm {
 			return nil, false
 		}
+		if owned {
+			a.Entries = append(a.Entries, b.GetEntries()...)
+			a.Commit = new(max(a.GetCommit(), b.GetCommit()))
+			return a, true
+		}
 		return &raftpb.Message{
 			Type: a.Type, To: a.To, From: a.From, Term: a.Term,
 			Index: a.Index, LogTerm: a.LogTerm,
@@ -110,6 +119,10 @@ func merge(a, b *raftpb.Message, aBytes int) (*raftpb.Message, bool) {
 	case raftpb.MessageType_MsgProp:
 		if aBytes+entryBytes(b) > maxCoalescedBytes {
 			return nil, false
+		}
+		if owned {
+			a.Entries = append(a.Entries, b.GetEntries()...)
+			return a, true
 		}
 		return &raftpb.Message{
 			Type: a.Type, To: a.To, From: a.From, Term: a.Term,
