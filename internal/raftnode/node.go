@@ -644,7 +644,7 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 		leading = rd.SoftState.RaftState == raft.StateLeader
 	}
 	if leading {
-		n.send(rd.Messages)
+		n.send(coalesce(rd.Messages))
 	}
 	if rd.SoftState != nil {
 		n.leading = rd.SoftState.RaftState == raft.StateLeader
@@ -697,7 +697,7 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 		n.commitIdx.Store(rd.HardState.GetCommit())
 	}
 	if !leading {
-		n.send(rd.Messages)
+		n.send(coalesce(rd.Messages))
 	}
 	for _, rs := range rd.ReadStates {
 		seq, mine := n.roundOf(rs.RequestCtx)
