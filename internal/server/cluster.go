@@ -364,7 +364,6 @@ func (s *Server) publish() {
 	}
 }
 
-
 // peerHandler connects the transport to the Raft node.
 type peerHandler struct{ s *Server }
 
