@@ -129,9 +129,7 @@ func (n *Node) retryReads(inflight map[uint64]*readRound, now, timeoutTicks uint
 		switch {
 		case now-r.started >= timeoutTicks:
 			delete(inflight, seq)
-			for _, w := range r.waiters {
-				w <- ErrReadTimeout
-			}
+			r.fail(ErrReadTimeout)
 		case r.leader == raft.None || now-r.asked >= readRetryTicks:
 			n.askRead(r, now)
 		}
@@ -146,23 +144,28 @@ func (n *Node) askRead(r *readRound, now uint64) {
 	}
 }
 
-func failAskedReads(inflight map[uint64]*readRound, err error) {
-	for seq, r := range inflight {
-		if r.leader == raft.None {
-			continue
-		}
-		for _, w := range r.waiters {
-			w <- err
-		}
-		delete(inflight, seq)
+// fail answers every read that shares round r with err. Followers' requests
+// in it get no answer: they ask again.
+func (r *readRound) fail(err error) {
+	for _, w := range r.waiters {
+		w <- err
 	}
 }
 
+// failAskedReads fails the rounds that were asked of a leader.
+func failAskedReads(inflight map[uint64]*readRound, err error) {
+	for seq, r := range inflight {
+		if r.leader != raft.None {
+			r.fail(err)
+			delete(inflight, seq)
+		}
+	}
+}
+
+// failReads fails every round.
 func failReads(inflight map[uint64]*readRound, err error) {
 	for seq, r := range inflight {
-		for _, w := range r.waiters {
-			w <- err
-		}
+		r.fail(err)
 		delete(inflight, seq)
 	}
 }
