@@ -1,38 +1,28 @@
 package apply
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
 	"go.etcd.io/etcd/api/v3/membershippb"
 	raftpb "go.etcd.io/raft/v3/raftpb"
-	"google.golang.org/protobuf/proto"
 
+	"github.com/plinthdb/plinth/internal/entry"
 	"github.com/plinthdb/plinth/internal/membership"
 )
 
 // applyConfChange records a committed configuration change in the member
-// records, staged in w (an indexed batch). The change's context is the record of the member it adds or
-// updates.
-// It returns the ID of the request that proposed the change (0 for none).
+// records, staged in w (an indexed batch). The change's context is the record
+// of the member it adds or updates. It returns the ID of the request that
+// proposed the change (0 for none).
 func applyConfChange(w *pebble.Batch, e *raftpb.Entry) (uint64, error) {
-	var cc raftpb.ConfChangeI
-	var reqID uint64
-	switch e.GetType() {
-	case raftpb.EntryType_EntryConfChange:
-		var c raftpb.ConfChange
-		if err := proto.Unmarshal(e.GetData(), &c); err != nil {
-			return 0, fmt.Errorf("decode conf change: %w", err)
-		}
-		cc, reqID = &c, c.GetId()
-	case raftpb.EntryType_EntryConfChangeV2:
-		var c raftpb.ConfChangeV2
-		if err := proto.Unmarshal(e.GetData(), &c); err != nil {
-			return 0, fmt.Errorf("decode conf change: %w", err)
-		}
-		cc = &c
-	default:
-		return 0, fmt.Errorf("%w: entry type %v", ErrUnknownRequest, e.GetType())
+	cc, reqID, err := entry.DecodeConfChange(e)
+	if errors.Is(err, entry.ErrNotConfChange) {
+		return 0, fmt.Errorf("%w: %w", ErrUnknownRequest, err)
+	}
+	if err != nil {
+		return 0, err
 	}
 	v2 := cc.AsV2()
 	for _, c := range v2.GetChanges() {

@@ -1,5 +1,7 @@
 // Package entry encodes the requests that Raft entries carry, and decodes
-// them for the apply loop.
+// them for the apply loop; it also decodes the configuration changes that
+// entries of the conf change types carry, for the raft loop and the apply
+// loop alike.
 //
 // A request is an etcdserverpb.InternalRaftRequest. Puts, the most frequent
 // request, have an encoding of their own: a marker byte that no protobuf
@@ -19,6 +21,7 @@ import (
 	"math/bits"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	raftpb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -189,3 +192,29 @@ func bytesFieldSize(b []byte) int {
 }
 
 func uvarintLen(v uint64) int { return (bits.Len64(v|1) + 6) / 7 }
+
+// ErrNotConfChange marks an entry that is neither a request nor a
+// configuration change: a type this version does not know.
+var ErrNotConfChange = errors.New("entry: not a configuration change")
+
+// DecodeConfChange decodes the configuration change in e, an entry of type
+// EntryConfChange or EntryConfChangeV2, and returns the ID of the request
+// that proposed it (a V1 change's ID; 0 for V2 and for changes nobody waits
+// on).
+func DecodeConfChange(e *raftpb.Entry) (cc raftpb.ConfChangeI, requestID uint64, err error) {
+	switch e.GetType() {
+	case raftpb.EntryType_EntryConfChange:
+		var c raftpb.ConfChange
+		if err := proto.Unmarshal(e.GetData(), &c); err != nil {
+			return nil, 0, fmt.Errorf("entry: decode conf change at %d: %w: %v", e.GetIndex(), ErrCorrupt, err)
+		}
+		return &c, c.GetId(), nil
+	case raftpb.EntryType_EntryConfChangeV2:
+		var c raftpb.ConfChangeV2
+		if err := proto.Unmarshal(e.GetData(), &c); err != nil {
+			return nil, 0, fmt.Errorf("entry: decode conf change at %d: %w: %v", e.GetIndex(), ErrCorrupt, err)
+		}
+		return &c, 0, nil
+	}
+	return nil, 0, fmt.Errorf("%w: entry %d has type %v", ErrNotConfChange, e.GetIndex(), e.GetType())
+}

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	raftpb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -167,4 +168,30 @@ func BenchmarkPut(b *testing.B) {
 			}
 		}
 	})
+}
+
+func TestDecodeConfChange(t *testing.T) {
+	typ := raftpb.ConfChangeType_ConfChangeAddLearnerNode
+	v1, err := proto.Marshal(&raftpb.ConfChange{Id: proto.Uint64(7), Type: &typ, NodeId: proto.Uint64(3), Context: []byte("ctx")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2, err := proto.Marshal(&raftpb.ConfChangeV2{Changes: []*raftpb.ConfChangeSingle{{Type: &typ, NodeId: proto.Uint64(4)}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, id, err := DecodeConfChange(&raftpb.Entry{Type: raftpb.EntryType_EntryConfChange.Enum(), Data: v1})
+	if err != nil || id != 7 || cc.AsV2().GetChanges()[0].GetNodeId() != 3 || string(cc.AsV2().GetContext()) != "ctx" {
+		t.Fatalf("v1: %v, id %d, %v", cc, id, err)
+	}
+	cc, id, err = DecodeConfChange(&raftpb.Entry{Type: raftpb.EntryType_EntryConfChangeV2.Enum(), Data: v2})
+	if err != nil || id != 0 || cc.AsV2().GetChanges()[0].GetNodeId() != 4 {
+		t.Fatalf("v2: %v, id %d, %v", cc, id, err)
+	}
+	if _, _, err := DecodeConfChange(&raftpb.Entry{Type: raftpb.EntryType_EntryConfChange.Enum(), Data: []byte{0xff}}); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("corrupt conf change: %v, want ErrCorrupt", err)
+	}
+	if _, _, err := DecodeConfChange(&raftpb.Entry{Type: raftpb.EntryType_EntryNormal.Enum()}); !errors.Is(err, ErrNotConfChange) {
+		t.Fatalf("normal entry: %v, want ErrNotConfChange", err)
+	}
 }

@@ -28,6 +28,7 @@ import (
 	raftpb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/plinthdb/plinth/internal/entry"
 	"github.com/plinthdb/plinth/internal/snapshot"
 	"github.com/plinthdb/plinth/internal/storage"
 )
@@ -738,22 +739,9 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 }
 
 func (n *Node) applyConfChange(e *raftpb.Entry) (*raftpb.ConfState, error) {
-	var cc raftpb.ConfChangeI
-	switch e.GetType() {
-	case raftpb.EntryType_EntryConfChange:
-		var c raftpb.ConfChange
-		if err := proto.Unmarshal(e.GetData(), &c); err != nil {
-			return nil, fmt.Errorf("raftnode: decode conf change at %d: %w", e.GetIndex(), err)
-		}
-		cc = &c
-	case raftpb.EntryType_EntryConfChangeV2:
-		var c raftpb.ConfChangeV2
-		if err := proto.Unmarshal(e.GetData(), &c); err != nil {
-			return nil, fmt.Errorf("raftnode: decode conf change at %d: %w", e.GetIndex(), err)
-		}
-		cc = &c
-	default:
-		return nil, fmt.Errorf("raftnode: entry %d has unknown type %v", e.GetIndex(), e.GetType())
+	cc, _, err := entry.DecodeConfChange(e)
+	if err != nil {
+		return nil, fmt.Errorf("raftnode: %w", err)
 	}
 	cs := n.rn.ApplyConfChange(cc)
 	if n.cfg.OnConfChange != nil {
