@@ -247,7 +247,7 @@ func (s *Server) promoteSelf() {
 			s.logger.Debug("promote this learner", "err", err)
 		}
 		select {
-		case <-s.stopC:
+		case <-s.stopCtx.Done():
 			return
 		case <-time.After(promoteRetry):
 		}
@@ -308,7 +308,7 @@ func (s *Server) confChanged(cc *raftpb.ConfChangeV2) {
 				go func() {
 					select {
 					case <-time.After(removedGrace):
-					case <-s.stopC:
+					case <-s.stopCtx.Done():
 					}
 					s.fail(ErrRemoved)
 				}()
@@ -357,7 +357,7 @@ func (s *Server) publish() {
 			s.logger.Debug("publish member attributes", "err", err)
 		}
 		select {
-		case <-s.stopC:
+		case <-s.stopCtx.Done():
 			return
 		case <-time.After(publishRetry):
 		}

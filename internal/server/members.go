@@ -349,7 +349,7 @@ func (s *Server) MoveLeader(ctx context.Context, to uint64) error {
 		select {
 		case <-ctx.Done():
 			return api.ErrLeaderTransferTimeout
-		case <-s.stopC:
+		case <-s.stopCtx.Done():
 			return raftnode.ErrStopped
 		case <-t.C:
 		}

@@ -72,9 +72,8 @@ type Server struct {
 
 	serveWG  sync.WaitGroup
 	stopOnce sync.Once
-	stopC    chan struct{} // closed by Stop; ends the server's goroutines
-	// stopCtx ends when Stop begins: the server's own requests (publish,
-	// self-promotion) wait on it.
+	// stopCtx ends when Stop begins: it ends the server's goroutines, and
+	// the server's own requests (publish, self-promotion) wait on it.
 	stopCtx    context.Context
 	cancelStop context.CancelFunc
 
@@ -97,7 +96,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, logger: logger, db: db, stopC: make(chan struct{}), failedC: make(chan struct{})}
+	s := &Server{cfg: cfg, logger: logger, db: db, failedC: make(chan struct{})}
 	s.stopCtx, s.cancelStop = context.WithCancel(context.Background())
 	s.waits.init()
 	if err := s.open(pacer); err != nil {
@@ -181,7 +180,7 @@ func (s *Server) sweepTimeouts() {
 	defer t.Stop()
 	for {
 		select {
-		case <-s.stopC:
+		case <-s.stopCtx.Done():
 			return
 		case <-t.C:
 			s.waits.tick(maxAge, api.ErrTimeout)
@@ -280,7 +279,7 @@ func (s *Server) fail(err error) {
 func (s *Server) watchNode() {
 	defer s.serveWG.Done()
 	select {
-	case <-s.stopC:
+	case <-s.stopCtx.Done():
 	case <-s.node.Failed():
 		s.fail(s.node.Err())
 	}
@@ -303,7 +302,6 @@ func (s *Server) Stop() {
 		if s.httpServer != nil {
 			_ = s.httpServer.Close()
 		}
-		close(s.stopC)
 		s.cancelStop()
 		s.serveWG.Wait()
 		s.peers.Stop()
