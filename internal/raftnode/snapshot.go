@@ -10,7 +10,6 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"go.etcd.io/raft/v3"
 	raftpb "go.etcd.io/raft/v3/raftpb"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/plinthdb/plinth/internal/snapshot"
 	"github.com/plinthdb/plinth/internal/storage"
@@ -51,26 +50,23 @@ type pendingSnapshot struct {
 }
 
 // makeSnapshot is the log store's snapshotter. It runs on the raft loop.
-func (n *Node) makeSnapshot() (*raftpb.Snapshot, error) {
+func (n *Node) makeSnapshot() (_ *raftpb.Snapshot, err error) {
 	snap := n.db.NewSnapshot()
+	defer func() {
+		if err != nil {
+			_ = snap.Close()
+		}
+	}()
 	applied, err := storage.GetMetaUint64(snap, storage.MetaAppliedIndex)
 	if err != nil {
-		_ = snap.Close()
 		return nil, err
 	}
-	cs := &raftpb.ConfState{}
-	if v, found, err := storage.GetMeta(snap, storage.MetaConfState); err != nil {
-		_ = snap.Close()
-		return nil, err
-	} else if found {
-		if err := proto.Unmarshal(v, cs); err != nil {
-			_ = snap.Close()
-			return nil, fmt.Errorf("raftnode: snapshot: decode conf state: %w", err)
-		}
+	cs, err := storage.GetConfState(snap)
+	if err != nil {
+		return nil, fmt.Errorf("raftnode: snapshot: %w", err)
 	}
 	term, err := n.log.Term(applied)
 	if err != nil {
-		_ = snap.Close()
 		n.cfg.Logger.Warn("no snapshot: the applied entry's term is unknown", "index", applied, "err", err)
 		return nil, raft.ErrSnapshotTemporarilyUnavailable
 	}

@@ -59,7 +59,7 @@ func OpenLogStore(db *pebble.DB) (*LogStore, error) {
 // configuration underneath the LogStore. raft must not call into the
 // LogStore meanwhile (the raft loop, which owns both, calls Reload).
 func (s *LogStore) Reload() error {
-	hardState, confState := &pb.HardState{}, &pb.ConfState{}
+	hardState := &pb.HardState{}
 	if v, found, err := GetMeta(s.db, MetaHardState); err != nil {
 		return err
 	} else if found {
@@ -67,12 +67,9 @@ func (s *LogStore) Reload() error {
 			return fmt.Errorf("storage: decode hard state: %w: %v", ErrCorrupt, err)
 		}
 	}
-	if v, found, err := GetMeta(s.db, MetaConfState); err != nil {
+	confState, err := GetConfState(s.db)
+	if err != nil {
 		return err
-	} else if found {
-		if err := proto.Unmarshal(v, confState); err != nil {
-			return fmt.Errorf("storage: decode conf state: %w: %v", ErrCorrupt, err)
-		}
 	}
 	var truncIndex, truncTerm uint64
 	if v, found, err := GetMeta(s.db, MetaLogTruncated); err != nil {
@@ -353,6 +350,20 @@ func (s *LogStore) AfterAppend(hs *pb.HardState, ents []*pb.Entry) {
 		s.tail = s.tail[:kept]
 	}
 	s.lastIndex = ents[len(ents)-1].GetIndex()
+}
+
+// GetConfState reads the configuration SaveConfState stored in r (empty when
+// none was).
+func GetConfState(r pebble.Reader) (*pb.ConfState, error) {
+	cs := &pb.ConfState{}
+	v, found, err := GetMeta(r, MetaConfState)
+	if err != nil || !found {
+		return cs, err
+	}
+	if err := proto.Unmarshal(v, cs); err != nil {
+		return nil, fmt.Errorf("storage: decode conf state: %w: %v", ErrCorrupt, err)
+	}
+	return cs, nil
 }
 
 // SaveConfState stages the membership configuration into w.
