@@ -74,6 +74,7 @@ func (a *app) rootCommand() *cobra.Command {
 		a.compactionCommand(),
 		a.endpointCommand(),
 		a.memberCommand(),
+		a.moveLeaderCommand(),
 		a.alarmCommand(),
 		a.versionCommand(),
 	)
@@ -82,15 +83,20 @@ func (a *app) rootCommand() *cobra.Command {
 
 // client dials the endpoints. The caller closes it.
 func (a *app) client() (*clientv3.Client, error) {
+	return a.clientOf(a.endpoints)
+}
+
+// clientOf dials the given endpoints with the flags' settings.
+func (a *app) clientOf(endpoints []string) (*clientv3.Client, error) {
 	c, err := clientv3.New(clientv3.Config{
-		Endpoints:   a.endpoints,
+		Endpoints:   endpoints,
 		DialTimeout: a.dialTimeout,
 		// The client's own log lines (retries, balancer) would interleave
 		// with the output; errors reach the user through return values.
 		Logger: zap.NewNop(),
 	})
 	if err != nil {
-		return nil, withCode(exitBadConnection, fmt.Errorf("connect to %v: %w", a.endpoints, err))
+		return nil, withCode(exitBadConnection, fmt.Errorf("connect to %v: %w", endpoints, err))
 	}
 	return c, nil
 }

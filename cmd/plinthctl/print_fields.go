@@ -155,3 +155,8 @@ func (p *fieldsPrinter) memberList(r *pb.MemberListResponse) error {
 
 // memberChange: etcdctl has no fields output for membership changes.
 func (p *fieldsPrinter) memberChange(memberChange) error { return errFieldsUnsupported }
+
+// moveLeader: etcdctl has no fields output for move-leader.
+func (p *fieldsPrinter) moveLeader(uint64, uint64, *pb.MoveLeaderResponse) error {
+	return errFieldsUnsupported
+}

@@ -145,3 +145,12 @@ func hexMembers(ms []*pb.Member) []*hexMember {
 	}
 	return out
 }
+
+func (p *jsonPrinter) moveLeader(_, _ uint64, r *pb.MoveLeaderResponse) error {
+	if p.hex {
+		return p.write(struct {
+			Header *hexHeader `json:"header"`
+		}{(*hexHeader)(r.Header)})
+	}
+	return p.write(r)
+}

@@ -157,3 +157,8 @@ func (p *simplePrinter) memberChange(c memberChange) error {
 	}
 	return nil
 }
+
+func (p *simplePrinter) moveLeader(from, to uint64, _ *pb.MoveLeaderResponse) error {
+	fmt.Fprintf(p.w, "Leadership transferred from %x to %x\n", from, to)
+	return nil
+}

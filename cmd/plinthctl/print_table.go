@@ -154,3 +154,8 @@ func memberRows(r *pb.MemberListResponse) ([]string, [][]string) {
 	}
 	return titles, rows
 }
+
+// moveLeader: etcdctl has no table output for move-leader.
+func (p *tablePrinter) moveLeader(uint64, uint64, *pb.MoveLeaderResponse) error {
+	return errTableUnsupported
+}

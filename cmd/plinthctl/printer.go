@@ -22,6 +22,9 @@ type printer interface {
 	// memberChange prints the answer to member add, remove, update or
 	// promote (the simple format says which).
 	memberChange(c memberChange) error
+	// moveLeader prints the answer to move-leader from the leader from to
+	// the member to.
+	moveLeader(from, to uint64, r *pb.MoveLeaderResponse) error
 }
 
 // rangeShape is what the get flags ask of the output.
