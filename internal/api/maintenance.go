@@ -5,6 +5,8 @@ import (
 	"slices"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+
+	"github.com/plinthdb/plinth/internal/mvcc"
 )
 
 // MemberStatus is what a member reports about itself.
@@ -29,22 +31,71 @@ type StatusSource interface {
 	FillHeader(h *pb.ResponseHeader)
 }
 
+// HashSource answers Maintenance.Hash and HashKV from the member's own
+// store: no consensus round, as in etcd.
+type HashSource interface {
+	HashKV(rev int64) (mvcc.KVHash, error)
+}
+
 // Maintenance serves the parts of the etcd Maintenance service this member
-// supports (Status, Alarm); the rest answer Unimplemented.
+// supports (Status, Alarm, MoveLeader, Hash, HashKV); the rest answer
+// Unimplemented.
 type Maintenance struct {
 	pb.UnimplementedMaintenanceServer
 	src StatusSource
 	// alarms is src when src keeps alarm state; nil while no backend raises
 	// alarms, and then there are none (see alarm.go).
 	alarms AlarmSource
+	// hashes is src when it can hash its store; Hash and HashKV answer
+	// Unimplemented without one.
+	hashes HashSource
 }
 
 // NewMaintenance returns the Maintenance service over src. If src is also an
-// AlarmSource, Alarm and Status report its alarms.
+// AlarmSource, Alarm and Status report its alarms; if it is a HashSource,
+// Hash and HashKV are served.
 func NewMaintenance(src StatusSource) *Maintenance {
 	m := &Maintenance{src: src}
 	m.alarms, _ = src.(AlarmSource)
+	m.hashes, _ = src.(HashSource)
 	return m
+}
+
+// HashKV implements Maintenance.HashKV: the hash of the keys' versions that
+// reads can reach at the revision asked (0: the current one), equal on every
+// member that applied the same entries and compacted at the same revision,
+// however far each one's background compaction got. Its header carries the
+// member's current revision, as etcd's does.
+func (m *Maintenance) HashKV(ctx context.Context, req *pb.HashKVRequest) (*pb.HashKVResponse, error) {
+	if m.hashes == nil {
+		return m.UnimplementedMaintenanceServer.HashKV(ctx, req)
+	}
+	if req.GetRevision() < 0 {
+		return nil, toGRPC(mvcc.ErrCompacted)
+	}
+	h, err := m.hashes.HashKV(req.GetRevision())
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	resp := &pb.HashKVResponse{Header: &pb.ResponseHeader{}, Hash: h.Hash, CompactRevision: h.CompactRevision, HashRevision: h.Revision}
+	m.src.FillHeader(resp.Header)
+	return resp, nil
+}
+
+// Hash implements Maintenance.Hash, which etcd keeps for tests: plinth
+// answers with the hash of its keys at the current revision (HashKV's), a
+// value members that applied the same entries agree on.
+func (m *Maintenance) Hash(ctx context.Context, req *pb.HashRequest) (*pb.HashResponse, error) {
+	if m.hashes == nil {
+		return m.UnimplementedMaintenanceServer.Hash(ctx, req)
+	}
+	h, err := m.hashes.HashKV(0)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	resp := &pb.HashResponse{Header: &pb.ResponseHeader{Revision: h.Revision}, Hash: h.Hash}
+	m.src.FillHeader(resp.Header)
+	return resp, nil
 }
 
 // Status implements Maintenance.Status.

@@ -319,6 +319,32 @@ func TestClusterCatchesUpBySnapshot(t *testing.T) {
 			}
 		}
 	}
+
+	// Every member hashes the same history at the same revision, the one
+	// that installed a snapshot (whose history starts at the snapshot)
+	// too, after a compaction that leaves it nothing the others kept.
+	compactAt := want.Header.Revision - 5
+	if _, err := cli.Compact(ctx, compactAt); err != nil {
+		t.Fatal(err)
+	}
+	var hashes []*clientv3.HashKVResponse
+	for i := range 3 {
+		waitFor(ctx, t, func() bool { return c.servers[i].kv.CompactRev() == compactAt })
+		mcli := c.client(i)
+		h, err := mcli.HashKV(ctx, mcli.Endpoints()[0], want.Header.Revision)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.HashRevision != want.Header.Revision || h.CompactRevision != compactAt {
+			t.Fatalf("member %d hashed revision %d with compaction %d, want %d and %d", i, h.HashRevision, h.CompactRevision, want.Header.Revision, compactAt)
+		}
+		hashes = append(hashes, h)
+	}
+	for i, h := range hashes[1:] {
+		if h.Hash != hashes[0].Hash {
+			t.Fatalf("member %d hashes %x at revision %d, member 0 %x", i+1, h.Hash, h.HashRevision, hashes[0].Hash)
+		}
+	}
 }
 
 func waitFor(ctx context.Context, t *testing.T, cond func() bool) {

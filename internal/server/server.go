@@ -402,3 +402,6 @@ func (s *Server) encodedMembers() [][]byte {
 	}
 	return out
 }
+
+// HashKV implements api.HashSource.
+func (s *Server) HashKV(rev int64) (mvcc.KVHash, error) { return s.kv.HashKV(rev) }
