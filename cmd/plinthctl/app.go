@@ -75,6 +75,7 @@ func (a *app) rootCommand() *cobra.Command {
 		a.endpointCommand(),
 		a.memberCommand(),
 		a.moveLeaderCommand(),
+		a.snapshotCommand(),
 		a.alarmCommand(),
 		a.versionCommand(),
 	)

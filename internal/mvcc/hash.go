@@ -49,9 +49,24 @@ func (s *Store) HashKV(rev int64) (KVHash, error) {
 	case rev < compacted:
 		return KVHash{}, ErrCompacted
 	}
+	return hashAt(snap, rev, compacted)
+}
+
+// HashOf hashes the store that r, a consistent view of a database (a Pebble
+// snapshot), holds, at its current revision: what HashKV(0) answered on the
+// store when the view was taken. Backups record it.
+func HashOf(r pebble.Reader) (KVHash, error) {
+	revs, err := loadRevisions(r)
+	if err != nil {
+		return KVHash{}, err
+	}
+	return hashAt(r, revs.rev, revs.compactRev)
+}
+
+func hashAt(r pebble.Reader, rev, compacted int64) (KVHash, error) {
 	h := crc32.New(castagnoli)
 	var buf []byte
-	err := walkVersions(snap, func(key []byte, newestFirst []record) {
+	err := walkVersions(r, func(key []byte, newestFirst []record) {
 		// The versions to hash are a run of newestFirst: skip those
 		// after rev, take those after the compaction, then the newest at
 		// or before it if it is no tombstone.
@@ -81,6 +96,22 @@ func (s *Store) HashKV(rev int64) (KVHash, error) {
 		return KVHash{}, fmt.Errorf("mvcc: hash at revision %d: %w", rev, err)
 	}
 	return KVHash{Hash: h.Sum32(), Revision: rev, CompactRevision: compacted}, nil
+}
+
+// CountKeys counts the live keys r holds.
+func CountKeys(r pebble.Reader) (int64, error) {
+	iter, err := r.NewIter(&pebble.IterOptions{LowerBound: []byte{storage.PrefixLatest}, UpperBound: []byte{storage.PrefixLatest + 1}})
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for valid := iter.First(); valid; valid = iter.Next() {
+		n++
+	}
+	if err := iter.Close(); err != nil {
+		return 0, fmt.Errorf("mvcc: count keys: %w", err)
+	}
+	return n, nil
 }
 
 // walkVersions calls visit for every key that has a version in r, in key

@@ -92,7 +92,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
 	pacer := new(storage.SyncPacer)
-	db, err := storage.Open(filepath.Join(cfg.DataDir, "db"), logger, pacer)
+	db, err := storage.Open(storage.DatabaseDir(cfg.DataDir), logger, pacer)
 	if err != nil {
 		return nil, err
 	}
@@ -132,6 +132,9 @@ func (s *Server) open(pacer *storage.SyncPacer) error {
 		return fmt.Errorf("create snapshot dir: %w", err)
 	}
 	if err := snapshot.Cleanup(snapDir); err != nil {
+		return err
+	}
+	if err := removeStaleBackups(s.cfg.DataDir); err != nil {
 		return err
 	}
 	s.peers = transport.New(transport.Config{

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
@@ -174,3 +175,7 @@ func (p pebbleLogger) Fatalf(format string, args ...any) {
 
 // closeQuietly is for read paths where the value has been copied already.
 func closeQuietly(c io.Closer) { _ = c.Close() }
+
+// DatabaseDir is where a member keeps its Pebble database inside its data
+// dir.
+func DatabaseDir(dataDir string) string { return filepath.Join(dataDir, "db") }
