@@ -88,6 +88,8 @@ func parseFlags(args []string, stderr io.Writer) (*server.Config, error) {
 		heartbeat       = fs.Uint("heartbeat-interval", 100, "time (in milliseconds) of a heartbeat interval")
 		election        = fs.Uint("election-timeout", 1000, "time (in milliseconds) for an election to timeout")
 		snapshotCount   = fs.Uint64("snapshot-count", 10000, "number of applied Raft entries to keep in the log for lagging members")
+		compactionMode  = fs.String("auto-compaction-mode", "periodic", "interpret --auto-compaction-retention as a duration (periodic) or a number of revisions (revision)")
+		compactionKeep  = fs.String("auto-compaction-retention", "0", "history the leader keeps by compacting on its own: a duration or hours (periodic), or revisions (revision); 0 turns it off")
 		metricsURLs     = fs.String("listen-metrics-urls", "", "comma-separated URLs to serve HTTP diagnostics on (pprof, with --enable-pprof)")
 		enablePprof     = fs.Bool("enable-pprof", false, "serve runtime profiling data at /debug/pprof/ on --listen-metrics-urls")
 		version         = fs.Bool("version", false, "print the version and exit")
@@ -117,6 +119,9 @@ func parseFlags(args []string, stderr io.Writer) (*server.Config, error) {
 		ElectionTimeout:     time.Duration(*election) * time.Millisecond,
 		SnapshotCount:       *snapshotCount,
 		Logger:              slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
+	}
+	if cfg.AutoCompaction, err = server.ParseAutoCompaction(*compactionMode, *compactionKeep); err != nil {
+		return nil, err
 	}
 	if cfg.ListenClientURLs, err = server.ParseURLs(*listenClient); err != nil {
 		return nil, fmt.Errorf("--listen-client-urls: %w", err)

@@ -33,6 +33,8 @@ type Config struct {
 	ElectionTimeout   time.Duration
 	// SnapshotCount is how many applied entries the Raft log keeps.
 	SnapshotCount uint64
+	// AutoCompaction is the compaction the leader proposes by itself.
+	AutoCompaction AutoCompaction
 	// ListenMetricsURLs serve HTTP diagnostics: /debug/pprof/ when
 	// EnablePprof is set.
 	ListenMetricsURLs []url.URL

@@ -204,11 +204,12 @@ func (s *Server) Start() error {
 		s.logger.Info("serving peers", "addr", l.Addr().String())
 	}
 	s.node.Start()
-	s.serveWG.Add(4)
+	s.serveWG.Add(5)
 	go s.sweepTimeouts()
 	go s.watchNode()
 	go s.publish()
 	go s.promoteSelf()
+	go s.autoCompact()
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes+grpcOverheadBytes),
 		grpc.MaxSendMsgSize(math.MaxInt32),

@@ -16,6 +16,12 @@ import (
 // in a temp dir, and returns a client connected to it.
 func startServer(t *testing.T, dataDir string) (*Server, *clientv3.Client) {
 	t.Helper()
+	return startServerWith(t, dataDir, nil)
+}
+
+// startServerWith is startServer with the configuration changed by configure.
+func startServerWith(t *testing.T, dataDir string, configure func(*Config)) (*Server, *clientv3.Client) {
+	t.Helper()
 	mustURL := func(s string) []url.URL {
 		us, err := ParseURLs(s)
 		if err != nil {
@@ -39,6 +45,9 @@ func startServer(t *testing.T, dataDir string) (*Server, *clientv3.Client) {
 		ElectionTimeout:     100 * time.Millisecond,
 		SnapshotCount:       100,
 		Logger:              slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	if configure != nil {
+		configure(&cfg)
 	}
 	srv, err := New(cfg)
 	if err != nil {
