@@ -27,7 +27,7 @@ const (
 	counters    = 2
 	// Each reads the p keys of a share of the put workers (putWorkers
 	// must be a multiple of it), with linearizable gets.
-	readWorkers = 8
+	readWorkers = 20
 )
 
 func pKey(w, k int) string { return fmt.Sprintf("crash/p/%d/%d", w, k) }
