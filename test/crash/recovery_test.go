@@ -377,10 +377,11 @@ const snapshotCount = 100
 // it receives the image (a partial image file is in its snap dir), once it
 // received it but had not installed it (its log says "received a snapshot"
 // but not "installed a snapshot"), or before either. After a start that did
-// install it, more puts push it past the log again. Finally it starts, waits
-// until it applied the leader's revision, and its serializable reads must
-// hold every acknowledged put at its revision, and the same keys, values and
-// revisions as the leader.
+// install it (or was ready without one), it is started and checked, and more
+// puts push it past the log again. Finally it starts and is checked. The
+// check waits until it applied the leader's revision; then its serializable
+// reads must hold every acknowledged put at its revision, and the same keys,
+// values and revisions as the leader.
 func TestKillNineDuringSnapshotInstall(t *testing.T) { sessions(t, killNineDuringSnapshotInstall) }
 
 func killNineDuringSnapshotInstall(t *testing.T) {
@@ -438,7 +439,7 @@ func killNineDuringSnapshotInstall(t *testing.T) {
 	snapshotArrives := func(log string, files []string) bool {
 		return len(files) > 0 || strings.Contains(log, "received a snapshot")
 	}
-	var before, receiving, received, installed int
+	var before, receiving, received, installed, checks int
 	for i := 1; i <= startupKills() || receiving+received == 0; i++ {
 		if i > 4*startupKills() {
 			t.Fatalf("(seed %d) after %d kills of the follower catching up, none landed while it received or installed the snapshot (%d before, %d after it installed one)", seed, i-1, before, installed)
@@ -470,12 +471,29 @@ func killNineDuringSnapshotInstall(t *testing.T) {
 		}
 		t.Logf("start %d: killed after %v: %s", i, a.after.Round(time.Millisecond), phase)
 		if strings.Contains(a.log, "installed a snapshot") || a.ready > 0 {
-			// Push the follower past the log again, so that the next
-			// start needs a snapshot too.
+			// It has (or had) the snapshot's state: check it now, as
+			// the next snapshot would replace it. Then push it past the
+			// log again, so that the next start needs a snapshot too.
+			checks++
+			checkFollower(t, f, lcli, puts, seed, fmt.Sprintf("after start %d", i))
+			if err := f.Kill(); err != nil {
+				t.Fatal(err)
+			}
 			write(3*snapshotCount, 100)
 		}
 	}
 
+	checkFollower(t, f, lcli, puts, seed, fmt.Sprintf("after %d kills while it received a snapshot, %d after it received one but before it installed it", receiving, received))
+	t.Logf("%d acknowledged puts held by %s after %d kills while it received a snapshot, %d after it received one but before it installed it, %d before one arrived, %d after it installed one; %d checks of its state",
+		len(puts), f.Name(), receiving, received, before, installed, checks)
+}
+
+// checkFollower starts f, waits until it applied the leader's revision, and
+// checks its state with serializable reads: every acknowledged put at its
+// revision, and the same keys, values, versions and revisions as the leader.
+func checkFollower(t *testing.T, f *testmember.Member, lcli *clientv3.Client, puts []ackedPut, seed int64, after string) {
+	t.Helper()
+	ctx := t.Context()
 	if err := f.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -510,10 +528,8 @@ func killNineDuringSnapshotInstall(t *testing.T) {
 		}
 	}
 	if len(errs) > 0 {
-		t.Fatalf("(seed %d) after %d kills while receiving a snapshot and %d before installing it:\n%s", seed, receiving, received, strings.Join(errs, "\n"))
+		t.Fatalf("(seed %d) %s, %s at revision %d:\n%s", seed, after, f.Name(), want.Header.Revision, strings.Join(errs, "\n"))
 	}
-	t.Logf("%d acknowledged puts (%d keys) held by %s after %d kills while it received a snapshot, %d after it received one but before it installed it, %d before one arrived, %d after it installed one",
-		len(puts), len(want.Kvs), f.Name(), receiving, received, before, installed)
 }
 
 // The compaction test's data: compactWriters writers, each putting all its
@@ -540,8 +556,8 @@ type compactTxn struct {
 // TestKillNineDuringCompaction kills a member while it compacts a long
 // history, and again while it starts and resumes the compaction. Each round
 // writes compactVersions new versions of 1,600 keys, asks for a physical
-// compaction at the current revision, and kills the member a random moment
-// later: before the compaction was applied, while it deletes the old
+// compaction at the revision of the middle version, and kills the member a
+// random moment later: before the compaction was applied, while it deletes the old
 // versions, or after. The member is then started and killed at random
 // moments, and finally started. The checks read every acknowledged txn back:
 // below the newest compaction the member applied (acknowledged, or found
@@ -572,41 +588,48 @@ func killNineDuringCompaction(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// Versions up to the middle of the round, then the rest: the
+		// compaction is at the middle, so that reads at its revision
+		// need versions it must keep in the history.
 		var mu sync.Mutex
-		var wg sync.WaitGroup
-		errs := make(chan error, compactWriters)
-		for w := range compactWriters {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for n := versions + 1; n <= versions+compactVersions; n++ {
-					ops := make([]clientv3.Op, compactKeys)
-					for k := range compactKeys {
-						ops[k] = clientv3.OpPut(fmt.Sprintf("%s%03d", compactPrefix(w), k), compactValue(w, n, k))
+		writeVersions := func(from, to int) {
+			var wg sync.WaitGroup
+			errs := make(chan error, compactWriters)
+			for w := range compactWriters {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for n := from; n <= to; n++ {
+						ops := make([]clientv3.Op, compactKeys)
+						for k := range compactKeys {
+							ops[k] = clientv3.OpPut(fmt.Sprintf("%s%03d", compactPrefix(w), k), compactValue(w, n, k))
+						}
+						resp, err := cli.Txn(ctx).Then(ops...).Commit()
+						if err != nil {
+							errs <- err
+							return
+						}
+						mu.Lock()
+						txns = append(txns, compactTxn{w: w, n: n, rev: resp.Header.Revision})
+						mu.Unlock()
 					}
-					resp, err := cli.Txn(ctx).Then(ops...).Commit()
-					if err != nil {
-						errs <- err
-						return
-					}
-					mu.Lock()
-					txns = append(txns, compactTxn{w: w, n: n, rev: resp.Header.Revision})
-					mu.Unlock()
-				}
-			}()
+				}()
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Fatalf("round %d: %v", round, err)
+			}
 		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Fatalf("round %d: %v", round, err)
-		}
-		versions += compactVersions
-
+		writeVersions(versions+1, versions+compactVersions/2)
 		resp, err := cli.Get(ctx, "crash/barrier")
 		if err != nil {
 			t.Fatal(err)
 		}
 		rev := resp.Header.Revision
+		writeVersions(versions+compactVersions/2+1, versions+compactVersions)
+		versions += compactVersions
+
 		after := time.Duration(rng.Int64N(int64(window)))
 		asked := time.Now()
 		type answer struct {
