@@ -248,7 +248,7 @@ func killNineDuringReplay(t *testing.T) {
 		var plan killPlan
 		switch {
 		case behindBefore && (replaying == 0 || i%2 == 1):
-			plan = killPlan{delay: randBelow(rng, 150*time.Millisecond), trigger: func(log string, _ []string) bool { return strings.Contains(log, "newRaft") }}
+			plan = killPlan{delay: randBelow(rng, 100*time.Millisecond), trigger: func(log string, _ []string) bool { return strings.Contains(log, "newRaft") }}
 		case i%2 == 0:
 			plan = killPlan{delay: randBelow(rng, lastOpened)}
 		default:
