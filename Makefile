@@ -12,7 +12,7 @@ BIN     ?= bin
 # testdata/fuzz/.
 FUZZ_EXECS ?= 250000
 
-.PHONY: build test test-unit test-compat test-bench test-faults fuzz bench vet clean
+.PHONY: build test test-unit test-compat test-bench test-faults test-crash fuzz bench vet clean
 
 build:
 	$(GO) build -o $(BIN)/plinth ./cmd/plinth
@@ -48,6 +48,16 @@ test-bench:
 FAULTS_DURATION ?= 5m
 test-faults:
 	$(GO) test -race -count=1 -timeout 60m -v ./test/cluster -run 'TestLinearizableUnderFaults' -cluster.duration=$(FAULTS_DURATION) $(FAULTSFLAGS)
+
+# The kill -9 crash tests for longer: each test of test/crash (kill -9 under
+# load; during log replay, snapshot install and compaction) runs session after
+# session, each on a new member or cluster, for CRASH_DURATION (so the target
+# takes about four times that). `make test` runs each once. CRASHFLAGS passes
+# more flags (e.g. -crash.seed=N to rerun a failure's choices, -run to pick a
+# test).
+CRASH_DURATION ?= 5m
+test-crash:
+	$(GO) test -race -count=1 -timeout 0 -v ./test/crash -crash.duration=$(CRASH_DURATION) $(CRASHFLAGS)
 
 # Longer fuzzing of every fuzz target (FUZZ_EXECS, above).
 fuzz:

@@ -2,10 +2,12 @@ package crash
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"sync"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -15,11 +17,21 @@ const checkParallelism = 8
 // checker proves, after a restart, what the history promises: every
 // acknowledged write at its revision, every op applied at most once and at
 // one revision, every txn whole, revisions in real-time order.
+//
+// Compactions make the history below their revision unreadable: the checks
+// read nothing below floor, the newest revision a compaction asked for
+// (acknowledged or not), and expect ErrCompacted below ackedFloor, the newest
+// one an acknowledged compaction asked for. The ops acknowledged below the
+// floor were checked at their revisions by the verification after the kill
+// of their cycle, unless a compaction of their own cycle came first.
 type checker struct {
 	cli *clientv3.Client
 	h   *history
 
-	mu   sync.Mutex // guards errs
+	floor, ackedFloor int64 // set by verify
+	compacted         int   // reads that failed as compacted, as they must; guarded by mu
+
+	mu   sync.Mutex // guards errs and compacted
 	errs []string
 }
 
@@ -31,6 +43,8 @@ type result struct {
 	applied    int // unacknowledged ops found applied
 	notApplied int
 	counters   [counters]int64
+	floor      int64 // reads below it may have been compacted
+	compacted  int   // reads below the acknowledged compactions that failed as compacted, as they must
 }
 
 func (c *checker) errorf(format string, args ...any) {
@@ -59,29 +73,58 @@ func (c *checker) getAt(ctx context.Context, key string, rev int64) (*kvSnap, er
 	return nil, fmt.Errorf("get %s at revision %d answered %d keys", key, rev, len(resp.Kvs))
 }
 
+// expectCompacted checks that a read of key at rev, below an acknowledged
+// compaction, fails as compacted.
+func (c *checker) expectCompacted(ctx context.Context, key string, rev int64, what fmt.Stringer) {
+	if rev >= c.ackedFloor || rev <= 0 {
+		return
+	}
+	_, err := c.cli.Get(ctx, key, clientv3.WithRev(rev), clientv3.WithSerializable())
+	if !errors.Is(err, rpctypes.ErrCompacted) {
+		c.errorf("%v: a read of %s at revision %d, below the acknowledged compaction at %d, answered %v, want %v", what, key, rev, c.ackedFloor, err, rpctypes.ErrCompacted)
+		return
+	}
+	c.mu.Lock()
+	c.compacted++
+	c.mu.Unlock()
+}
+
 // walk returns the history of key up to revision rev, oldest first, back to
-// the newest creation of the key: each version is read at the revision just
-// before the next one's.
-func (c *checker) walk(ctx context.Context, key string, rev int64) ([]kvSnap, error) {
-	var chain []kvSnap
+// the newest creation of the key or to the version live at the floor,
+// whichever is newer: each version is read at the revision just before the
+// next one's. complete is true when the first element is a creation: the
+// key reads absent just before it, or it is version 1 and the revision
+// before it is below the floor.
+func (c *checker) walk(ctx context.Context, key string, rev int64) (chain []kvSnap, complete bool, err error) {
 	cur, err := c.getAt(ctx, key, rev)
-	for ; err == nil && cur != nil; cur, err = c.getAt(ctx, key, cur.mod-1) {
+	complete = true
+	for err == nil && cur != nil {
 		if n := len(chain); n > 0 && cur.mod >= chain[n-1].mod {
-			return nil, fmt.Errorf("%s: reading at revision %d answered mod revision %d", key, chain[n-1].mod-1, cur.mod)
+			return nil, false, fmt.Errorf("%s: reading at revision %d answered mod revision %d", key, chain[n-1].mod-1, cur.mod)
 		}
 		chain = append(chain, *cur)
 		if cur.mod <= 1 {
 			break
 		}
+		if cur.mod-1 < c.floor {
+			complete = cur.version == 1
+			c.expectCompacted(ctx, key, cur.mod-1, stringer("walk "+key))
+			break
+		}
+		cur, err = c.getAt(ctx, key, cur.mod-1)
 	}
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	for i, j := 0, len(chain)-1; i < j; i, j = i+1, j-1 {
 		chain[i], chain[j] = chain[j], chain[i]
 	}
-	return chain, nil
+	return chain, complete, nil
 }
+
+type stringer string
+
+func (s stringer) String() string { return string(s) }
 
 // parallel runs f(0..n-1) on checkParallelism goroutines.
 func parallel(n int, f func(i int)) {
@@ -131,7 +174,9 @@ func chainKeys() []string {
 // and the violations found.
 func (c *checker) verify(ctx context.Context) (result, []string) {
 	c.errs = nil
-	var res result
+	c.floor, c.ackedFloor = c.h.compactFloors()
+	c.compacted = 0
+	res := result{floor: c.floor}
 	// Barrier: a linearizable read returns only once the member applied
 	// every entry committed before it, the ones replayed from the log too.
 	resp, err := c.cli.Get(ctx, "crash/barrier")
@@ -169,11 +214,12 @@ func (c *checker) verify(ctx context.Context) (result, []string) {
 	// The history of every key, one version at a time.
 	keys := chainKeys()
 	chains := make(map[string][]kvSnap, len(keys))
+	complete := make(map[string]bool, len(keys))
 	clogs := map[string][]*kvSnap{}
 	var chainsMu sync.Mutex
 	parallel(len(keys), func(i int) {
 		key := keys[i]
-		chain, err := c.walk(ctx, key, res.rev)
+		chain, whole, err := c.walk(ctx, key, res.rev)
 		if err != nil {
 			c.errorf("walk %s: %v", key, err)
 			return
@@ -185,9 +231,12 @@ func (c *checker) verify(ctx context.Context) (result, []string) {
 			}
 			// Each counter version is written with its clog entry, in
 			// one txn: the entry must carry the same revision.
+			// The oldest version of a chain cut at the floor can be
+			// older than the floor: read its entry at the floor, where
+			// it is the same (clog keys are written once).
 			for _, e := range chain {
 				v, _ := counterOf(e.value)
-				l, err := c.getAt(ctx, clogKey(n, v), e.mod)
+				l, err := c.getAt(ctx, clogKey(n, v), max(e.mod, c.floor))
 				if err != nil {
 					c.errorf("%v", err)
 				}
@@ -195,7 +244,7 @@ func (c *checker) verify(ctx context.Context) (result, []string) {
 			}
 		}
 		chainsMu.Lock()
-		chains[key] = chain
+		chains[key], complete[key] = chain, whole
 		clogs[key] = logs
 		chainsMu.Unlock()
 	})
@@ -209,16 +258,16 @@ func (c *checker) verify(ctx context.Context) (result, []string) {
 	for w := 0; w < putWorkers; w++ {
 		for k := 0; k < putKeys; k++ {
 			key := pKey(w, k)
-			a.checkChain(key, chains[key], opPut)
-			a.match(key, chains[key], c.h.keyOps(key))
+			a.checkChain(key, chains[key], complete[key], opPut)
+			a.match(key, chains[key], complete[key], c.h.keyOps(key))
 		}
 	}
 	for w := 0; w < txnWorkers; w++ {
 		for i := 0; i < txnPairs; i++ {
 			ka, kb := tKey(w, i, "a"), tKey(w, i, "b")
 			ca, cb := chains[ka], chains[kb]
-			a.checkChain(ka, ca, opTxnPair)
-			a.checkChain(kb, cb, opTxnPair)
+			a.checkChain(ka, ca, complete[ka], opTxnPair)
+			a.checkChain(kb, cb, complete[kb], opTxnPair)
 			if len(ca) != len(cb) {
 				c.errorf("txn pair %s, %s: %d versions of one, %d of the other:\n  %v\n  %v", ka, kb, len(ca), len(cb), ca, cb)
 			} else {
@@ -228,13 +277,13 @@ func (c *checker) verify(ctx context.Context) (result, []string) {
 					}
 				}
 			}
-			a.match(ka, ca, c.h.keyOps(ka))
+			a.match(ka, ca, complete[ka], c.h.keyOps(ka))
 		}
 	}
 	for w := 0; w < delWorkers; w++ {
 		for k := 0; k < delKeys; k++ {
 			key := dKey(w, k)
-			a.checkChain(key, chains[key], opPut)
+			a.checkChain(key, chains[key], complete[key], opPut)
 			for _, e := range chains[key] {
 				if o := c.h.get(mustID(e.value)); o != nil && !o.acked {
 					a.fate[o.id] = e.mod
@@ -244,7 +293,7 @@ func (c *checker) verify(ctx context.Context) (result, []string) {
 	}
 	for n := 0; n < counters; n++ {
 		key := cKey(n)
-		res.counters[n] = a.checkCounter(n, chains[key], clogs[key], ops)
+		res.counters[n] = a.checkCounter(n, chains[key], complete[key], clogs[key], ops)
 	}
 
 	// The fate of an unacknowledged op, once decided, never changes.
@@ -268,6 +317,7 @@ func (c *checker) verify(ctx context.Context) (result, []string) {
 	}
 	c.checkRealTime(ops)
 	c.checkLinearizable(ops)
+	res.compacted = c.compacted
 	return res, c.errs
 }
 
@@ -276,8 +326,21 @@ func mustID(value string) int64 {
 	return id
 }
 
-// checkAcked reads an acknowledged op's writes back at its revision.
+// checkAcked reads an acknowledged op's writes back at its revision, or, for
+// an op below the floor, checks that its revision reads as compacted.
 func (c *checker) checkAcked(ctx context.Context, o *op) {
+	if o.kind == opCompact {
+		// At its revision the key space still reads: the other ops'
+		// checks read there. Below it, reads fail as compacted.
+		if o.rev > 0 {
+			c.expectCompacted(ctx, "crash/barrier", o.compactRev-1, o)
+		}
+		return
+	}
+	if o.rev < c.floor {
+		c.expectCompacted(ctx, o.keys[0], o.rev, o)
+		return
+	}
 	expect := func(key string, rev int64, value string) *kvSnap {
 		kv, err := c.getAt(ctx, key, rev)
 		switch {
@@ -316,6 +379,9 @@ func (c *checker) checkAcked(ctx context.Context, o *op) {
 		if kv.version != o.prev.version+1 || kv.create != o.prev.create {
 			c.errorf("%v: replaced %v, but at its revision it reads %v", o, o.prev, kv)
 		}
+		if o.rev-1 < c.floor {
+			return
+		}
 		before, err := c.getAt(ctx, o.keys[0], o.rev-1)
 		if err != nil {
 			c.errorf("%v: %v", o, err)
@@ -331,6 +397,9 @@ func (c *checker) checkAcked(ctx context.Context, o *op) {
 		}
 		for _, prev := range o.deleted {
 			absent(prev.key, o.rev)
+			if o.rev-1 < c.floor {
+				continue
+			}
 			before, err := c.getAt(ctx, prev.key, o.rev-1)
 			if err != nil {
 				c.errorf("%v: %v", o, err)
@@ -381,12 +450,16 @@ func (a *analysis) record(id, rev int64, key string) {
 	a.revOwner[rev] = id
 }
 
-// checkChain checks the shape of one key's history (versions counting up from
-// 1, one create revision, mod revisions rising) and that every version was
-// written by an op of the given kind on this key.
-func (a *analysis) checkChain(key string, chain []kvSnap, kind opKind) {
+// checkChain checks the shape of one key's history (versions counting up by
+// one, from 1 when the chain is complete, one create revision, mod revisions
+// rising) and that every version was written by an op of the given kind on
+// this key.
+func (a *analysis) checkChain(key string, chain []kvSnap, complete bool, kind opKind) {
+	if len(chain) > 0 && complete && (chain[0].version != 1 || chain[0].create != chain[0].mod) {
+		a.c.errorf("%s: its history begins with %v, not with a creation", key, chain[0])
+	}
 	for i, e := range chain {
-		if e.version != int64(i+1) || e.create != chain[0].mod || (i > 0 && e.mod <= chain[i-1].mod) {
+		if e.version != chain[0].version+int64(i) || e.create != chain[0].create || (i > 0 && e.mod <= chain[i-1].mod) {
 			a.c.errorf("%s: version %d of its history reads %v (first %v)", key, i+1, e, chain[0])
 		}
 		id, ok := opIDOf(e.value)
@@ -407,9 +480,21 @@ func (a *analysis) checkChain(key string, chain []kvSnap, kind opKind) {
 
 // match walks a key's history beside the ops issued on it, in issue order:
 // the history must hold every acknowledged op at its revision, in order, and
-// between them only unacknowledged ops.
-func (a *analysis) match(key string, chain []kvSnap, issued []*op) {
+// between them only unacknowledged ops. A chain cut at the floor is matched
+// from its oldest version's op on: the ops before it were overwritten below
+// the floor.
+func (a *analysis) match(key string, chain []kvSnap, complete bool, issued []*op) {
 	i := 0
+	if !complete && len(chain) > 0 {
+		id, _ := opIDOf(chain[0].value)
+		for i < len(issued) && issued[i].id != id {
+			i++
+		}
+		if i == len(issued) {
+			a.c.errorf("%s: %v, its oldest version above the floor %d, was written by none of its ops", key, chain[0], a.c.floor)
+			return
+		}
+	}
 	skip := func(to int, next string) {
 		for ; i < to; i++ {
 			if o := issued[i]; o.acked {
@@ -446,20 +531,27 @@ func (a *analysis) match(key string, chain []kvSnap, issued []*op) {
 // its clog entry at the same revision, each written by a different incr op
 // that meant to write exactly that value; every acknowledged successful
 // increment among them, and the rest unacknowledged. It returns the value.
-func (a *analysis) checkCounter(n int, chain []kvSnap, logs []*kvSnap, ops []*op) int64 {
+//
+// A chain cut at the floor starts at a later value; the increments
+// acknowledged before its oldest version are not checked again.
+func (a *analysis) checkCounter(n int, chain []kvSnap, complete bool, logs []*kvSnap, ops []*op) int64 {
 	key := cKey(n)
-	a.checkChain(key, chain, opIncr)
+	a.checkChain(key, chain, complete, opIncr)
 	if len(chain) == 0 {
 		a.c.errorf("%s: absent", key)
 		return -1
+	}
+	first, _ := counterOf(chain[0].value)
+	if complete {
+		first = 0
 	}
 	inChain := map[int64]bool{}
 	for i, e := range chain {
 		v, ok := counterOf(e.value)
 		id, _ := opIDOf(e.value)
 		inChain[id] = true
-		if !ok || v != int64(i) {
-			a.c.errorf("%s: version %d holds %v, want counter value %d", key, i+1, e, i)
+		if want := first + int64(i); !ok || v != want || e.version != want+1 {
+			a.c.errorf("%s: version %d holds %v, want counter value %d at version %d", key, e.version, e, want, want+1)
 		}
 		if o := a.c.h.get(id); o != nil {
 			if o.n != v {
@@ -477,13 +569,15 @@ func (a *analysis) checkCounter(n int, chain []kvSnap, logs []*kvSnap, ops []*op
 			}
 		}
 	}
-	final := int64(len(chain) - 1)
+	final := first + int64(len(chain)-1)
 	var ackedIncr, unacked, unackedApplied int64
 	for _, o := range ops {
 		if o.kind != opIncr || o.counter != n {
 			continue
 		}
 		switch {
+		case o.acked && o.wrote && o.rev < chain[0].mod:
+			// Overwritten below the floor.
 		case o.acked && o.wrote:
 			ackedIncr++
 			if !inChain[o.id] {
@@ -497,14 +591,15 @@ func (a *analysis) checkCounter(n int, chain []kvSnap, logs []*kvSnap, ops []*op
 			unacked++
 			if inChain[o.id] {
 				unackedApplied++
-			} else {
+			} else if complete {
 				a.fate[o.id] = 0
 			}
+			// else: it may have been applied below the floor.
 		}
 	}
 	// The init op counts among the acknowledged increments (it wrote 0).
-	if ackedIncr+unackedApplied != final+1 || unackedApplied > unacked {
-		a.c.errorf("%s: value %d, but %d acknowledged writes (init included) and %d of %d unacknowledged increments applied", key, final, ackedIncr, unackedApplied, unacked)
+	if ackedIncr+unackedApplied != int64(len(chain)) || unackedApplied > unacked {
+		a.c.errorf("%s: value %d, %d versions since the floor, but %d acknowledged writes (init included) and %d of %d unacknowledged increments applied", key, final, len(chain), ackedIncr, unackedApplied, unacked)
 	}
 	return final
 }
@@ -515,7 +610,8 @@ func (a *analysis) checkCounter(n int, chain []kvSnap, logs []*kvSnap, ops []*op
 func (c *checker) checkRealTime(ops []*op) {
 	var acked []*op
 	for _, o := range ops {
-		if o.acked {
+		// A compaction refused as already done carries no revision.
+		if o.acked && !(o.kind == opCompact && o.rev == 0) {
 			acked = append(acked, o)
 		}
 	}

@@ -2,7 +2,7 @@ package crash
 
 import (
 	"context"
-	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -10,24 +10,29 @@ import (
 	"github.com/plinthdb/plinth/internal/testmember"
 )
 
-// TestKillNine runs a member under concurrent write load, kills it with
-// SIGKILL at a random moment, restarts it on the same data directory and
-// checks the whole history so far; then again, for several cycles.
+// minAckedWrites is the fewest writes each kill cycle must have had
+// acknowledged: a member that refused writes after a restart would leave the
+// checks nothing to check, and pass them.
+const minAckedWrites = 20
+
+// TestKillNine runs a member under concurrent write, read and compaction
+// load, kills it with SIGKILL at a random moment, restarts it on the same
+// data directory and checks the whole history so far; then again, for
+// several cycles. The kill waits, if need be, until the cycle had
+// minAckedWrites writes and a read acknowledged; a cycle that has not within
+// 30s fails the test (a member that refuses writes or reads after a restart).
 //
 // Rerun a failure with the seed it logged: go test ./test/crash -crash.seed=N.
 // The seed fixes the kill moments and the choices of the load, not the
 // timing of the requests, so a rerun is close to, not equal to, the failed run.
-func TestKillNine(t *testing.T) {
+func TestKillNine(t *testing.T) { sessions(t, killNine) }
+
+func killNine(t *testing.T) {
 	cycles := 10
 	if testing.Short() {
 		cycles = 3
 	}
-	seed := *seedFlag
-	if seed == 0 {
-		seed = time.Now().UnixNano()
-	}
-	t.Logf("seed %d (rerun with -crash.seed=%d)", seed, seed)
-	rng := rand.New(rand.NewPCG(uint64(seed), 0))
+	rng, seed := newRNG(t)
 	ctx := t.Context()
 
 	// A short log, so that kills find it truncated many times over.
@@ -51,12 +56,19 @@ func TestKillNine(t *testing.T) {
 	}
 
 	start := time.Now()
+	checkedRev := h.snapshot()[len(h.snapshot())-1].rev
 	for cycle := 1; cycle <= cycles; cycle++ {
 		before := len(h.snapshot())
 		after := 100*time.Millisecond + time.Duration(rng.Int64N(int64(700*time.Millisecond)))
 		lctx, stopLoad := context.WithCancel(ctx)
-		l := startLoad(lctx, cli, h, cycle, rng.Uint64())
+		loadStart := time.Now()
+		l := startLoad(lctx, cli, h, cycle, rng.Uint64(), checkedRev)
 		time.Sleep(after)
+		if err := l.waitActive(ctx, minAckedWrites); err != nil {
+			stopLoad()
+			l.wait()
+			t.Fatalf("cycle %d (seed %d): the member did not take the load: %v", cycle, seed, err)
+		}
 		killErr := m.Kill()
 		stopLoad()
 		l.wait()
@@ -64,13 +76,26 @@ func TestKillNine(t *testing.T) {
 		if killErr != nil {
 			t.Fatalf("cycle %d: %v", cycle, killErr)
 		}
-		var acked, unacked int
+		var acked, unacked, reads, compactions int
 		for _, o := range h.snapshot()[before:] {
-			if o.acked {
+			switch {
+			case o.kind == opRead:
+				reads++
+			case o.kind == opCompact && o.acked:
+				compactions++
+			case o.kind == opCompact:
+			case o.acked:
 				acked++
-			} else {
+			default:
 				unacked++
 			}
+		}
+		readsFailed := l.readsFailed.Load()
+		t.Logf("cycle %d: killed after %v: %d writes acknowledged, %d unacknowledged; %d reads answered, %d failed; %d compactions acknowledged",
+			cycle, time.Since(loadStart).Round(time.Millisecond), acked, unacked, reads, readsFailed, compactions)
+		// The history must agree with what waitActive saw.
+		if acked < minAckedWrites || reads == 0 {
+			t.Fatalf("cycle %d (seed %d): %d writes and %d reads acknowledged before the kill, want at least %d and 1", cycle, seed, acked, reads, minAckedWrites)
 		}
 
 		restart := time.Now()
@@ -84,8 +109,8 @@ func TestKillNine(t *testing.T) {
 		c := &checker{cli: cli, h: h}
 		checkStart := time.Now()
 		res, errs := c.verify(ctx)
-		t.Logf("cycle %d: killed after %v: %d acknowledged, %d unacknowledged; restarted in %v; revision %d, counters %v, of all unacknowledged ops so far %d found applied, %d not (others undecidable: deletes, d keys since deleted); checked %d ops in %v",
-			cycle, after.Round(time.Millisecond), acked, unacked, ready.Round(time.Millisecond), res.rev, res.counters, res.applied, res.notApplied, res.acked+res.unacked, time.Since(checkStart).Round(time.Millisecond))
+		t.Logf("cycle %d: restarted in %v; revision %d, compacted below %d (%d reads below it failed as compacted, as they must), counters %v, of all unacknowledged ops so far %d found applied, %d not (others undecidable: deletes, d keys since deleted, ops overwritten below the compaction); checked %d ops in %v",
+			cycle, ready.Round(time.Millisecond), res.rev, res.floor, res.compacted, res.counters, res.applied, res.notApplied, res.acked+res.unacked, time.Since(checkStart).Round(time.Millisecond))
 		if len(errs) > 0 {
 			const show = 40
 			more := ""
@@ -95,7 +120,26 @@ func TestKillNine(t *testing.T) {
 			}
 			t.Fatalf("cycle %d (seed %d): %d violations after the restart:\n%s%s", cycle, seed, len(errs), strings.Join(errs, "\n"), more)
 		}
+		checkedRev = res.rev
 	}
-	t.Logf("%d cycles in %v", cycles, time.Since(start).Round(time.Millisecond))
+	reads := map[string]int{}
+	for _, o := range h.snapshot() {
+		if o.kind == opRead {
+			reads[o.keys[0]]++
+		}
+	}
+	perKey := make([]int, 0, putWorkers*putKeys)
+	for w := range putWorkers {
+		for k := range putKeys {
+			perKey = append(perKey, reads[pKey(w, k)])
+		}
+	}
+	slices.Sort(perKey)
+	t.Logf("%d cycles in %v; linearizable reads per p key: fewest %d, median %d, most %d", cycles, time.Since(start).Round(time.Millisecond), perKey[0], perKey[len(perKey)/2], perKey[len(perKey)-1])
+	// Ten cycles read each key ~25 times (median); a key never read would
+	// leave its linearizability unchecked.
+	if cycles >= 10 && perKey[0] == 0 {
+		t.Errorf("a p key was never read by a linearizable get in %d cycles", cycles)
+	}
 	_ = cli.Close()
 }

@@ -5,7 +5,10 @@
 // given, that every acknowledged write is still there at the revision it was
 // acknowledged with, that no request was applied twice, that transactions are
 // all or nothing, and that revisions agree with the real-time order of the
-// requests.
+// requests. Other tests kill a member while it recovers: while it replays
+// its log, while it receives and installs a Raft snapshot, and while it
+// compacts; then check every acknowledged write once it finally starts.
+// docs/operations.md says what each test proves and how often it kills.
 //
 // The package has no non-test code, and it must never import the server's
 // packages: it speaks to plinth only over the wire, as a client would. The

@@ -18,13 +18,16 @@ const (
 	// so Readies carry tens of entries and now and then reach raftnode's
 	// loadedBatch (32), where group commit holds the next sync back.
 	putWorkers  = 40
-	putKeys     = 6
+	putKeys     = 3
 	delWorkers  = 1 // puts and deletes its own d keys, one at a time or by prefix
 	delKeys     = 4
 	txnWorkers  = 1 // writes pairs of t keys in one txn
 	txnPairs    = 3
 	incrWorkers = 2 // increment the shared counters by compare-and-swap txns
 	counters    = 2
+	// Each reads the p keys of a share of the put workers (putWorkers
+	// must be a multiple of it), with linearizable gets.
+	readWorkers = 20
 )
 
 func pKey(w, k int) string { return fmt.Sprintf("crash/p/%d/%d", w, k) }
@@ -45,10 +48,11 @@ const (
 	opTxnPair                    // txn: keys[0] = keys[1] = value
 	opIncr                       // txn: if mod(keys[0]) == the one read then keys[0] = value (counter n), keys[1] (clog) = "op<id>"
 	opRead                       // linearizable get of keys[0]; value = what it read ("" when absent)
+	opCompact                    // compact the whole key space at compactRev; keys is empty
 )
 
 func (k opKind) String() string {
-	return [...]string{"put", "delete", "delete-prefix", "txn-pair", "incr", "read"}[k]
+	return [...]string{"put", "delete", "delete-prefix", "txn-pair", "incr", "read", "compact"}[k]
 }
 
 // kvSnap is the part of a key-value the checks compare.
@@ -80,12 +84,16 @@ type op struct {
 	value   string
 	counter int   // opIncr
 	n       int64 // opIncr: the counter value it writes
-	start   time.Time
-	end     time.Time
+	// opCompact: the revision it compacts at, and whether it asked to
+	// wait for the physical compaction.
+	compactRev int64
+	physical   bool
+	start      time.Time
+	end        time.Time
 
 	acked   bool     // the client got an answer
 	wrote   bool     // acked, and the answer says it created a revision
-	rev     int64    // acked: the header revision of the answer
+	rev     int64    // acked: the header revision of the answer (0 for a compaction refused as already compacted)
 	prev    *kvSnap  // acked put: the previous key-value (WithPrevKV); acked read: what it read
 	deleted []kvSnap // acked delete: the key-values it deleted (WithPrevKV)
 	err     error    // not acked: why
@@ -99,6 +107,9 @@ type op struct {
 
 func (o *op) String() string {
 	s := fmt.Sprintf("op%d %s %v (cycle %d, worker %d)", o.id, o.kind, o.keys, o.cycle, o.worker)
+	if o.kind == opCompact {
+		s = fmt.Sprintf("op%d compact at %d physical=%v (cycle %d, worker %d)", o.id, o.compactRev, o.physical, o.cycle, o.worker)
+	}
 	switch {
 	case o.acked:
 		s += fmt.Sprintf(" acked rev=%d wrote=%v", o.rev, o.wrote)
@@ -155,7 +166,7 @@ func (h *history) begin(kind opKind, cycle, worker int, keys ...string) *op {
 	o := &op{id: h.last, kind: kind, cycle: cycle, worker: worker, keys: keys, value: opValue(h.last), start: time.Now()}
 	h.ops = append(h.ops, o)
 	h.byID[o.id] = o
-	if kind != opIncr {
+	if kind != opIncr && kind != opCompact {
 		h.byKey[keys[0]] = append(h.byKey[keys[0]], o)
 	}
 	return o
@@ -183,6 +194,24 @@ func (h *history) snapshot() []*op {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return append([]*op(nil), h.ops...)
+}
+
+// compactFloors returns the newest revision any compaction so far asked for,
+// acknowledged or not (reads below it may fail as compacted), and the newest
+// one an acknowledged compaction asked for (reads below it must fail so).
+func (h *history) compactFloors() (issued, acked int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, o := range h.ops {
+		if o.kind != opCompact {
+			continue
+		}
+		issued = max(issued, o.compactRev)
+		if o.acked {
+			acked = max(acked, o.compactRev)
+		}
+	}
+	return issued, acked
 }
 
 func (h *history) keyOps(key string) []*op {

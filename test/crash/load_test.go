@@ -2,11 +2,14 @@ package crash
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -18,16 +21,27 @@ const opTimeout = 5 * time.Second
 // one request at a time and stops at its first request without an answer:
 // that request's fate is unknown until the member restarts, and a later
 // request from the same worker on the same key must not overtake it.
+//
+// Readers are the exception: a read changes nothing, so a reader goes on
+// after an error; it counts its answered and failed reads.
 type load struct {
 	cli   *clientv3.Client
 	h     *history
 	cycle int
 	seed  uint64
-	wg    sync.WaitGroup
+	// compactFrom is the revision the cycle's first compaction asks for:
+	// the current revision when the previous cycle's checks ran, so that
+	// the ops of earlier cycles were checked at their revisions first.
+	compactFrom int64
+	wg          sync.WaitGroup
+
+	writesAcked          atomic.Int64
+	readsOK, readsFailed atomic.Int64
+	readErr              atomic.Value // the last read error (error)
 }
 
-func startLoad(ctx context.Context, cli *clientv3.Client, h *history, cycle int, seed uint64) *load {
-	l := &load{cli: cli, h: h, cycle: cycle, seed: seed}
+func startLoad(ctx context.Context, cli *clientv3.Client, h *history, cycle int, seed uint64, compactFrom int64) *load {
+	l := &load{cli: cli, h: h, cycle: cycle, seed: seed, compactFrom: compactFrom}
 	worker := 0
 	spawn := func(f func(ctx context.Context, w int, rng *rand.Rand)) {
 		w := worker
@@ -51,7 +65,10 @@ func startLoad(ctx context.Context, cli *clientv3.Client, h *history, cycle int,
 	for w := 0; w < incrWorkers; w++ {
 		spawn(func(ctx context.Context, ww int, rng *rand.Rand) { l.incrWorker(ctx, ww, rng) })
 	}
-	spawn(func(ctx context.Context, ww int, rng *rand.Rand) { l.readWorker(ctx, ww, rng) })
+	for r := 0; r < readWorkers; r++ {
+		spawn(func(ctx context.Context, _ int, rng *rand.Rand) { l.readWorker(ctx, r, rng) })
+	}
+	spawn(func(ctx context.Context, _ int, rng *rand.Rand) { l.compactWorker(ctx, rng) })
 	return l
 }
 
@@ -65,7 +82,30 @@ func (l *load) finish(o *op, err error) bool {
 		return false
 	}
 	o.acked = true
+	if o.kind != opCompact {
+		l.writesAcked.Add(1)
+	}
 	return true
+}
+
+// waitActive waits until the cycle had at least writes writes and one read
+// acknowledged, for 30s at most: a member that takes no writes or answers no
+// reads after a restart fails the test here.
+func (l *load) waitActive(ctx context.Context, writes int64) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for l.writesAcked.Load() < writes || l.readsOK.Load() == 0 {
+		if time.Now().After(deadline) {
+			err, _ := l.readErr.Load().(error)
+			return fmt.Errorf("in 30s, %d writes acknowledged (want %d), %d reads answered and %d failed (the last with %v)",
+				l.writesAcked.Load(), writes, l.readsOK.Load(), l.readsFailed.Load(), err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return nil
 }
 
 func (l *load) put(ctx context.Context, w int, key string) bool {
@@ -143,18 +183,28 @@ func (l *load) txnWorker(ctx context.Context, w int, rng *rand.Rand) {
 }
 
 // readWorker reads p keys with linearizable gets, for the linearizability
-// check of the p keys.
-func (l *load) readWorker(ctx context.Context, w int, rng *rand.Rand) {
+// check of the p keys: reader r reads the keys of the put workers w with
+// w % readWorkers == r, so that each key is read about as often as it is
+// written. A failed read is counted, and the reader goes on after a pause (a
+// member being killed fails reads in a burst).
+func (l *load) readWorker(ctx context.Context, r int, rng *rand.Rand) {
 	for ctx.Err() == nil {
-		key := pKey(rng.IntN(putWorkers), rng.IntN(putKeys))
-		o := &op{kind: opRead, cycle: l.cycle, worker: 400 + w, keys: []string{key}, start: time.Now()}
+		w := r + readWorkers*rng.IntN(putWorkers/readWorkers)
+		key := pKey(w, rng.IntN(putKeys))
+		o := &op{kind: opRead, cycle: l.cycle, worker: 400 + r, keys: []string{key}, start: time.Now()}
 		octx, cancel := context.WithTimeout(ctx, opTimeout)
 		resp, err := l.cli.Get(octx, key)
 		cancel()
 		o.end = time.Now()
 		if err != nil {
-			return
+			if ctx.Err() == nil {
+				l.readsFailed.Add(1)
+				l.readErr.Store(err)
+				time.Sleep(10 * time.Millisecond)
+			}
+			continue
 		}
+		l.readsOK.Add(1)
 		o.acked, o.rev = true, resp.Header.Revision
 		switch len(resp.Kvs) {
 		case 0:
@@ -165,6 +215,42 @@ func (l *load) readWorker(ctx context.Context, w int, rng *rand.Rand) {
 			o.err = fmt.Errorf("get %s answered %d keys", key, len(resp.Kvs))
 		}
 		l.h.addRead(o)
+	}
+}
+
+// compactWorker compacts the whole key space now and then: first at
+// compactFrom, then each time at the revision the previous compaction's
+// answer carried, so that compactions follow the writes closely and race with
+// them. Some ask to wait for the physical compaction. Like a writer, it stops
+// at its first request without an answer.
+func (l *load) compactWorker(ctx context.Context, rng *rand.Rand) {
+	next := l.compactFrom
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Duration(30+rng.IntN(170)) * time.Millisecond):
+		}
+		o := l.h.begin(opCompact, l.cycle, 500)
+		o.compactRev, o.physical = next, rng.IntN(2) == 0
+		var opts []clientv3.CompactOption
+		if o.physical {
+			opts = append(opts, clientv3.WithCompactPhysical())
+		}
+		octx, cancel := context.WithTimeout(ctx, opTimeout)
+		resp, err := l.cli.Compact(octx, next, opts...)
+		cancel()
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			// Compacted at or above next already: nothing to do, and an
+			// answer all the same.
+			o.end, o.acked = time.Now(), true
+			continue
+		}
+		if !l.finish(o, err) {
+			return
+		}
+		o.rev = resp.Header.Revision
+		next = o.rev
 	}
 }
 
