@@ -88,6 +88,7 @@ func parseFlags(args []string, stderr io.Writer) (*server.Config, error) {
 		heartbeat       = fs.Uint("heartbeat-interval", 100, "time (in milliseconds) of a heartbeat interval")
 		election        = fs.Uint("election-timeout", 1000, "time (in milliseconds) for an election to timeout")
 		snapshotCount   = fs.Uint64("snapshot-count", 10000, "number of applied Raft entries to keep in the log for lagging members")
+		quotaBytes      = fs.Int64("quota-backend-bytes", 0, "database size past which writes are refused and a NOSPACE alarm raised (0: 8 GiB)")
 		compactionMode  = fs.String("auto-compaction-mode", "periodic", "interpret --auto-compaction-retention as a duration (periodic) or a number of revisions (revision)")
 		compactionKeep  = fs.String("auto-compaction-retention", "0", "history the leader keeps by compacting on its own: a duration or hours (periodic), or revisions (revision); 0 turns it off")
 		metricsURLs     = fs.String("listen-metrics-urls", "", "comma-separated URLs to serve HTTP diagnostics on (pprof, with --enable-pprof)")
@@ -118,6 +119,7 @@ func parseFlags(args []string, stderr io.Writer) (*server.Config, error) {
 		HeartbeatInterval:   time.Duration(*heartbeat) * time.Millisecond,
 		ElectionTimeout:     time.Duration(*election) * time.Millisecond,
 		SnapshotCount:       *snapshotCount,
+		QuotaBackendBytes:   *quotaBytes,
 		Logger:              slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 	}
 	if cfg.AutoCompaction, err = server.ParseAutoCompaction(*compactionMode, *compactionKeep); err != nil {

@@ -12,7 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// statusOnly is a backend without alarm state: plinth's server today.
+// statusOnly is a backend without alarm state.
 type statusOnly struct{ errs []string }
 
 func (s *statusOnly) Status() MemberStatus { return MemberStatus{Version: "3.6.0", Errors: s.errs} }
@@ -35,6 +35,27 @@ type withAlarms struct {
 }
 
 func (s *withAlarms) Alarms() []*pb.AlarmMember { return s.active }
+
+// Propose applies an alarm change to the active list, as the apply loop would.
+func (s *withAlarms) Propose(_ context.Context, req *pb.InternalRaftRequest) (proto.Message, error) {
+	a := req.Alarm
+	resp := &pb.AlarmResponse{}
+	for i, m := range s.active {
+		if m.MemberID == a.MemberID && m.Alarm == a.Alarm {
+			if a.Action == pb.AlarmRequest_DEACTIVATE {
+				s.active = append(s.active[:i:i], s.active[i+1:]...)
+			}
+			resp.Alarms = []*pb.AlarmMember{m}
+			return resp, nil
+		}
+	}
+	if a.Action == pb.AlarmRequest_ACTIVATE && a.Alarm != pb.AlarmType_NONE {
+		m := &pb.AlarmMember{MemberID: a.MemberID, Alarm: a.Alarm}
+		s.active = append(s.active, m)
+		resp.Alarms = []*pb.AlarmMember{m}
+	}
+	return resp, nil
+}
 
 func (s *withAlarms) ReadIndex(context.Context) error {
 	s.reads++
@@ -72,10 +93,14 @@ func TestAlarm(t *testing.T) {
 			req: &pb.AlarmRequest{Action: pb.AlarmRequest_DEACTIVATE, MemberID: 2, Alarm: pb.AlarmType_CORRUPT}},
 		{name: "deactivate none", req: &pb.AlarmRequest{Action: pb.AlarmRequest_DEACTIVATE}},
 		{name: "deactivate an active alarm", active: both,
-			req: &pb.AlarmRequest{Action: pb.AlarmRequest_DEACTIVATE, MemberID: 7, Alarm: pb.AlarmType_CORRUPT}, code: codes.Unimplemented},
+			req: &pb.AlarmRequest{Action: pb.AlarmRequest_DEACTIVATE, MemberID: 7, Alarm: pb.AlarmType_CORRUPT}, want: []*pb.AlarmMember{corrupt}},
 
 		{name: "activate none", req: &pb.AlarmRequest{Action: pb.AlarmRequest_ACTIVATE}},
-		{name: "activate", req: &pb.AlarmRequest{Action: pb.AlarmRequest_ACTIVATE, MemberID: 2, Alarm: pb.AlarmType_NOSPACE},
+		{name: "activate none with alarm state", active: both, req: &pb.AlarmRequest{Action: pb.AlarmRequest_ACTIVATE}},
+		{name: "activate", active: []*pb.AlarmMember{},
+			req:  &pb.AlarmRequest{Action: pb.AlarmRequest_ACTIVATE, MemberID: 2, Alarm: pb.AlarmType_NOSPACE},
+			want: []*pb.AlarmMember{nospace}},
+		{name: "activate without alarm state", req: &pb.AlarmRequest{Action: pb.AlarmRequest_ACTIVATE, MemberID: 2, Alarm: pb.AlarmType_NOSPACE},
 			code: codes.Unimplemented},
 		{name: "unknown action", req: &pb.AlarmRequest{Action: 9}, code: codes.InvalidArgument},
 	} {

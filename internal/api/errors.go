@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/plinthdb/plinth/internal/apply"
 	"github.com/plinthdb/plinth/internal/mvcc"
 	"github.com/plinthdb/plinth/internal/raftnode"
 )
@@ -21,6 +22,9 @@ var (
 	ErrNotLeader             = errors.New("api: not leader")
 	ErrBadLeaderTransferee   = errors.New("api: bad leader transferee")
 	ErrLeaderTransferTimeout = errors.New("api: leader transfer took too long")
+	// ErrNoSpace refuses a write that would take the database past its
+	// quota (see QuotaChecker).
+	ErrNoSpace = errors.New("api: database space exceeded")
 )
 
 // toGRPC maps an error to the status etcd answers with, so clients that
@@ -41,6 +45,10 @@ func toGRPC(err error) error {
 		return rpctypes.ErrGRPCKeyNotFound
 	case errors.Is(err, mvcc.ErrLeaseNotFound):
 		return rpctypes.ErrGRPCLeaseNotFound
+	case errors.Is(err, apply.ErrNoSpace), errors.Is(err, ErrNoSpace):
+		return rpctypes.ErrGRPCNoSpace
+	case errors.Is(err, apply.ErrCorrupt):
+		return rpctypes.ErrGRPCCorrupt
 	case errors.Is(err, ErrRequestTooLarge):
 		return rpctypes.ErrGRPCRequestTooLarge
 	case errors.Is(err, ErrTimeout), errors.Is(err, raftnode.ErrReadTimeout), errors.Is(err, raftnode.ErrProposalExpired):

@@ -33,14 +33,34 @@ type Backend interface {
 	FillHeader(h *pb.ResponseHeader)
 }
 
+// QuotaChecker is a backend with a storage quota.
+type QuotaChecker interface {
+	// CheckQuota answers ErrNoSpace for a write of cost bytes that would
+	// take the database past its quota.
+	CheckQuota(cost int) error
+}
+
 // KV serves the etcd KV service.
 type KV struct {
 	pb.UnimplementedKVServer
-	b Backend
+	b     Backend
+	quota QuotaChecker // nil: no quota
 }
 
-// NewKV returns the KV service over b.
-func NewKV(b Backend) *KV { return &KV{b: b} }
+// NewKV returns the KV service over b, which may be a QuotaChecker.
+func NewKV(b Backend) *KV {
+	kv := &KV{b: b}
+	kv.quota, _ = b.(QuotaChecker)
+	return kv
+}
+
+// checkQuota refuses a write that would take the database past its quota.
+func (s *KV) checkQuota(cost int) error {
+	if s.quota == nil {
+		return nil
+	}
+	return toGRPC(s.quota.CheckQuota(cost))
+}
 
 // Range implements KV.Range.
 func (s *KV) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeResponse, error) {
@@ -63,6 +83,9 @@ func (s *KV) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeResponse
 // Put implements KV.Put.
 func (s *KV) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, error) {
 	if err := checkPut(req); err != nil {
+		return nil, err
+	}
+	if err := s.checkQuota(len(req.Key) + len(req.Value)); err != nil {
 		return nil, err
 	}
 	return propose[*pb.PutResponse](ctx, s.b, func(r *pb.InternalRaftRequest) { r.Put = req })
@@ -102,6 +125,9 @@ func (s *KV) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse, erro
 		}
 		s.b.FillHeader(resp.Header)
 		return resp, nil
+	}
+	if err := s.checkQuota(proto.Size(req)); err != nil {
+		return nil, err
 	}
 	return propose[*pb.TxnResponse](ctx, s.b, func(r *pb.InternalRaftRequest) { r.Txn = req })
 }

@@ -38,7 +38,8 @@ type HashSource interface {
 }
 
 // Maintenance serves the parts of the etcd Maintenance service this member
-// supports (Status, Alarm, MoveLeader, Hash, HashKV); the rest answer
+// supports (Status, Alarm, MoveLeader, Hash, HashKV, Defragment, Snapshot);
+// the rest answer
 // Unimplemented.
 type Maintenance struct {
 	pb.UnimplementedMaintenanceServer
@@ -59,6 +60,26 @@ func NewMaintenance(src StatusSource) *Maintenance {
 	m.alarms, _ = src.(AlarmSource)
 	m.hashes, _ = src.(HashSource)
 	return m
+}
+
+// Defragmenter is a backend that can give freed space back at once.
+type Defragmenter interface {
+	Defragment(ctx context.Context) error
+}
+
+// Defragment implements Maintenance.Defragment (see the backend's
+// Defragment for what it does in Pebble).
+func (m *Maintenance) Defragment(ctx context.Context, req *pb.DefragmentRequest) (*pb.DefragmentResponse, error) {
+	d, ok := m.src.(Defragmenter)
+	if !ok {
+		return m.UnimplementedMaintenanceServer.Defragment(ctx, req)
+	}
+	if err := d.Defragment(ctx); err != nil {
+		return nil, toGRPC(err)
+	}
+	resp := &pb.DefragmentResponse{Header: &pb.ResponseHeader{}}
+	m.src.FillHeader(resp.Header)
+	return resp, nil
 }
 
 // HashKV implements Maintenance.HashKV: the hash of the keys' versions that

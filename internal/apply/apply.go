@@ -20,6 +20,7 @@ import (
 	raftpb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/plinthdb/plinth/internal/alarm"
 	"github.com/plinthdb/plinth/internal/entry"
 	"github.com/plinthdb/plinth/internal/mvcc"
 	"github.com/plinthdb/plinth/internal/storage"
@@ -28,6 +29,18 @@ import (
 // ErrUnknownRequest stops a member that meets a committed request it cannot
 // read.
 var ErrUnknownRequest = errors.New("apply: committed entry holds a request this member does not know")
+
+// Answers to requests that active alarms refuse, as etcd's appliers refuse
+// them: every member applies the same refusal at the same entry.
+var (
+	// ErrNoSpace refuses a put, or a txn that writes, while a NOSPACE
+	// alarm is active. Reads, deletes and compactions go on, so that an
+	// operator can free space.
+	ErrNoSpace = errors.New("apply: database space exceeded")
+	// ErrCorrupt refuses reads and writes through the log while a CORRUPT
+	// alarm is active.
+	ErrCorrupt = errors.New("apply: corrupt cluster")
+)
 
 // Result is the outcome of one applied request.
 type Result struct {
@@ -44,6 +57,7 @@ type Result struct {
 type Applier struct {
 	db      *pebble.DB
 	kv      *mvcc.Store
+	alarms  *alarm.Table
 	logger  *slog.Logger
 	applied uint64
 	// req is reused to decode each entry into: nothing an entry's answer
@@ -57,8 +71,15 @@ func New(db *pebble.DB, kv *mvcc.Store, logger *slog.Logger) (*Applier, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Applier{db: db, kv: kv, logger: logger, applied: applied}, nil
+	alarms, err := alarm.Load(db)
+	if err != nil {
+		return nil, err
+	}
+	return &Applier{db: db, kv: kv, alarms: alarms, logger: logger, applied: applied}, nil
 }
+
+// Alarms is the table of active alarms, as of the last applied entry.
+func (a *Applier) Alarms() *alarm.Table { return a.alarms }
 
 // AppliedIndex returns the index of the last applied entry.
 func (a *Applier) AppliedIndex() uint64 { return a.applied }
@@ -85,6 +106,9 @@ func (a *Applier) Reload() error {
 		return fmt.Errorf("apply: reload applied index: %w", err)
 	}
 	a.applied = applied
+	if err := a.alarms.Reload(a.db); err != nil {
+		return fmt.Errorf("apply: reload alarms: %w", err)
+	}
 	return nil
 }
 
@@ -161,8 +185,14 @@ func (a *Applier) applyRequest(b *mvcc.Batch, e *raftpb.Entry) (Result, error) {
 		return Result{}, err
 	}
 	res := Result{ID: req.ID}
+	if err := a.refusedByAlarm(req); err != nil {
+		res.Err = err
+		return res, nil
+	}
 	var err error
 	switch {
+	case req.Alarm != nil:
+		res.Resp, err = a.applyAlarm(b.Writer(), req.Alarm)
 	case req.Put != nil:
 		res.Resp, err = b.Put(req.Put, noLeases)
 	case req.DeleteRange != nil:
@@ -195,10 +225,55 @@ func (a *Applier) applyRequest(b *mvcc.Batch, e *raftpb.Entry) (Result, error) {
 	return res, nil
 }
 
+// refusedByAlarm answers the requests that the active alarms refuse.
+func (a *Applier) refusedByAlarm(req *pb.InternalRaftRequest) error {
+	if a.alarms.Corrupt() && (req.Put != nil || req.DeleteRange != nil || req.Txn != nil || req.Range != nil || req.Compaction != nil) {
+		return ErrCorrupt
+	}
+	if a.alarms.NoSpace() && (req.Put != nil || req.Txn != nil && !mvcc.IsReadOnly(req.Txn)) {
+		return ErrNoSpace
+	}
+	return nil
+}
+
+// applyAlarm activates or deactivates an alarm, as a member raising one or
+// an operator's `alarm disarm` asked.
+func (a *Applier) applyAlarm(w pebble.Writer, req *pb.AlarmRequest) (*pb.AlarmResponse, error) {
+	resp := &pb.AlarmResponse{Header: &pb.ResponseHeader{}}
+	switch req.Action {
+	case pb.AlarmRequest_GET:
+		for _, m := range a.alarms.List() {
+			if req.Alarm == pb.AlarmType_NONE || m.Alarm == req.Alarm {
+				resp.Alarms = append(resp.Alarms, m)
+			}
+		}
+	case pb.AlarmRequest_ACTIVATE:
+		if req.Alarm == pb.AlarmType_NONE {
+			break
+		}
+		m, err := a.alarms.Activate(w, req.MemberID, req.Alarm)
+		if err != nil {
+			return nil, err
+		}
+		a.logger.Warn("alarm raised", "alarm", req.Alarm.String(), "member", fmt.Sprintf("%x", req.MemberID))
+		resp.Alarms = append(resp.Alarms, m)
+	case pb.AlarmRequest_DEACTIVATE:
+		m, err := a.alarms.Deactivate(w, req.MemberID, req.Alarm)
+		if err != nil {
+			return nil, err
+		}
+		if m != nil {
+			a.logger.Info("alarm cleared", "alarm", req.Alarm.String(), "member", fmt.Sprintf("%x", req.MemberID))
+			resp.Alarms = append(resp.Alarms, m)
+		}
+	}
+	return resp, nil
+}
+
 // isRequestError tells the errors that are a request's answer, and leave the
 // state untouched, from failures to read or write the state.
 func isRequestError(err error) bool {
-	for _, re := range []error{mvcc.ErrCompacted, mvcc.ErrFutureRev, mvcc.ErrKeyNotFound, mvcc.ErrLeaseNotFound} {
+	for _, re := range []error{mvcc.ErrCompacted, mvcc.ErrFutureRev, mvcc.ErrKeyNotFound, mvcc.ErrLeaseNotFound, ErrNoSpace, ErrCorrupt} {
 		if errors.Is(err, re) {
 			return true
 		}

@@ -106,9 +106,12 @@ func build(path, dir string, info Info, id Identity, logger *slog.Logger) (err e
 func rewriteIdentity(db *pebble.DB, index, term uint64, id Identity) error {
 	b := db.NewBatch()
 	defer b.Close()
-	members := storage.PrefixSpan(storage.PrefixMembers)
-	if err := b.DeleteRange(members.Start, members.End, nil); err != nil {
-		return fmt.Errorf("backup: clear membership: %w", err)
+	// The old cluster's members, and their alarms, are not the new one's.
+	for _, prefix := range []byte{storage.PrefixMembers, storage.PrefixAlarms} {
+		span := storage.PrefixSpan(prefix)
+		if err := b.DeleteRange(span.Start, span.End, nil); err != nil {
+			return fmt.Errorf("backup: clear the old membership: %w", err)
+		}
 	}
 	cs := &raftpb.ConfState{}
 	for _, m := range id.Members {

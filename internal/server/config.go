@@ -35,6 +35,10 @@ type Config struct {
 	SnapshotCount uint64
 	// AutoCompaction is the compaction the leader proposes by itself.
 	AutoCompaction AutoCompaction
+	// QuotaBackendBytes is the database size past which writes are
+	// refused and a NOSPACE alarm raised; 0 means
+	// DefaultQuotaBackendBytes.
+	QuotaBackendBytes int64
 	// ListenMetricsURLs serve HTTP diagnostics: /debug/pprof/ when
 	// EnablePprof is set.
 	ListenMetricsURLs []url.URL

@@ -69,6 +69,7 @@ type Server struct {
 	// refuses a change while another is pending. Held while one is
 	// proposed and applied.
 	confMu sync.Mutex
+	quota  quotaState
 
 	serveWG  sync.WaitGroup
 	stopOnce sync.Once
@@ -204,7 +205,8 @@ func (s *Server) Start() error {
 		s.logger.Info("serving peers", "addr", l.Addr().String())
 	}
 	s.node.Start()
-	s.serveWG.Add(5)
+	s.serveWG.Add(6)
+	go s.measureDBSize()
 	go s.sweepTimeouts()
 	go s.watchNode()
 	go s.publish()
@@ -361,7 +363,7 @@ func (s *Server) ReadIndex(ctx context.Context) error { return s.node.ReadIndex(
 
 // Status implements api.StatusSource.
 func (s *Server) Status() api.MemberStatus {
-	usage := s.db.Metrics().DiskSpaceUsage()
+	usage, inUse := s.quota.dbSize.Load(), s.quota.dataSize.Load()
 	self, _, err := membership.Get(s.db, s.memberID)
 	if err != nil {
 		s.logger.Error("read this member's record", "err", err)
@@ -369,8 +371,8 @@ func (s *Server) Status() api.MemberStatus {
 	return api.MemberStatus{
 		IsLearner:    self.IsLearner,
 		Version:      Version,
-		DBSize:       int64(usage),
-		DBSizeInUse:  int64(usage),
+		DBSize:       usage,
+		DBSizeInUse:  inUse,
 		Leader:       s.node.Leader(),
 		RaftIndex:    s.node.CommitIndex(),
 		RaftTerm:     s.node.Term(),

@@ -37,6 +37,7 @@ var (
 	// StateMachineSpans are the key spaces of the state machine, in key order.
 	StateMachineSpans = []Span{
 		PrefixSpan(PrefixMembers),
+		PrefixSpan(PrefixAlarms),
 		PrefixSpan(PrefixLatest),
 		PrefixSpan(PrefixHistory),
 	}

@@ -47,7 +47,7 @@ func TestEveryKeySpaceIsClassified(t *testing.T) {
 
 	prefixValue := map[string]byte{
 		"PrefixRaftLog": PrefixRaftLog, "PrefixMeta": PrefixMeta, "PrefixMembers": PrefixMembers,
-		"PrefixLatest": PrefixLatest, "PrefixHistory": PrefixHistory,
+		"PrefixAlarms": PrefixAlarms, "PrefixLatest": PrefixLatest, "PrefixHistory": PrefixHistory,
 	}
 	metaValue := map[string]string{
 		"MetaHardState": MetaHardState, "MetaConfState": MetaConfState, "MetaLogTruncated": MetaLogTruncated,

@@ -32,6 +32,10 @@ const (
 	// PrefixMembers holds the cluster's membership, a state machine record
 	// per member: PrefixMembers + member ID (8 bytes, big endian) -> member.
 	PrefixMembers byte = 0x03
+	// PrefixAlarms holds the cluster's active alarms (owned by alarm):
+	// PrefixAlarms + member ID (8 bytes, big endian) + alarm type (4 bytes,
+	// big endian) -> "".
+	PrefixAlarms byte = 0x04
 	// PrefixLatest holds the newest live version of each key (owned by mvcc).
 	PrefixLatest byte = 0x10
 	// PrefixHistory holds the retained versions of each key, but a live
