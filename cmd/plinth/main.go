@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -88,6 +89,13 @@ func parseFlags(args []string, stderr io.Writer) (*server.Config, error) {
 		heartbeat       = fs.Uint("heartbeat-interval", 100, "time (in milliseconds) of a heartbeat interval")
 		election        = fs.Uint("election-timeout", 1000, "time (in milliseconds) for an election to timeout")
 		snapshotCount   = fs.Uint64("snapshot-count", 10000, "number of applied Raft entries to keep in the log for lagging members")
+		initialCorrupt  = fs.Bool("experimental-initial-corrupt-check", false, "compare this member's hash with its peers' before serving, and refuse to start on a difference (also --feature-gates=InitialCorruptCheck=true)")
+		corruptCheck    = fs.Duration("corrupt-check-time", 0, "how often the leader compares every member's hash at its current revision; 0 turns it off")
+		corruptCheckX   = fs.Duration("experimental-corrupt-check-time", 0, "the same as --corrupt-check-time (etcd's older name)")
+		compactCheck    = fs.Duration("compact-hash-check-time", time.Minute, "how often the leader compares every member's hash at the latest compaction revision, when the compact hash check is on")
+		compactCheckX   = fs.Duration("experimental-compact-hash-check-time", 0, "the same as --compact-hash-check-time (etcd's older name)")
+		compactCheckOn  = fs.Bool("experimental-compact-hash-check-enabled", false, "turn the compact hash check on (also --feature-gates=CompactHashCheck=true)")
+		featureGates    = fs.String("feature-gates", "", "etcd feature gates, name=true|false,...: InitialCorruptCheck and CompactHashCheck are read, others are accepted and ignored")
 		quotaBytes      = fs.Int64("quota-backend-bytes", 0, "database size past which writes are refused and a NOSPACE alarm raised (0: 8 GiB)")
 		compactionMode  = fs.String("auto-compaction-mode", "periodic", "interpret --auto-compaction-retention as a duration (periodic) or a number of revisions (revision)")
 		compactionKeep  = fs.String("auto-compaction-retention", "0", "history the leader keeps by compacting on its own: a duration or hours (periodic), or revisions (revision); 0 turns it off")
@@ -122,6 +130,20 @@ func parseFlags(args []string, stderr io.Writer) (*server.Config, error) {
 		QuotaBackendBytes:   *quotaBytes,
 		Logger:              slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 	}
+	gates, err := parseFeatureGates(*featureGates)
+	if err != nil {
+		return nil, err
+	}
+	cfg.CorruptCheck = server.CorruptCheck{Initial: *initialCorrupt || gates["InitialCorruptCheck"], Period: *corruptCheck}
+	if *corruptCheckX != 0 {
+		cfg.CorruptCheck.Period = *corruptCheckX
+	}
+	if *compactCheckOn || gates["CompactHashCheck"] {
+		cfg.CorruptCheck.CompactPeriod = *compactCheck
+		if *compactCheckX != 0 {
+			cfg.CorruptCheck.CompactPeriod = *compactCheckX
+		}
+	}
 	if cfg.AutoCompaction, err = server.ParseAutoCompaction(*compactionMode, *compactionKeep); err != nil {
 		return nil, err
 	}
@@ -153,6 +175,24 @@ func parseFlags(args []string, stderr io.Writer) (*server.Config, error) {
 		return nil, err
 	}
 	return cfg, nil
+}
+
+// parseFeatureGates reads etcd's --feature-gates: name=bool pairs.
+func parseFeatureGates(s string) (map[string]bool, error) {
+	gates := map[string]bool{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		name, value, ok := strings.Cut(part, "=")
+		on, err := strconv.ParseBool(value)
+		if !ok || err != nil {
+			return nil, fmt.Errorf("--feature-gates: %q is not name=true|false", part)
+		}
+		gates[strings.TrimSpace(name)] = on
+	}
+	return gates, nil
 }
 
 func parseLevel(s string) (slog.Level, error) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseFlagsAcceptsAnEtcdCommandLine(t *testing.T) {
@@ -23,6 +24,31 @@ func TestParseFlagsAcceptsAnEtcdCommandLine(t *testing.T) {
 	}
 	if got := cfg.ListenClientURLs[0].Host; got != "127.0.0.1:2379" {
 		t.Fatalf("client URL host %q", got)
+	}
+}
+
+// TestParseFlagsOperations: the maintenance flags of etcd, in both of their
+// spellings where etcd has two.
+func TestParseFlagsOperations(t *testing.T) {
+	cfg, err := parseFlags(strings.Fields(`--quota-backend-bytes=1048576 --auto-compaction-mode=revision
+		--auto-compaction-retention=1000 --feature-gates=InitialCorruptCheck=true,SomethingElse=false
+		--experimental-corrupt-check-time=3m --experimental-compact-hash-check-enabled
+		--experimental-compact-hash-check-time=2m`), &bytes.Buffer{})
+	if err != nil {
+		t.Fatalf("parse: %v", err)
+	}
+	if cfg.QuotaBackendBytes != 1<<20 || cfg.AutoCompaction.Revisions != 1000 || !cfg.CorruptCheck.Initial ||
+		cfg.CorruptCheck.Period != 3*time.Minute || cfg.CorruptCheck.CompactPeriod != 2*time.Minute {
+		t.Fatalf("parsed: quota %d, auto-compaction %+v, corrupt check %+v", cfg.QuotaBackendBytes, cfg.AutoCompaction, cfg.CorruptCheck)
+	}
+	cfg, err = parseFlags(strings.Fields(`--auto-compaction-retention=72h --corrupt-check-time=1m
+		--feature-gates=CompactHashCheck=true`), &bytes.Buffer{})
+	if err != nil {
+		t.Fatalf("parse: %v", err)
+	}
+	if cfg.AutoCompaction.Period != 72*time.Hour || cfg.CorruptCheck.Initial || cfg.CorruptCheck.Period != time.Minute ||
+		cfg.CorruptCheck.CompactPeriod != time.Minute {
+		t.Fatalf("parsed: auto-compaction %+v, corrupt check %+v", cfg.AutoCompaction, cfg.CorruptCheck)
 	}
 }
 
@@ -58,6 +84,9 @@ func TestParseFlagsRejectsBadInput(t *testing.T) {
 		{"election too short", []string{"--election-timeout=100"}, "--election-timeout"},
 		{"tls", []string{"--listen-client-urls=https://127.0.0.1:2379"}, "TLS"},
 		{"pprof without address", []string{"--enable-pprof"}, "--listen-metrics-urls"},
+		{"bad feature gate", []string{"--feature-gates=InitialCorruptCheck"}, "--feature-gates"},
+		{"bad compaction mode", []string{"--auto-compaction-mode=weekly"}, "--auto-compaction-mode"},
+		{"bad retention", []string{"--auto-compaction-retention=soon"}, "--auto-compaction-retention"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

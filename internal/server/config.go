@@ -35,6 +35,8 @@ type Config struct {
 	SnapshotCount uint64
 	// AutoCompaction is the compaction the leader proposes by itself.
 	AutoCompaction AutoCompaction
+	// CorruptCheck is when members compare their hashes.
+	CorruptCheck CorruptCheck
 	// QuotaBackendBytes is the database size past which writes are
 	// refused and a NOSPACE alarm raised; 0 means
 	// DefaultQuotaBackendBytes.

@@ -205,7 +205,14 @@ func (s *Server) Start() error {
 		s.logger.Info("serving peers", "addr", l.Addr().String())
 	}
 	s.node.Start()
-	s.serveWG.Add(6)
+	if s.cfg.CorruptCheck.Initial {
+		if err := s.checkInitialHashes(); err != nil {
+			s.Stop()
+			return err
+		}
+	}
+	s.serveWG.Add(7)
+	go s.checkHashesPeriodically()
 	go s.measureDBSize()
 	go s.sweepTimeouts()
 	go s.watchNode()

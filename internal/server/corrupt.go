@@ -1,0 +1,182 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/plinthdb/plinth/internal/membership"
+	"github.com/plinthdb/plinth/internal/mvcc"
+)
+
+// CorruptCheck configures the comparisons of members' hashes that find a
+// member whose data differs from the others' (etcd's corruption checks).
+type CorruptCheck struct {
+	// Initial compares this member's HashKV with its peers' before it
+	// serves clients, and refuses to start on a difference.
+	Initial bool
+	// Period, when not 0, is how often the leader compares every member's
+	// HashKV at its current revision, raising CORRUPT for the members
+	// that differ.
+	Period time.Duration
+	// CompactPeriod, when not 0, is how often the leader compares every
+	// member's HashKV at the latest compaction revision.
+	CompactPeriod time.Duration
+}
+
+// ErrCorruptData stops a member whose data differs from its peers' at start.
+var ErrCorruptData = errors.New("found data inconsistency with peers")
+
+// peerHash is one member's answer to HashKV.
+type peerHash struct {
+	id   uint64
+	resp *pb.HashKVResponse
+}
+
+// peerHashes asks every other member with a client URL for its HashKV at
+// rev. Members that cannot answer (down, behind, compacted past rev) are left
+// out: a check compares the members that can.
+func (s *Server) peerHashes(ctx context.Context, rev int64) []peerHash {
+	members, _, err := membership.List(s.db)
+	if err != nil {
+		s.logger.Warn("corruption check: list members", "err", err)
+		return nil
+	}
+	var out []peerHash
+	for _, m := range members {
+		if m.ID == s.memberID || len(m.ClientURLs) == 0 {
+			continue
+		}
+		resp, err := hashKVOf(ctx, m.ClientURLs[0], rev)
+		if err != nil {
+			s.logger.Debug("corruption check: no hash from member", "member", fmt.Sprintf("%x", m.ID), "err", err)
+			continue
+		}
+		out = append(out, peerHash{id: m.ID, resp: resp})
+	}
+	return out
+}
+
+func hashKVOf(ctx context.Context, clientURL string, rev int64) (*pb.HashKVResponse, error) {
+	u, err := url.Parse(clientURL)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(u.Host, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return pb.NewMaintenanceClient(conn).HashKV(ctx, &pb.HashKVRequest{Revision: rev})
+}
+
+// checkInitialHashes compares this member's hash with its peers' at its
+// revision, before it serves: a member whose data was damaged while it was
+// down refuses to start, as etcd's does with --initial-corrupt-check.
+func (s *Server) checkInitialHashes() error {
+	rev := s.kv.Rev()
+	mine, err := s.kv.HashKV(rev)
+	if err != nil {
+		return fmt.Errorf("initial corruption check: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(s.stopCtx, 10*time.Second)
+	defer cancel()
+	for _, p := range s.peerHashes(ctx, rev) {
+		if p.resp.CompactRevision != mine.CompactRevision {
+			continue // different histories kept: not comparable
+		}
+		if p.resp.Hash != mine.Hash {
+			return fmt.Errorf("%w: at revision %d this member hashes %x, member %x hashes %x (compaction %d)",
+				ErrCorruptData, rev, mine.Hash, p.id, p.resp.Hash, mine.CompactRevision)
+		}
+	}
+	s.logger.Info("initial corruption check passed", "revision", rev, "hash", fmt.Sprintf("%x", mine.Hash))
+	return nil
+}
+
+// checkHashesPeriodically runs the leader's corruption checks until the
+// member stops.
+func (s *Server) checkHashesPeriodically() {
+	defer s.serveWG.Done()
+	cfg := s.cfg.CorruptCheck
+	var current, compacted <-chan time.Time
+	if cfg.Period > 0 {
+		t := time.NewTicker(cfg.Period)
+		defer t.Stop()
+		current = t.C
+	}
+	if cfg.CompactPeriod > 0 {
+		t := time.NewTicker(cfg.CompactPeriod)
+		defer t.Stop()
+		compacted = t.C
+	}
+	if current == nil && compacted == nil {
+		return
+	}
+	lastCompactChecked := int64(-1)
+	for {
+		select {
+		case <-s.stopCtx.Done():
+			return
+		case <-current:
+			if s.node.Leader() == s.memberID {
+				s.compareHashes(s.kv.Rev())
+			}
+		case <-compacted:
+			if c := s.kv.CompactRev(); c > 0 && c != lastCompactChecked && s.node.Leader() == s.memberID {
+				lastCompactChecked = c
+				s.compareHashes(c)
+			}
+		}
+	}
+}
+
+// compareHashes compares every member's hash at rev (those with the leader's
+// compaction revision), takes the hash most members share (the leader's on
+// a tie) for the right one, and raises CORRUPT for every member that hashes
+// otherwise.
+func (s *Server) compareHashes(rev int64) {
+	mine, err := s.kv.HashKV(rev)
+	if err != nil {
+		if !errors.Is(err, mvcc.ErrCompacted) {
+			s.logger.Warn("corruption check: hash", "revision", rev, "err", err)
+		}
+		return
+	}
+	ctx, cancel := context.WithTimeout(s.stopCtx, 10*time.Second)
+	defer cancel()
+	hashes := map[uint64]uint32{s.memberID: mine.Hash}
+	for _, p := range s.peerHashes(ctx, rev) {
+		if p.resp.CompactRevision == mine.CompactRevision {
+			hashes[p.id] = p.resp.Hash
+		}
+	}
+	votes := map[uint32]int{}
+	for _, h := range hashes {
+		votes[h]++
+	}
+	right := mine.Hash
+	for h, n := range votes {
+		if n > votes[right] {
+			right = h
+		}
+	}
+	for id, h := range hashes {
+		if h == right {
+			continue
+		}
+		s.logger.Error("corruption check: member's data differs", "member", fmt.Sprintf("%x", id), "revision", rev, "hash", fmt.Sprintf("%x", h), "others", fmt.Sprintf("%x", right))
+		req := &pb.AlarmRequest{Action: pb.AlarmRequest_ACTIVATE, MemberID: id, Alarm: pb.AlarmType_CORRUPT}
+		if _, err := s.Propose(ctx, &pb.InternalRaftRequest{Alarm: req}); err != nil {
+			s.logger.Warn("corruption check: could not raise CORRUPT", "member", fmt.Sprintf("%x", id), "err", err)
+		}
+	}
+}
