@@ -2,6 +2,7 @@ package compat
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
@@ -33,6 +35,7 @@ func TestEtcdctl(t *testing.T) {
 		{"member", "list", "-w", "json"},
 		{"member", "list", "-w", "table", "--consistency", "s"},
 		{"member", "list", "-w", "fields", "--hex"},
+		{"defrag"},
 	} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			ref := runEtcdctl(t, ctl, p.ref, args)
@@ -122,5 +125,69 @@ func TestEtcdctlSnapshotSave(t *testing.T) {
 		if !strings.Contains(string(out), "Snapshot saved at "+file) {
 			t.Errorf("etcdctl snapshot save against %s printed:\n%s", s.name, out)
 		}
+	}
+}
+
+// TestEtcdctlClusterHashKV runs etcdctl endpoint hashkv --cluster against a
+// three-member plinth after writes, deletes and a compaction: every member
+// answers, at the same revision, with the same hash.
+func TestEtcdctlClusterHashKV(t *testing.T) {
+	ctl := buildEtcdctl(t)
+	p := startPair(t, threeMembers)
+	ctx := context.Background()
+	var last int64
+	for i := range 50 {
+		resp, err := p.tgt.kv.Put(ctx, &pb.PutRequest{Key: []byte(fmt.Sprintf("k%02d", i%20)), Value: []byte(fmt.Sprint(i))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = resp.Header.Revision
+	}
+	if _, err := p.tgt.kv.DeleteRange(ctx, &pb.DeleteRangeRequest{Key: []byte("k1"), RangeEnd: []byte("k2")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.tgt.kv.Compact(ctx, &pb.CompactionRequest{Revision: last - 10, Physical: true}); err != nil {
+		t.Fatal(err)
+	}
+	var answers []struct {
+		Endpoint string `json:"Endpoint"`
+		HashKV   struct {
+			Hash            uint32 `json:"hash"`
+			CompactRevision int64  `json:"compact_revision"`
+			HashRevision    int64  `json:"hash_revision"`
+		} `json:"HashKV"`
+	}
+	// The members apply the compaction one after another: ask until
+	// they all report it.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := exec.Command(ctl, "--endpoints", p.tgt.addr, "endpoint", "hashkv", "--cluster", "--rev", fmt.Sprint(last), "-w", "json").Output()
+		if err != nil {
+			t.Fatalf("etcdctl endpoint hashkv --cluster: %v\n%s", err, out)
+		}
+		if err := json.Unmarshal(out, &answers); err != nil {
+			t.Fatalf("etcdctl endpoint hashkv -w json: %v in %s", err, out)
+		}
+		compacted := 0
+		for _, a := range answers {
+			if a.HashKV.CompactRevision == last-10 {
+				compacted++
+			}
+		}
+		if compacted == len(answers) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(answers) != 3 {
+		t.Fatalf("%d members answered, want 3: %+v", len(answers), answers)
+	}
+	for _, a := range answers {
+		if a.HashKV != answers[0].HashKV {
+			t.Fatalf("members disagree: %+v", answers)
+		}
+	}
+	if answers[0].HashKV.HashRevision != last || answers[0].HashKV.CompactRevision != last-10 {
+		t.Fatalf("hashed revision %d with compaction %d, want %d and %d", answers[0].HashKV.HashRevision, answers[0].HashKV.CompactRevision, last, last-10)
 	}
 }
