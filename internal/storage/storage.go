@@ -18,6 +18,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/sstable"
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // Key space prefixes. Every Pebble key starts with exactly one of these bytes,
@@ -77,7 +78,15 @@ const (
 // newest version would read and decompress blocks from disk. pacer, when not
 // nil, spaces the WAL's syncs (see SyncPacer).
 func Open(dir string, logger *slog.Logger, pacer *SyncPacer) (*pebble.DB, error) {
+	return OpenFS(vfs.Default, dir, logger, pacer)
+}
+
+// OpenFS is Open on the file system fs: the operating system's (vfs.Default)
+// in production; tests run members over an in-memory file system that loses
+// what was not synced, or one that injects I/O errors.
+func OpenFS(fs vfs.FS, dir string, logger *slog.Logger, pacer *SyncPacer) (*pebble.DB, error) {
 	opts := tunedOptions()
+	opts.FS = fs
 	opts.Logger = pebbleLogger{logger}
 	opts.Cache = pebble.NewCache(blockCacheSize)
 	if pacer != nil {
