@@ -517,6 +517,7 @@ func TestPowerLossSingleMember(t *testing.T) {
 	c := newPowerCluster(t, 1, "power-single")
 	c.start(0)
 	rounds := newPowerlossRounds(5)
+	recoveryCuts := 0
 	for round := 0; rounds.next(); round++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		loadCtx, stopLoad := context.WithCancel(ctx)
@@ -526,6 +527,14 @@ func TestPowerLossSingleMember(t *testing.T) {
 		stopLoad()
 		wg.Wait()
 		c.start(0)
+		if round%2 == 1 {
+			// The power goes again while the member replays the
+			// entries it had not applied (applying does not sync).
+			time.Sleep(time.Duration(c.intn(30)) * time.Millisecond)
+			c.cut(0)
+			c.start(0)
+			recoveryCuts++
+		}
 		c.check(ctx, 0, acked, compacted)
 		cancel()
 	}
@@ -533,7 +542,7 @@ func TestPowerLossSingleMember(t *testing.T) {
 	if len(acked) == 0 {
 		t.Fatalf("no write was acknowledged: the test checked nothing")
 	}
-	t.Logf("%d power losses, %d acknowledged writes checked", rounds.done-1, len(acked))
+	t.Logf("%d power losses under load, %d more during recovery, %d acknowledged writes checked", rounds.done-1, recoveryCuts, len(acked))
 }
 
 // moveLeaders hands leadership to another member now and then, until ctx
@@ -657,4 +666,85 @@ func TestPowerLossThreeMembers(t *testing.T) {
 		t.Fatalf("no write was acknowledged: the test checked nothing")
 	}
 	t.Logf("%d rounds of power loss, %d acknowledged writes checked", rounds.done-1, len(acked))
+}
+
+// A member that was down while the log moved on is brought up by a Raft
+// snapshot, and the power goes while it receives or installs it, or soon
+// after: it reopens, catches up, and holds what the others hold.
+func TestPowerLossDuringSnapshotInstall(t *testing.T) {
+	c := newPowerCluster(t, 3, "power-snapshot")
+	for i := range 3 {
+		c.members[i].cfg.SnapshotCount = 20
+		c.start(i)
+	}
+	rounds := newPowerlossRounds(3)
+	installsBeforeCut := 0
+	for round := 0; rounds.next(); round++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		lead := c.leader(ctx)
+		down := (lead + 1 + c.intn(2)) % 3
+		c.cut(down)
+		// The others move the log on past what they keep for it.
+		loadCtx, stopLoad := context.WithCancel(ctx)
+		wg := c.load(loadCtx, round, 8)
+		from := c.members[lead].run.Load().srv.node.AppliedIndex()
+		waitFor(ctx, t, func() bool {
+			r := c.members[lead].run.Load()
+			return r != nil && r.srv.node.AppliedIndex() > from+60
+		})
+		c.start(down)
+		node := c.members[down].run.Load().srv.node
+		if round%2 == 0 {
+			// Anywhere: receiving, installing, or catching up after.
+			time.Sleep(time.Duration(c.intn(300)) * time.Millisecond)
+		} else {
+			// Right after the install.
+			waitFor(ctx, t, func() bool { return node.SnapshotsInstalled() > 0 })
+		}
+		if node.SnapshotsInstalled() > 0 {
+			installsBeforeCut++
+		}
+		c.cut(down)
+		c.start(down)
+		stopLoad()
+		wg.Wait()
+		acked, compacted := c.hist.certain()
+		for i := range 3 {
+			c.check(ctx, i, acked, compacted)
+		}
+		c.checkSame(ctx)
+		cancel()
+	}
+	t.Logf("%d rounds; in %d the power went after the snapshot was installed, in the others before or during", rounds.done-1, installsBeforeCut)
+}
+
+// leader waits until the running members agree on a leader and returns its
+// index.
+func (c *powerCluster) leader(ctx context.Context) int {
+	c.t.Helper()
+	for {
+		lead, agreed := uint64(0), true
+		for _, m := range c.members {
+			r := m.run.Load()
+			if r == nil || r.off.Load() {
+				continue
+			}
+			l := r.srv.node.Leader()
+			if l == 0 || (lead != 0 && l != lead) {
+				agreed = false
+			}
+			lead = l
+		}
+		if agreed && lead != 0 {
+			for i, m := range c.members {
+				if m.id == lead {
+					return i
+				}
+			}
+		}
+		if ctx.Err() != nil {
+			c.t.Fatalf("no agreed leader among the running members")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

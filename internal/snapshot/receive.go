@@ -107,10 +107,13 @@ func copyHoldingTrailer(w io.Writer, crc io.Writer, r io.Reader) (n uint64, trai
 		m, rerr := r.Read(buf[held:])
 		held += m
 		if out := held - trailerSize; out > 0 {
+			// The checksum first: a file may scribble over what it
+			// was given to write (Pebble's in-memory files do, under
+			// its invariant checks).
+			_, _ = crc.Write(buf[:out])
 			if _, err := w.Write(buf[:out]); err != nil {
 				return 0, nil, fmt.Errorf("snapshot: write image file: %w", err)
 			}
-			_, _ = crc.Write(buf[:out])
 			n += uint64(out)
 			held = copy(buf, buf[out:held])
 		}
