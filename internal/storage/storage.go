@@ -176,6 +176,12 @@ func (p pebbleLogger) Errorf(format string, args ...any) {
 	p.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
 }
 
+// Fatalf is how Pebble reports what it cannot go on after, a failed write
+// or fsync of its WAL or MANIFEST among them. It must not return: Pebble
+// would carry on as if the commit had succeeded, and the raft loop would
+// count unsynced entries as persisted. The process stops here, so that a
+// failed fsync is never retried and nothing it covered is acknowledged; on
+// restart Pebble recovers what was synced.
 func (p pebbleLogger) Fatalf(format string, args ...any) {
 	p.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
 	panic(fmt.Sprintf(format, args...))
