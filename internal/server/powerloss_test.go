@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	raftpb "go.etcd.io/raft/v3/raftpb"
@@ -167,6 +168,25 @@ type powerMember struct {
 	termAtCut uint64
 	// hardState is the synced hard state the member reopened with last.
 	hardState *raftpb.HardState
+	// frozen, while set, holds back every sync of the member's disk:
+	// from the moment the power goes until its disk was copied, nothing
+	// more becomes durable.
+	frozen atomic.Pointer[chan struct{}]
+}
+
+// fs is the member's file system for a run: its disk, with the syncs slowed
+// (see slowSyncs) and frozen when the power goes.
+func (m *powerMember) fs() vfs.FS {
+	return errorfs.Wrap(m.disk, errorfs.InjectorFunc(func(op errorfs.Op) error {
+		switch op.Kind {
+		case errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo:
+			slowSync()
+			if ch := m.frozen.Load(); ch != nil {
+				<-*ch
+			}
+		}
+		return nil
+	}))
 }
 
 // memberRun is one process of a member, from its start to its power loss.
@@ -251,7 +271,7 @@ func (c *powerCluster) start(i int) {
 	c.t.Helper()
 	m := c.members[i]
 	cfg := m.cfg
-	cfg.FS = m.disk
+	cfg.FS = m.fs()
 	srv, err := New(cfg)
 	if err != nil {
 		c.t.Fatalf("member %d: reopen after power loss: %v", i, err)
@@ -279,6 +299,11 @@ func (c *powerCluster) start(i int) {
 	r.kv = pb.NewKVClient(r.conn)
 	m.run.Store(r)
 }
+
+// slowSync makes each fsync take up to 3ms, as a disk's do: an in-memory
+// sync is instant, and a member that answered before its sync finished
+// would get away with it.
+func slowSync() { time.Sleep(time.Duration(rand.IntN(3000)) * time.Microsecond) }
 
 func mustLogStore(t *testing.T, s *Server) *storage.LogStore {
 	t.Helper()
@@ -328,7 +353,9 @@ func (m *powerMember) stop() {
 // from the network, then each disk becomes what had been synced. It returns
 // what had been acknowledged before: all of it must survive.
 func (c *powerCluster) cut(which ...int) (acked []ackedWrite, compacted int64) {
+	thaw := make(chan struct{})
 	for _, i := range which {
+		c.members[i].frozen.Store(&thaw)
 		c.members[i].run.Load().off.Store(true)
 	}
 	for _, i := range which {
@@ -348,6 +375,11 @@ func (c *powerCluster) cut(which ...int) (acked []ackedWrite, compacted int64) {
 		}
 		m.disk = m.disk.CrashClone(cfg)
 	}
+	// The old processes' syncs go on, on disks that no longer count.
+	for _, i := range which {
+		c.members[i].frozen.Store(nil)
+	}
+	close(thaw)
 	for _, i := range which {
 		c.members[i].stop()
 	}
