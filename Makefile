@@ -12,7 +12,7 @@ BIN     ?= bin
 # testdata/fuzz/.
 FUZZ_EXECS ?= 250000
 
-.PHONY: build test test-unit test-compat test-bench test-faults test-crash fuzz bench vet clean
+.PHONY: build test test-unit test-compat test-bench test-faults test-crash test-powerloss fuzz bench vet clean
 
 build:
 	$(GO) build -o $(BIN)/plinth ./cmd/plinth
@@ -58,6 +58,15 @@ test-faults:
 CRASH_DURATION ?= 5m
 test-crash:
 	$(GO) test -race -count=1 -timeout 0 -v ./test/crash -crash.duration=$(CRASH_DURATION) $(CRASHFLAGS)
+
+# The power loss tests for longer: members over an in-memory file system that
+# loses every write not covered by a sync, the power cut at random points
+# under load, each test for POWERLOSS_DURATION (`make test` runs a few cuts
+# of each), then the disk fault tests. POWERLOSSFLAGS passes more flags (e.g.
+# -powerloss.seed=N to rerun a failure's choices).
+POWERLOSS_DURATION ?= 5m
+test-powerloss:
+	$(GO) test -race -count=1 -timeout 120m -v ./internal/server -run 'TestPowerLoss|TestDiskFaults' -powerloss.duration=$(POWERLOSS_DURATION) $(POWERLOSSFLAGS)
 
 # Longer fuzzing of every fuzz target (FUZZ_EXECS, above).
 fuzz:

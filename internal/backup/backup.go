@@ -175,9 +175,14 @@ type countingWriter struct {
 	n   int64
 }
 
+// Write hashes p before passing it on: a writer may scribble over the slice
+// it is given (Pebble's vfs files may).
 func (c *countingWriter) Write(p []byte) (int, error) {
+	c.sum.Write(p)
 	n, err := c.w.Write(p)
-	c.sum.Write(p[:n])
 	c.n += int64(n)
+	if err == nil && n < len(p) {
+		err = io.ErrShortWrite
+	}
 	return n, err
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	raftpb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 
@@ -85,15 +86,15 @@ func build(path, dir string, info Info, id Identity, logger *slog.Logger) (err e
 		}
 	}()
 	// The image checks its own framing and CRC as it is received.
-	img, err := snapshot.Receive(io.LimitReader(f, info.ImageSize), filepath.Join(dir, "snap"))
+	img, err := snapshot.Receive(vfs.Default, io.LimitReader(f, info.ImageSize), filepath.Join(dir, "snap"))
 	if err != nil {
 		return fmt.Errorf("backup: %s: %w", path, err)
 	}
 	if err := snapshot.Install(db, img); err != nil {
-		_ = snapshot.Remove(img)
+		_ = snapshot.Remove(vfs.Default, img)
 		return fmt.Errorf("backup: %w", err)
 	}
-	if err := snapshot.Remove(img); err != nil {
+	if err := snapshot.Remove(vfs.Default, img); err != nil {
 		return err
 	}
 	return rewriteIdentity(db, img.Index, img.Term, id)

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"go.etcd.io/raft/v3"
 	raftpb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
@@ -87,8 +88,10 @@ type Config struct {
 	// (ErrProposalExpired); 0 means 5s.
 	ReadTimeout time.Duration
 	// SnapshotDir is where snapshots received from the leader are stored
-	// until they are installed; "" for a member that takes none.
+	// until they are installed; "" for a member that takes none. It is on
+	// FS, the database's file system (nil: the operating system's).
 	SnapshotDir string
+	FS          vfs.FS
 	Applied     uint64 // index of the last entry the state machine holds
 	// LogRetention is how many applied entries the log keeps for followers
 	// that fall behind; the log is truncated behind it every LogRetention
@@ -262,6 +265,9 @@ func New(cfg Config, db *pebble.DB, log *storage.LogStore, sm StateMachine) (*No
 	}
 	if cfg.ReadTimeout == 0 {
 		cfg.ReadTimeout = 5 * time.Second
+	}
+	if cfg.FS == nil {
+		cfg.FS = vfs.Default
 	}
 	n := &Node{
 		cfg: cfg, db: db, log: log, sm: sm, rn: rn,
@@ -450,7 +456,7 @@ func (n *Node) raftLoop() {
 		}
 		// A snapshot Raft did not take (it was stale) is not needed.
 		for _, path := range n.steppedImages {
-			_ = snapshot.Remove(snapshot.Image{Path: path})
+			_ = snapshot.Remove(n.cfg.FS, snapshot.Image{Path: path})
 		}
 		n.steppedImages = n.steppedImages[:0]
 		if applied := n.appliedIdx.Load(); applied >= n.truncatedTo+2*n.cfg.LogRetention {

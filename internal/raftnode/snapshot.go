@@ -143,18 +143,18 @@ func (n *Node) ReceiveSnapshot(r io.Reader, m *raftpb.Message) error {
 	if n.cfg.SnapshotDir == "" {
 		return fmt.Errorf("raftnode: this member takes no snapshots")
 	}
-	img, err := snapshot.Receive(r, n.cfg.SnapshotDir)
+	img, err := snapshot.Receive(n.cfg.FS, r, n.cfg.SnapshotDir)
 	if err != nil {
 		return err
 	}
 	md := m.GetSnapshot().GetMetadata()
 	if img.Index != md.GetIndex() || img.Term != md.GetTerm() {
-		_ = snapshot.Remove(img)
+		_ = snapshot.Remove(n.cfg.FS, img)
 		return fmt.Errorf("raftnode: snapshot image is of entry %d term %d, the message announced %d term %d", img.Index, img.Term, md.GetIndex(), md.GetTerm())
 	}
 	m.Snapshot.Data = []byte(img.Path)
 	if !n.recvQueue.push(m) {
-		_ = snapshot.Remove(img)
+		_ = snapshot.Remove(n.cfg.FS, img)
 		return fmt.Errorf("raftnode: receive queue full; snapshot %d dropped", img.Index)
 	}
 	n.cfg.Logger.Info("received a snapshot", "index", img.Index, "term", img.Term, "from", fmt.Sprintf("%x", m.GetFrom()))

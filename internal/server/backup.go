@@ -3,9 +3,10 @@ package server
 import (
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
+	"strings"
 	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/plinthdb/plinth/internal/backup"
 )
@@ -40,45 +41,63 @@ func (s *Server) Backup() (io.ReadCloser, int64, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	f, err := os.CreateTemp(s.cfg.DataDir, "backup-*.tmp")
+	fsys := s.cfg.FS
+	path := fsys.PathJoin(s.cfg.DataDir, fmt.Sprintf("%s%d%s", backupFilePrefix, time.Now().UnixNano(), backupFileSuffix))
+	f, err := fsys.Create(path, vfs.WriteCategoryUnspecified)
 	if err != nil {
 		_ = snap.Close()
 		return nil, 0, fmt.Errorf("backup: %w", err)
 	}
-	tmp := &tempFile{File: f}
 	info, err := backup.Write(f, snap, index, term, time.Now())
 	_ = snap.Close()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	var r vfs.File
 	if err == nil {
-		_, err = f.Seek(0, io.SeekStart)
+		r, err = fsys.Open(path)
 	}
 	if err != nil {
-		_ = tmp.Close()
-		return nil, 0, err
+		_ = fsys.Remove(path)
+		return nil, 0, fmt.Errorf("backup: %w", err)
 	}
 	s.logger.Info("backup made", "revision", info.Revision, "index", index, "bytes", info.Size)
-	return tmp, info.Size, nil
+	return &tempFile{File: r, fs: fsys, path: path}, info.Size, nil
 }
 
+// Names of the backup files a member writes in its data dir while it streams
+// them.
+const (
+	backupFilePrefix = "backup-"
+	backupFileSuffix = ".tmp"
+)
+
 // tempFile is a file removed when closed.
-type tempFile struct{ *os.File }
+type tempFile struct {
+	vfs.File
+	fs   vfs.FS
+	path string
+}
 
 func (t *tempFile) Close() error {
 	err := t.File.Close()
-	if rerr := os.Remove(t.Name()); rerr != nil && err == nil {
+	if rerr := t.fs.Remove(t.path); rerr != nil && err == nil {
 		err = rerr
 	}
 	return err
 }
 
 // removeStaleBackups removes the backup files a crash left in dir.
-func removeStaleBackups(dir string) error {
-	stale, err := filepath.Glob(filepath.Join(dir, "backup-*.tmp"))
+func removeStaleBackups(fsys vfs.FS, dir string) error {
+	names, err := fsys.List(dir)
 	if err != nil {
-		return err
+		return fmt.Errorf("list %s: %w", dir, err)
 	}
-	for _, p := range stale {
-		if err := os.Remove(p); err != nil {
-			return fmt.Errorf("remove stale backup %s: %w", p, err)
+	for _, name := range names {
+		if strings.HasPrefix(name, backupFilePrefix) && strings.HasSuffix(name, backupFileSuffix) {
+			if err := fsys.Remove(fsys.PathJoin(dir, name)); err != nil {
+				return fmt.Errorf("remove stale backup %s: %w", name, err)
+			}
 		}
 	}
 	return nil

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // Config is a member's configuration, with etcd's meanings.
@@ -49,6 +51,10 @@ type Config struct {
 	// PeerBlocked injects network faults for tests: messages between two
 	// members it reports blocked are dropped (see transport.Config).
 	PeerBlocked func(from, to uint64) bool
+	// FS holds the member's data dir: nil for the operating system's file
+	// system. Tests give a file system that loses what was not synced
+	// (power loss) or fails operations (disk faults).
+	FS vfs.FS
 }
 
 // ParseURLs parses a comma-separated list of URLs as etcd's flags take them.

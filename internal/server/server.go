@@ -13,12 +13,12 @@ import (
 	"math"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	raftpb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
@@ -89,11 +89,14 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	logger := cfg.Logger
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+	if cfg.FS == nil {
+		cfg.FS = vfs.Default
+	}
+	if err := mkdirSynced(cfg.FS, cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
 	pacer := new(storage.SyncPacer)
-	db, err := storage.Open(storage.DatabaseDir(cfg.DataDir), logger, pacer)
+	db, err := storage.OpenFS(cfg.FS, storage.DatabaseDir(cfg.DataDir), logger, pacer)
 	if err != nil {
 		return nil, err
 	}
@@ -129,13 +132,13 @@ func (s *Server) open(pacer *storage.SyncPacer) error {
 	}
 	// Images received but not installed before a stop are of no use now.
 	snapDir := filepath.Join(s.cfg.DataDir, "snap")
-	if err := os.MkdirAll(snapDir, 0o700); err != nil {
+	if err := mkdirSynced(s.cfg.FS, snapDir); err != nil {
 		return fmt.Errorf("create snapshot dir: %w", err)
 	}
-	if err := snapshot.Cleanup(snapDir); err != nil {
+	if err := snapshot.Cleanup(s.cfg.FS, snapDir); err != nil {
 		return err
 	}
-	if err := removeStaleBackups(s.cfg.DataDir); err != nil {
+	if err := removeStaleBackups(s.cfg.FS, s.cfg.DataDir); err != nil {
 		return err
 	}
 	s.peers = transport.New(transport.Config{
@@ -159,6 +162,7 @@ func (s *Server) open(pacer *storage.SyncPacer) error {
 		OnConfChange:  s.confChanged,
 		ReadTimeout:   s.requestTimeout(),
 		SnapshotDir:   snapDir,
+		FS:            s.cfg.FS,
 		Applied:       s.applier.AppliedIndex(),
 		LogRetention:  s.cfg.SnapshotCount,
 		OnDropped:     s.proposalDropped,
@@ -166,6 +170,39 @@ func (s *Server) open(pacer *storage.SyncPacer) error {
 		SyncPacer:     pacer, // db's: the raft loop drives its syncs
 	}, s.db, logStore, stateMachine{s})
 	return err
+}
+
+// mkdirSynced creates dir and its missing parents, and syncs the directory
+// that holds each, so that a power loss does not take the new directory, and
+// what is later synced inside it, away.
+func mkdirSynced(fs vfs.FS, dir string) error {
+	var missing []string
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		if _, err := fs.Stat(d); err == nil {
+			break
+		}
+		missing = append(missing, d)
+		if filepath.Dir(d) == d {
+			break
+		}
+	}
+	if err := fs.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for _, d := range missing {
+		parent, err := fs.OpenDir(filepath.Dir(d))
+		if err != nil {
+			return err
+		}
+		err = parent.Sync()
+		if cerr := parent.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("sync %s: %w", filepath.Dir(d), err)
+		}
+	}
+	return nil
 }
 
 // streamWorkers is the size of the gRPC stream worker pool. Requests beyond it

@@ -2,28 +2,28 @@ package snapshot
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
 	"io/fs"
-	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/plinthdb/plinth/internal/storage"
 )
 
-// Receive reads an image streamed by Write from r into a new file in dir
-// (created if needed; it must be on the database's file system, so that
-// Install can link the file rather than copy it). The file and dir are
-// synced before Receive returns. A stream that is cut short or damaged, or is
+// Receive reads an image streamed by Write from r into a new file in dir on
+// the file system fs (dir is created if needed; it must be on the database's
+// file system, so that Install can link the file rather than copy it). The
+// file and dir are synced before Receive returns. A stream that is cut short or damaged, or is
 // not an image, fails with an error wrapping ErrCorrupt, and leaves no file
 // behind, nor does any other failure.
-func Receive(r io.Reader, dir string) (img Image, err error) {
+func Receive(fsys vfs.FS, r io.Reader, dir string) (img Image, err error) {
 	hdrBuf := make([]byte, headerSize)
 	if _, err := io.ReadFull(r, hdrBuf); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
@@ -43,18 +43,25 @@ func Receive(r io.Reader, dir string) (img Image, err error) {
 		return Image{}, fmt.Errorf("snapshot: image table format %d, this member writes and ingests up to %d", hdr.tableFormat, TableFormat)
 	}
 
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := fsys.MkdirAll(dir, 0o700); err != nil {
 		return Image{}, fmt.Errorf("snapshot: create %s: %w", dir, err)
 	}
-	f, err := os.CreateTemp(dir, fmt.Sprintf("%s%d-%d-*%s", filePrefix, hdr.index, hdr.term, partialSuffix))
+	// Two images of the same entry may arrive at once (a leader retries):
+	// a random part keeps their files apart.
+	var unique [8]byte
+	_, _ = rand.Read(unique[:])
+	tmp := fsys.PathJoin(dir, fmt.Sprintf("%s%d-%d-%x%s", filePrefix, hdr.index, hdr.term, unique, partialSuffix))
+	f, err := fsys.Create(tmp, "snapshot")
 	if err != nil {
 		return Image{}, fmt.Errorf("snapshot: create image file: %w", err)
 	}
-	tmp := f.Name()
+	closed := false
 	defer func() {
 		if err != nil {
-			_ = f.Close()
-			_ = os.Remove(tmp)
+			if !closed {
+				_ = f.Close()
+			}
+			_ = fsys.Remove(tmp)
 		}
 	}()
 
@@ -76,15 +83,16 @@ func Receive(r io.Reader, dir string) (img Image, err error) {
 	if err := f.Sync(); err != nil {
 		return Image{}, fmt.Errorf("snapshot: sync %s: %w", tmp, err)
 	}
+	closed = true
 	if err := f.Close(); err != nil {
 		return Image{}, fmt.Errorf("snapshot: close %s: %w", tmp, err)
 	}
 	path := strings.TrimSuffix(tmp, partialSuffix) + fileSuffix
-	if err := os.Rename(tmp, path); err != nil {
+	if err := fsys.Rename(tmp, path); err != nil {
 		return Image{}, fmt.Errorf("snapshot: rename %s: %w", tmp, err)
 	}
-	if err := syncDir(dir); err != nil {
-		_ = os.Remove(path)
+	if err := syncDir(fsys, dir); err != nil {
+		_ = fsys.Remove(path)
 		return Image{}, err
 	}
 	return Image{Path: path, Index: hdr.index, Term: hdr.term}, nil
@@ -99,10 +107,13 @@ func copyHoldingTrailer(w io.Writer, crc io.Writer, r io.Reader) (n uint64, trai
 		m, rerr := r.Read(buf[held:])
 		held += m
 		if out := held - trailerSize; out > 0 {
+			// The checksum first: a file may scribble over what it
+			// was given to write (Pebble's in-memory files do, under
+			// its invariant checks).
+			_, _ = crc.Write(buf[:out])
 			if _, err := w.Write(buf[:out]); err != nil {
 				return 0, nil, fmt.Errorf("snapshot: write image file: %w", err)
 			}
-			_, _ = crc.Write(buf[:out])
 			n += uint64(out)
 			held = copy(buf, buf[out:held])
 		}
@@ -119,8 +130,8 @@ func copyHoldingTrailer(w io.Writer, crc io.Writer, r io.Reader) (n uint64, trai
 	return n, buf[:trailerSize], nil
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
+func syncDir(fsys vfs.FS, dir string) error {
+	d, err := fsys.OpenDir(dir)
 	if err != nil {
 		return fmt.Errorf("snapshot: open %s: %w", dir, err)
 	}
@@ -165,9 +176,9 @@ func Install(db *pebble.DB, img Image) error {
 	return nil
 }
 
-// Remove discards an image that will not be installed.
-func Remove(img Image) error {
-	if err := os.Remove(img.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+// Remove discards an image on fs that will not be installed.
+func Remove(fsys vfs.FS, img Image) error {
+	if err := fsys.Remove(img.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("snapshot: remove %s: %w", img.Path, err)
 	}
 	return nil
@@ -176,8 +187,8 @@ func Remove(img Image) error {
 // Cleanup removes every image file in dir, complete or partial: those a
 // crash left behind. Call it on startup, before receiving. A missing dir is
 // fine.
-func Cleanup(dir string) error {
-	ents, err := os.ReadDir(dir)
+func Cleanup(fsys vfs.FS, dir string) error {
+	names, err := fsys.List(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -185,13 +196,15 @@ func Cleanup(dir string) error {
 		return fmt.Errorf("snapshot: list %s: %w", dir, err)
 	}
 	var errs []error
-	for _, e := range ents {
-		name := e.Name()
-		if e.IsDir() || !strings.HasPrefix(name, filePrefix) ||
+	for _, name := range names {
+		if !strings.HasPrefix(name, filePrefix) ||
 			!(strings.HasSuffix(name, fileSuffix) || strings.HasSuffix(name, partialSuffix)) {
 			continue
 		}
-		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if st, err := fsys.Stat(fsys.PathJoin(dir, name)); err == nil && st.IsDir() {
+			continue
+		}
+		if err := fsys.Remove(fsys.PathJoin(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("snapshot: remove %s: %w", name, err))
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	raftpb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
@@ -44,7 +45,7 @@ func send(t *testing.T, a *member, dir string) (sent, snapshot.Image) {
 	s := sent{index: index, term: term, stateMachine: stateMachine(t, snap), rev: a.kv.Rev(), compactRev: a.kv.CompactRev()}
 	pr, pw := io.Pipe()
 	go func() { _ = pw.CloseWithError(snapshot.Write(pw, snap, index, term)) }()
-	img, err := snapshot.Receive(pr, dir)
+	img, err := snapshot.Receive(vfs.Default, pr, dir)
 	if err != nil {
 		t.Fatalf("receive: %v", err)
 	}
@@ -299,7 +300,7 @@ func TestReceiveRejectsDamagedStreams(t *testing.T) {
 	const header, trailer = 32, 16
 	for _, cut := range []int{0, 1, 8, header - 1, header, header + 1, n / 2, n - trailer - 1, n - trailer, n - trailer + 1, n - 1} {
 		dir := filepath.Join(t.TempDir(), "snap")
-		_, err := snapshot.Receive(bytes.NewReader(stream[:cut]), dir)
+		_, err := snapshot.Receive(vfs.Default, bytes.NewReader(stream[:cut]), dir)
 		if !errors.Is(err, snapshot.ErrCorrupt) {
 			t.Errorf("stream cut at %d of %d: error %v, want ErrCorrupt", cut, n, err)
 		}
@@ -309,7 +310,7 @@ func TestReceiveRejectsDamagedStreams(t *testing.T) {
 		damaged := bytes.Clone(stream)
 		damaged[pos] ^= 0x40
 		dir := t.TempDir()
-		_, err := snapshot.Receive(bytes.NewReader(damaged), dir)
+		_, err := snapshot.Receive(vfs.Default, bytes.NewReader(damaged), dir)
 		if !errors.Is(err, snapshot.ErrCorrupt) {
 			t.Errorf("byte %d of %d flipped: error %v, want ErrCorrupt", pos, n, err)
 		}
@@ -319,26 +320,26 @@ func TestReceiveRejectsDamagedStreams(t *testing.T) {
 		damaged := bytes.Clone(stream)
 		damaged[pos] ^= 0x40
 		dir := t.TempDir()
-		if _, err := snapshot.Receive(bytes.NewReader(damaged), dir); err == nil {
+		if _, err := snapshot.Receive(vfs.Default, bytes.NewReader(damaged), dir); err == nil {
 			t.Errorf("byte %d of %d flipped: no error", pos, n)
 		}
 		checkEmptyDir(t, dir)
 	}
 	dir := t.TempDir()
-	if _, err := snapshot.Receive(bytes.NewReader(append(bytes.Clone(stream), 0)), dir); !errors.Is(err, snapshot.ErrCorrupt) {
+	if _, err := snapshot.Receive(vfs.Default, bytes.NewReader(append(bytes.Clone(stream), 0)), dir); !errors.Is(err, snapshot.ErrCorrupt) {
 		t.Errorf("stream with a byte appended: error %v, want ErrCorrupt", err)
 	}
 	checkEmptyDir(t, dir)
 
 	broken := errors.New("connection reset")
 	dir = t.TempDir()
-	if _, err := snapshot.Receive(io.MultiReader(bytes.NewReader(stream[:n/2]), errReader{broken}), dir); !errors.Is(err, broken) {
+	if _, err := snapshot.Receive(vfs.Default, io.MultiReader(bytes.NewReader(stream[:n/2]), errReader{broken}), dir); !errors.Is(err, broken) {
 		t.Errorf("stream failing midway: error %v, want %v", err, broken)
 	}
 	checkEmptyDir(t, dir)
 
 	dir = t.TempDir()
-	img, err := snapshot.Receive(bytes.NewReader(stream), dir)
+	img, err := snapshot.Receive(vfs.Default, bytes.NewReader(stream), dir)
 	if err != nil || img.Index != 9 || img.Term != 2 {
 		t.Fatalf("intact stream: %+v, %v", img, err)
 	}
@@ -351,7 +352,7 @@ func (r errReader) Read([]byte) (int, error) { return 0, r.err }
 func TestCleanupRemovesLeftoverImages(t *testing.T) {
 	stream := validStream(t)
 	dir := t.TempDir()
-	img, err := snapshot.Receive(bytes.NewReader(stream), dir)
+	img, err := snapshot.Receive(vfs.Default, bytes.NewReader(stream), dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -362,7 +363,7 @@ func TestCleanupRemovesLeftoverImages(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := snapshot.Cleanup(dir); err != nil {
+	if err := snapshot.Cleanup(vfs.Default, dir); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []string{img.Path, partial} {
@@ -373,10 +374,10 @@ func TestCleanupRemovesLeftoverImages(t *testing.T) {
 	if _, err := os.Stat(other); err != nil {
 		t.Errorf("cleanup removed a file that is not an image: %v", err)
 	}
-	if err := snapshot.Cleanup(filepath.Join(dir, "missing")); err != nil {
+	if err := snapshot.Cleanup(vfs.Default, filepath.Join(dir, "missing")); err != nil {
 		t.Errorf("cleanup of a missing dir: %v", err)
 	}
-	if err := snapshot.Remove(img); err != nil {
+	if err := snapshot.Remove(vfs.Default, img); err != nil {
 		t.Errorf("remove of a removed image: %v", err)
 	}
 }
@@ -390,7 +391,7 @@ func FuzzReceive(f *testing.F) {
 	f.Add([]byte("PLNTSNAP"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		dir := t.TempDir()
-		img, err := snapshot.Receive(bytes.NewReader(data), dir)
+		img, err := snapshot.Receive(vfs.Default, bytes.NewReader(data), dir)
 		if err != nil {
 			checkEmptyDir(t, dir)
 			return
@@ -416,7 +417,7 @@ func TestTableFormatIngestsAtEveryFormatVersion(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		img, err := snapshot.Receive(bytes.NewReader(stream), t.TempDir())
+		img, err := snapshot.Receive(vfs.Default, bytes.NewReader(stream), t.TempDir())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/sstable"
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // Key space prefixes. Every Pebble key starts with exactly one of these bytes,
@@ -82,7 +83,15 @@ const (
 // newest version would read and decompress blocks from disk. pacer, when not
 // nil, spaces the WAL's syncs (see SyncPacer).
 func Open(dir string, logger *slog.Logger, pacer *SyncPacer) (*pebble.DB, error) {
+	return OpenFS(vfs.Default, dir, logger, pacer)
+}
+
+// OpenFS is Open on the file system fs: the operating system's (vfs.Default)
+// in production; tests run members over an in-memory file system that loses
+// what was not synced, or one that injects I/O errors.
+func OpenFS(fs vfs.FS, dir string, logger *slog.Logger, pacer *SyncPacer) (*pebble.DB, error) {
 	opts := tunedOptions()
+	opts.FS = fs
 	opts.Logger = pebbleLogger{logger}
 	opts.Cache = pebble.NewCache(blockCacheSize)
 	if pacer != nil {
@@ -172,6 +181,12 @@ func (p pebbleLogger) Errorf(format string, args ...any) {
 	p.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
 }
 
+// Fatalf is how Pebble reports what it cannot go on after, a failed write
+// or fsync of its WAL or MANIFEST among them. It must not return: Pebble
+// would carry on as if the commit had succeeded, and the raft loop would
+// count unsynced entries as persisted. The process stops here, so that a
+// failed fsync is never retried and nothing it covered is acknowledged; on
+// restart Pebble recovers what was synced.
 func (p pebbleLogger) Fatalf(format string, args ...any) {
 	p.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
 	panic(fmt.Sprintf(format, args...))
