@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -21,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/plinthdb/plinth/internal/entry"
+	"github.com/plinthdb/plinth/internal/lease"
 	"github.com/plinthdb/plinth/internal/mvcc"
 	"github.com/plinthdb/plinth/internal/storage"
 )
@@ -44,6 +46,7 @@ type Result struct {
 type Applier struct {
 	db      *pebble.DB
 	kv      *mvcc.Store
+	leases  *lease.Table
 	logger  *slog.Logger
 	applied uint64
 	// req is reused to decode each entry into: nothing an entry's answer
@@ -51,13 +54,19 @@ type Applier struct {
 	req pb.InternalRaftRequest
 }
 
-// New returns an Applier that resumes after the applied index stored in db.
+// New returns an Applier that resumes after the applied index stored in db,
+// with the lease table stored there. The lease table's deadlines run on the
+// clock (see package lease); what apply writes never depends on it.
 func New(db *pebble.DB, kv *mvcc.Store, logger *slog.Logger) (*Applier, error) {
 	applied, err := storage.GetMetaUint64(db, storage.MetaAppliedIndex)
 	if err != nil {
 		return nil, err
 	}
-	return &Applier{db: db, kv: kv, logger: logger, applied: applied}, nil
+	leases, err := lease.Open(db, time.Now)
+	if err != nil {
+		return nil, err
+	}
+	return &Applier{db: db, kv: kv, leases: leases, logger: logger, applied: applied}, nil
 }
 
 // AppliedIndex returns the index of the last applied entry.
@@ -77,20 +86,17 @@ func (a *Applier) Restore(install func() error) error {
 	return err
 }
 
-// Reload reloads the applied index from the database, after its contents
-// were replaced underneath the Applier. Restore is the whole sequence.
+// Reload reloads the applied index and the lease table from the database,
+// after its contents were replaced underneath the Applier. Restore is the
+// whole sequence.
 func (a *Applier) Reload() error {
 	applied, err := storage.GetMetaUint64(a.db, storage.MetaAppliedIndex)
 	if err != nil {
 		return fmt.Errorf("apply: reload applied index: %w", err)
 	}
 	a.applied = applied
-	return nil
+	return a.leases.Reload()
 }
-
-// noLeases answers for the lease table until leases exist: no lease is live,
-// so a put that names one fails as etcd's does with an unknown lease.
-func noLeases(int64) bool { return false }
 
 // Apply applies ents in order and commits their effects, the applied index and
 // cs (when not nil, the configuration after them) in one batch. Entries at or
@@ -99,6 +105,7 @@ func noLeases(int64) bool { return false }
 // member must stop.
 func (a *Applier) Apply(ents []*raftpb.Entry, cs *raftpb.ConfState) ([]Result, error) {
 	b := a.kv.NewBatch()
+	a.indexLeases(b)
 	results := make([]Result, 0, len(ents))
 	last := a.applied
 	for _, e := range ents {
@@ -164,11 +171,11 @@ func (a *Applier) applyRequest(b *mvcc.Batch, e *raftpb.Entry) (Result, error) {
 	var err error
 	switch {
 	case req.Put != nil:
-		res.Resp, err = b.Put(req.Put, noLeases)
+		res.Resp, err = b.Put(req.Put, a.leases.Exists)
 	case req.DeleteRange != nil:
 		res.Resp, err = b.DeleteRange(req.DeleteRange)
 	case req.Txn != nil:
-		res.Resp, err = b.Txn(req.Txn, noLeases)
+		res.Resp, err = b.Txn(req.Txn, a.leases.Exists)
 	case req.Range != nil:
 		res.Resp, err = b.Range(req.Range)
 	case req.Compaction != nil:
@@ -177,6 +184,13 @@ func (a *Applier) applyRequest(b *mvcc.Batch, e *raftpb.Entry) (Result, error) {
 		if err == nil && req.Compaction.Physical {
 			res.Done = done
 		}
+	case req.LeaseGrant != nil:
+		res.Resp, err = a.grantLease(b, req.LeaseGrant)
+	case req.LeaseRevoke != nil:
+		res.Resp, err = a.revokeLease(b, req.LeaseRevoke.ID)
+	case req.LeaseCheckpoint != nil:
+		err = a.leases.Checkpoint(b.Writer(), req.LeaseCheckpoint.Checkpoints, e.GetTerm())
+		res.Resp = &pb.LeaseCheckpointResponse{Header: &pb.ResponseHeader{}}
 	case req.ClusterMemberAttrSet != nil:
 		err = setMemberAttributes(b.Writer(), req.ClusterMemberAttrSet)
 		res.Resp = &pb.MemberUpdateResponse{}
@@ -198,7 +212,8 @@ func (a *Applier) applyRequest(b *mvcc.Batch, e *raftpb.Entry) (Result, error) {
 // isRequestError tells the errors that are a request's answer, and leave the
 // state untouched, from failures to read or write the state.
 func isRequestError(err error) bool {
-	for _, re := range []error{mvcc.ErrCompacted, mvcc.ErrFutureRev, mvcc.ErrKeyNotFound, mvcc.ErrLeaseNotFound} {
+	for _, re := range []error{mvcc.ErrCompacted, mvcc.ErrFutureRev, mvcc.ErrKeyNotFound, mvcc.ErrLeaseNotFound,
+		lease.ErrNotFound, lease.ErrExists, lease.ErrTTLTooLarge} {
 		if errors.Is(err, re) {
 			return true
 		}

@@ -39,6 +39,8 @@ var (
 		PrefixSpan(PrefixMembers),
 		PrefixSpan(PrefixLatest),
 		PrefixSpan(PrefixHistory),
+		PrefixSpan(PrefixLeases),
+		PrefixSpan(PrefixLeaseKeys),
 	}
 	// StateMachineMeta are the meta values of the state machine.
 	StateMachineMeta = []string{
