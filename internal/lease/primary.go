@@ -12,13 +12,17 @@ import (
 
 // Promote makes this member the primary for term. Each deadline, carried
 // over from what this member applied, is extended by extend (at most the
-// election timeout): the time no leader could take keep-alives in.
+// election timeout): the time no leader could take keep-alives in. A lease
+// expired already stays expired.
 func (t *Table) Promote(term uint64, extend time.Duration) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.primary, t.primaryTerm = true, term
+	now := t.now()
 	for _, l := range t.leases {
-		l.deadline = l.deadline.Add(extend)
+		if l.deadline.After(now) {
+			l.deadline = l.deadline.Add(extend)
+		}
 		l.revoking = time.Time{}
 		l.renewed = true // the extension is for the followers to learn
 	}

@@ -69,6 +69,9 @@ type Server struct {
 	// refuses a change while another is pending. Held while one is
 	// proposed and applied.
 	confMu sync.Mutex
+	// leaseMu serializes promotions and demotions of the lease table.
+	leaseMu   sync.Mutex
+	forwarder *leaseForwarder
 
 	serveWG  sync.WaitGroup
 	stopOnce sync.Once
@@ -99,6 +102,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, logger: logger, db: db, failedC: make(chan struct{})}
 	s.stopCtx, s.cancelStop = context.WithCancel(context.Background())
 	s.waits.init()
+	s.forwarder = &leaseForwarder{s: s}
 	if err := s.open(pacer); err != nil {
 		s.cancelStop()
 		if s.kv != nil {
@@ -206,6 +210,8 @@ func (s *Server) Start() error {
 	go s.watchNode()
 	go s.publish()
 	go s.promoteSelf()
+	s.serveWG.Add(1)
+	go s.runLeases()
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes+grpcOverheadBytes),
 		grpc.MaxSendMsgSize(math.MaxInt32),
@@ -218,6 +224,7 @@ func (s *Server) Start() error {
 	pb.RegisterKVServer(s.grpc, api.NewKV(s))
 	pb.RegisterMaintenanceServer(s.grpc, api.NewMaintenance(s))
 	pb.RegisterClusterServer(s.grpc, api.NewCluster(s))
+	pb.RegisterLeaseServer(s.grpc, api.NewLease(s))
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, hs)
 	for _, u := range s.cfg.ListenClientURLs {
@@ -304,6 +311,7 @@ func (s *Server) Stop() {
 		}
 		s.cancelStop()
 		s.serveWG.Wait()
+		s.forwarder.close()
 		s.peers.Stop()
 		s.node.Stop()
 		s.waits.failAll(raftnode.ErrStopped)
