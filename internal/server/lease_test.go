@@ -294,3 +294,59 @@ func TestClusterLeases(t *testing.T) {
 		t.Fatalf("key of the kept lease: %v, %v", resp, err)
 	}
 }
+
+// TestKeepAlivesAreCheap renews many leases over one stream and checks that
+// renewals make no log entries of their own: only the batched checkpoints
+// reach the log.
+func TestKeepAlivesAreCheap(t *testing.T) {
+	srv, cli := startServer(t, t.TempDir())
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const leases, rounds = 200, 10
+	ids := make([]int64, leases)
+	for i := range ids {
+		g, err := cli.Grant(ctx, 60)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[i] = int64(g.ID)
+	}
+	stream, err := pb.NewLeaseClient(cli.ActiveConnection()).LeaseKeepAlive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startIndex := srv.node.CommitIndex()
+	start := time.Now()
+	errc := make(chan error, 1)
+	go func() {
+		for range rounds {
+			for _, id := range ids {
+				if err := stream.Send(&pb.LeaseKeepAliveRequest{ID: id}); err != nil {
+					errc <- err
+					return
+				}
+			}
+		}
+		errc <- stream.CloseSend()
+	}()
+	for n := range leases * rounds {
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("keep-alive answer %d: %v", n, err)
+		}
+		if resp.TTL != 60 || resp.ID != ids[n%leases] {
+			t.Fatalf("keep-alive answer %d: %+v, want lease %x TTL 60", n, resp, ids[n%leases])
+		}
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	elapsed := time.Since(start)
+	entries := srv.node.CommitIndex() - startIndex
+	t.Logf("%d renewals in %v (%.0f/s), %d log entries", leases*rounds, elapsed, float64(leases*rounds)/elapsed.Seconds(), entries)
+	// A checkpoint every leaseCheckpointInterval, of up to
+	// leaseCheckpointBatch leases each.
+	if limit := uint64(elapsed/leaseCheckpointInterval) + 2; entries > limit {
+		t.Fatalf("%d renewals made %d log entries in %v, want at most %d", leases*rounds, entries, elapsed, limit)
+	}
+}
