@@ -68,6 +68,10 @@ func (s *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 			// the stream.
 			return nil
 		}
+		// The header is filled before the renewal, as etcd does: its
+		// revision is never one at which the lease was already revoked.
+		resp := &pb.LeaseKeepAliveResponse{Header: &pb.ResponseHeader{}, ID: req.ID}
+		s.b.FillHeader(resp.Header)
 		ttl, err := s.b.LeaseRenew(ctx, req.ID)
 		if errors.Is(err, lease.ErrNotFound) {
 			ttl, err = 0, nil
@@ -75,8 +79,7 @@ func (s *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 		if err != nil {
 			return toGRPC(err)
 		}
-		resp := &pb.LeaseKeepAliveResponse{Header: &pb.ResponseHeader{}, ID: req.ID, TTL: ttl}
-		s.b.FillHeader(resp.Header)
+		resp.TTL = ttl
 		if err := stream.Send(resp); err != nil {
 			return err
 		}
