@@ -27,6 +27,10 @@ type LeaseBackend interface {
 	LeaseTimeToLive(ctx context.Context, req *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error)
 	// LeaseIDs lists the leases this member has applied.
 	LeaseIDs() []int64
+	// Stopping is closed when the member begins to stop: keep-alive
+	// streams, which clients hold open, end then instead of holding up
+	// the stop.
+	Stopping() <-chan struct{}
 }
 
 // Lease serves the etcd Lease service.
@@ -61,12 +65,35 @@ func (s *Lease) LeaseRevoke(ctx context.Context, req *pb.LeaseRevokeRequest) (*p
 // as from etcd.
 func (s *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 	ctx := stream.Context()
+	// Recv blocks; a goroutine of the stream's own takes requests so that
+	// the loop can also watch for the member stopping. It ends with the
+	// stream, whose context ends when this method returns.
+	reqs := make(chan *pb.LeaseKeepAliveRequest)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	for {
-		req, err := stream.Recv()
-		if err != nil {
+		var req *pb.LeaseKeepAliveRequest
+		select {
+		case <-s.b.Stopping():
+			return rpctypes.ErrGRPCStopped
+		case <-recvErr:
 			// The client closed its side, or went away: either ends
 			// the stream.
 			return nil
+		case req = <-reqs:
 		}
 		// The header is filled before the renewal, as etcd does: its
 		// revision is never one at which the lease was already revoked.

@@ -116,6 +116,9 @@ func (s *Server) MinLeaseTTL() int64 {
 // NewLeaseID implements api.LeaseBackend.
 func (s *Server) NewLeaseID() int64 { return int64(s.ids.next() & math.MaxInt64) }
 
+// Stopping implements api.LeaseBackend.
+func (s *Server) Stopping() <-chan struct{} { return s.stopping }
+
 // LeaseIDs implements api.LeaseBackend.
 func (s *Server) LeaseIDs() []int64 { return s.leases().IDs() }
 

@@ -79,6 +79,9 @@ type Server struct {
 	// the server's own requests (publish, self-promotion) wait on it.
 	stopCtx    context.Context
 	cancelStop context.CancelFunc
+	// stopping is closed when Stop begins, before the gRPC server drains:
+	// long-lived streams (keep-alives) end on it.
+	stopping chan struct{}
 
 	failOnce sync.Once
 	failErr  error
@@ -99,7 +102,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, logger: logger, db: db, failedC: make(chan struct{})}
+	s := &Server{cfg: cfg, logger: logger, db: db, failedC: make(chan struct{}), stopping: make(chan struct{})}
 	s.stopCtx, s.cancelStop = context.WithCancel(context.Background())
 	s.waits.init()
 	s.forwarder = &leaseForwarder{s: s}
@@ -296,6 +299,7 @@ func (s *Server) watchNode() {
 // get a few seconds to finish.
 func (s *Server) Stop() {
 	s.stopOnce.Do(func() {
+		close(s.stopping)
 		if s.grpc != nil {
 			done := make(chan struct{})
 			go func() { s.grpc.GracefulStop(); close(done) }()
