@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"sync"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -60,11 +61,21 @@ func (s *Lease) LeaseRevoke(ctx context.Context, req *pb.LeaseRevokeRequest) (*p
 	return propose[*pb.LeaseRevokeResponse](ctx, s.b, func(r *pb.InternalRaftRequest) { r.LeaseRevoke = req })
 }
 
+// keepAlivesInFlight bounds the renewals of one keep-alive stream that are
+// answered at once. A follower's renewals wait a round trip to the leader:
+// answering them one by one would limit a stream to one per round trip.
+const keepAlivesInFlight = 64
+
 // LeaseKeepAlive implements Lease.LeaseKeepAlive: each request renews one
-// lease and gets one answer, in order; a lease that is gone gets a TTL of 0,
-// as from etcd.
+// lease and gets one answer; a lease that is gone gets a TTL of 0, as from
+// etcd. Renewals are answered as they complete, up to keepAlivesInFlight at
+// once, so answers to different leases may come in another order than the
+// requests (clients match them by lease ID).
 func (s *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
-	ctx := stream.Context()
+	var renewals sync.WaitGroup
+	defer renewals.Wait() // after cancel below: renewals end with ctx
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
 	// Recv blocks; a goroutine of the stream's own takes requests so that
 	// the loop can also watch for the member stopping. It ends with the
 	// stream, whose context ends when this method returns.
@@ -84,32 +95,59 @@ func (s *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 			}
 		}
 	}()
+	var sendMu sync.Mutex // serializes Send
+	failed := make(chan error, 1)
+	fail := func(err error) {
+		select {
+		case failed <- err:
+		default:
+		}
+	}
+	slots := make(chan struct{}, keepAlivesInFlight)
 	for {
 		var req *pb.LeaseKeepAliveRequest
 		select {
 		case <-s.b.Stopping():
 			return rpctypes.ErrGRPCStopped
 		case <-recvErr:
-			// The client closed its side, or went away: either ends
-			// the stream.
+			// The client closed its side (its renewals still get
+			// their answers), or went away: either ends the stream.
+			renewals.Wait()
 			return nil
+		case err := <-failed:
+			return err
 		case req = <-reqs:
 		}
-		// The header is filled before the renewal, as etcd does: its
-		// revision is never one at which the lease was already revoked.
-		resp := &pb.LeaseKeepAliveResponse{Header: &pb.ResponseHeader{}, ID: req.ID}
-		s.b.FillHeader(resp.Header)
-		ttl, err := s.b.LeaseRenew(ctx, req.ID)
-		if errors.Is(err, lease.ErrNotFound) {
-			ttl, err = 0, nil
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil
 		}
-		if err != nil {
-			return toGRPC(err)
-		}
-		resp.TTL = ttl
-		if err := stream.Send(resp); err != nil {
-			return err
-		}
+		renewals.Add(1)
+		go func() {
+			defer renewals.Done()
+			defer func() { <-slots }()
+			// The header is filled before the renewal, as etcd does:
+			// its revision is never one at which the lease was
+			// already revoked.
+			resp := &pb.LeaseKeepAliveResponse{Header: &pb.ResponseHeader{}, ID: req.ID}
+			s.b.FillHeader(resp.Header)
+			ttl, err := s.b.LeaseRenew(ctx, req.ID)
+			if errors.Is(err, lease.ErrNotFound) {
+				ttl, err = 0, nil
+			}
+			if err != nil {
+				fail(toGRPC(err))
+				return
+			}
+			resp.TTL = ttl
+			sendMu.Lock()
+			err = stream.Send(resp)
+			sendMu.Unlock()
+			if err != nil {
+				fail(err)
+			}
+		}()
 	}
 }
 
