@@ -8,6 +8,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
+	"github.com/plinthdb/plinth/internal/api"
 	"github.com/plinthdb/plinth/internal/entry"
 	"github.com/plinthdb/plinth/internal/lease"
 )
@@ -128,13 +129,13 @@ func (s *Server) LeaseRenew(ctx context.Context, id int64) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.requestTimeout())
 	defer cancel()
 	var ttl int64
-	err := s.onPrimary(ctx, func() (err error) {
+	err := s.onLeader(ctx, func() (err error) {
 		ttl, err = s.leases().Renew(id)
 		return err
+	}, func() (err error) {
+		ttl, err = s.forwarder.renew(ctx, id)
+		return err
 	})
-	if errors.Is(err, lease.ErrNotPrimary) {
-		return s.forwarder.renew(ctx, id)
-	}
 	return ttl, err
 }
 
@@ -144,18 +145,19 @@ func (s *Server) LeaseTimeToLive(ctx context.Context, req *pb.LeaseTimeToLiveReq
 	ctx, cancel := context.WithTimeout(ctx, s.requestTimeout())
 	defer cancel()
 	var (
-		left    time.Duration
-		granted int64
+		left      time.Duration
+		granted   int64
+		forwarded *pb.LeaseTimeToLiveResponse
 	)
-	err := s.onPrimary(ctx, func() (err error) {
+	err := s.onLeader(ctx, func() (err error) {
 		left, granted, err = s.leases().Remaining(req.ID)
 		return err
+	}, func() (err error) {
+		forwarded, err = s.forwarder.timeToLive(ctx, req)
+		return err
 	})
-	if errors.Is(err, lease.ErrNotPrimary) {
-		return s.forwarder.timeToLive(ctx, req)
-	}
-	if err != nil {
-		return nil, err
+	if err != nil || forwarded != nil {
+		return forwarded, err
 	}
 	resp := &pb.LeaseTimeToLiveResponse{Header: &pb.ResponseHeader{}, ID: req.ID, TTL: int64(max(left, 0).Seconds()), GrantedTTL: granted}
 	if req.Keys {
@@ -166,6 +168,28 @@ func (s *Server) LeaseTimeToLive(ctx context.Context, req *pb.LeaseTimeToLiveReq
 		resp.Keys = keys
 	}
 	return resp, nil
+}
+
+// onLeader runs local when this member keeps the leases' time, and remote,
+// which asks the leader, when it does not. While there is no leader to ask,
+// or the way to it broke (the leader changed or stopped), it tries again,
+// locally first, until ctx ends.
+func (s *Server) onLeader(ctx context.Context, local, remote func() error) error {
+	for {
+		err := s.onPrimary(ctx, local)
+		if !errors.Is(err, lease.ErrNotPrimary) {
+			return err
+		}
+		err = remote()
+		if !errors.Is(err, errLinkBroken) && !errors.Is(err, api.ErrNoLeader) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(s.cfg.HeartbeatInterval):
+		}
+	}
 }
 
 // onPrimary runs fn, a question for the primary lessor, after making sure

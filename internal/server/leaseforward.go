@@ -6,11 +6,12 @@ import (
 	"fmt"
 	"net/url"
 	"sync"
-	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/plinthdb/plinth/internal/api"
 	"github.com/plinthdb/plinth/internal/lease"
@@ -53,23 +54,9 @@ type renewAnswer struct {
 // changed or went away): it may be tried again.
 var errLinkBroken = errors.New("server: keep-alive stream to the leader broke")
 
-// renew renews lease id on the leader, trying again over a new stream when
-// one breaks, until ctx ends.
+// renew renews lease id on the leader. errLinkBroken says the renewal was
+// lost with the stream, and may be tried again.
 func (f *leaseForwarder) renew(ctx context.Context, id int64) (int64, error) {
-	for {
-		ttl, err := f.renewOnce(ctx, id)
-		if !errors.Is(err, errLinkBroken) && !errors.Is(err, api.ErrNoLeader) {
-			return ttl, err
-		}
-		select {
-		case <-ctx.Done():
-			return 0, err
-		case <-time.After(f.s.cfg.HeartbeatInterval):
-		}
-	}
-}
-
-func (f *leaseForwarder) renewOnce(ctx context.Context, id int64) (int64, error) {
 	link, err := f.keepAliveLink()
 	if err != nil {
 		return 0, err
@@ -190,7 +177,12 @@ func (f *leaseForwarder) timeToLive(ctx context.Context, req *pb.LeaseTimeToLive
 	if err != nil {
 		return nil, err
 	}
-	return pb.NewLeaseClient(conn).LeaseTimeToLive(ctx, req)
+	resp, err := pb.NewLeaseClient(conn).LeaseTimeToLive(ctx, req)
+	if status.Code(err) == codes.Unavailable {
+		// The leader stopped or cannot be reached: ask the next one.
+		return nil, fmt.Errorf("%w: %w", errLinkBroken, err)
+	}
+	return resp, err
 }
 
 // leaderConn returns a connection to the current leader's client URL. A
