@@ -6,8 +6,11 @@
 // twice and nothing is lost.
 //
 // apply must stay deterministic: the same entries on the same state give the
-// same state and the same answers on every member. It never reads the clock,
-// never consults local configuration, and never calls out to the network.
+// same state and the same answers on every member. What it writes and answers
+// never depends on the clock (lease expiry reaches it as revokes the leader
+// proposed; the lease table restarts its in-memory countdowns as it applies
+// grants and checkpoints, and those never reach the state); it never consults
+// local configuration, and never calls out to the network.
 package apply
 
 import (
