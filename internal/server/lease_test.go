@@ -383,3 +383,55 @@ func renewMany(t *testing.T, srv *Server, cli *clientv3.Client) {
 		t.Fatalf("%d renewals made %d log entries in %v, want at most %d", leases*rounds, entries, elapsed, limit)
 	}
 }
+
+// TestClusterLeasesSurviveARestart stops and restarts every member: a lease
+// resumes from its last checkpoint, not its full TTL, and one that runs out
+// after the restart still takes its keys with it, on every member.
+func TestClusterLeasesSurviveARestart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := newTestCluster(t, 3, "lease-restart")
+	for i := range 3 {
+		c.start(i)
+	}
+	c.leader(ctx)
+	cli := c.client(0)
+	var long, short *clientv3.LeaseGrantResponse
+	waitFor(ctx, t, func() bool {
+		var err error
+		long, err = cli.Grant(ctx, 60)
+		return err == nil
+	})
+	short, err := cli.Grant(ctx, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, "short", "v", clientv3.WithLease(short.ID)); err != nil {
+		t.Fatal(err)
+	}
+	// Let both be checkpointed without a keep-alive.
+	time.Sleep(leaseCheckpointRefresh + 2*leaseCheckpointInterval)
+	for i := range 3 {
+		c.stop(i)
+	}
+	for i := range 3 {
+		c.start(i)
+	}
+	c.leader(ctx)
+	cli = c.client(1)
+	var ttl *clientv3.LeaseTimeToLiveResponse
+	waitFor(ctx, t, func() bool {
+		ttl, err = cli.TimeToLive(ctx, long.ID)
+		return err == nil
+	})
+	if ttl.TTL <= 0 || ttl.TTL >= 60-int64(leaseCheckpointRefresh/time.Second)+1 {
+		t.Fatalf("remaining TTL after the cluster restarted: %d of %d; want it to continue from a checkpoint", ttl.TTL, ttl.GrantedTTL)
+	}
+	for i := range 3 {
+		m := c.client(i)
+		waitFor(ctx, t, func() bool {
+			resp, err := m.Get(ctx, "short", clientv3.WithSerializable(), clientv3.WithCountOnly())
+			return err == nil && resp.Count == 0
+		})
+	}
+}
