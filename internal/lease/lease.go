@@ -12,9 +12,11 @@
 // revokes and checkpoints to propose. A follower's deadline is never earlier
 // than the leader's was: it applied the checkpoint after the leader measured
 // it. So a new leader starts from a remaining TTL at most a little above the
-// one its predecessor reported (the keep-alives its predecessor did not
-// checkpoint, plus at most the extension Promote grants), and never below
-// the time a lease's holder was promised.
+// one its predecessor reported (by the delay of the last checkpoint's
+// replication, plus the extension Promote grants), and below it only by the
+// keep-alives its predecessor had not checkpointed yet: the server proposes
+// checkpoints of renewed leases at least once an election timeout, which is
+// the extension.
 //
 // The persisted state changes only through the apply loop, the same way on
 // every member; deadlines are in memory and differ from member to member.

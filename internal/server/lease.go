@@ -23,7 +23,9 @@ const (
 	// leaseTick is how often the loop looks for expired leases.
 	leaseTick = 100 * time.Millisecond
 	// leaseCheckpointInterval is how often renewed leases' remaining TTLs
-	// are proposed: the keep-alives a new leader may not know of.
+	// are proposed (or once an election timeout, if that is shorter): the
+	// keep-alives a new leader may not know of, which the extension it
+	// grants on taking over must cover.
 	leaseCheckpointInterval = 500 * time.Millisecond
 	// leaseCheckpointRefresh is how old a lease's last checkpoint may grow
 	// without a keep-alive: what a restart may give back.
@@ -58,7 +60,7 @@ func (s *Server) runLeases() {
 			for _, id := range s.leases().Expired(leaseRevokesPerTick, leaseRevokeRetry) {
 				s.proposeLeaseChange(&pb.InternalRaftRequest{LeaseRevoke: &pb.LeaseRevokeRequest{ID: id}})
 			}
-			if now.Sub(lastCheckpoint) < leaseCheckpointInterval {
+			if now.Sub(lastCheckpoint) < s.checkpointInterval() {
 				continue
 			}
 			lastCheckpoint = now
@@ -71,6 +73,12 @@ func (s *Server) runLeases() {
 			}
 		}
 	}
+}
+
+// checkpointInterval is how often the leader proposes checkpoints of renewed
+// leases.
+func (s *Server) checkpointInterval() time.Duration {
+	return min(leaseCheckpointInterval, s.cfg.ElectionTimeout)
 }
 
 // syncLeadership makes this member the primary lessor when it leads, and

@@ -160,7 +160,7 @@ func TestLeaseTimeSurvivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Wait for a checkpoint of the lease that was not renewed.
-	time.Sleep(leaseCheckpointRefresh + 2*leaseCheckpointInterval)
+	time.Sleep(leaseCheckpointRefresh + time.Second)
 	_ = cli.Close()
 	srv.Stop()
 	_, cli = startServer(t, dir)
@@ -377,9 +377,9 @@ func renewMany(t *testing.T, srv *Server, cli *clientv3.Client) {
 	elapsed := time.Since(start)
 	entries := srv.node.CommitIndex() - startIndex
 	t.Logf("%d renewals in %v (%.0f/s), %d log entries", leases*rounds, elapsed, float64(leases*rounds)/elapsed.Seconds(), entries)
-	// A checkpoint every leaseCheckpointInterval, of up to
+	// A checkpoint every checkpoint interval, of up to
 	// leaseCheckpointBatch leases each.
-	if limit := uint64(elapsed/leaseCheckpointInterval) + 2; entries > limit {
+	if limit := uint64(elapsed/srv.checkpointInterval()) + 2; entries > limit {
 		t.Fatalf("%d renewals made %d log entries in %v, want at most %d", leases*rounds, entries, elapsed, limit)
 	}
 }
@@ -410,7 +410,7 @@ func TestClusterLeasesSurviveARestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Let both be checkpointed without a keep-alive.
-	time.Sleep(leaseCheckpointRefresh + 2*leaseCheckpointInterval)
+	time.Sleep(leaseCheckpointRefresh + time.Second)
 	for i := range 3 {
 		c.stop(i)
 	}
