@@ -25,7 +25,10 @@ import (
 type leaseForwarder struct {
 	s *Server
 
-	mu   sync.Mutex // guards the fields below; never held across I/O but dialing (which does not block)
+	// mu guards the fields below. It is held while reading the leader's
+	// record and dialing it (neither waits on the network), never across
+	// a request.
+	mu   sync.Mutex
 	lead uint64
 	conn *grpc.ClientConn
 	link *keepAliveLink // nil until needed, or after it broke
@@ -33,8 +36,9 @@ type leaseForwarder struct {
 	done bool           // set by close
 }
 
-// keepAliveLink is one keep-alive stream to the leader. Answers come back in
-// the order of the requests; each goes to the oldest waiter for its lease.
+// keepAliveLink is one keep-alive stream to the leader. The leader answers
+// every request once, answers to different leases in any order; an answer
+// goes to the oldest waiter for its lease.
 type keepAliveLink struct {
 	stream pb.Lease_LeaseKeepAliveClient
 	cancel context.CancelFunc
@@ -53,6 +57,9 @@ type renewAnswer struct {
 // errLinkBroken marks a renewal that was lost with its stream (the leader
 // changed or went away): it may be tried again.
 var errLinkBroken = errors.New("server: keep-alive stream to the leader broke")
+
+// errForwarderClosed answers what reaches the forwarder after it closed.
+var errForwarderClosed = errors.New("server: stopping: no more forwarding to the leader")
 
 // renew renews lease id on the leader. errLinkBroken says the renewal was
 // lost with the stream, and may be tried again.
@@ -106,6 +113,9 @@ func (f *leaseForwarder) keepAliveLink() (*keepAliveLink, error) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.done {
+		return nil, errForwarderClosed
+	}
 	if f.link != nil {
 		return f.link, nil
 	}
@@ -197,7 +207,7 @@ func (f *leaseForwarder) leaderConn() (*grpc.ClientConn, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.done {
-		return nil, fmt.Errorf("server: stopping")
+		return nil, errForwarderClosed
 	}
 	if f.lead == lead && f.conn != nil {
 		return f.conn, nil
