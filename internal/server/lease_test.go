@@ -123,6 +123,10 @@ func TestLeaseService(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(2500 * time.Millisecond)
+	waitFor(ctx, t, func() bool {
+		resp, err := cli.Get(ctx, "expiring", clientv3.WithCountOnly())
+		return err == nil && resp.Count == 0
+	})
 	assertKeys(ctx, t, cli, "a", "c", "kept")
 	if ttl, err := cli.TimeToLive(ctx, expiring.ID); err != nil || ttl.TTL != -1 {
 		t.Fatalf("time to live of an expired lease: %+v, %v", ttl, err)
