@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/plinthdb/plinth/internal/apply"
+	"github.com/plinthdb/plinth/internal/lease"
 	"github.com/plinthdb/plinth/internal/mvcc"
 	"github.com/plinthdb/plinth/internal/raftnode"
 )
@@ -43,12 +44,18 @@ func toGRPC(err error) error {
 		return rpctypes.ErrGRPCFutureRev
 	case errors.Is(err, mvcc.ErrKeyNotFound):
 		return rpctypes.ErrGRPCKeyNotFound
-	case errors.Is(err, mvcc.ErrLeaseNotFound):
+	case errors.Is(err, mvcc.ErrLeaseNotFound), errors.Is(err, lease.ErrNotFound):
 		return rpctypes.ErrGRPCLeaseNotFound
 	case errors.Is(err, apply.ErrNoSpace), errors.Is(err, ErrNoSpace):
 		return rpctypes.ErrGRPCNoSpace
 	case errors.Is(err, apply.ErrCorrupt):
 		return rpctypes.ErrGRPCCorrupt
+	case errors.Is(err, lease.ErrExists):
+		return rpctypes.ErrGRPCLeaseExist
+	case errors.Is(err, lease.ErrTTLTooLarge):
+		return rpctypes.ErrGRPCLeaseTTLTooLarge
+	case errors.Is(err, lease.ErrNotPrimary):
+		return rpctypes.ErrGRPCNotLeader
 	case errors.Is(err, ErrRequestTooLarge):
 		return rpctypes.ErrGRPCRequestTooLarge
 	case errors.Is(err, ErrTimeout), errors.Is(err, raftnode.ErrReadTimeout), errors.Is(err, raftnode.ErrProposalExpired):

@@ -6,14 +6,18 @@
 // twice and nothing is lost.
 //
 // apply must stay deterministic: the same entries on the same state give the
-// same state and the same answers on every member. It never reads the clock,
-// never consults local configuration, and never calls out to the network.
+// same state and the same answers on every member. What it writes and answers
+// never depends on the clock (lease expiry reaches it as revokes the leader
+// proposed; the lease table restarts its in-memory countdowns as it applies
+// grants and checkpoints, and those never reach the state); it never consults
+// local configuration, and never calls out to the network.
 package apply
 
 import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -22,6 +26,7 @@ import (
 
 	"github.com/plinthdb/plinth/internal/alarm"
 	"github.com/plinthdb/plinth/internal/entry"
+	"github.com/plinthdb/plinth/internal/lease"
 	"github.com/plinthdb/plinth/internal/mvcc"
 	"github.com/plinthdb/plinth/internal/storage"
 )
@@ -58,6 +63,7 @@ type Applier struct {
 	db      *pebble.DB
 	kv      *mvcc.Store
 	alarms  *alarm.Table
+	leases  *lease.Table
 	logger  *slog.Logger
 	applied uint64
 	// req is reused to decode each entry into: nothing an entry's answer
@@ -65,7 +71,9 @@ type Applier struct {
 	req pb.InternalRaftRequest
 }
 
-// New returns an Applier that resumes after the applied index stored in db.
+// New returns an Applier that resumes after the applied index stored in db,
+// with the lease table stored there. The lease table's deadlines run on the
+// clock (see package lease); what apply writes never depends on it.
 func New(db *pebble.DB, kv *mvcc.Store, logger *slog.Logger) (*Applier, error) {
 	applied, err := storage.GetMetaUint64(db, storage.MetaAppliedIndex)
 	if err != nil {
@@ -75,7 +83,11 @@ func New(db *pebble.DB, kv *mvcc.Store, logger *slog.Logger) (*Applier, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Applier{db: db, kv: kv, alarms: alarms, logger: logger, applied: applied}, nil
+	leases, err := lease.Open(db, time.Now)
+	if err != nil {
+		return nil, err
+	}
+	return &Applier{db: db, kv: kv, alarms: alarms, leases: leases, logger: logger, applied: applied}, nil
 }
 
 // Alarms is the table of active alarms, as of the last applied entry.
@@ -98,8 +110,9 @@ func (a *Applier) Restore(install func() error) error {
 	return err
 }
 
-// Reload reloads the applied index from the database, after its contents
-// were replaced underneath the Applier. Restore is the whole sequence.
+// Reload reloads the applied index and the lease table from the database,
+// after its contents were replaced underneath the Applier. Restore is the
+// whole sequence.
 func (a *Applier) Reload() error {
 	applied, err := storage.GetMetaUint64(a.db, storage.MetaAppliedIndex)
 	if err != nil {
@@ -109,12 +122,8 @@ func (a *Applier) Reload() error {
 	if err := a.alarms.Reload(a.db); err != nil {
 		return fmt.Errorf("apply: reload alarms: %w", err)
 	}
-	return nil
+	return a.leases.Reload()
 }
-
-// noLeases answers for the lease table until leases exist: no lease is live,
-// so a put that names one fails as etcd's does with an unknown lease.
-func noLeases(int64) bool { return false }
 
 // Apply applies ents in order and commits their effects, the applied index and
 // cs (when not nil, the configuration after them) in one batch. Entries at or
@@ -123,6 +132,7 @@ func noLeases(int64) bool { return false }
 // member must stop.
 func (a *Applier) Apply(ents []*raftpb.Entry, cs *raftpb.ConfState) ([]Result, error) {
 	b := a.kv.NewBatch()
+	a.indexLeases(b)
 	results := make([]Result, 0, len(ents))
 	last := a.applied
 	for _, e := range ents {
@@ -194,11 +204,11 @@ func (a *Applier) applyRequest(b *mvcc.Batch, e *raftpb.Entry) (Result, error) {
 	case req.Alarm != nil:
 		res.Resp, err = a.applyAlarm(b.Writer(), req.Alarm)
 	case req.Put != nil:
-		res.Resp, err = b.Put(req.Put, noLeases)
+		res.Resp, err = b.Put(req.Put, a.leases.Exists)
 	case req.DeleteRange != nil:
 		res.Resp, err = b.DeleteRange(req.DeleteRange)
 	case req.Txn != nil:
-		res.Resp, err = b.Txn(req.Txn, noLeases)
+		res.Resp, err = b.Txn(req.Txn, a.leases.Exists)
 	case req.Range != nil:
 		res.Resp, err = b.Range(req.Range)
 	case req.Compaction != nil:
@@ -207,6 +217,13 @@ func (a *Applier) applyRequest(b *mvcc.Batch, e *raftpb.Entry) (Result, error) {
 		if err == nil && req.Compaction.Physical {
 			res.Done = done
 		}
+	case req.LeaseGrant != nil:
+		res.Resp, err = a.grantLease(b, req.LeaseGrant)
+	case req.LeaseRevoke != nil:
+		res.Resp, err = a.revokeLease(b, req.LeaseRevoke.ID)
+	case req.LeaseCheckpoint != nil:
+		err = a.leases.Checkpoint(b.Writer(), req.LeaseCheckpoint.Checkpoints, e.GetTerm())
+		res.Resp = &pb.LeaseCheckpointResponse{Header: &pb.ResponseHeader{}}
 	case req.ClusterMemberAttrSet != nil:
 		err = setMemberAttributes(b.Writer(), req.ClusterMemberAttrSet)
 		res.Resp = &pb.MemberUpdateResponse{}
@@ -227,10 +244,11 @@ func (a *Applier) applyRequest(b *mvcc.Batch, e *raftpb.Entry) (Result, error) {
 
 // refusedByAlarm answers the requests that the active alarms refuse.
 func (a *Applier) refusedByAlarm(req *pb.InternalRaftRequest) error {
-	if a.alarms.Corrupt() && (req.Put != nil || req.DeleteRange != nil || req.Txn != nil || req.Range != nil || req.Compaction != nil) {
+	if a.alarms.Corrupt() && (req.Put != nil || req.DeleteRange != nil || req.Txn != nil || req.Range != nil ||
+		req.Compaction != nil || req.LeaseGrant != nil || req.LeaseRevoke != nil) {
 		return ErrCorrupt
 	}
-	if a.alarms.NoSpace() && (req.Put != nil || req.Txn != nil && !mvcc.IsReadOnly(req.Txn)) {
+	if a.alarms.NoSpace() && (req.Put != nil || req.Txn != nil && !mvcc.IsReadOnly(req.Txn) || req.LeaseGrant != nil) {
 		return ErrNoSpace
 	}
 	return nil
@@ -273,7 +291,8 @@ func (a *Applier) applyAlarm(w pebble.Writer, req *pb.AlarmRequest) (*pb.AlarmRe
 // isRequestError tells the errors that are a request's answer, and leave the
 // state untouched, from failures to read or write the state.
 func isRequestError(err error) bool {
-	for _, re := range []error{mvcc.ErrCompacted, mvcc.ErrFutureRev, mvcc.ErrKeyNotFound, mvcc.ErrLeaseNotFound, ErrNoSpace, ErrCorrupt} {
+	for _, re := range []error{mvcc.ErrCompacted, mvcc.ErrFutureRev, mvcc.ErrKeyNotFound, mvcc.ErrLeaseNotFound,
+		lease.ErrNotFound, lease.ErrExists, lease.ErrTTLTooLarge, ErrNoSpace, ErrCorrupt} {
 		if errors.Is(err, re) {
 			return true
 		}

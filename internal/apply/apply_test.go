@@ -144,9 +144,9 @@ func TestApplyStopsAtAnUnknownRequest(t *testing.T) {
 		t.Fatalf("a refused batch changed the state: applied %d revision %d", m.a.AppliedIndex(), m.kv.Rev())
 	}
 	// A request kind plinth knows but does not apply stops it as well.
-	_, err = m.a.Apply([]*raftpb.Entry{raftEntry(t, 1, &pb.InternalRaftRequest{ID: 2, LeaseGrant: &pb.LeaseGrantRequest{TTL: 10}})}, nil)
+	_, err = m.a.Apply([]*raftpb.Entry{raftEntry(t, 1, &pb.InternalRaftRequest{ID: 2, AuthEnable: &pb.AuthEnableRequest{}})}, nil)
 	if !errors.Is(err, ErrUnknownRequest) {
-		t.Fatalf("apply of a lease grant: %v, want ErrUnknownRequest", err)
+		t.Fatalf("apply of an auth enable: %v, want ErrUnknownRequest", err)
 	}
 }
 

@@ -10,6 +10,10 @@
 // point into the entry's data. Every other request is the protobuf encoding
 // of its InternalRaftRequest.
 //
+// A lease checkpoint (LeaseCheckpointRequest) carries each lease's remaining
+// TTL in milliseconds, not etcd's seconds: the remaining time must survive a
+// change of leader without rounding up by a second each time.
+//
 // Both encodings are in Raft logs on disk: a change to either must keep
 // decoding what is there.
 package entry

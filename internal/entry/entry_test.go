@@ -55,6 +55,9 @@ func TestOtherRequestsTakeProtobuf(t *testing.T) {
 		{ID: 4, DeleteRange: &pb.DeleteRangeRequest{Key: []byte("a"), PrevKv: true}},
 		{ID: 5, Txn: &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: put}}}}},
 		{ID: 6, Compaction: &pb.CompactionRequest{Revision: 9, Physical: true}},
+		{ID: 10, LeaseGrant: &pb.LeaseGrantRequest{ID: -5, TTL: 60}},
+		{ID: 11, LeaseRevoke: &pb.LeaseRevokeRequest{ID: 1 << 62}},
+		{ID: 12, LeaseCheckpoint: &pb.LeaseCheckpointRequest{Checkpoints: []*pb.LeaseCheckpoint{{ID: 1, Remaining_TTL: 59_999}, {ID: 2}}}},
 		// A put beside anything else: the put encoding would lose it.
 		{ID: 7, Put: put, Header: &pb.RequestHeader{Username: "u"}},
 		{ID: 8, Put: put, Header: &pb.RequestHeader{}},

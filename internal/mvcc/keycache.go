@@ -26,6 +26,7 @@ type keyMeta struct {
 	exists         bool
 	createRevision int64
 	version        int64
+	lease          int64 // the lease the version is attached to, 0 for none
 }
 
 // Bounds of the cache: by entries, and by key bytes, since a key can be as

@@ -300,7 +300,7 @@ func getLatest(r pebble.Reader, key []byte) (*mvccpb.KeyValue, error) {
 func lookupLatest(r pebble.Reader, key []byte) (keyMeta, error) {
 	var m keyMeta
 	_, err := withLatest(r, key, func(rec *record) {
-		m = keyMeta{exists: true, createRevision: rec.createRevision, version: rec.version}
+		m = keyMeta{exists: true, createRevision: rec.createRevision, version: rec.version, lease: rec.lease}
 	})
 	return m, err
 }

@@ -20,6 +20,12 @@ var errPartialTxn = errors.New("mvcc: partial transaction")
 // lease but does not know leases; the caller (apply) answers for it.
 type LeaseExists func(id int64) bool
 
+// LeaseChanged is told of every key whose lease a write changes: from old to
+// new, either of which may be 0 (no lease). A delete of a key with a lease
+// moves it to 0. The caller (apply) keeps the lease -> keys index with it,
+// staged in the same batch; an error fails the write, and stops the member.
+type LeaseChanged func(key []byte, old, new int64) error
+
 // Batch collects the writes of consecutive requests into one Pebble batch.
 // Each request sees the effects of the requests before it in the same batch.
 // Nothing is visible to readers until Commit.
@@ -31,7 +37,12 @@ type Batch struct {
 	compactTo  int64  // a compaction staged in this batch, -1 if none
 	buf        []byte // scratch for encoded records, reused across requests
 	keyBuf     []byte // scratch for storage keys, reused across requests
+	onLease    LeaseChanged
 }
+
+// OnLeaseChange has fn told of every change of a key's lease the batch's
+// requests make (see LeaseChanged).
+func (b *Batch) OnLeaseChange(fn LeaseChanged) { b.onLease = fn }
 
 // NewBatch starts a batch on top of the committed state. Only one batch may be
 // open at a time.
@@ -98,10 +109,11 @@ type txn struct {
 	begin      int64
 	compactRev int64
 	changed    bool
+	onLease    LeaseChanged // nil when nobody keeps a lease index
 }
 
 func (b *Batch) begin() *txn {
-	return &txn{r: b.b, w: b.b, keys: b.s.keys, filter: b.s.filter, buf: b.buf, keyBuf: b.keyBuf, begin: b.rev, compactRev: b.compactRev}
+	return &txn{r: b.b, w: b.b, keys: b.s.keys, filter: b.s.filter, buf: b.buf, keyBuf: b.keyBuf, begin: b.rev, compactRev: b.compactRev, onLease: b.onLease}
 }
 
 // finish takes a successful request's revision into the batch.
@@ -144,10 +156,15 @@ func (t *txn) put(key, value []byte, lease int64) error {
 		if err := t.w.Set(t.keyBuf, t.buf, nil); err != nil {
 			return fmt.Errorf("mvcc: stage put %q: %w", key, err)
 		}
-		t.keys.set(key, keyMeta{exists: true, createRevision: rec.createRevision, version: rec.version})
+		t.keys.set(key, keyMeta{exists: true, createRevision: rec.createRevision, version: rec.version, lease: lease})
 	}
 	t.filter.add(key)
 	t.changed = true
+	if prev.lease != lease && t.onLease != nil {
+		if err := t.onLease(key, prev.lease, lease); err != nil {
+			return fmt.Errorf("mvcc: put %q: %w", key, err)
+		}
+	}
 	return nil
 }
 
@@ -187,7 +204,7 @@ func (t *txn) supersede(key []byte) (keyMeta, error) {
 			return keyMeta{}, fmt.Errorf("mvcc: stage the first version of %q: %w", key, err)
 		}
 	}
-	return keyMeta{exists: true, createRevision: live.createRevision, version: live.version}, nil
+	return keyMeta{exists: true, createRevision: live.createRevision, version: live.version, lease: live.lease}, nil
 }
 
 // forgetTombstone readies a put that recreates key. The key cache must not
@@ -239,6 +256,11 @@ func (t *txn) deleteRange(sp span) ([]*mvccpb.KeyValue, error) {
 			return nil, fmt.Errorf("mvcc: stage delete %q: %w", kv.Key, err)
 		}
 		t.keys.set(kv.Key, keyMeta{})
+		if kv.Lease != 0 && t.onLease != nil {
+			if err := t.onLease(kv.Key, kv.Lease, 0); err != nil {
+				return nil, fmt.Errorf("mvcc: delete %q: %w", kv.Key, err)
+			}
+		}
 	}
 	t.changed = true
 	return sc.kvs, nil
@@ -335,6 +357,20 @@ func (t *txn) deleteReq(req *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, er
 		resp.PrevKvs = deleted
 	}
 	return resp, nil
+}
+
+// DeleteKeys deletes every key of keys that is live, all at one revision (a
+// revoked lease's keys), and returns the revision after it: unchanged when
+// no key was live.
+func (b *Batch) DeleteKeys(keys [][]byte) (int64, error) {
+	t := b.begin()
+	for _, k := range keys {
+		if _, err := t.deleteRange(newSpan(k, nil)); err != nil {
+			return 0, err
+		}
+	}
+	b.finish(t)
+	return b.rev, nil
 }
 
 // Range executes a range request against the batch, seeing its writes.

@@ -70,6 +70,9 @@ type Server struct {
 	// proposed and applied.
 	confMu sync.Mutex
 	quota  quotaState
+	// leaseMu serializes promotions and demotions of the lease table.
+	leaseMu   sync.Mutex
+	forwarder *leaseForwarder
 
 	serveWG  sync.WaitGroup
 	stopOnce sync.Once
@@ -77,6 +80,9 @@ type Server struct {
 	// the server's own requests (publish, self-promotion) wait on it.
 	stopCtx    context.Context
 	cancelStop context.CancelFunc
+	// stopping is closed when Stop begins, before the gRPC server drains:
+	// long-lived streams (keep-alives) end on it.
+	stopping chan struct{}
 
 	failOnce sync.Once
 	failErr  error
@@ -100,9 +106,10 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, logger: logger, db: db, failedC: make(chan struct{})}
+	s := &Server{cfg: cfg, logger: logger, db: db, failedC: make(chan struct{}), stopping: make(chan struct{})}
 	s.stopCtx, s.cancelStop = context.WithCancel(context.Background())
 	s.waits.init()
+	s.forwarder = &leaseForwarder{s: s}
 	if err := s.open(pacer); err != nil {
 		s.cancelStop()
 		if s.kv != nil {
@@ -256,6 +263,8 @@ func (s *Server) Start() error {
 	go s.publish()
 	go s.promoteSelf()
 	go s.autoCompact()
+	s.serveWG.Add(1)
+	go s.runLeases()
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes+grpcOverheadBytes),
 		grpc.MaxSendMsgSize(math.MaxInt32),
@@ -268,6 +277,7 @@ func (s *Server) Start() error {
 	pb.RegisterKVServer(s.grpc, api.NewKV(s))
 	pb.RegisterMaintenanceServer(s.grpc, api.NewMaintenance(s))
 	pb.RegisterClusterServer(s.grpc, api.NewCluster(s))
+	pb.RegisterLeaseServer(s.grpc, api.NewLease(s))
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, hs)
 	for _, u := range s.cfg.ListenClientURLs {
@@ -339,6 +349,7 @@ func (s *Server) watchNode() {
 // get a few seconds to finish.
 func (s *Server) Stop() {
 	s.stopOnce.Do(func() {
+		close(s.stopping)
 		if s.grpc != nil {
 			done := make(chan struct{})
 			go func() { s.grpc.GracefulStop(); close(done) }()
@@ -354,6 +365,7 @@ func (s *Server) Stop() {
 		}
 		s.cancelStop()
 		s.serveWG.Wait()
+		s.forwarder.close()
 		s.peers.Stop()
 		s.node.Stop()
 		s.waits.failAll(raftnode.ErrStopped)

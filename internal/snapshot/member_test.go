@@ -171,6 +171,8 @@ func buildSender(m *member) {
 	m.propose(nil, putReq("a-only", "a3"), putReq("k010", "late"))
 	m.term = 3
 	m.propose(nil, putReq("shared", "a7"))
+	m.propose(nil, &pb.InternalRaftRequest{LeaseGrant: &pb.LeaseGrantRequest{ID: 100, TTL: 30}})
+	m.propose(nil, &pb.InternalRaftRequest{Put: &pb.PutRequest{Key: []byte("leased-a"), Lease: 100}})
 	for id := uint64(1); id <= 3; id++ {
 		if err := m.db.Set(memberKey(id), []byte(fmt.Sprintf("member %d of A", id)), pebble.Sync); err != nil {
 			m.t.Fatal(err)
@@ -191,6 +193,8 @@ func buildReceiver(m *member) {
 		m.propose(nil, putReq("shared", fmt.Sprintf("b%d", i)), putReq("b-only", fmt.Sprintf("b%d", i)), putReq(fmt.Sprintf("z%03d", i), "b"))
 	}
 	m.propose(nil, &pb.InternalRaftRequest{Compaction: &pb.CompactionRequest{Revision: 50, Physical: true}})
+	m.propose(nil, &pb.InternalRaftRequest{LeaseGrant: &pb.LeaseGrantRequest{ID: 200, TTL: 30}})
+	m.propose(nil, &pb.InternalRaftRequest{Put: &pb.PutRequest{Key: []byte("leased-b"), Lease: 200}})
 	for id := uint64(2); id <= 6; id++ {
 		if err := m.db.Set(memberKey(id), []byte(fmt.Sprintf("member %d of B", id)), pebble.Sync); err != nil {
 			m.t.Fatal(err)

@@ -205,6 +205,19 @@ func TestWritesAfterInstallSeeInstalledKeys(t *testing.T) {
 	if got := b.a.AppliedIndex(); got != s.index+3 {
 		t.Errorf("applied index %d, want %d", got, s.index+3)
 	}
+	// The lease table in memory is the sender's: its lease takes puts, the
+	// receiver's old one is gone, and a revoke finds the sender's keys.
+	if ids := b.a.Leases().IDs(); len(ids) != 1 || ids[0] != 100 {
+		t.Fatalf("leases after install: %v, want [100]", ids)
+	}
+	res := b.propose(nil, &pb.InternalRaftRequest{Put: &pb.PutRequest{Key: []byte("x"), Lease: 200}})
+	if res[0].Err == nil {
+		t.Fatalf("put with the receiver's old lease succeeded after the install")
+	}
+	b.propose(nil, &pb.InternalRaftRequest{LeaseRevoke: &pb.LeaseRevokeRequest{ID: 100}})
+	if b.get("leased-a") != nil {
+		t.Fatalf("the revoke of an installed lease left its key")
+	}
 	// Compaction still works on the installed history, up to the newest
 	// revision, and reads see the compacted state.
 	b.propose(nil, &pb.InternalRaftRequest{Compaction: &pb.CompactionRequest{Revision: b.kv.Rev(), Physical: true}})

@@ -40,6 +40,8 @@ var (
 		PrefixSpan(PrefixAlarms),
 		PrefixSpan(PrefixLatest),
 		PrefixSpan(PrefixHistory),
+		PrefixSpan(PrefixLeases),
+		PrefixSpan(PrefixLeaseKeys),
 	}
 	// StateMachineMeta are the meta values of the state machine.
 	StateMachineMeta = []string{

@@ -42,6 +42,12 @@ const (
 	// PrefixHistory holds the retained versions of each key, but a live
 	// first version, and tombstones (owned by mvcc).
 	PrefixHistory byte = 0x11
+	// PrefixLeases holds the lease table (owned by lease): PrefixLeases +
+	// lease ID (8 bytes, big endian) -> granted TTL and remaining TTL.
+	PrefixLeases byte = 0x20
+	// PrefixLeaseKeys indexes the keys attached to each lease (owned by
+	// lease): PrefixLeaseKeys + lease ID (8 bytes, big endian) + key -> "".
+	PrefixLeaseKeys byte = 0x21
 )
 
 // Names of the metadata values kept under PrefixMeta.

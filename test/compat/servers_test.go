@@ -225,18 +225,19 @@ func embeddedLogger(t testing.TB, path string) *zap.Logger {
 // startBinary starts the target as a separate process with etcd's flags and
 // waits until it answers a Get. It is stopped by pid when t ends: SIGTERM,
 // then SIGKILL after stopGrace.
-func startBinary(t testing.TB, name, bin string) *server {
+func startBinary(t testing.TB, name, bin string, extraArgs ...string) *server {
 	t.Helper()
 	dir := t.TempDir()
 	client, peer := freeURL(t), freeURL(t)
-	p := newProcess(t, name, bin, dir,
+	p := newProcess(t, name, bin, dir, append([]string{
 		"--name", "default",
 		"--data-dir", filepath.Join(dir, "data"),
 		"--listen-client-urls", client.String(),
 		"--advertise-client-urls", client.String(),
 		"--listen-peer-urls", peer.String(),
 		"--initial-advertise-peer-urls", peer.String(),
-		"--initial-cluster", "default="+peer.String(),
+		"--initial-cluster", "default=" + peer.String(),
+	}, extraArgs...)...,
 	)
 	p.start(t)
 	s := dial(t, name, client.Host)
