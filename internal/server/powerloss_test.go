@@ -35,6 +35,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/plinthdb/plinth/internal/raftnode"
 	"github.com/plinthdb/plinth/internal/storage"
 )
 
@@ -166,6 +167,10 @@ type powerMember struct {
 	// termAtCut is the term the member had persisted (and so could have
 	// told others of) when the power went.
 	termAtCut uint64
+	// matchAtCut is how far the leader knew the member's log to match
+	// its own when the power went: the member had acknowledged those
+	// entries, so it must have synced them.
+	matchAtCut uint64
 	// hardState is the synced hard state the member reopened with last.
 	hardState *raftpb.HardState
 	// frozen, while set, holds back every sync of the member's disk:
@@ -285,6 +290,11 @@ func (c *powerCluster) start(i int) {
 		srv.Stop()
 		c.t.Fatalf("member %d: %v", i, err)
 	}
+	if last, err := mustLogStore(c.t, srv).LastIndex(); err != nil || last < m.matchAtCut {
+		srv.Stop()
+		c.t.Fatalf("member %d: had acknowledged its log up to entry %d to the leader, reopened with a log up to %d (%v)", i, m.matchAtCut, last, err)
+	}
+	m.matchAtCut = 0
 	m.hardState = hs
 	if err := srv.Start(); err != nil {
 		c.t.Fatalf("member %d: %v", i, err)
@@ -300,10 +310,16 @@ func (c *powerCluster) start(i int) {
 	m.run.Store(r)
 }
 
-// slowSync makes each fsync take up to 3ms, as a disk's do: an in-memory
-// sync is instant, and a member that answered before its sync finished
-// would get away with it.
-func slowSync() { time.Sleep(time.Duration(rand.IntN(3000)) * time.Microsecond) }
+// slowSync makes an fsync take as long as a disk's may: mostly up to 2ms,
+// one in ten 10-30ms. An in-memory sync is instant, and a member that
+// answered before its sync finished would get away with it.
+func slowSync() {
+	d := time.Duration(rand.IntN(2000)) * time.Microsecond
+	if rand.IntN(10) == 0 {
+		d = time.Duration(10+rand.IntN(20)) * time.Millisecond
+	}
+	time.Sleep(d)
+}
 
 func mustLogStore(t *testing.T, s *Server) *storage.LogStore {
 	t.Helper()
@@ -353,10 +369,27 @@ func (m *powerMember) stop() {
 // from the network, then each disk becomes what had been synced. It returns
 // what had been acknowledged before: all of it must survive.
 func (c *powerCluster) cut(which ...int) (acked []ackedWrite, compacted int64) {
+	// The leader's view of its followers, as of its last tick: what they
+	// had acknowledged before the cut.
+	var progress *raftnode.Progress
+	for _, m := range c.members {
+		if r := m.run.Load(); r != nil && !r.off.Load() {
+			if p := r.srv.node.Progress(); p != nil {
+				progress = p
+			}
+		}
+	}
 	thaw := make(chan struct{})
 	for _, i := range which {
 		c.members[i].frozen.Store(&thaw)
 		c.members[i].run.Load().off.Store(true)
+	}
+	if progress != nil {
+		for _, i := range which {
+			if mp, ok := progress.Members[c.members[i].id]; ok && !c.isLeader(i) {
+				c.members[i].matchAtCut = mp.Match
+			}
+		}
 	}
 	for _, i := range which {
 		m := c.members[i]
@@ -748,6 +781,12 @@ func TestPowerLossDuringSnapshotInstall(t *testing.T) {
 		cancel()
 	}
 	t.Logf("%d rounds; in %d the power went after the snapshot was installed, in the others before or during", rounds.done-1, installsBeforeCut)
+}
+
+// isLeader reports whether member i thinks it leads.
+func (c *powerCluster) isLeader(i int) bool {
+	r := c.members[i].run.Load()
+	return r != nil && r.srv.node.Leader() == c.members[i].id
 }
 
 // leader waits until the running members agree on a leader and returns its
