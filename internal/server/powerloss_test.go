@@ -533,14 +533,14 @@ func (c *powerCluster) check(ctx context.Context, i int, acked []ackedWrite, com
 			c.t.Fatalf("member %d: %s=%q was acknowledged at revision %d, but after power loss it reads %v", i, w.key, w.value, w.rev, resp.Kvs)
 		}
 	}
-	c.checkNoDoubleApply(ctx, i, head, rangeAt)
+	c.checkNoDoubleApply(i, head, rangeAt)
 }
 
 // checkNoDoubleApply walks each key's versions back from the newest to the
 // revision the last check reached: each must be one version older than the
 // next, hold a value some client sent, and a value found at one revision is
 // never found at another (a request applied twice would be).
-func (c *powerCluster) checkNoDoubleApply(ctx context.Context, i int, head *pb.RangeResponse, rangeAt func(*pb.RangeRequest) (*pb.RangeResponse, error)) {
+func (c *powerCluster) checkNoDoubleApply(i int, head *pb.RangeResponse, rangeAt func(*pb.RangeRequest) (*pb.RangeResponse, error)) {
 	c.t.Helper()
 	h := c.hist
 	h.mu.Lock()
@@ -573,7 +573,6 @@ func (c *powerCluster) checkNoDoubleApply(ctx context.Context, i int, head *pb.R
 		}
 	}
 	h.checkedRev = head.Header.Revision
-	_ = ctx
 }
 
 // A single member under load loses power again and again: each time it
@@ -582,12 +581,28 @@ func TestPowerLossSingleMember(t *testing.T) {
 	c := newPowerCluster(t, 1, "power-single")
 	c.start(0)
 	rounds := newPowerlossRounds(5)
-	recoveryCuts := 0
+	recoveryCuts, compactionCuts := 0, 0
 	for round := 0; rounds.next(); round++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		loadCtx, stopLoad := context.WithCancel(ctx)
 		wg := c.load(loadCtx, round, 8)
 		time.Sleep(time.Duration(100+c.intn(500)) * time.Millisecond)
+		if round%3 == 2 {
+			// The power goes while the store compacts.
+			r := c.members[0].run.Load()
+			if rev := c.hist.maxAckedRev() - 5; rev > 1 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					_, err := r.kv.Compact(r.ctx, &pb.CompactionRequest{Revision: rev, Physical: true})
+					if err == nil || errors.Is(err, rpctypes.ErrGRPCCompacted) {
+						c.hist.ackCompaction(r, rev)
+					}
+				}()
+				time.Sleep(time.Duration(c.intn(5)) * time.Millisecond)
+				compactionCuts++
+			}
+		}
 		acked, compacted := c.cut(0)
 		stopLoad()
 		wg.Wait()
@@ -607,7 +622,7 @@ func TestPowerLossSingleMember(t *testing.T) {
 	if len(acked) == 0 {
 		t.Fatalf("no write was acknowledged: the test checked nothing")
 	}
-	t.Logf("%d power losses under load, %d more during recovery, %d acknowledged writes checked", rounds.done-1, recoveryCuts, len(acked))
+	t.Logf("%d power losses under load (%d of them during a compaction), %d more during recovery, %d acknowledged writes checked", rounds.done-1, compactionCuts, recoveryCuts, len(acked))
 }
 
 // moveLeaders hands leadership to another member now and then, until ctx
