@@ -213,6 +213,8 @@ type powerCluster struct {
 	rngMu   sync.Mutex
 	members []*powerMember
 	hist    *history
+	// Leader moves and configuration changes churn made.
+	moves, confChanges atomic.Int64
 }
 
 func newPowerCluster(t *testing.T, n int, token string) *powerCluster {
@@ -625,26 +627,44 @@ func TestPowerLossSingleMember(t *testing.T) {
 	t.Logf("%d power losses under load (%d of them during a compaction), %d more during recovery, %d acknowledged writes checked", rounds.done-1, compactionCuts, recoveryCuts, len(acked))
 }
 
-// moveLeaders hands leadership to another member now and then, until ctx
-// ends, so that power goes at leader changes too.
-func (c *powerCluster) moveLeaders(ctx context.Context) *sync.WaitGroup {
+// churn, until ctx ends, now and then hands leadership to another member,
+// or updates a member's peer URLs to what they are (a Raft configuration
+// change that leaves the cluster as it was), so that the power goes at
+// leader and configuration changes too.
+func (c *powerCluster) churn(ctx context.Context) *sync.WaitGroup {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		for ctx.Err() == nil {
 			time.Sleep(time.Duration(50+c.intn(150)) * time.Millisecond)
+			target := c.members[c.intn(len(c.members))]
+			if c.intn(3) == 0 {
+				r := c.members[c.intn(len(c.members))].run.Load()
+				if r == nil || r.off.Load() {
+					continue
+				}
+				mctx, cancel := context.WithTimeout(r.ctx, time.Second)
+				if _, err := pb.NewClusterClient(r.conn).MemberUpdate(mctx, &pb.MemberUpdateRequest{
+					ID: target.id, PeerURLs: []string{target.cfg.AdvertisePeerURLs[0].String()},
+				}); err == nil {
+					c.confChanges.Add(1)
+				}
+				cancel()
+				continue
+			}
 			for _, m := range c.members {
 				r := m.run.Load()
 				if r == nil || r.off.Load() || r.srv.node.Leader() != m.id {
 					continue
 				}
-				to := c.members[c.intn(len(c.members))].id
-				if to == m.id {
+				if target.id == m.id {
 					break
 				}
 				mctx, cancel := context.WithTimeout(r.ctx, time.Second)
-				_, _ = pb.NewMaintenanceClient(r.conn).MoveLeader(mctx, &pb.MoveLeaderRequest{TargetID: to})
+				if _, err := pb.NewMaintenanceClient(r.conn).MoveLeader(mctx, &pb.MoveLeaderRequest{TargetID: target.id}); err == nil {
+					c.moves.Add(1)
+				}
 				cancel()
 				break
 			}
@@ -695,6 +715,17 @@ func (c *powerCluster) checkSame(ctx context.Context) {
 			}
 		}
 	}
+	for i, m := range c.members {
+		members := m.run.Load().srv.Members()
+		if len(members) != len(c.members) {
+			c.t.Fatalf("member %d lists %d members, want %d: %+v", i, len(members), len(c.members), members)
+		}
+		for _, mm := range members {
+			if len(mm.PeerURLs) != 1 || mm.IsLearner {
+				c.t.Fatalf("member %d lists %+v", i, mm)
+			}
+		}
+	}
 }
 
 // Three members under load, with leader changes: the power goes on all of
@@ -710,7 +741,7 @@ func TestPowerLossThreeMembers(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 		loadCtx, stopLoad := context.WithCancel(ctx)
 		wg := c.load(loadCtx, round, 8)
-		movers := c.moveLeaders(loadCtx)
+		movers := c.churn(loadCtx)
 		time.Sleep(time.Duration(200+c.intn(400)) * time.Millisecond)
 		var acked []ackedWrite
 		var compacted int64
@@ -745,7 +776,7 @@ func TestPowerLossThreeMembers(t *testing.T) {
 	if len(acked) == 0 {
 		t.Fatalf("no write was acknowledged: the test checked nothing")
 	}
-	t.Logf("%d rounds of power loss, %d acknowledged writes checked", rounds.done-1, len(acked))
+	t.Logf("%d rounds of power loss, %d acknowledged writes checked, %d leader moves, %d configuration changes", rounds.done-1, len(acked), c.moves.Load(), c.confChanges.Load())
 }
 
 // A member that was down while the log moved on is brought up by a Raft
