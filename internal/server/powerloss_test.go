@@ -35,6 +35,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/plinthdb/plinth/internal/raftnode"
 	"github.com/plinthdb/plinth/internal/storage"
 )
 
@@ -166,6 +167,10 @@ type powerMember struct {
 	// termAtCut is the term the member had persisted (and so could have
 	// told others of) when the power went.
 	termAtCut uint64
+	// matchAtCut is how far the leader knew the member's log to match
+	// its own when the power went: the member had acknowledged those
+	// entries, so it must have synced them.
+	matchAtCut uint64
 	// hardState is the synced hard state the member reopened with last.
 	hardState *raftpb.HardState
 	// frozen, while set, holds back every sync of the member's disk:
@@ -208,6 +213,8 @@ type powerCluster struct {
 	rngMu   sync.Mutex
 	members []*powerMember
 	hist    *history
+	// Leader moves and configuration changes churn made.
+	moves, confChanges atomic.Int64
 }
 
 func newPowerCluster(t *testing.T, n int, token string) *powerCluster {
@@ -285,6 +292,11 @@ func (c *powerCluster) start(i int) {
 		srv.Stop()
 		c.t.Fatalf("member %d: %v", i, err)
 	}
+	if last, err := mustLogStore(c.t, srv).LastIndex(); err != nil || last < m.matchAtCut {
+		srv.Stop()
+		c.t.Fatalf("member %d: had acknowledged its log up to entry %d to the leader, reopened with a log up to %d (%v)", i, m.matchAtCut, last, err)
+	}
+	m.matchAtCut = 0
 	m.hardState = hs
 	if err := srv.Start(); err != nil {
 		c.t.Fatalf("member %d: %v", i, err)
@@ -300,10 +312,16 @@ func (c *powerCluster) start(i int) {
 	m.run.Store(r)
 }
 
-// slowSync makes each fsync take up to 3ms, as a disk's do: an in-memory
-// sync is instant, and a member that answered before its sync finished
-// would get away with it.
-func slowSync() { time.Sleep(time.Duration(rand.IntN(3000)) * time.Microsecond) }
+// slowSync makes an fsync take as long as a disk's may: mostly up to 2ms,
+// one in ten 10-30ms. An in-memory sync is instant, and a member that
+// answered before its sync finished would get away with it.
+func slowSync() {
+	d := time.Duration(rand.IntN(2000)) * time.Microsecond
+	if rand.IntN(10) == 0 {
+		d = time.Duration(10+rand.IntN(20)) * time.Millisecond
+	}
+	time.Sleep(d)
+}
 
 func mustLogStore(t *testing.T, s *Server) *storage.LogStore {
 	t.Helper()
@@ -353,10 +371,27 @@ func (m *powerMember) stop() {
 // from the network, then each disk becomes what had been synced. It returns
 // what had been acknowledged before: all of it must survive.
 func (c *powerCluster) cut(which ...int) (acked []ackedWrite, compacted int64) {
+	// The leader's view of its followers, as of its last tick: what they
+	// had acknowledged before the cut.
+	var progress *raftnode.Progress
+	for _, m := range c.members {
+		if r := m.run.Load(); r != nil && !r.off.Load() {
+			if p := r.srv.node.Progress(); p != nil {
+				progress = p
+			}
+		}
+	}
 	thaw := make(chan struct{})
 	for _, i := range which {
 		c.members[i].frozen.Store(&thaw)
 		c.members[i].run.Load().off.Store(true)
+	}
+	if progress != nil {
+		for _, i := range which {
+			if mp, ok := progress.Members[c.members[i].id]; ok && !c.isLeader(i) {
+				c.members[i].matchAtCut = mp.Match
+			}
+		}
 	}
 	for _, i := range which {
 		m := c.members[i]
@@ -500,14 +535,14 @@ func (c *powerCluster) check(ctx context.Context, i int, acked []ackedWrite, com
 			c.t.Fatalf("member %d: %s=%q was acknowledged at revision %d, but after power loss it reads %v", i, w.key, w.value, w.rev, resp.Kvs)
 		}
 	}
-	c.checkNoDoubleApply(ctx, i, head, rangeAt)
+	c.checkNoDoubleApply(i, head, rangeAt)
 }
 
 // checkNoDoubleApply walks each key's versions back from the newest to the
 // revision the last check reached: each must be one version older than the
 // next, hold a value some client sent, and a value found at one revision is
 // never found at another (a request applied twice would be).
-func (c *powerCluster) checkNoDoubleApply(ctx context.Context, i int, head *pb.RangeResponse, rangeAt func(*pb.RangeRequest) (*pb.RangeResponse, error)) {
+func (c *powerCluster) checkNoDoubleApply(i int, head *pb.RangeResponse, rangeAt func(*pb.RangeRequest) (*pb.RangeResponse, error)) {
 	c.t.Helper()
 	h := c.hist
 	h.mu.Lock()
@@ -540,7 +575,6 @@ func (c *powerCluster) checkNoDoubleApply(ctx context.Context, i int, head *pb.R
 		}
 	}
 	h.checkedRev = head.Header.Revision
-	_ = ctx
 }
 
 // A single member under load loses power again and again: each time it
@@ -549,12 +583,28 @@ func TestPowerLossSingleMember(t *testing.T) {
 	c := newPowerCluster(t, 1, "power-single")
 	c.start(0)
 	rounds := newPowerlossRounds(5)
-	recoveryCuts := 0
+	recoveryCuts, compactionCuts := 0, 0
 	for round := 0; rounds.next(); round++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		loadCtx, stopLoad := context.WithCancel(ctx)
 		wg := c.load(loadCtx, round, 8)
 		time.Sleep(time.Duration(100+c.intn(500)) * time.Millisecond)
+		if round%3 == 2 {
+			// The power goes while the store compacts.
+			r := c.members[0].run.Load()
+			if rev := c.hist.maxAckedRev() - 5; rev > 1 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					_, err := r.kv.Compact(r.ctx, &pb.CompactionRequest{Revision: rev, Physical: true})
+					if err == nil || errors.Is(err, rpctypes.ErrGRPCCompacted) {
+						c.hist.ackCompaction(r, rev)
+					}
+				}()
+				time.Sleep(time.Duration(c.intn(5)) * time.Millisecond)
+				compactionCuts++
+			}
+		}
 		acked, compacted := c.cut(0)
 		stopLoad()
 		wg.Wait()
@@ -574,29 +624,47 @@ func TestPowerLossSingleMember(t *testing.T) {
 	if len(acked) == 0 {
 		t.Fatalf("no write was acknowledged: the test checked nothing")
 	}
-	t.Logf("%d power losses under load, %d more during recovery, %d acknowledged writes checked", rounds.done-1, recoveryCuts, len(acked))
+	t.Logf("%d power losses under load (%d of them during a compaction), %d more during recovery, %d acknowledged writes checked", rounds.done-1, compactionCuts, recoveryCuts, len(acked))
 }
 
-// moveLeaders hands leadership to another member now and then, until ctx
-// ends, so that power goes at leader changes too.
-func (c *powerCluster) moveLeaders(ctx context.Context) *sync.WaitGroup {
+// churn, until ctx ends, now and then hands leadership to another member,
+// or updates a member's peer URLs to what they are (a Raft configuration
+// change that leaves the cluster as it was), so that the power goes at
+// leader and configuration changes too.
+func (c *powerCluster) churn(ctx context.Context) *sync.WaitGroup {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		for ctx.Err() == nil {
 			time.Sleep(time.Duration(50+c.intn(150)) * time.Millisecond)
+			target := c.members[c.intn(len(c.members))]
+			if c.intn(3) == 0 {
+				r := c.members[c.intn(len(c.members))].run.Load()
+				if r == nil || r.off.Load() {
+					continue
+				}
+				mctx, cancel := context.WithTimeout(r.ctx, time.Second)
+				if _, err := pb.NewClusterClient(r.conn).MemberUpdate(mctx, &pb.MemberUpdateRequest{
+					ID: target.id, PeerURLs: []string{target.cfg.AdvertisePeerURLs[0].String()},
+				}); err == nil {
+					c.confChanges.Add(1)
+				}
+				cancel()
+				continue
+			}
 			for _, m := range c.members {
 				r := m.run.Load()
 				if r == nil || r.off.Load() || r.srv.node.Leader() != m.id {
 					continue
 				}
-				to := c.members[c.intn(len(c.members))].id
-				if to == m.id {
+				if target.id == m.id {
 					break
 				}
 				mctx, cancel := context.WithTimeout(r.ctx, time.Second)
-				_, _ = pb.NewMaintenanceClient(r.conn).MoveLeader(mctx, &pb.MoveLeaderRequest{TargetID: to})
+				if _, err := pb.NewMaintenanceClient(r.conn).MoveLeader(mctx, &pb.MoveLeaderRequest{TargetID: target.id}); err == nil {
+					c.moves.Add(1)
+				}
 				cancel()
 				break
 			}
@@ -647,6 +715,17 @@ func (c *powerCluster) checkSame(ctx context.Context) {
 			}
 		}
 	}
+	for i, m := range c.members {
+		members := m.run.Load().srv.Members()
+		if len(members) != len(c.members) {
+			c.t.Fatalf("member %d lists %d members, want %d: %+v", i, len(members), len(c.members), members)
+		}
+		for _, mm := range members {
+			if len(mm.PeerURLs) != 1 || mm.IsLearner {
+				c.t.Fatalf("member %d lists %+v", i, mm)
+			}
+		}
+	}
 }
 
 // Three members under load, with leader changes: the power goes on all of
@@ -662,7 +741,7 @@ func TestPowerLossThreeMembers(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 		loadCtx, stopLoad := context.WithCancel(ctx)
 		wg := c.load(loadCtx, round, 8)
-		movers := c.moveLeaders(loadCtx)
+		movers := c.churn(loadCtx)
 		time.Sleep(time.Duration(200+c.intn(400)) * time.Millisecond)
 		var acked []ackedWrite
 		var compacted int64
@@ -697,7 +776,7 @@ func TestPowerLossThreeMembers(t *testing.T) {
 	if len(acked) == 0 {
 		t.Fatalf("no write was acknowledged: the test checked nothing")
 	}
-	t.Logf("%d rounds of power loss, %d acknowledged writes checked", rounds.done-1, len(acked))
+	t.Logf("%d rounds of power loss, %d acknowledged writes checked, %d leader moves, %d configuration changes", rounds.done-1, len(acked), c.moves.Load(), c.confChanges.Load())
 }
 
 // A member that was down while the log moved on is brought up by a Raft
@@ -748,6 +827,12 @@ func TestPowerLossDuringSnapshotInstall(t *testing.T) {
 		cancel()
 	}
 	t.Logf("%d rounds; in %d the power went after the snapshot was installed, in the others before or during", rounds.done-1, installsBeforeCut)
+}
+
+// isLeader reports whether member i thinks it leads.
+func (c *powerCluster) isLeader(i int) bool {
+	r := c.members[i].run.Load()
+	return r != nil && r.srv.node.Leader() == c.members[i].id
 }
 
 // leader waits until the running members agree on a leader and returns its

@@ -98,6 +98,7 @@ func Open(dir string, logger *slog.Logger, pacer *SyncPacer) (*pebble.DB, error)
 func OpenFS(fs vfs.FS, dir string, logger *slog.Logger, pacer *SyncPacer) (*pebble.DB, error) {
 	opts := tunedOptions()
 	opts.FS = fs
+	opts.WithFSDefaults() // Pebble's disk health checks, as with no FS given
 	opts.Logger = pebbleLogger{logger}
 	opts.Cache = pebble.NewCache(blockCacheSize)
 	if pacer != nil {
