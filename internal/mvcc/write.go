@@ -98,6 +98,7 @@ type txn struct {
 	begin      int64
 	compactRev int64
 	changed    bool
+	sub        uint32 // the sub-revision of the next change (see events.go)
 }
 
 func (b *Batch) begin() *txn {
@@ -148,7 +149,7 @@ func (t *txn) put(key, value []byte, lease int64) error {
 	}
 	t.filter.add(key)
 	t.changed = true
-	return nil
+	return t.logEvent(eventPut, key)
 }
 
 // supersede readies key's live version, if it has one, to be superseded by a
@@ -225,8 +226,13 @@ func (t *txn) deleteRange(sp span) ([]*mvccpb.KeyValue, error) {
 		// A deleted first version goes to history (later versions are
 		// there already), unless this request wrote it: the tombstone
 		// takes its revision.
+		live := record{createRevision: kv.CreateRevision, modRevision: kv.ModRevision, version: kv.Version, lease: kv.Lease, value: kv.Value}
+		if kv.ModRevision == rev {
+			if err := t.inlinePut(kv.Key, &live); err != nil {
+				return nil, err
+			}
+		}
 		if kv.Version == 1 && kv.ModRevision != rev {
-			live := record{createRevision: kv.CreateRevision, modRevision: kv.ModRevision, version: kv.Version, lease: kv.Lease, value: kv.Value}
 			t.buf = appendRecord(t.buf[:0], &live)
 			t.keyBuf = appendHistoryKey(t.keyBuf[:0], kv.Key, kv.ModRevision)
 			if err := t.w.Set(t.keyBuf, t.buf, nil); err != nil {
@@ -239,6 +245,9 @@ func (t *txn) deleteRange(sp span) ([]*mvccpb.KeyValue, error) {
 			return nil, fmt.Errorf("mvcc: stage delete %q: %w", kv.Key, err)
 		}
 		t.keys.set(kv.Key, keyMeta{})
+		if err := t.logEvent(eventDelete, kv.Key); err != nil {
+			return nil, err
+		}
 	}
 	t.changed = true
 	return sc.kvs, nil

@@ -39,6 +39,7 @@ var (
 		PrefixSpan(PrefixMembers),
 		PrefixSpan(PrefixLatest),
 		PrefixSpan(PrefixHistory),
+		PrefixSpan(PrefixEvents),
 	}
 	// StateMachineMeta are the meta values of the state machine.
 	StateMachineMeta = []string{

@@ -47,7 +47,7 @@ func TestEveryKeySpaceIsClassified(t *testing.T) {
 
 	prefixValue := map[string]byte{
 		"PrefixRaftLog": PrefixRaftLog, "PrefixMeta": PrefixMeta, "PrefixMembers": PrefixMembers,
-		"PrefixLatest": PrefixLatest, "PrefixHistory": PrefixHistory,
+		"PrefixLatest": PrefixLatest, "PrefixHistory": PrefixHistory, "PrefixEvents": PrefixEvents,
 	}
 	metaValue := map[string]string{
 		"MetaHardState": MetaHardState, "MetaConfState": MetaConfState, "MetaLogTruncated": MetaLogTruncated,

@@ -36,6 +36,9 @@ const (
 	// PrefixHistory holds the retained versions of each key, but a live
 	// first version, and tombstones (owned by mvcc).
 	PrefixHistory byte = 0x11
+	// PrefixEvents holds the events of every retained revision in revision
+	// order, for watch (owned by mvcc).
+	PrefixEvents byte = 0x12
 )
 
 // Names of the metadata values kept under PrefixMeta.
