@@ -90,6 +90,8 @@ func parseFlags(args []string, stderr io.Writer) (*server.Config, error) {
 		snapshotCount   = fs.Uint64("snapshot-count", 10000, "number of applied Raft entries to keep in the log for lagging members")
 		metricsURLs     = fs.String("listen-metrics-urls", "", "comma-separated URLs to serve HTTP diagnostics on (pprof, with --enable-pprof)")
 		enablePprof     = fs.Bool("enable-pprof", false, "serve runtime profiling data at /debug/pprof/ on --listen-metrics-urls")
+		watchProgress   = fs.Duration("watch-progress-notify-interval", 10*time.Minute, "period of progress notifications to watchers that ask for them")
+		watchProgressX  = fs.Duration("experimental-watch-progress-notify-interval", 0, "older spelling of --watch-progress-notify-interval")
 		version         = fs.Bool("version", false, "print the version and exit")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -136,6 +138,10 @@ func parseFlags(args []string, stderr io.Writer) (*server.Config, error) {
 		}
 	}
 	cfg.EnablePprof = *enablePprof
+	cfg.WatchProgressNotifyInterval = *watchProgress
+	if *watchProgressX != 0 {
+		cfg.WatchProgressNotifyInterval = *watchProgressX
+	}
 	if *initialCluster == "" {
 		*initialCluster = *name + "=" + *advertisePeer
 	}

@@ -33,6 +33,9 @@ type Config struct {
 	ElectionTimeout   time.Duration
 	// SnapshotCount is how many applied entries the Raft log keeps.
 	SnapshotCount uint64
+	// WatchProgressNotifyInterval is the period of progress notifications
+	// to watchers that asked for them (0: etcd's 10 minutes).
+	WatchProgressNotifyInterval time.Duration
 	// ListenMetricsURLs serve HTTP diagnostics: /debug/pprof/ when
 	// EnablePprof is set.
 	ListenMetricsURLs []url.URL

@@ -34,6 +34,7 @@ import (
 	"github.com/plinthdb/plinth/internal/snapshot"
 	"github.com/plinthdb/plinth/internal/storage"
 	"github.com/plinthdb/plinth/internal/transport"
+	"github.com/plinthdb/plinth/internal/watch"
 )
 
 // Version is the etcd API version plinth answers as: the semantics it copies.
@@ -50,6 +51,7 @@ type Server struct {
 	logger     *slog.Logger
 	db         *pebble.DB
 	kv         *mvcc.Store
+	watches    *watch.Hub // told of every commit by the apply loop
 	applier    *apply.Applier
 	node       *raftnode.Node
 	peers      *transport.Transport
@@ -101,6 +103,9 @@ func New(cfg Config) (*Server, error) {
 	s.waits.init()
 	if err := s.open(pacer); err != nil {
 		s.cancelStop()
+		if s.watches != nil {
+			s.watches.Close()
+		}
 		if s.kv != nil {
 			s.kv.Close()
 		}
@@ -126,6 +131,7 @@ func (s *Server) open(pacer *storage.SyncPacer) error {
 	if s.applier, err = apply.New(s.db, s.kv, s.logger); err != nil {
 		return err
 	}
+	s.watches = watch.NewHub(s.kv, watch.Config{ProgressInterval: s.cfg.WatchProgressNotifyInterval, MaxResponseBytes: s.cfg.MaxRequestBytes, Logger: s.logger})
 	// Images received but not installed before a stop are of no use now.
 	snapDir := filepath.Join(s.cfg.DataDir, "snap")
 	if err := os.MkdirAll(snapDir, 0o700); err != nil {
@@ -218,6 +224,7 @@ func (s *Server) Start() error {
 	pb.RegisterKVServer(s.grpc, api.NewKV(s))
 	pb.RegisterMaintenanceServer(s.grpc, api.NewMaintenance(s))
 	pb.RegisterClusterServer(s.grpc, api.NewCluster(s))
+	pb.RegisterWatchServer(s.grpc, api.NewWatch(s, s.watches))
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, hs)
 	for _, u := range s.cfg.ListenClientURLs {
@@ -289,6 +296,9 @@ func (s *Server) watchNode() {
 // get a few seconds to finish.
 func (s *Server) Stop() {
 	s.stopOnce.Do(func() {
+		// Watch streams never end on their own: end them first, or
+		// the graceful stop below waits for them in vain.
+		s.watches.Close()
 		if s.grpc != nil {
 			done := make(chan struct{})
 			go func() { s.grpc.GracefulStop(); close(done) }()
@@ -325,6 +335,7 @@ func (m stateMachine) Install(img snapshot.Image) error {
 	if err := m.s.applier.Restore(func() error { return snapshot.Install(m.s.db, img) }); err != nil {
 		return err
 	}
+	m.s.watches.Notify()
 	return m.s.addKnownPeers()
 }
 
@@ -333,6 +344,7 @@ func (m stateMachine) Apply(ents []*raftpb.Entry, cs *raftpb.ConfState) error {
 	if err != nil {
 		return err
 	}
+	m.s.watches.Notify() // never blocks; the hub reads the new events itself
 	for _, r := range results {
 		m.s.waits.trigger(r.ID, r)
 	}
