@@ -45,7 +45,11 @@ func (s *Watch) Watch(stream pb.Watch_WatchServer) error {
 		}
 	}()
 	err := ws.Run(ctx, func(resp *pb.WatchResponse) error {
+		// The stream chose the revision, 0 included (a compacted
+		// watcher's cancel carries none in etcd).
+		rev := resp.Header.Revision
 		s.b.FillHeader(resp.Header)
+		resp.Header.Revision = rev
 		return stream.Send(resp)
 	})
 	select {

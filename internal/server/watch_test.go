@@ -59,7 +59,7 @@ func TestWatchWithEtcdClient(t *testing.T) {
 	}
 	hist := cli.Watch(ctx, "a", clientv3.WithRev(2), clientv3.WithPrevKV())
 	prefix := cli.Watch(ctx, "b/", clientv3.WithPrefix(), clientv3.WithRev(1))
-	fromKey := cli.Watch(ctx, "b/2", clientv3.WithFromKey(), clientv3.WithFilterPut())
+	fromKey := cli.Watch(ctx, "b/2", clientv3.WithFromKey(), clientv3.WithFilterPut(), clientv3.WithRev(5))
 	if got, want := fmt.Sprint(nextEvents(t, hist, 2)), fmt.Sprint([]string{"PUT a=1@2", "PUT a=2@5 prev 1@2"}); got != want {
 		t.Fatalf("history of a: %s, want %s", got, want)
 	}

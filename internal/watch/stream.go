@@ -85,8 +85,8 @@ func (s *Stream) Requests() chan<- *pb.WatchRequest { return s.in }
 func (s *Stream) Close() { s.hub.removeStream() }
 
 // Run serves the stream until ctx ends, the hub stops, or send fails. send
-// gets each response with its header's revision set; it may fill the rest
-// of the header.
+// gets each response with its header's revision set (0 where etcd sends
+// none); it may fill the rest of the header.
 func (s *Stream) Run(ctx context.Context, send func(*pb.WatchResponse) error) error {
 	tick := time.NewTicker(s.hub.cfg.ProgressInterval)
 	defer tick.Stop()
@@ -152,7 +152,9 @@ func (s *Stream) handle(req *pb.WatchRequest, send func(*pb.WatchResponse) error
 		s.remove(id)
 		return send(&pb.WatchResponse{Header: s.header(), WatchId: id, Canceled: true})
 	case *pb.WatchRequest_ProgressRequest:
-		if s.progressAt == 0 {
+		// etcd answers through a watcher: a stream without one gets
+		// no answer.
+		if s.progressAt == 0 && len(s.order) > 0 {
 			s.progressAt = s.hub.store.Rev()
 		}
 	}
@@ -227,16 +229,21 @@ func (s *Stream) serveRound(ringNext int64, send func(*pb.WatchResponse) error) 
 		if w.next >= ringNext {
 			continue // nothing new for it yet
 		}
+		if compactRev := s.hub.store.CompactRev(); w.next < compactRev {
+			// Behind a compaction, as etcd tells a watcher that is not
+			// in sync: the header carries no revision.
+			s.remove(w.id)
+			if err := send(&pb.WatchResponse{Header: &pb.ResponseHeader{}, WatchId: w.id, CompactRevision: compactRev, Canceled: true}); err != nil {
+				return false, err
+			}
+			worked = true
+			continue
+		}
 		evs, next, ok := s.hub.collect(w.next, maxResponseEvents, w.match)
 		if !ok {
 			evs, next, err = s.hub.store.Events(w.next, maxResponseEvents, w.match)
 			if errors.Is(err, mvcc.ErrCompacted) {
-				s.remove(w.id)
-				if err := send(&pb.WatchResponse{Header: s.header(), WatchId: w.id, CompactRevision: s.hub.store.CompactRev(), Canceled: true}); err != nil {
-					return false, err
-				}
-				worked = true
-				continue
+				continue // compacted meanwhile: the next round says so
 			}
 			if err != nil {
 				return false, fmt.Errorf("watch: catch up watcher %d from %d: %w", w.id, w.next, err)
@@ -334,6 +341,10 @@ func (s *Stream) answerProgress(send func(*pb.WatchResponse) error) error {
 		return nil
 	}
 	rev := s.hub.store.Rev()
+	if len(s.order) == 0 {
+		s.progressAt = 0 // its watchers were all canceled: no answer
+		return nil
+	}
 	for _, w := range s.order {
 		if w.next <= s.progressAt {
 			return nil

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -80,9 +82,10 @@ func (m *member) del(key string) {
 // that the test reads; block, when not nil, holds each send until it is
 // closed (a client that stops reading).
 type client struct {
-	t     *testing.T
-	s     *Stream
-	resps chan *pb.WatchResponse
+	t      *testing.T
+	s      *Stream
+	resps  chan *pb.WatchResponse
+	runErr atomic.Value // what Run returned, once it has
 }
 
 func (m *member) client(block <-chan struct{}) *client {
@@ -92,7 +95,7 @@ func (m *member) client(block <-chan struct{}) *client {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		_ = c.s.Run(ctx, func(r *pb.WatchResponse) error {
+		err := c.s.Run(ctx, func(r *pb.WatchResponse) error {
 			if block != nil {
 				select {
 				case <-block:
@@ -103,6 +106,7 @@ func (m *member) client(block <-chan struct{}) *client {
 			c.resps <- r
 			return nil
 		})
+		c.runErr.Store(fmt.Sprint(err))
 	}()
 	m.t.Cleanup(func() {
 		cancel()
@@ -124,7 +128,9 @@ func (c *client) next() *pb.WatchResponse {
 	case r := <-c.resps:
 		return r
 	case <-time.After(20 * time.Second):
-		c.t.Fatal("no watch response in 20s")
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		c.t.Fatalf("no watch response in 20s (Run returned: %v)\n%s", c.runErr.Load(), buf)
 		return nil
 	}
 }
@@ -250,8 +256,10 @@ func TestSlowClient(t *testing.T) {
 	block := make(chan struct{})
 	slow := m.client(block)
 	fast := m.client(nil)
-	slow.create(&pb.WatchCreateRequest{Key: []byte("k"), RangeEnd: []byte("l")})
-	fast.create(&pb.WatchCreateRequest{Key: []byte("k"), RangeEnd: []byte("l")})
+	// From revision 2: the slow stream may take its create after the
+	// writes, and a watcher from "now" would then have nothing to get.
+	slow.create(&pb.WatchCreateRequest{Key: []byte("k"), RangeEnd: []byte("l"), StartRevision: 2})
+	fast.create(&pb.WatchCreateRequest{Key: []byte("k"), RangeEnd: []byte("l"), StartRevision: 2})
 	if r := fast.next(); !r.Created {
 		t.Fatal(r)
 	}
