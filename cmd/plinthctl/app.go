@@ -72,6 +72,7 @@ func (a *app) rootCommand() *cobra.Command {
 		a.delCommand(),
 		a.txnCommand(),
 		a.compactionCommand(),
+		a.watchCommand(),
 		a.endpointCommand(),
 		a.memberCommand(),
 		a.alarmCommand(),
