@@ -143,8 +143,8 @@ const maxEventsScanned = 16384
 // watched range.
 func (s *Store) Events(from int64, limit int, match func(key []byte) bool) (evs []*mvccpb.Event, next int64, err error) {
 	s.viewMu.RLock()
-	cur, compactRev := s.rev, s.compactRev
-	if from < compactRev {
+	cur := s.rev
+	if from < s.eventsFromLocked() {
 		s.viewMu.RUnlock()
 		return nil, 0, ErrCompacted
 	}
@@ -207,6 +207,46 @@ func (s *Store) Events(from int64, limit int, match func(key []byte) bool) (evs 
 		return nil, 0, fmt.Errorf("mvcc: scan events from %d: %w", from, err)
 	}
 	return evs, next, nil
+}
+
+// EventsFrom returns the oldest revision Events can read from: the
+// compaction revision, or, in a store written before the event index
+// existed, the first revision it indexed.
+func (s *Store) EventsFrom() int64 {
+	s.viewMu.RLock()
+	defer s.viewMu.RUnlock()
+	return s.eventsFromLocked()
+}
+
+func (s *Store) eventsFromLocked() int64 {
+	if s.indexedFrom > 2 {
+		return max(s.compactRev, s.indexedFrom)
+	}
+	return s.compactRev
+}
+
+// loadIndexedFrom returns the first revision the event index holds, or the
+// revision after rev if it holds none. Every revision after 1 has events,
+// so an index that starts after 2 (and after the compaction revision) was
+// begun on a store that already had history: reads before its start would
+// silently miss changes, and fail as compacted instead.
+func loadIndexedFrom(r pebble.Reader, rev int64) (int64, error) {
+	iter, err := r.NewIter(&pebble.IterOptions{LowerBound: []byte{storage.PrefixEvents}, UpperBound: []byte{storage.PrefixEvents + 1}})
+	if err != nil {
+		return 0, fmt.Errorf("mvcc: open event iterator: %w", err)
+	}
+	defer func() { _ = iter.Close() }()
+	if !iter.First() {
+		if err := iter.Error(); err != nil {
+			return 0, fmt.Errorf("mvcc: scan events: %w", err)
+		}
+		return rev + 1, nil
+	}
+	k := iter.Key()
+	if len(k) != eventKeyLen {
+		return 0, fmt.Errorf("mvcc: event key %x: %w", k, storage.ErrCorrupt)
+	}
+	return int64(binary.BigEndian.Uint64(k[1:9])), nil
 }
 
 // versionOf returns the version of key that a put at rev wrote: in history,

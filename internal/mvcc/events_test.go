@@ -8,6 +8,8 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+
+	"github.com/plinthdb/plinth/internal/storage"
 )
 
 func eventStrings(evs []*mvccpb.Event) []string {
@@ -145,5 +147,40 @@ func BenchmarkEventsCatchUp(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestEventsOfAStoreWithoutIndex: a store whose history predates the event
+// index answers a read from before the index's start as compacted, never
+// with silently missing changes.
+func TestEventsOfAStoreWithoutIndex(t *testing.T) {
+	ts := newTestStore(t)
+	ts.put("a", "1") // 2
+	ts.put("a", "2") // 3
+	// Remove the index, as a store written before it existed lacks it.
+	if err := ts.db.DeleteRange([]byte{storage.PrefixEvents}, []byte{storage.PrefixEvents + 1}, nil); err != nil {
+		t.Fatal(err)
+	}
+	ts.reopen()
+	if _, _, err := ts.s.Events(2, 0, nil); err != ErrCompacted {
+		t.Fatalf("events from before the index: %v, want ErrCompacted", err)
+	}
+	if got := ts.s.EventsFrom(); got != 4 {
+		t.Fatalf("EventsFrom %d, want 4", got)
+	}
+	ts.put("a", "3") // 4
+	evs, _, err := ts.s.Events(4, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkEvents(t, "events after the index began", evs, "PUT a=3@4/v3")
+	ts.reopen()
+	if _, _, err := ts.s.Events(3, 0, nil); err != ErrCompacted {
+		t.Fatalf("after a reopen, events from before the index: %v, want ErrCompacted", err)
+	}
+	// A fresh store serves from revision 1.
+	fresh := newTestStore(t)
+	if _, _, err := fresh.s.Events(1, 0, nil); err != nil {
+		t.Fatalf("fresh store: %v", err)
 	}
 }

@@ -173,7 +173,7 @@ func (h *Hub) follow() {
 			// snapshot installed a compacted state): continue from the
 			// oldest revision it still has. Watchers that were behind
 			// it learn that they were compacted.
-			h.reset(h.store.CompactRev())
+			h.reset(h.store.EventsFrom())
 			continue
 		}
 		if err != nil {

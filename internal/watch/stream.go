@@ -229,7 +229,7 @@ func (s *Stream) serveRound(ringNext int64, send func(*pb.WatchResponse) error) 
 		if w.next >= ringNext {
 			continue // nothing new for it yet
 		}
-		if compactRev := s.hub.store.CompactRev(); w.next < compactRev {
+		if compactRev := s.hub.store.EventsFrom(); w.next < compactRev {
 			// Behind a compaction, as etcd tells a watcher that is not
 			// in sync: the header carries no revision.
 			s.remove(w.id)
