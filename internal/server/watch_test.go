@@ -4,14 +4,18 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/plinthdb/plinth/internal/mvcc"
 )
@@ -458,6 +462,58 @@ func TestWatchClusterChecker(t *testing.T) {
 			if evLine((*clientv3.Event)(got[j])) != evLine((*clientv3.Event)(want[j])) {
 				t.Fatalf("member %d event %d is %v, member 0 has %v", i, j, got[j], want[j])
 			}
+		}
+	}
+}
+
+// TestWatchClientThatStopsReading: a raw Watch stream that stops reading
+// holds up neither writes nor another client's watcher; gRPC's flow control
+// stops the server sending to it, and when it reads again it gets every
+// event in order.
+func TestWatchClientThatStopsReading(t *testing.T) {
+	srv, cli := startServer(t, t.TempDir())
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	conn, err := grpc.NewClient(srv.ClientAddrs()[0], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	stalled, err := etcdserverpb.NewWatchClient(conn).Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	create := &etcdserverpb.WatchRequest{RequestUnion: &etcdserverpb.WatchRequest_CreateRequest{
+		CreateRequest: &etcdserverpb.WatchCreateRequest{Key: []byte("s/"), RangeEnd: []byte("s0"), StartRevision: 2}}}
+	if err := stalled.Send(create); err != nil {
+		t.Fatal(err)
+	}
+	other := cli.Watch(ctx, "s/", clientv3.WithPrefix(), clientv3.WithRev(2))
+
+	// 4.8 MiB of events: more than one response may hold, and than
+	// gRPC's initial windows.
+	const writes = 600
+	value := strings.Repeat("v", 8<<10)
+	for i := range writes {
+		if _, err := cli.Put(ctx, fmt.Sprintf("s/%04d", i%100), value); err != nil {
+			t.Fatalf("put %d with a stalled watcher: %v", i, err)
+		}
+	}
+	if got := len(nextEvents(t, other, writes)); got != writes {
+		t.Fatalf("other watcher got %d events", got)
+	}
+	// Now read the stalled stream: created, then every event in order.
+	next := int64(2)
+	for next < writes+2 {
+		r, err := stalled.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range r.Events {
+			if ev.Kv.ModRevision != next {
+				t.Fatalf("stalled watcher: event at %d, want %d", ev.Kv.ModRevision, next)
+			}
+			next++
 		}
 	}
 }

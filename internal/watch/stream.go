@@ -253,8 +253,8 @@ func (s *Stream) serveRound(ringNext int64, send func(*pb.WatchResponse) error) 
 			continue
 		}
 		worked = true
+		evs, next = s.cut(w.filter(evs), next)
 		w.next = next
-		evs = w.filter(evs)
 		if len(evs) == 0 {
 			continue
 		}
@@ -267,6 +267,21 @@ func (s *Stream) serveRound(ringNext int64, send func(*pb.WatchResponse) error) 
 		}
 	}
 	return worked, nil
+}
+
+// cut shortens evs, events of revisions up to next-1, at the first revision
+// boundary past MaxResponseBytes, and returns the revision to continue
+// from: a response holds whole revisions, but not a catch-up's worth of
+// them at once.
+func (s *Stream) cut(evs []*mvccpb.Event, next int64) ([]*mvccpb.Event, int64) {
+	size := 0
+	for i, ev := range evs {
+		if i > 0 && size > s.hub.cfg.MaxResponseBytes && ev.Kv.ModRevision != evs[i-1].Kv.ModRevision {
+			return evs[:i], ev.Kv.ModRevision
+		}
+		size += proto.Size(ev.Kv)
+	}
+	return evs, next
 }
 
 func (w *watcher) filter(evs []*mvccpb.Event) []*mvccpb.Event {

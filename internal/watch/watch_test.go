@@ -252,7 +252,8 @@ func TestWatchCompacted(t *testing.T) {
 // every event in order, caught up from the store.
 func TestSlowClient(t *testing.T) {
 	const ring, writes = 32, 600
-	m := newMember(t, Config{RingEvents: ring})
+	// Small responses too: catch-up comes in many, cut at revisions.
+	m := newMember(t, Config{RingEvents: ring, MaxResponseBytes: 2048})
 	block := make(chan struct{})
 	slow := m.client(block)
 	fast := m.client(nil)

@@ -211,6 +211,9 @@ func TestWatchCompat(t *testing.T) {
 		}},
 	}
 	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) { runWatchCase(t, c.steps) })
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel() // a case spends its time waiting for quiet
+			runWatchCase(t, c.steps)
+		})
 	}
 }
