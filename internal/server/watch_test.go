@@ -517,3 +517,46 @@ func TestWatchClientThatStopsReading(t *testing.T) {
 		}
 	}
 }
+
+// TestWatchAcrossSnapshotInstall: a watcher on a member that catches up by
+// installing a Raft snapshot gets every change it missed, from the event
+// index the snapshot carried, then live ones.
+func TestWatchAcrossSnapshotInstall(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := newTestCluster(t, 3, "watch-snapshot")
+	for i := range 3 {
+		c.cfgs[i].SnapshotCount = 20
+		c.start(i)
+	}
+	lead := c.leader(ctx)
+	lagging := (lead + 1) % 3
+	cli := c.client(lead)
+	if _, err := cli.Put(ctx, "x/before", "1"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(ctx, t, func() bool { return c.servers[lagging].node.AppliedIndex() >= c.servers[lead].node.AppliedIndex() })
+	// Whether the watch below starts before the install or after it, the
+	// changes from here on reach the member only in the snapshot.
+	from := c.servers[lagging].KV().Rev() + 1
+	c.stop(lagging)
+	for i := range 150 {
+		if _, err := cli.Put(ctx, fmt.Sprintf("x/%03d", i%40), fmt.Sprint(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := cli.Delete(ctx, "x/01", clientv3.WithPrefix()); err != nil {
+		t.Fatal(err)
+	}
+	c.start(lagging)
+	rec := &received{}
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	go follow(c.client(lagging).Watch(wctx, "x/", clientv3.WithPrefix(), clientv3.WithRev(from)), rec)
+	waitFor(ctx, t, func() bool { return c.servers[lagging].node.SnapshotsInstalled() > 0 })
+	if _, err := cli.Put(ctx, "x/after", "1"); err != nil {
+		t.Fatal(err)
+	}
+	spec := watchSpec{span: [2]string{"x/", "x0"}}
+	checkWatcher(t, "watcher on the lagging member", spec, rec, committedEvents(t, c.servers[lead].KV()), from)
+}
