@@ -224,7 +224,7 @@ func (s *Server) Start() error {
 	pb.RegisterKVServer(s.grpc, api.NewKV(s))
 	pb.RegisterMaintenanceServer(s.grpc, api.NewMaintenance(s))
 	pb.RegisterClusterServer(s.grpc, api.NewCluster(s))
-	pb.RegisterWatchServer(s.grpc, api.NewWatch(s, s.watches))
+	pb.RegisterWatchServer(s.grpc, api.NewWatch(s, s.watches, s.node.Leader, s.cfg.ElectionTimeout))
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, hs)
 	for _, u := range s.cfg.ListenClientURLs {

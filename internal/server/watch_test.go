@@ -319,7 +319,7 @@ func runChecker(t *testing.T, clis []*clientv3.Client, kv func() *mvcc.Store, mi
 		c := &checked{name: name, spec: spec, rec: &received{}, start: start}
 		wctx, wcancel := context.WithCancel(ctx)
 		opts := append([]clientv3.OpOption{clientv3.WithRev(start)}, spec.opts...)
-		wch := cli.Watch(clientv3.WithRequireLeader(wctx), spec.key, opts...)
+		wch := cli.Watch(wctx, spec.key, opts...)
 		followers.Add(1)
 		go func() { defer followers.Done(); defer wcancel(); follow(wch, c.rec) }()
 		all = append(all, c)
@@ -559,4 +559,38 @@ func TestWatchAcrossSnapshotInstall(t *testing.T) {
 	}
 	spec := watchSpec{span: [2]string{"x/", "x0"}}
 	checkWatcher(t, "watcher on the lagging member", spec, rec, committedEvents(t, c.servers[lead].KV()), from)
+}
+
+// TestWatchRequireLeader: a watch that requires a leader (as Kubernetes'
+// do) ends with etcd's "no leader" once its member has lost the leader,
+// instead of waiting for events that cannot come.
+func TestWatchRequireLeader(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := newTestCluster(t, 3, "watch-leader")
+	for i := range 3 {
+		c.start(i)
+	}
+	lead := c.leader(ctx)
+	alone := (lead + 1) % 3
+	wch := c.client(alone).Watch(clientv3.WithRequireLeader(ctx), "k")
+	if _, err := c.client(lead).Put(ctx, "k", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := nextEvents(t, wch, 1); len(got) != 1 {
+		t.Fatal(got)
+	}
+	for i := range 3 {
+		if i != alone {
+			c.stop(i)
+		}
+	}
+	select {
+	case r := <-wch:
+		if r.Err() != rpctypes.ErrNoLeader {
+			t.Fatalf("watch on a member without a leader: %v (%+v)", r.Err(), r)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the watch did not end in 30s without a leader")
+	}
 }
