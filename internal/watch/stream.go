@@ -57,6 +57,11 @@ type watcher struct {
 	noDelete       bool
 	progressNotify bool
 	sentSince      bool // events sent since the last periodic progress tick
+	// synced: the watcher has been in sync with the ring (or started
+	// from the present). Like etcd's synced watchers, it keeps getting
+	// the events the ring still holds across a compaction; a watcher
+	// catching up from the past is canceled by one.
+	synced bool
 }
 
 func (w *watcher) match(key []byte) bool {
@@ -185,8 +190,8 @@ func (s *Stream) create(cr *pb.WatchCreateRequest, send func(*pb.WatchResponse) 
 			w.noDelete = true
 		}
 	}
-	if w.next <= 0 {
-		w.next = rev + 1
+	if w.next <= 0 || w.next > rev {
+		w.next, w.synced = max(w.next, rev+1), true
 	}
 	refuse := func(err error) error {
 		return send(&pb.WatchResponse{Header: &pb.ResponseHeader{Revision: rev}, WatchId: InvalidWatchID, Created: true, Canceled: true, CancelReason: err.Error()})
@@ -229,21 +234,27 @@ func (s *Stream) serveRound(ringNext int64, send func(*pb.WatchResponse) error) 
 		if w.next >= ringNext {
 			continue // nothing new for it yet
 		}
-		if compactRev := s.hub.store.EventsFrom(); w.next < compactRev {
-			// Behind a compaction, as etcd tells a watcher that is not
-			// in sync: the header carries no revision.
+		// Behind a compaction, as etcd tells a watcher that is not in
+		// sync: the header carries no revision.
+		compacted := func(compactRev int64) error {
 			s.remove(w.id)
-			if err := send(&pb.WatchResponse{Header: &pb.ResponseHeader{}, WatchId: w.id, CompactRevision: compactRev, Canceled: true}); err != nil {
+			worked = true
+			return send(&pb.WatchResponse{Header: &pb.ResponseHeader{}, WatchId: w.id, CompactRevision: compactRev, Canceled: true})
+		}
+		if compactRev := s.hub.store.EventsFrom(); !w.synced && w.next < compactRev {
+			if err := compacted(compactRev); err != nil {
 				return false, err
 			}
-			worked = true
 			continue
 		}
 		evs, next, ok := s.hub.collect(w.next, maxResponseEvents, w.match)
 		if !ok {
 			evs, next, err = s.hub.store.Events(w.next, maxResponseEvents, w.match)
 			if errors.Is(err, mvcc.ErrCompacted) {
-				continue // compacted meanwhile: the next round says so
+				if err := compacted(s.hub.store.EventsFrom()); err != nil {
+					return false, err
+				}
+				continue
 			}
 			if err != nil {
 				return false, fmt.Errorf("watch: catch up watcher %d from %d: %w", w.id, w.next, err)
@@ -255,6 +266,9 @@ func (s *Stream) serveRound(ringNext int64, send func(*pb.WatchResponse) error) 
 		worked = true
 		evs, next = s.cut(w.filter(evs), next)
 		w.next = next
+		if ok && next >= ringNext {
+			w.synced = true
+		}
 		if len(evs) == 0 {
 			continue
 		}

@@ -357,3 +357,56 @@ func TestFragment(t *testing.T) {
 		}
 	}
 }
+
+// TestCompactionKeepsSyncedWatchers: a watcher in sync that has not yet been
+// sent the newest revisions when a compaction passes them still gets them
+// from the ring, as etcd's synced watchers do; one catching up from before
+// the compaction is canceled.
+func TestCompactionKeepsSyncedWatchers(t *testing.T) {
+	m := newMember(t, Config{})
+	m.put("k", "0") // 2
+	block := make(chan struct{})
+	c := m.client(block)
+	c.create(&pb.WatchCreateRequest{Key: []byte("k")})
+	// Let the stream take the create (it then waits to send Created).
+	deadline := time.Now().Add(10 * time.Second)
+	for len(c.s.in) > 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	m.put("k", "1") // 3
+	m.put("k", "2") // 4
+	// The hub reads them into the ring before the compaction: a
+	// compaction that overtakes the hub itself cancels in-sync watchers
+	// too (the ring then restarts at the compaction revision).
+	for time.Now().Before(deadline) {
+		if _, next := m.hub.state(); next == 5 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	m.write(func(b *mvcc.Batch) error { _, _, err := b.Compact(4); return err })
+	c.create(&pb.WatchCreateRequest{Key: []byte("k"), StartRevision: 2})
+	close(block)
+	got := map[int64][]string{}
+	canceled := map[int64]int64{}
+	for len(got[0]) < 2 || canceled[1] == 0 {
+		r := c.next()
+		if r.Created {
+			continue
+		}
+		if r.Canceled {
+			canceled[r.WatchId] = r.CompactRevision
+			continue
+		}
+		for _, ev := range r.Events {
+			got[r.WatchId] = append(got[r.WatchId], evString(ev))
+		}
+	}
+	if fmt.Sprint(got[0]) != fmt.Sprint([]string{"PUT k=1@3", "PUT k=2@4"}) || canceled[0] != 0 {
+		t.Fatalf("synced watcher: %q, canceled at %d", got[0], canceled[0])
+	}
+	if canceled[1] != 4 {
+		t.Fatalf("watcher from 2: canceled at %d, want compact revision 4", canceled[1])
+	}
+}
