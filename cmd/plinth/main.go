@@ -101,6 +101,8 @@ func parseFlags(args []string, stderr io.Writer) (*server.Config, error) {
 		compactionKeep  = fs.String("auto-compaction-retention", "0", "history the leader keeps by compacting on its own: a duration or hours (periodic), or revisions (revision); 0 turns it off")
 		metricsURLs     = fs.String("listen-metrics-urls", "", "comma-separated URLs to serve HTTP diagnostics on (pprof, with --enable-pprof)")
 		enablePprof     = fs.Bool("enable-pprof", false, "serve runtime profiling data at /debug/pprof/ on --listen-metrics-urls")
+		watchProgress   = fs.Duration("watch-progress-notify-interval", 10*time.Minute, "period of progress notifications to watchers that ask for them")
+		watchProgressX  = fs.Duration("experimental-watch-progress-notify-interval", 0, "older spelling of --watch-progress-notify-interval")
 		version         = fs.Bool("version", false, "print the version and exit")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -165,6 +167,10 @@ func parseFlags(args []string, stderr io.Writer) (*server.Config, error) {
 		}
 	}
 	cfg.EnablePprof = *enablePprof
+	cfg.WatchProgressNotifyInterval = *watchProgress
+	if *watchProgressX != 0 {
+		cfg.WatchProgressNotifyInterval = *watchProgressX
+	}
 	if *initialCluster == "" {
 		*initialCluster = *name + "=" + *advertisePeer
 	}

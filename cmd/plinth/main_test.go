@@ -111,3 +111,22 @@ func TestRunExitsWithUsageErrorCode(t *testing.T) {
 		t.Fatalf("stderr lacks a plinth: message: %s", stderr.String())
 	}
 }
+
+func TestParseFlagsWatchProgressInterval(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want time.Duration
+	}{
+		{nil, 10 * time.Minute},
+		{[]string{"--watch-progress-notify-interval=5s"}, 5 * time.Second},
+		{[]string{"--experimental-watch-progress-notify-interval=7s"}, 7 * time.Second},
+	} {
+		cfg, err := parseFlags(tc.args, &bytes.Buffer{})
+		if err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if cfg.WatchProgressNotifyInterval != tc.want {
+			t.Fatalf("%v: interval %v, want %v", tc.args, cfg.WatchProgressNotifyInterval, tc.want)
+		}
+	}
+}

@@ -73,6 +73,7 @@ func (a *app) rootCommand() *cobra.Command {
 		a.txnCommand(),
 		a.compactionCommand(),
 		a.leaseCommand(),
+		a.watchCommand(),
 		a.endpointCommand(),
 		a.memberCommand(),
 		a.moveLeaderCommand(),

@@ -143,7 +143,8 @@ func (c *compactor) finish(rev int64) {
 	}
 }
 
-// compact deletes every version unreachable by reads at revisions >= rev.
+// compact deletes every version unreachable by reads at revisions >= rev,
+// and the events of revisions below rev (see events.go).
 //
 // It decides from one snapshot while puts and deletes go on, which add
 // versions newer than rev and may copy a key's live first version into
@@ -228,6 +229,10 @@ func (c *compactor) compact(rev int64) error {
 	}
 	if err := iter.Error(); err != nil {
 		return fmt.Errorf("mvcc: compact to %d: %w", rev, err)
+	}
+	// Watchers may start at rev itself, so its events stay.
+	if err := b.DeleteRange([]byte{storage.PrefixEvents}, eventKey(rev, 0), nil); err != nil {
+		return fmt.Errorf("mvcc: compact events to %d: %w", rev, err)
 	}
 	if err := storage.PutMetaUint64(b, storage.MetaCompactDone, uint64(rev)); err != nil {
 		return err

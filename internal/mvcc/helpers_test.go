@@ -242,3 +242,26 @@ func checkKV(t testing.TB, what string, kv *mvccpb.KeyValue, key, value string, 
 		t.Fatalf("%s: got %s, want key %q value %q create %d mod %d version %d lease %d", what, kvString(kv), key, value, create, mod, version, lease)
 	}
 }
+
+// firstEventRev returns the revision of the oldest entry of the event index,
+// 0 if it is empty.
+func (ts *testStore) firstEventRev() int64 {
+	ts.t.Helper()
+	iter, err := ts.db.NewIter(&pebble.IterOptions{LowerBound: []byte{storage.PrefixEvents}, UpperBound: []byte{storage.PrefixEvents + 1}})
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	defer func() { _ = iter.Close() }()
+	if !iter.First() {
+		return 0
+	}
+	v, err := iter.ValueAndErr()
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	rev, _, _, _, err := decodeEvent(iter.Key(), v)
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	return rev
+}

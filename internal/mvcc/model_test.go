@@ -21,10 +21,15 @@ type model struct {
 	states   []map[string]*mvccpb.KeyValue // states[rev]; states[0] is unused
 	versions map[string]map[int64]bool     // key -> revision -> tombstone
 	compact  int64
+	// events[rev] are the changes of revision rev, in etcd's order;
+	// twice[rev] marks a revision that put one key twice, which the API
+	// forbids and whose events are therefore not checked.
+	events [][]*mvccpb.Event
+	twice  map[int64]bool
 }
 
 func newModel() *model {
-	return &model{states: []map[string]*mvccpb.KeyValue{nil, {}}, versions: map[string]map[int64]bool{}, compact: -1}
+	return &model{states: []map[string]*mvccpb.KeyValue{nil, {}}, versions: map[string]map[int64]bool{}, compact: -1, events: make([][]*mvccpb.Event, 2), twice: map[int64]bool{}}
 }
 
 func (m *model) rev() int64 { return int64(len(m.states) - 1) }
@@ -35,6 +40,8 @@ type modelTxn struct {
 	cur     map[string]*mvccpb.KeyValue
 	rev     int64
 	changed bool
+	events  []*mvccpb.Event
+	put1    map[string]bool
 }
 
 func (m *model) begin() *modelTxn {
@@ -55,6 +62,14 @@ func (t *modelTxn) put(key, value string) {
 	}
 	t.cur[key] = kv
 	t.mark(key, false)
+	t.events = append(t.events, &mvccpb.Event{Type: mvccpb.PUT, Kv: kv})
+	if t.put1 == nil {
+		t.put1 = map[string]bool{}
+	}
+	if t.put1[key] {
+		t.m.twice[t.rev] = true
+	}
+	t.put1[key] = true
 }
 
 func (t *modelTxn) mark(key string, tomb bool) {
@@ -76,17 +91,24 @@ func inSpan(k, key, end string) bool {
 }
 
 func (t *modelTxn) del(key, end string) {
+	var deleted []string
 	for k := range t.cur {
 		if inSpan(k, key, end) {
-			delete(t.cur, k)
-			t.mark(k, true)
+			deleted = append(deleted, k)
 		}
+	}
+	sort.Strings(deleted)
+	for _, k := range deleted {
+		delete(t.cur, k)
+		t.mark(k, true)
+		t.events = append(t.events, &mvccpb.Event{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: []byte(k), ModRevision: t.rev}})
 	}
 }
 
 func (t *modelTxn) end() {
 	if t.changed {
 		t.m.states = append(t.m.states, t.cur)
+		t.m.events = append(t.m.events, t.events)
 	}
 }
 
@@ -233,6 +255,54 @@ func runModel(t *testing.T, seed uint64) {
 		}
 	}
 
+	// checkEvents reads the events from random revisions through random
+	// ranges and limits and compares them with the model's.
+	checkEvents := func(n int) {
+		t.Helper()
+		for i := 0; i < n; i++ {
+			from := m.rev() + 1 - int64(r.IntN(int(min(m.rev(), 60))))
+			key, end := randKey(), randomEnd(r)
+			limit := r.IntN(5)
+			evs, next, err := ts.s.Events(from, limit, func(k []byte) bool { return inSpan(string(k), key, end) })
+			if from < m.compact {
+				if err != ErrCompacted {
+					t.Fatalf("events from %d below compaction %d: %v", from, m.compact, err)
+				}
+				continue
+			}
+			if err != nil {
+				t.Fatalf("events from %d: %v", from, err)
+			}
+			if next <= from && from <= m.rev() || next > m.rev()+1 {
+				t.Fatalf("events from %d (revision %d): next %d", from, m.rev(), next)
+			}
+			if next <= m.rev() && (limit == 0 || len(evs) < limit) {
+				t.Fatalf("events from %d limit %d: stopped at %d with %d events, revision %d", from, limit, next, len(evs), m.rev())
+			}
+			var want []*mvccpb.Event
+			skip := false
+			for rev := from; rev < next; rev++ {
+				skip = skip || m.twice[rev]
+				for _, ev := range m.events[rev] {
+					if inSpan(string(ev.Kv.Key), key, end) {
+						want = append(want, ev)
+					}
+				}
+			}
+			if skip {
+				continue
+			}
+			if len(evs) != len(want) {
+				t.Fatalf("events [%q, %q) from %d to %d: got %d events %v, want %d %v", key, end, from, next, len(evs), evs, len(want), want)
+			}
+			for j := range want {
+				if !proto.Equal(evs[j], want[j]) {
+					t.Fatalf("events [%q, %q) from %d: event %d is %v, want %v", key, end, from, j, evs[j], want[j])
+				}
+			}
+		}
+	}
+
 	for step := 0; step < 600; step++ {
 		b := ts.s.NewBatch()
 		var dones []<-chan struct{}
@@ -307,6 +377,9 @@ func runModel(t *testing.T, seed uint64) {
 		}
 		if len(dones) > 0 {
 			m.compactAt(compactTo)
+			if first := ts.firstEventRev(); first != 0 && first < compactTo {
+				t.Fatalf("compaction at %d left the events of revision %d", compactTo, first)
+			}
 		}
 		want, got := m.historyLayout(), ts.historyVersions()
 		if len(got) != len(want) {
@@ -321,6 +394,7 @@ func runModel(t *testing.T, seed uint64) {
 			t.Fatalf("store at revision %d, model at %d", ts.s.Rev(), m.rev())
 		}
 		checkRanges(5)
+		checkEvents(3)
 		if step == 300 {
 			ts.reopen()
 			if ts.s.Rev() != m.rev() || ts.s.CompactRev() != max(m.compact, -1) {

@@ -36,8 +36,12 @@ func (s *Store) Restore(install func() error) error {
 		installErr = install()
 	}
 	revs, loadErr := loadRevisions(s.db)
+	var indexedFrom int64
 	if loadErr == nil {
-		s.rev, s.compactRev = revs.rev, revs.compactRev
+		indexedFrom, loadErr = loadIndexedFrom(s.db, revs.rev)
+	}
+	if loadErr == nil {
+		s.rev, s.compactRev, s.indexedFrom = revs.rev, revs.compactRev, indexedFrom
 	}
 	s.viewMu.Unlock()
 

@@ -42,6 +42,9 @@ type Store struct {
 	viewMu     sync.RWMutex
 	rev        int64 // current revision; 1 on an empty store, as in etcd
 	compactRev int64 // reads below this revision fail with ErrCompacted; -1 before any compaction
+	// indexedFrom is the first revision of the event index when the store
+	// was opened (see loadIndexedFrom).
+	indexedFrom int64
 
 	compactor *compactor
 	keys      *keyCache  // owned by the write path (Batch), see keyCache
@@ -57,7 +60,11 @@ func Open(db *pebble.DB, logger *slog.Logger) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{db: db, logger: logger, rev: revs.rev, compactRev: revs.compactRev, keys: newKeyCache(keyCacheEntries, keyCacheBytes)}
+	indexedFrom, err := loadIndexedFrom(db, revs.rev)
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{db: db, logger: logger, rev: revs.rev, compactRev: revs.compactRev, indexedFrom: indexedFrom, keys: newKeyCache(keyCacheEntries, keyCacheBytes)}
 	s.startBackground(revs, nil)
 	return s, nil
 }

@@ -110,6 +110,7 @@ type txn struct {
 	compactRev int64
 	changed    bool
 	onLease    LeaseChanged // nil when nobody keeps a lease index
+	sub        uint32       // the sub-revision of the next change (see events.go)
 }
 
 func (b *Batch) begin() *txn {
@@ -165,7 +166,7 @@ func (t *txn) put(key, value []byte, lease int64) error {
 			return fmt.Errorf("mvcc: put %q: %w", key, err)
 		}
 	}
-	return nil
+	return t.logEvent(eventPut, key)
 }
 
 // supersede readies key's live version, if it has one, to be superseded by a
@@ -242,8 +243,13 @@ func (t *txn) deleteRange(sp span) ([]*mvccpb.KeyValue, error) {
 		// A deleted first version goes to history (later versions are
 		// there already), unless this request wrote it: the tombstone
 		// takes its revision.
+		live := record{createRevision: kv.CreateRevision, modRevision: kv.ModRevision, version: kv.Version, lease: kv.Lease, value: kv.Value}
+		if kv.ModRevision == rev {
+			if err := t.inlinePut(kv.Key, &live); err != nil {
+				return nil, err
+			}
+		}
 		if kv.Version == 1 && kv.ModRevision != rev {
-			live := record{createRevision: kv.CreateRevision, modRevision: kv.ModRevision, version: kv.Version, lease: kv.Lease, value: kv.Value}
 			t.buf = appendRecord(t.buf[:0], &live)
 			t.keyBuf = appendHistoryKey(t.keyBuf[:0], kv.Key, kv.ModRevision)
 			if err := t.w.Set(t.keyBuf, t.buf, nil); err != nil {
@@ -260,6 +266,9 @@ func (t *txn) deleteRange(sp span) ([]*mvccpb.KeyValue, error) {
 			if err := t.onLease(kv.Key, kv.Lease, 0); err != nil {
 				return nil, fmt.Errorf("mvcc: delete %q: %w", kv.Key, err)
 			}
+		}
+		if err := t.logEvent(eventDelete, kv.Key); err != nil {
+			return nil, err
 		}
 	}
 	t.changed = true

@@ -43,6 +43,9 @@ type Config struct {
 	// refused and a NOSPACE alarm raised; 0 means
 	// DefaultQuotaBackendBytes.
 	QuotaBackendBytes int64
+	// WatchProgressNotifyInterval is the period of progress notifications
+	// to watchers that asked for them (0: etcd's 10 minutes).
+	WatchProgressNotifyInterval time.Duration
 	// ListenMetricsURLs serve HTTP diagnostics: /debug/pprof/ when
 	// EnablePprof is set.
 	ListenMetricsURLs []url.URL

@@ -34,6 +34,7 @@ import (
 	"github.com/plinthdb/plinth/internal/snapshot"
 	"github.com/plinthdb/plinth/internal/storage"
 	"github.com/plinthdb/plinth/internal/transport"
+	"github.com/plinthdb/plinth/internal/watch"
 )
 
 // Version is the etcd API version plinth answers as: the semantics it copies.
@@ -50,6 +51,7 @@ type Server struct {
 	logger     *slog.Logger
 	db         *pebble.DB
 	kv         *mvcc.Store
+	watches    *watch.Hub // told of every commit by the apply loop
 	applier    *apply.Applier
 	node       *raftnode.Node
 	peers      *transport.Transport
@@ -112,6 +114,9 @@ func New(cfg Config) (*Server, error) {
 	s.forwarder = &leaseForwarder{s: s}
 	if err := s.open(pacer); err != nil {
 		s.cancelStop()
+		if s.watches != nil {
+			s.watches.Close()
+		}
 		if s.kv != nil {
 			s.kv.Close()
 		}
@@ -137,6 +142,7 @@ func (s *Server) open(pacer *storage.SyncPacer) error {
 	if s.applier, err = apply.New(s.db, s.kv, s.logger); err != nil {
 		return err
 	}
+	s.watches = watch.NewHub(s.kv, watch.Config{ProgressInterval: s.cfg.WatchProgressNotifyInterval, MaxResponseBytes: s.cfg.MaxRequestBytes, Logger: s.logger})
 	// Images received but not installed before a stop are of no use now.
 	snapDir := filepath.Join(s.cfg.DataDir, "snap")
 	if err := mkdirSynced(s.cfg.FS, snapDir); err != nil {
@@ -278,6 +284,7 @@ func (s *Server) Start() error {
 	pb.RegisterMaintenanceServer(s.grpc, api.NewMaintenance(s))
 	pb.RegisterClusterServer(s.grpc, api.NewCluster(s))
 	pb.RegisterLeaseServer(s.grpc, api.NewLease(s))
+	pb.RegisterWatchServer(s.grpc, api.NewWatch(s, s.watches, s.node.Leader, s.cfg.ElectionTimeout))
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, hs)
 	for _, u := range s.cfg.ListenClientURLs {
@@ -350,6 +357,9 @@ func (s *Server) watchNode() {
 func (s *Server) Stop() {
 	s.stopOnce.Do(func() {
 		close(s.stopping)
+		// Watch streams never end on their own: end them first, or
+		// the graceful stop below waits for them in vain.
+		s.watches.Close()
 		if s.grpc != nil {
 			done := make(chan struct{})
 			go func() { s.grpc.GracefulStop(); close(done) }()
@@ -387,6 +397,7 @@ func (m stateMachine) Install(img snapshot.Image) error {
 	if err := m.s.applier.Restore(func() error { return snapshot.Install(m.s.db, img) }); err != nil {
 		return err
 	}
+	m.s.watches.Notify()
 	return m.s.addKnownPeers()
 }
 
@@ -395,6 +406,7 @@ func (m stateMachine) Apply(ents []*raftpb.Entry, cs *raftpb.ConfState) error {
 	if err != nil {
 		return err
 	}
+	m.s.watches.Notify() // never blocks; the hub reads the new events itself
 	for _, r := range results {
 		m.s.waits.trigger(r.ID, r)
 	}

@@ -40,6 +40,7 @@ var (
 		PrefixSpan(PrefixAlarms),
 		PrefixSpan(PrefixLatest),
 		PrefixSpan(PrefixHistory),
+		PrefixSpan(PrefixEvents),
 		PrefixSpan(PrefixLeases),
 		PrefixSpan(PrefixLeaseKeys),
 	}

@@ -48,7 +48,7 @@ func TestEveryKeySpaceIsClassified(t *testing.T) {
 	prefixValue := map[string]byte{
 		"PrefixRaftLog": PrefixRaftLog, "PrefixMeta": PrefixMeta, "PrefixMembers": PrefixMembers,
 		"PrefixAlarms": PrefixAlarms, "PrefixLatest": PrefixLatest, "PrefixHistory": PrefixHistory,
-		"PrefixLeases": PrefixLeases, "PrefixLeaseKeys": PrefixLeaseKeys,
+		"PrefixEvents": PrefixEvents, "PrefixLeases": PrefixLeases, "PrefixLeaseKeys": PrefixLeaseKeys,
 	}
 	metaValue := map[string]string{
 		"MetaHardState": MetaHardState, "MetaConfState": MetaConfState, "MetaLogTruncated": MetaLogTruncated,

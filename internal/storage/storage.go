@@ -42,6 +42,9 @@ const (
 	// PrefixHistory holds the retained versions of each key, but a live
 	// first version, and tombstones (owned by mvcc).
 	PrefixHistory byte = 0x11
+	// PrefixEvents holds the events of every retained revision in revision
+	// order, for watch (owned by mvcc).
+	PrefixEvents byte = 0x12
 	// PrefixLeases holds the lease table (owned by lease): PrefixLeases +
 	// lease ID (8 bytes, big endian) -> granted TTL and remaining TTL.
 	PrefixLeases byte = 0x20

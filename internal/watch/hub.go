@@ -1,0 +1,276 @@
+// Package watch serves etcd watches on one member: a hub that follows the
+// member's MVCC store and keeps a bounded ring of its recent events, and
+// streams (one per gRPC Watch stream, each holding many watchers) that send
+// every watcher the events of its range in revision order, from the ring
+// when the watcher is close to the present and from the store's event index
+// (mvcc.Store.Events) when it is behind.
+//
+// Events come from the member's own store, which its own apply loop fills,
+// so every member serves watches, followers included, and a watch resumed
+// on another member from the revision after the last one it saw misses
+// nothing: every member's store holds the same events at the same
+// revisions.
+//
+// What watch must never do: block the apply loop, writes or other watchers.
+// The apply loop only calls Hub.Notify, which never waits and does no
+// per-watcher work; the hub reads the new events on its own goroutine; and
+// each stream sends on its own goroutine, pulling from the ring at its own
+// pace. A client that stops reading stalls only its own stream, which holds
+// at most one response of its own: when it reads again, its watchers resume
+// from the ring, or from the event index if the ring has moved past them.
+// Memory is bounded by the ring and one response per stream, however slow
+// a client is.
+package watch
+
+import (
+	"errors"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+
+	"github.com/plinthdb/plinth/internal/mvcc"
+)
+
+// Config tunes a hub and its streams.
+type Config struct {
+	// RingEvents bounds the events the ring keeps (default 16,384). A
+	// revision's events are kept or dropped together, so one revision
+	// larger than that may be all the ring holds.
+	RingEvents int
+	// ProgressInterval is the period of progress notifications to
+	// watchers that asked for them (default 10 minutes, etcd's).
+	ProgressInterval time.Duration
+	// MaxResponseBytes is the size above which a watcher that asked for
+	// fragments gets a revision's events in several responses (default
+	// 1.5 MiB, etcd's request size limit).
+	MaxResponseBytes int
+	Logger           *slog.Logger
+}
+
+// Defaults of Config.
+const (
+	DefaultRingEvents       = 16384
+	DefaultProgressInterval = 10 * time.Minute
+	DefaultMaxResponseBytes = 1536 * 1024
+)
+
+// readBatchEvents bounds the events the hub reads from the store at once.
+const readBatchEvents = 4096
+
+// Hub follows one member's store for its watch streams. Create it with
+// NewHub, and Close it before the store.
+type Hub struct {
+	store  *mvcc.Store
+	cfg    Config
+	wake   chan struct{} // capacity 1: a pending Notify
+	stopC  chan struct{}
+	doneC  chan struct{}
+	logger *slog.Logger
+
+	// mu guards the fields below. It is never held across I/O: the hub
+	// reads the store without it, then appends under it.
+	mu sync.RWMutex
+	// ring holds the events of revisions [from, next), oldest first, one
+	// group per revision that has events (a revision without events, such
+	// as 1, has no group).
+	ring       []revEvents
+	ringEvents int
+	from, next int64
+	// changed is closed, and replaced, whenever next advances or the ring
+	// is reset: streams waiting for events wait on it.
+	changed chan struct{}
+	streams int // open streams; the hub reads events only when there are some
+}
+
+type revEvents struct {
+	rev int64
+	evs []*mvccpb.Event
+}
+
+// NewHub starts a hub following store.
+func NewHub(store *mvcc.Store, cfg Config) *Hub {
+	if cfg.RingEvents <= 0 {
+		cfg.RingEvents = DefaultRingEvents
+	}
+	if cfg.ProgressInterval <= 0 {
+		cfg.ProgressInterval = DefaultProgressInterval
+	}
+	if cfg.MaxResponseBytes <= 0 {
+		cfg.MaxResponseBytes = DefaultMaxResponseBytes
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	next := store.Rev() + 1
+	h := &Hub{
+		store: store, cfg: cfg, logger: logger,
+		wake: make(chan struct{}, 1), stopC: make(chan struct{}), doneC: make(chan struct{}),
+		from: next, next: next, changed: make(chan struct{}),
+	}
+	go h.run()
+	return h
+}
+
+// Notify tells the hub that the store's revision may have advanced. It never
+// blocks: the apply loop calls it after each commit.
+func (h *Hub) Notify() {
+	select {
+	case h.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Close stops the hub; its streams end.
+func (h *Hub) Close() {
+	select {
+	case <-h.stopC:
+	default:
+		close(h.stopC)
+	}
+	<-h.doneC
+}
+
+func (h *Hub) run() {
+	defer close(h.doneC)
+	for {
+		select {
+		case <-h.stopC:
+			return
+		case <-h.wake:
+		}
+		h.follow()
+	}
+}
+
+// follow reads the events the store committed since the ring's end.
+func (h *Hub) follow() {
+	for {
+		select {
+		case <-h.stopC:
+			return
+		default:
+		}
+		h.mu.RLock()
+		streams, next := h.streams, h.next
+		h.mu.RUnlock()
+		rev := h.store.Rev()
+		if streams == 0 {
+			// Nobody to serve: keep nothing, and start from the
+			// present when a stream opens.
+			h.reset(rev + 1)
+			return
+		}
+		if next > rev {
+			return
+		}
+		evs, n, err := h.store.Events(next, readBatchEvents, nil)
+		if errors.Is(err, mvcc.ErrCompacted) {
+			// The store moved past the ring underneath it (a Raft
+			// snapshot installed a compacted state): continue from the
+			// oldest revision it still has. Watchers that were behind
+			// it learn that they were compacted.
+			h.reset(h.store.EventsFrom())
+			continue
+		}
+		if err != nil {
+			h.logger.Error("watch: reading events failed; retrying on the next commit", "from", next, "err", err)
+			return
+		}
+		h.append(next, n, evs)
+	}
+}
+
+func (h *Hub) reset(rev int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.from == rev && h.next == rev && len(h.ring) == 0 {
+		return
+	}
+	clear(h.ring)
+	h.ring, h.ringEvents, h.from, h.next = h.ring[:0], 0, rev, rev
+	close(h.changed)
+	h.changed = make(chan struct{})
+}
+
+// append adds the events of revisions [from, next), read from the store.
+func (h *Hub) append(from, next int64, evs []*mvccpb.Event) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if from != h.next {
+		return // the ring was reset meanwhile
+	}
+	for len(evs) > 0 {
+		rev := evs[0].Kv.ModRevision
+		n := 1
+		for n < len(evs) && evs[n].Kv.ModRevision == rev {
+			n++
+		}
+		h.ring = append(h.ring, revEvents{rev: rev, evs: evs[:n:n]})
+		h.ringEvents += n
+		evs = evs[n:]
+	}
+	for len(h.ring) > 1 && h.ringEvents > h.cfg.RingEvents {
+		h.ringEvents -= len(h.ring[0].evs)
+		h.from = h.ring[0].rev + 1
+		h.ring[0] = revEvents{}
+		h.ring = h.ring[1:]
+	}
+	h.next = next
+	close(h.changed)
+	h.changed = make(chan struct{})
+}
+
+// state returns the channel closed on the ring's next change and the
+// revision the ring has read up to (exclusive).
+func (h *Hub) state() (changed <-chan struct{}, next int64) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.changed, h.next
+}
+
+// collect returns the events of revisions from on that match, from the
+// ring, stopping at a revision boundary once it has limit events, and next,
+// the first revision not looked at. ok is false when the ring no longer
+// holds revision from: the caller reads the store instead.
+func (h *Hub) collect(from int64, limit int, match func(key []byte) bool) (evs []*mvccpb.Event, next int64, ok bool) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if from < h.from {
+		return nil, 0, false
+	}
+	if from >= h.next {
+		return nil, from, true
+	}
+	next = h.next
+	i := sort.Search(len(h.ring), func(i int) bool { return h.ring[i].rev >= from })
+	for ; i < len(h.ring); i++ {
+		g := h.ring[i]
+		if len(evs) >= limit {
+			next = g.rev
+			break
+		}
+		for _, ev := range g.evs {
+			if match(ev.Kv.Key) {
+				evs = append(evs, ev)
+			}
+		}
+	}
+	return evs, next, true
+}
+
+func (h *Hub) addStream() {
+	h.mu.Lock()
+	h.streams++
+	h.mu.Unlock()
+	h.Notify()
+}
+
+func (h *Hub) removeStream() {
+	h.mu.Lock()
+	h.streams--
+	h.mu.Unlock()
+}

@@ -1,0 +1,404 @@
+package watch
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/plinthdb/plinth/internal/mvcc"
+)
+
+// InvalidWatchID is the watch ID of a response that belongs to no watcher:
+// a refused create, and the answer to a WatchProgressRequest (etcd's
+// clientv3.InvalidWatchID).
+const InvalidWatchID = -1
+
+// Reasons a create is refused, as etcd words them.
+var (
+	ErrDuplicateID = errors.New("mvcc: duplicate watch ID provided on the WatchStream")
+	ErrEmptyRange  = errors.New("mvcc: watcher range is empty")
+)
+
+// ErrStopped ends a stream whose hub was closed.
+var ErrStopped = errors.New("watch: member is stopping")
+
+// maxResponseEvents bounds the events of one response, at a revision
+// boundary: a revision's events always travel together (unless fragmented).
+const maxResponseEvents = 1000
+
+// Stream is one client's Watch stream: the watchers it created, served in
+// turns on the goroutine that runs Run.
+type Stream struct {
+	hub *Hub
+	in  chan *pb.WatchRequest
+
+	// Owned by Run's goroutine.
+	watchers map[int64]*watcher
+	order    []*watcher // creation order: each gets a turn per round
+	nextID   int64
+	// progressAt, when > 0, is a WatchProgressRequest waiting for every
+	// watcher to have been sent all events up to that revision.
+	progressAt int64
+}
+
+type watcher struct {
+	id             int64
+	key, end       []byte // end nil: the key alone; empty: every key from key on
+	next           int64  // the first revision whose events it has not been sent
+	prevKV         bool
+	fragment       bool
+	noPut          bool
+	noDelete       bool
+	progressNotify bool
+	sentSince      bool // events sent since the last periodic progress tick
+	// synced: the watcher has been in sync with the ring (or started
+	// from the present). Like etcd's synced watchers, it keeps getting
+	// the events the ring still holds across a compaction; a watcher
+	// catching up from the past is canceled by one.
+	synced bool
+}
+
+func (w *watcher) match(key []byte) bool {
+	switch {
+	case w.end == nil:
+		return bytes.Equal(key, w.key)
+	case len(w.end) == 0:
+		return bytes.Compare(key, w.key) >= 0
+	}
+	return bytes.Compare(key, w.key) >= 0 && bytes.Compare(key, w.end) < 0
+}
+
+// NewStream opens a stream on the hub. Requests go in through Requests; Run
+// serves them. Close it when Run has returned.
+func (h *Hub) NewStream() *Stream {
+	h.addStream()
+	return &Stream{hub: h, in: make(chan *pb.WatchRequest, 16), watchers: map[int64]*watcher{}}
+}
+
+// Requests is where the goroutine receiving the client's requests hands
+// them over. A send blocks while Run is busy (sending to a client that does
+// not read, say): the client is pushed back, and nothing queues up.
+func (s *Stream) Requests() chan<- *pb.WatchRequest { return s.in }
+
+// Close releases the stream's hold on the hub.
+func (s *Stream) Close() { s.hub.removeStream() }
+
+// Run serves the stream until ctx ends, the hub stops, or send fails. send
+// gets each response with its header's revision set (0 where etcd sends
+// none); it may fill the rest of the header.
+func (s *Stream) Run(ctx context.Context, send func(*pb.WatchResponse) error) error {
+	tick := time.NewTicker(s.hub.cfg.ProgressInterval)
+	defer tick.Stop()
+	for {
+		changed, ringNext := s.hub.state()
+		if err := s.drainRequests(send); err != nil {
+			return err
+		}
+		worked, err := s.serveRound(ringNext, send)
+		if err != nil {
+			return err
+		}
+		if worked {
+			continue
+		}
+		if err := s.answerProgress(send); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.hub.stopC:
+			return ErrStopped
+		case req := <-s.in:
+			if err := s.handle(req, send); err != nil {
+				return err
+			}
+		case <-changed:
+		case <-tick.C:
+			if err := s.progressTick(ringNext, send); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (s *Stream) drainRequests(send func(*pb.WatchResponse) error) error {
+	for {
+		select {
+		case req := <-s.in:
+			if err := s.handle(req, send); err != nil {
+				return err
+			}
+		default:
+			return nil
+		}
+	}
+}
+
+func (s *Stream) header() *pb.ResponseHeader {
+	return &pb.ResponseHeader{Revision: s.hub.store.Rev()}
+}
+
+func (s *Stream) handle(req *pb.WatchRequest, send func(*pb.WatchResponse) error) error {
+	switch r := req.RequestUnion.(type) {
+	case *pb.WatchRequest_CreateRequest:
+		return s.create(r.CreateRequest, send)
+	case *pb.WatchRequest_CancelRequest:
+		id := r.CancelRequest.GetWatchId()
+		if _, ok := s.watchers[id]; !ok {
+			return nil // etcd answers nothing for a watcher it does not know
+		}
+		s.remove(id)
+		return send(&pb.WatchResponse{Header: s.header(), WatchId: id, Canceled: true})
+	case *pb.WatchRequest_ProgressRequest:
+		// etcd answers through a watcher: a stream without one gets
+		// no answer.
+		if s.progressAt == 0 && len(s.order) > 0 {
+			s.progressAt = s.hub.store.Rev()
+		}
+	}
+	return nil
+}
+
+func (s *Stream) create(cr *pb.WatchCreateRequest, send func(*pb.WatchResponse) error) error {
+	if cr == nil {
+		return nil
+	}
+	rev := s.hub.store.Rev()
+	w := &watcher{
+		key: append([]byte(nil), cr.Key...), next: cr.StartRevision,
+		prevKV: cr.PrevKv, fragment: cr.Fragment, progressNotify: cr.ProgressNotify,
+	}
+	switch {
+	case len(cr.RangeEnd) == 0:
+	case len(cr.RangeEnd) == 1 && cr.RangeEnd[0] == 0:
+		w.end = []byte{}
+	default:
+		w.end = append([]byte(nil), cr.RangeEnd...)
+	}
+	for _, f := range cr.Filters {
+		switch f {
+		case pb.WatchCreateRequest_NOPUT:
+			w.noPut = true
+		case pb.WatchCreateRequest_NODELETE:
+			w.noDelete = true
+		}
+	}
+	if w.next <= 0 || w.next > rev {
+		w.next, w.synced = max(w.next, rev+1), true
+	}
+	refuse := func(err error) error {
+		return send(&pb.WatchResponse{Header: &pb.ResponseHeader{Revision: rev}, WatchId: InvalidWatchID, Created: true, Canceled: true, CancelReason: err.Error()})
+	}
+	if len(w.end) > 0 && bytes.Compare(w.key, w.end) >= 0 {
+		return refuse(ErrEmptyRange)
+	}
+	if cr.WatchId != 0 {
+		if _, taken := s.watchers[cr.WatchId]; taken {
+			return refuse(ErrDuplicateID)
+		}
+		w.id = cr.WatchId
+	} else {
+		for s.watchers[s.nextID] != nil {
+			s.nextID++
+		}
+		w.id = s.nextID
+		s.nextID++
+	}
+	s.watchers[w.id] = w
+	s.order = append(s.order, w)
+	return send(&pb.WatchResponse{Header: &pb.ResponseHeader{Revision: rev}, WatchId: w.id, Created: true})
+}
+
+func (s *Stream) remove(id int64) {
+	delete(s.watchers, id)
+	for i, w := range s.order {
+		if w.id == id {
+			s.order = append(s.order[:i], s.order[i+1:]...)
+			break
+		}
+	}
+}
+
+// serveRound gives each watcher one turn: at most one response (or one
+// fragmented revision) of the events it has not been sent. It reports
+// whether any watcher moved.
+func (s *Stream) serveRound(ringNext int64, send func(*pb.WatchResponse) error) (worked bool, err error) {
+	for _, w := range append([]*watcher(nil), s.order...) {
+		if w.next >= ringNext {
+			continue // nothing new for it yet
+		}
+		// Behind a compaction, as etcd tells a watcher that is not in
+		// sync: the header carries no revision.
+		compacted := func(compactRev int64) error {
+			s.remove(w.id)
+			worked = true
+			return send(&pb.WatchResponse{Header: &pb.ResponseHeader{}, WatchId: w.id, CompactRevision: compactRev, Canceled: true})
+		}
+		if compactRev := s.hub.store.EventsFrom(); !w.synced && w.next < compactRev {
+			if err := compacted(compactRev); err != nil {
+				return false, err
+			}
+			continue
+		}
+		evs, next, ok := s.hub.collect(w.next, maxResponseEvents, w.match)
+		if !ok {
+			evs, next, err = s.hub.store.Events(w.next, maxResponseEvents, w.match)
+			if errors.Is(err, mvcc.ErrCompacted) {
+				if err := compacted(s.hub.store.EventsFrom()); err != nil {
+					return false, err
+				}
+				continue
+			}
+			if err != nil {
+				return false, fmt.Errorf("watch: catch up watcher %d from %d: %w", w.id, w.next, err)
+			}
+		}
+		if next <= w.next {
+			continue
+		}
+		worked = true
+		evs, next = s.cut(w.filter(evs), next)
+		w.next = next
+		if ok && next >= ringNext {
+			w.synced = true
+		}
+		if len(evs) == 0 {
+			continue
+		}
+		if w.prevKV {
+			evs = s.withPrevKV(evs)
+		}
+		w.sentSince = true
+		if err := s.sendEvents(w, evs, next-1, send); err != nil {
+			return false, err
+		}
+	}
+	return worked, nil
+}
+
+// cut shortens evs, events of revisions up to next-1, at the first revision
+// boundary past MaxResponseBytes, and returns the revision to continue
+// from: a response holds whole revisions, but not a catch-up's worth of
+// them at once.
+func (s *Stream) cut(evs []*mvccpb.Event, next int64) ([]*mvccpb.Event, int64) {
+	size := 0
+	for i, ev := range evs {
+		if i > 0 && size > s.hub.cfg.MaxResponseBytes && ev.Kv.ModRevision != evs[i-1].Kv.ModRevision {
+			return evs[:i], ev.Kv.ModRevision
+		}
+		size += proto.Size(ev.Kv)
+	}
+	return evs, next
+}
+
+func (w *watcher) filter(evs []*mvccpb.Event) []*mvccpb.Event {
+	if !w.noPut && !w.noDelete {
+		return evs
+	}
+	out := evs[:0:0]
+	for _, ev := range evs {
+		if (ev.Type == mvccpb.PUT && w.noPut) || (ev.Type == mvccpb.DELETE && w.noDelete) {
+			continue
+		}
+		out = append(out, ev)
+	}
+	return out
+}
+
+// withPrevKV returns copies of evs carrying the version each replaced, read
+// at the revision before it as etcd does; events are shared with the ring
+// and other watchers, so they are never changed in place. A version
+// compacted away meanwhile is left out, as in etcd.
+func (s *Stream) withPrevKV(evs []*mvccpb.Event) []*mvccpb.Event {
+	out := make([]*mvccpb.Event, len(evs))
+	for i, ev := range evs {
+		c := &mvccpb.Event{Type: ev.Type, Kv: ev.Kv}
+		if ev.Type == mvccpb.DELETE || ev.Kv.Version > 1 {
+			resp, err := s.hub.store.Range(&pb.RangeRequest{Key: ev.Kv.Key, Revision: ev.Kv.ModRevision - 1})
+			if err == nil && len(resp.Kvs) == 1 {
+				c.PrevKv = resp.Kvs[0]
+			}
+		}
+		out[i] = c
+	}
+	return out
+}
+
+// sendEvents sends evs, whole revisions up to rev, in one response, or, for
+// a watcher that asked for fragments, in pieces no larger than the limit.
+// The header carries rev, the revision the watcher has now been sent every
+// event up to.
+func (s *Stream) sendEvents(w *watcher, evs []*mvccpb.Event, rev int64, send func(*pb.WatchResponse) error) error {
+	hdrRev := rev
+	resp := &pb.WatchResponse{Header: &pb.ResponseHeader{Revision: hdrRev}, WatchId: w.id, Events: evs}
+	limit := s.hub.cfg.MaxResponseBytes
+	if !w.fragment || proto.Size(resp) <= limit {
+		return send(resp)
+	}
+	for len(evs) > 0 {
+		size, n := 0, 0
+		for n < len(evs) {
+			es := proto.Size(evs[n])
+			if n > 0 && size+es > limit {
+				break
+			}
+			size += es
+			n++
+		}
+		part := &pb.WatchResponse{Header: &pb.ResponseHeader{Revision: hdrRev}, WatchId: w.id, Events: evs[:n], Fragment: n < len(evs)}
+		if err := send(part); err != nil {
+			return err
+		}
+		evs = evs[n:]
+	}
+	return nil
+}
+
+// answerProgress answers a pending WatchProgressRequest once every watcher
+// has been sent every event up to the revision the request found, with the
+// newest revision below which no watcher has an event pending (etcd 3.6: the
+// answer waits for the stream's watchers to be in sync).
+func (s *Stream) answerProgress(send func(*pb.WatchResponse) error) error {
+	if s.progressAt == 0 {
+		return nil
+	}
+	rev := s.hub.store.Rev()
+	if len(s.order) == 0 {
+		s.progressAt = 0 // its watchers were all canceled: no answer
+		return nil
+	}
+	for _, w := range s.order {
+		if w.next <= s.progressAt {
+			return nil
+		}
+		rev = min(rev, w.next-1)
+	}
+	s.progressAt = 0
+	return send(&pb.WatchResponse{Header: &pb.ResponseHeader{Revision: rev}, WatchId: InvalidWatchID})
+}
+
+// progressTick sends a progress notification to each watcher that asked for
+// them, is in sync and was sent no events since the last tick, as etcd does.
+func (s *Stream) progressTick(ringNext int64, send func(*pb.WatchResponse) error) error {
+	for _, w := range s.order {
+		if !w.progressNotify {
+			continue
+		}
+		sent := w.sentSince
+		w.sentSince = false
+		if sent || w.next < ringNext {
+			continue
+		}
+		if err := send(&pb.WatchResponse{Header: &pb.ResponseHeader{Revision: w.next - 1}, WatchId: w.id}); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,412 @@
+package watch
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+
+	"github.com/plinthdb/plinth/internal/mvcc"
+	"github.com/plinthdb/plinth/internal/storage"
+)
+
+// member is a store and its hub, written to as the apply loop does: one
+// batch committed, then the hub notified.
+type member struct {
+	t     *testing.T
+	store *mvcc.Store
+	hub   *Hub
+}
+
+func newMember(t *testing.T, cfg Config) *member {
+	t.Helper()
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	db, err := storage.Open(t.TempDir(), logger, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := mvcc.Open(db, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Logger = logger
+	m := &member{t: t, store: store, hub: NewHub(store, cfg)}
+	t.Cleanup(func() {
+		m.hub.Close()
+		store.Close()
+		_ = db.Close()
+	})
+	return m
+}
+
+func (m *member) write(fn func(b *mvcc.Batch) error) {
+	m.t.Helper()
+	b := m.store.NewBatch()
+	if err := fn(b); err != nil {
+		b.Abort()
+		m.t.Fatal(err)
+	}
+	if err := b.Commit(); err != nil {
+		m.t.Fatal(err)
+	}
+	m.hub.Notify()
+}
+
+func noLeases(int64) bool { return false }
+
+func (m *member) put(key, value string) {
+	m.t.Helper()
+	m.write(func(b *mvcc.Batch) error {
+		_, err := b.Put(&pb.PutRequest{Key: []byte(key), Value: []byte(value)}, noLeases)
+		return err
+	})
+}
+
+func (m *member) del(key string) {
+	m.t.Helper()
+	m.write(func(b *mvcc.Batch) error {
+		_, err := b.DeleteRange(&pb.DeleteRangeRequest{Key: []byte(key)})
+		return err
+	})
+}
+
+// client runs a stream as the API does, with responses going to a channel
+// that the test reads; block, when not nil, holds each send until it is
+// closed (a client that stops reading).
+type client struct {
+	t      *testing.T
+	s      *Stream
+	resps  chan *pb.WatchResponse
+	runErr atomic.Value // what Run returned, once it has
+}
+
+func (m *member) client(block <-chan struct{}) *client {
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &client{t: m.t, s: m.hub.NewStream(), resps: make(chan *pb.WatchResponse, 100000)}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		err := c.s.Run(ctx, func(r *pb.WatchResponse) error {
+			if block != nil {
+				select {
+				case <-block:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+			c.resps <- r
+			return nil
+		})
+		c.runErr.Store(fmt.Sprint(err))
+	}()
+	m.t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+		c.s.Close()
+	})
+	return c
+}
+
+func (c *client) send(req *pb.WatchRequest) { c.s.Requests() <- req }
+
+func (c *client) create(cr *pb.WatchCreateRequest) {
+	c.send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: cr}})
+}
+
+func (c *client) next() *pb.WatchResponse {
+	c.t.Helper()
+	select {
+	case r := <-c.resps:
+		return r
+	case <-time.After(20 * time.Second):
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		c.t.Fatalf("no watch response in 20s (Run returned: %v)\n%s", c.runErr.Load(), buf)
+		return nil
+	}
+}
+
+func (c *client) none(d time.Duration) {
+	c.t.Helper()
+	select {
+	case r := <-c.resps:
+		c.t.Fatalf("unexpected response %v", r)
+	case <-time.After(d):
+	}
+}
+
+// events reads responses until it has n events, checking that each response
+// is for watcher id and that no revision is split across responses.
+func (c *client) events(id int64, n int) []*mvccpb.Event {
+	c.t.Helper()
+	var out []*mvccpb.Event
+	for len(out) < n {
+		r := c.next()
+		if r.WatchId != id || len(r.Events) == 0 {
+			c.t.Fatalf("want events of watcher %d, got %v", id, r)
+		}
+		if len(out) > 0 && out[len(out)-1].Kv.ModRevision == r.Events[0].Kv.ModRevision {
+			c.t.Fatalf("revision %d split across responses", r.Events[0].Kv.ModRevision)
+		}
+		out = append(out, r.Events...)
+	}
+	if len(out) != n {
+		c.t.Fatalf("got %d events, want %d", len(out), n)
+	}
+	return out
+}
+
+func evString(ev *mvccpb.Event) string {
+	s := fmt.Sprintf("%s %s=%s@%d", ev.Type, ev.Kv.Key, ev.Kv.Value, ev.Kv.ModRevision)
+	if ev.PrevKv != nil {
+		s += fmt.Sprintf(" prev %s@%d", ev.PrevKv.Value, ev.PrevKv.ModRevision)
+	}
+	return s
+}
+
+func checkEvs(t *testing.T, got []*mvccpb.Event, want ...string) {
+	t.Helper()
+	var g []string
+	for _, ev := range got {
+		g = append(g, evString(ev))
+	}
+	if fmt.Sprint(g) != fmt.Sprint(want) {
+		t.Fatalf("events:\n got %q\nwant %q", g, want)
+	}
+}
+
+func TestWatchFromHistoryThenLive(t *testing.T) {
+	m := newMember(t, Config{})
+	m.put("a", "1") // 2
+	m.put("b", "1") // 3
+	m.put("a", "2") // 4
+	c := m.client(nil)
+	c.create(&pb.WatchCreateRequest{Key: []byte("a"), StartRevision: 2, PrevKv: true})
+	if r := c.next(); !r.Created || r.WatchId != 0 || r.Header.Revision != 4 {
+		t.Fatalf("created: %v", r)
+	}
+	checkEvs(t, c.events(0, 2), "PUT a=1@2", "PUT a=2@4 prev 1@2")
+	m.del("a") // 5
+	m.put("c", "1")
+	checkEvs(t, c.events(0, 1), "DELETE a=@5 prev 2@4")
+
+	// A prefix watcher chosen by the client, with a filter, from now.
+	c.create(&pb.WatchCreateRequest{WatchId: 7, Key: []byte("b"), RangeEnd: []byte("d"), Filters: []pb.WatchCreateRequest_FilterType{pb.WatchCreateRequest_NODELETE}})
+	if r := c.next(); !r.Created || r.WatchId != 7 {
+		t.Fatalf("created: %v", r)
+	}
+	m.del("b")
+	m.put("c", "2")
+	checkEvs(t, c.events(7, 1), "PUT c=2@8")
+
+	// A duplicate ID and an empty range are refused as etcd refuses them.
+	c.create(&pb.WatchCreateRequest{WatchId: 7, Key: []byte("x")})
+	if r := c.next(); !r.Created || !r.Canceled || r.WatchId != -1 || r.CancelReason != ErrDuplicateID.Error() {
+		t.Fatalf("duplicate: %v", r)
+	}
+	c.create(&pb.WatchCreateRequest{Key: []byte("x"), RangeEnd: []byte("a")})
+	if r := c.next(); !r.Created || !r.Canceled || r.CancelReason != ErrEmptyRange.Error() {
+		t.Fatalf("empty range: %v", r)
+	}
+	// Cancel answers once; an unknown ID gets no answer.
+	c.send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CancelRequest{CancelRequest: &pb.WatchCancelRequest{WatchId: 7}}})
+	if r := c.next(); !r.Canceled || r.WatchId != 7 {
+		t.Fatalf("cancel: %v", r)
+	}
+	c.send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CancelRequest{CancelRequest: &pb.WatchCancelRequest{WatchId: 7}}})
+	m.put("c", "3")
+	c.none(100 * time.Millisecond)
+}
+
+func TestWatchCompacted(t *testing.T) {
+	m := newMember(t, Config{})
+	for i := range 5 {
+		m.put("k", fmt.Sprint(i)) // 2..6
+	}
+	m.write(func(b *mvcc.Batch) error { _, _, err := b.Compact(4); return err })
+	c := m.client(nil)
+	c.create(&pb.WatchCreateRequest{Key: []byte("k"), StartRevision: 3})
+	if r := c.next(); !r.Created {
+		t.Fatalf("created: %v", r)
+	}
+	if r := c.next(); !r.Canceled || r.CompactRevision != 4 || len(r.Events) != 0 {
+		t.Fatalf("compacted: %v", r)
+	}
+	// The compaction revision itself can still be watched from.
+	c.create(&pb.WatchCreateRequest{Key: []byte("k"), StartRevision: 4})
+	c.next()
+	checkEvs(t, c.events(1, 3), "PUT k=2@4", "PUT k=3@5", "PUT k=4@6")
+}
+
+// TestSlowClient: a client that stops reading holds up neither writes nor
+// other clients, the ring stays bounded, and once it reads again it gets
+// every event in order, caught up from the store.
+func TestSlowClient(t *testing.T) {
+	const ring, writes = 32, 600
+	// Small responses too: catch-up comes in many, cut at revisions.
+	m := newMember(t, Config{RingEvents: ring, MaxResponseBytes: 2048})
+	block := make(chan struct{})
+	slow := m.client(block)
+	fast := m.client(nil)
+	// From revision 2: the slow stream may take its create after the
+	// writes, and a watcher from "now" would then have nothing to get.
+	slow.create(&pb.WatchCreateRequest{Key: []byte("k"), RangeEnd: []byte("l"), StartRevision: 2})
+	fast.create(&pb.WatchCreateRequest{Key: []byte("k"), RangeEnd: []byte("l"), StartRevision: 2})
+	if r := fast.next(); !r.Created {
+		t.Fatal(r)
+	}
+	for i := range writes {
+		m.put(fmt.Sprintf("k%03d", i%50), fmt.Sprint(i))
+	}
+	evs := fast.events(0, writes)
+	for i, ev := range evs {
+		if ev.Kv.ModRevision != int64(i+2) {
+			t.Fatalf("event %d at revision %d", i, ev.Kv.ModRevision)
+		}
+	}
+	m.hub.mu.RLock()
+	held := m.hub.ringEvents
+	m.hub.mu.RUnlock()
+	if held > ring {
+		t.Fatalf("ring holds %d events, bound %d", held, ring)
+	}
+	close(block)
+	if r := slow.next(); !r.Created {
+		t.Fatal(r)
+	}
+	evs = slow.events(0, writes)
+	for i, ev := range evs {
+		if ev.Kv.ModRevision != int64(i+2) {
+			t.Fatalf("slow: event %d at revision %d", i, ev.Kv.ModRevision)
+		}
+	}
+}
+
+// TestProgressRequest: the answer waits until every watcher of the stream
+// has been sent everything up to the revision the request found.
+func TestProgressRequest(t *testing.T) {
+	m := newMember(t, Config{RingEvents: 8})
+	for i := range 100 {
+		m.put("k", fmt.Sprint(i)) // 2..101
+	}
+	block := make(chan struct{})
+	c := m.client(block)
+	c.create(&pb.WatchCreateRequest{Key: []byte("k"), StartRevision: 2})
+	c.send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_ProgressRequest{ProgressRequest: &pb.WatchProgressRequest{}}})
+	close(block)
+	c.next() // created
+	got := 0
+	for {
+		r := c.next()
+		if len(r.Events) > 0 {
+			got += len(r.Events)
+			continue
+		}
+		if r.WatchId != InvalidWatchID || r.Header.Revision != 101 || got != 100 {
+			t.Fatalf("progress %v after %d events", r, got)
+		}
+		break
+	}
+	// With nothing pending, the answer comes at once.
+	c.send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_ProgressRequest{ProgressRequest: &pb.WatchProgressRequest{}}})
+	if r := c.next(); r.WatchId != InvalidWatchID || r.Header.Revision != 101 {
+		t.Fatalf("progress: %v", r)
+	}
+}
+
+func TestPeriodicProgress(t *testing.T) {
+	m := newMember(t, Config{ProgressInterval: 50 * time.Millisecond})
+	m.put("a", "1")
+	c := m.client(nil)
+	c.create(&pb.WatchCreateRequest{Key: []byte("k"), ProgressNotify: true})
+	c.next()
+	r := c.next()
+	if r.WatchId != 0 || len(r.Events) != 0 || r.Header.Revision != 2 {
+		t.Fatalf("progress: %v", r)
+	}
+}
+
+func TestFragment(t *testing.T) {
+	m := newMember(t, Config{MaxResponseBytes: 1000})
+	c := m.client(nil)
+	c.create(&pb.WatchCreateRequest{Key: []byte("k"), RangeEnd: []byte("l"), Fragment: true})
+	c.next()
+	m.write(func(b *mvcc.Batch) error {
+		var ops []*pb.RequestOp
+		for i := range 10 {
+			ops = append(ops, &pb.RequestOp{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: fmt.Appendf(nil, "k%d", i), Value: make([]byte, 300)}}})
+		}
+		_, err := b.Txn(&pb.TxnRequest{Success: ops}, noLeases)
+		return err
+	})
+	n := 0
+	for n < 10 {
+		r := c.next()
+		n += len(r.Events)
+		if r.Fragment != (n < 10) {
+			t.Fatalf("fragment flag %v after %d events", r.Fragment, n)
+		}
+	}
+}
+
+// TestCompactionKeepsSyncedWatchers: a watcher in sync that has not yet been
+// sent the newest revisions when a compaction passes them still gets them
+// from the ring, as etcd's synced watchers do; one catching up from before
+// the compaction is canceled.
+func TestCompactionKeepsSyncedWatchers(t *testing.T) {
+	m := newMember(t, Config{})
+	m.put("k", "0") // 2
+	block := make(chan struct{})
+	c := m.client(block)
+	c.create(&pb.WatchCreateRequest{Key: []byte("k")})
+	// Let the stream take the create (it then waits to send Created).
+	deadline := time.Now().Add(10 * time.Second)
+	for len(c.s.in) > 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	m.put("k", "1") // 3
+	m.put("k", "2") // 4
+	// The hub reads them into the ring before the compaction: a
+	// compaction that overtakes the hub itself cancels in-sync watchers
+	// too (the ring then restarts at the compaction revision).
+	for time.Now().Before(deadline) {
+		if _, next := m.hub.state(); next == 5 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	m.write(func(b *mvcc.Batch) error { _, _, err := b.Compact(4); return err })
+	c.create(&pb.WatchCreateRequest{Key: []byte("k"), StartRevision: 2})
+	close(block)
+	got := map[int64][]string{}
+	canceled := map[int64]int64{}
+	for len(got[0]) < 2 || canceled[1] == 0 {
+		r := c.next()
+		if r.Created {
+			continue
+		}
+		if r.Canceled {
+			canceled[r.WatchId] = r.CompactRevision
+			continue
+		}
+		for _, ev := range r.Events {
+			got[r.WatchId] = append(got[r.WatchId], evString(ev))
+		}
+	}
+	if fmt.Sprint(got[0]) != fmt.Sprint([]string{"PUT k=1@3", "PUT k=2@4"}) || canceled[0] != 0 {
+		t.Fatalf("synced watcher: %q, canceled at %d", got[0], canceled[0])
+	}
+	if canceled[1] != 4 {
+		t.Fatalf("watcher from 2: canceled at %d, want compact revision 4", canceled[1])
+	}
+}

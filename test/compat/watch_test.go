@@ -1,0 +1,219 @@
+package compat
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+)
+
+// watchStream is a raw Watch stream to one server, its responses gathered by
+// a goroutine that ends with the test.
+type watchStream struct {
+	stream pb.Watch_WatchClient
+	resps  chan *pb.WatchResponse
+}
+
+func openWatch(t *testing.T, s *server) *watchStream {
+	t.Helper()
+	conn, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { cancel(); _ = conn.Close() })
+	stream, err := pb.NewWatchClient(conn).Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &watchStream{stream: stream, resps: make(chan *pb.WatchResponse, 1000)}
+	go func() {
+		for {
+			r, err := stream.Recv()
+			if err != nil {
+				close(w.resps)
+				return
+			}
+			w.resps <- r
+		}
+	}()
+	return w
+}
+
+// settle gathers the responses that arrive until none has for quiet.
+func (w *watchStream) settle(quiet time.Duration) []*pb.WatchResponse {
+	var out []*pb.WatchResponse
+	for {
+		select {
+		case r, ok := <-w.resps:
+			if !ok {
+				return out
+			}
+			out = append(out, r)
+		case <-time.After(quiet):
+			return out
+		}
+	}
+}
+
+// normaliseWatch zeroes what must differ between two clusters (ids, term),
+// after checking that the header carries them.
+func normaliseWatch(r *pb.WatchResponse) (*pb.WatchResponse, string) {
+	c := proto.Clone(r).(*pb.WatchResponse)
+	if c.Header == nil || c.Header.ClusterId == 0 || c.Header.MemberId == 0 || c.Header.RaftTerm == 0 {
+		return c, fmt.Sprintf("header lacks ids or term: %v", c.Header)
+	}
+	c.Header.ClusterId, c.Header.MemberId, c.Header.RaftTerm = 0, 0, 0
+	return c, ""
+}
+
+// watchStep is a KV op sent to both servers, or a watch request sent on
+// both streams; each is followed by comparing the responses both streams
+// then produce.
+type watchStep struct {
+	op  *op
+	req *pb.WatchRequest
+}
+
+func kvStep(o op) watchStep { return watchStep{op: &o} }
+
+func createStep(cr *pb.WatchCreateRequest) watchStep {
+	return watchStep{req: &pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: cr}}}
+}
+
+func cancelStep(id int64) watchStep {
+	return watchStep{req: &pb.WatchRequest{RequestUnion: &pb.WatchRequest_CancelRequest{CancelRequest: &pb.WatchCancelRequest{WatchId: id}}}}
+}
+
+func progressStep() watchStep {
+	return watchStep{req: &pb.WatchRequest{RequestUnion: &pb.WatchRequest_ProgressRequest{ProgressRequest: &pb.WatchProgressRequest{}}}}
+}
+
+func runWatchCase(t *testing.T, steps []watchStep) {
+	p := startPair(t, oneMember)
+	ref, tgt := openWatch(t, p.ref), openWatch(t, p.tgt)
+	for i, s := range steps {
+		what := ""
+		if s.op != nil {
+			if _, report := p.run(*s.op); report != "" {
+				t.Fatalf("MISMATCH at step %d (KV)\n%s", i, report)
+			}
+			what = s.op.kind()
+		} else {
+			for _, w := range []*watchStream{ref, tgt} {
+				if err := w.stream.Send(s.req); err != nil {
+					t.Fatalf("step %d: send: %v", i, err)
+				}
+			}
+			what = oneLine(s.req)
+		}
+		// etcd's watchers sync every 100 ms: wait past that.
+		refResps, tgtResps := ref.settle(400*time.Millisecond), tgt.settle(400*time.Millisecond)
+		// Each watcher's responses keep their order; etcd orders those
+		// of different watchers of a stream as its maps iterate.
+		for _, rs := range [][]*pb.WatchResponse{refResps, tgtResps} {
+			sort.SliceStable(rs, func(i, j int) bool { return rs[i].WatchId < rs[j].WatchId })
+		}
+		var refText, tgtText []string
+		for _, r := range refResps {
+			n, problem := normaliseWatch(r)
+			if problem != "" {
+				t.Fatalf("step %d: etcd: %s", i, problem)
+			}
+			refText = append(refText, oneLine(n))
+		}
+		for _, r := range tgtResps {
+			n, problem := normaliseWatch(r)
+			if problem != "" {
+				t.Fatalf("step %d: plinth: %s", i, problem)
+			}
+			tgtText = append(tgtText, oneLine(n))
+		}
+		if strings.Join(refText, "\n") != strings.Join(tgtText, "\n") {
+			t.Fatalf("MISMATCH at step %d (%s)\netcd answered:\n%s\nplinth answered:\n%s", i, what,
+				indent(strings.Join(refText, "\n")), indent(strings.Join(tgtText, "\n")))
+		}
+	}
+}
+
+func TestWatchCompat(t *testing.T) {
+	cases := []struct {
+		name  string
+		steps []watchStep
+	}{
+		{"history, prev_kv and live events", []watchStep{
+			kvStep(put("a", "1")), kvStep(put("b", "1")), kvStep(put("a", "2")),
+			createStep(&pb.WatchCreateRequest{Key: []byte("a"), StartRevision: 2, PrevKv: true}),
+			kvStep(put("a", "3")),
+			kvStep(del("a", "")),
+			kvStep(put("a", "4")),
+		}},
+		{"ranges and filters", []watchStep{
+			createStep(&pb.WatchCreateRequest{Key: []byte("k/"), RangeEnd: []byte("k0")}),
+			createStep(&pb.WatchCreateRequest{Key: []byte("k/2"), RangeEnd: []byte{0}, Filters: []pb.WatchCreateRequest_FilterType{pb.WatchCreateRequest_NOPUT}}),
+			createStep(&pb.WatchCreateRequest{Key: []byte("k/1"), Filters: []pb.WatchCreateRequest_FilterType{pb.WatchCreateRequest_NODELETE}, PrevKv: true}),
+			kvStep(put("k/1", "1")), kvStep(put("k/2", "1")), kvStep(put("k/3", "1")),
+			kvStep(put("k/1", "2")),
+			kvStep(txn(&pb.TxnRequest{Success: []*pb.RequestOp{opPut("k/4", "1"), opDel("k/", "k0"), opPut("z", "1")}})),
+			kvStep(del("k/", "\x00")),
+		}},
+		{"transaction order", []watchStep{
+			kvStep(put("t/a", "1")), kvStep(put("t/c", "1")),
+			createStep(&pb.WatchCreateRequest{Key: []byte("t/"), RangeEnd: []byte("t0"), PrevKv: true}),
+			kvStep(txn(&pb.TxnRequest{Success: []*pb.RequestOp{opPut("t/z", "1"), opDel("t/a", "t/d"), opPut("t/b", "2")}})),
+			kvStep(txn(&pb.TxnRequest{Success: []*pb.RequestOp{opPut("t/y", "1"), opDel("t/x", "\x00")}})),
+			kvStep(txn(&pb.TxnRequest{Success: []*pb.RequestOp{opDel("t/", "\x00"), opPut("t/q", "1")}})),
+		}},
+		{"watch IDs, refusals and cancel", []watchStep{
+			createStep(&pb.WatchCreateRequest{Key: []byte("a")}),
+			createStep(&pb.WatchCreateRequest{Key: []byte("b"), WatchId: 5}),
+			createStep(&pb.WatchCreateRequest{Key: []byte("c"), WatchId: 5}),
+			createStep(&pb.WatchCreateRequest{Key: []byte("c")}),
+			createStep(&pb.WatchCreateRequest{Key: []byte("x"), RangeEnd: []byte("a")}),
+			kvStep(put("a", "1")), kvStep(put("b", "1")),
+			cancelStep(5),
+			cancelStep(5),
+			cancelStep(99),
+			kvStep(put("b", "2")), kvStep(put("a", "2")),
+		}},
+		{"compaction", []watchStep{
+			kvStep(put("a", "1")), kvStep(put("a", "2")), kvStep(put("a", "3")), kvStep(put("a", "4")),
+			kvStep(compact(4, true)),
+			createStep(&pb.WatchCreateRequest{Key: []byte("a"), StartRevision: 2}),
+			createStep(&pb.WatchCreateRequest{Key: []byte("a"), StartRevision: 4}),
+			createStep(&pb.WatchCreateRequest{Key: []byte("a"), StartRevision: 10}),
+			kvStep(put("a", "5")),
+			kvStep(put("a", "6")), kvStep(put("a", "7")), kvStep(put("a", "8")), kvStep(put("a", "9")),
+		}},
+		{"catch-up over many revisions", []watchStep{
+			kvStep(put("p/1", "1")), kvStep(put("q", "1")), kvStep(put("p/2", "1")), kvStep(put("p/1", "2")),
+			kvStep(del("p/2", "")), kvStep(put("q", "2")), kvStep(put("p/3", "1")), kvStep(put("p/1", "3")),
+			createStep(&pb.WatchCreateRequest{Key: []byte("p/"), RangeEnd: []byte("p0"), StartRevision: 1, PrevKv: true}),
+			createStep(&pb.WatchCreateRequest{Key: []byte{0}, RangeEnd: []byte{0}, StartRevision: 3}),
+			kvStep(put("p/4", "1")),
+		}},
+		{"progress", []watchStep{
+			progressStep(),
+			kvStep(put("a", "1")),
+			createStep(&pb.WatchCreateRequest{Key: []byte("a")}),
+			progressStep(),
+			kvStep(put("b", "1")),
+			progressStep(),
+			createStep(&pb.WatchCreateRequest{Key: []byte("b"), StartRevision: 1}),
+			progressStep(),
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel() // a case spends its time waiting for quiet
+			runWatchCase(t, c.steps)
+		})
+	}
+}
