@@ -263,9 +263,15 @@ func (nw *Network) remove() {
 		errs = append(errs, deleteNetns(nw.Netns(i)))
 	}
 	errs = append(errs, deleteNetns(nw.prefix+"-sw"))
-	// The root veth goes with its peer in the switch namespace; make sure.
+	// The root veth goes with its peer in the switch namespace, but the
+	// kernel may take a moment after the namespace is gone: delete it if it
+	// is still there, and take "gone meanwhile" for done.
 	if _, err := net.InterfaceByName(nw.rootIf); err == nil {
-		errs = append(errs, ip("link", "del", nw.rootIf))
+		if err := ip("link", "del", nw.rootIf); err != nil {
+			if _, still := net.InterfaceByName(nw.rootIf); still == nil {
+				errs = append(errs, err)
+			}
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		nw.t.Errorf("testnet: remove: %v", err)
