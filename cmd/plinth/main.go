@@ -99,8 +99,8 @@ func parseFlags(args []string, stderr io.Writer) (*server.Config, error) {
 		quotaBytes      = fs.Int64("quota-backend-bytes", 0, "database size past which writes are refused and a NOSPACE alarm raised (0: 8 GiB)")
 		compactionMode  = fs.String("auto-compaction-mode", "periodic", "interpret --auto-compaction-retention as a duration (periodic) or a number of revisions (revision)")
 		compactionKeep  = fs.String("auto-compaction-retention", "0", "history the leader keeps by compacting on its own: a duration or hours (periodic), or revisions (revision); 0 turns it off")
-		metricsURLs     = fs.String("listen-metrics-urls", "", "comma-separated URLs to serve HTTP diagnostics on (pprof, with --enable-pprof)")
-		enablePprof     = fs.Bool("enable-pprof", false, "serve runtime profiling data at /debug/pprof/ on --listen-metrics-urls")
+		metricsURLs     = fs.String("listen-metrics-urls", "", "comma-separated URLs to serve /metrics, /health (and /debug/pprof/ with --enable-pprof) on, besides the client URLs")
+		enablePprof     = fs.Bool("enable-pprof", false, "serve runtime profiling data at /debug/pprof/ on the client URLs and --listen-metrics-urls")
 		version         = fs.Bool("version", false, "print the version and exit")
 	)
 	if err := fs.Parse(args); err != nil {

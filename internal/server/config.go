@@ -41,8 +41,8 @@ type Config struct {
 	// refused and a NOSPACE alarm raised; 0 means
 	// DefaultQuotaBackendBytes.
 	QuotaBackendBytes int64
-	// ListenMetricsURLs serve HTTP diagnostics: /debug/pprof/ when
-	// EnablePprof is set.
+	// ListenMetricsURLs serve HTTP diagnostics (/metrics, /health, and
+	// /debug/pprof/ when EnablePprof is set), as the client URLs do.
 	ListenMetricsURLs []url.URL
 	EnablePprof       bool
 	Logger            *slog.Logger
@@ -116,9 +116,6 @@ func (c *Config) Validate() error {
 		if u.Scheme == "https" {
 			return fmt.Errorf("%s: TLS is not supported yet; use http", u.String())
 		}
-	}
-	if c.EnablePprof && len(c.ListenMetricsURLs) == 0 {
-		return fmt.Errorf("--enable-pprof needs --listen-metrics-urls to serve on")
 	}
 	if c.InitialClusterState != "new" && c.InitialClusterState != "existing" {
 		return fmt.Errorf("--initial-cluster-state is %q, want new or existing", c.InitialClusterState)

@@ -7,7 +7,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -28,6 +27,7 @@ import (
 
 	"github.com/plinthdb/plinth/internal/api"
 	"github.com/plinthdb/plinth/internal/apply"
+	"github.com/plinthdb/plinth/internal/connmux"
 	"github.com/plinthdb/plinth/internal/membership"
 	"github.com/plinthdb/plinth/internal/mvcc"
 	"github.com/plinthdb/plinth/internal/raftnode"
@@ -56,6 +56,8 @@ type Server struct {
 	grpc       *grpc.Server
 	listeners  []net.Listener
 	httpServer *http.Server // diagnostics; nil unless metrics URLs are set
+	clientHTTP *http.Server // /metrics, /health on the client URLs
+	clientMux  []*connmux.Mux
 
 	clusterID uint64
 	memberID  uint64
@@ -245,16 +247,7 @@ func (s *Server) Start() error {
 		s.Stop()
 		return err
 	}
-	for _, l := range s.listeners {
-		s.serveWG.Add(1)
-		go func() {
-			defer s.serveWG.Done()
-			if err := s.grpc.Serve(l); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-				s.logger.Error("client listener failed", "addr", l.Addr().String(), "err", err)
-			}
-		}()
-		s.logger.Info("serving client requests", "addr", l.Addr().String())
-	}
+	s.serveClients()
 	return nil
 }
 
@@ -314,6 +307,12 @@ func (s *Server) Stop() {
 		}
 		if s.httpServer != nil {
 			_ = s.httpServer.Close()
+		}
+		if s.clientHTTP != nil {
+			_ = s.clientHTTP.Close()
+		}
+		for _, m := range s.clientMux {
+			_ = m.Close()
 		}
 		s.cancelStop()
 		s.serveWG.Wait()

@@ -1,0 +1,71 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"testing"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+)
+
+// getHTTP fetches path from the member's client port, where HTTP shares the
+// port with gRPC.
+func getHTTP(t *testing.T, srv *Server, method, path string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, "http://"+srv.ClientAddrs()[0]+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, body
+}
+
+// TestHealth checks etcd's /health on the client port: healthy with a
+// leader and no alarm; 503 with the alarm as reason while one is active,
+// unless excluded.
+func TestHealth(t *testing.T) {
+	srv, cli := startServer(t, t.TempDir())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	check := func(path string, wantCode int, want healthStatus) {
+		t.Helper()
+		code, body := getHTTP(t, srv, http.MethodGet, path)
+		var got healthStatus
+		if err := json.Unmarshal(body, &got); err != nil {
+			t.Fatalf("%s: %q is not JSON: %v", path, body, err)
+		}
+		if code != wantCode || got != want {
+			t.Fatalf("%s: %d %+v, want %d %+v", path, code, got, wantCode, want)
+		}
+	}
+	check("/health", http.StatusOK, healthStatus{Health: "true"})
+	check("/health?serializable=true", http.StatusOK, healthStatus{Health: "true"})
+
+	req := &pb.AlarmRequest{Action: pb.AlarmRequest_ACTIVATE, MemberID: srv.memberID, Alarm: pb.AlarmType_NOSPACE}
+	if _, err := srv.Propose(ctx, &pb.InternalRaftRequest{Alarm: req}); err != nil {
+		t.Fatal(err)
+	}
+	check("/health", http.StatusServiceUnavailable, healthStatus{Health: "false", Reason: "ALARM NOSPACE"})
+	check("/health?exclude=NOSPACE", http.StatusOK, healthStatus{Health: "true"})
+
+	if code, _ := getHTTP(t, srv, http.MethodPost, "/health"); code != http.StatusMethodNotAllowed {
+		t.Fatalf("POST /health: %d, want 405", code)
+	}
+	if code, _ := getHTTP(t, srv, http.MethodGet, "/debug/pprof/"); code != http.StatusNotFound {
+		t.Fatalf("pprof without --enable-pprof: %d, want 404", code)
+	}
+}
