@@ -13,9 +13,10 @@ import (
 )
 
 // httpHandler serves what etcd serves over HTTP beside its gRPC API:
-// /health, and runtime profiles when enabled.
+// /metrics, /health, and runtime profiles when enabled.
 func (s *Server) httpHandler() http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("/metrics", s.metrics.handler())
 	mux.HandleFunc("/health", s.serveHealth)
 	if s.cfg.EnablePprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -31,6 +32,7 @@ func (s *Server) httpHandler() http.Handler {
 // HTTP by connmux, so /metrics and /health answer on the client port, as
 // etcd's do.
 func (s *Server) serveClients() {
+	s.metrics.grpc.register(s.grpc) // every service is registered by now
 	s.clientHTTP = &http.Server{Handler: s.httpHandler()}
 	for _, l := range s.listeners {
 		m := connmux.New(l, 0)
@@ -38,7 +40,8 @@ func (s *Server) serveClients() {
 		s.serveWG.Add(3)
 		go func() {
 			defer s.serveWG.Done()
-			if err := s.grpc.Serve(m.GRPC()); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			counted := countedListener{Listener: m.GRPC(), in: &s.metrics.clientBytesIn, out: &s.metrics.clientBytesOut}
+			if err := s.grpc.Serve(counted); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 				s.logger.Error("client listener failed", "addr", l.Addr().String(), "err", err)
 			}
 		}()

@@ -32,6 +32,7 @@ func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
 		excluded[strings.ToUpper(a)] = true
 	}
 	h := s.checkHealth(r.Context(), excluded, r.URL.Query().Get("serializable") == "true")
+	s.metrics.recordHealth(h.Health == "true")
 	w.Header().Set("Content-Type", "application/json")
 	if h.Health != "true" {
 		w.WriteHeader(http.StatusServiceUnavailable)

@@ -58,6 +58,7 @@ type Server struct {
 	httpServer *http.Server // diagnostics; nil unless metrics URLs are set
 	clientHTTP *http.Server // /metrics, /health on the client URLs
 	clientMux  []*connmux.Mux
+	metrics    *serverMetrics
 
 	clusterID uint64
 	memberID  uint64
@@ -110,6 +111,7 @@ func New(cfg Config) (*Server, error) {
 		_ = db.Close()
 		return nil, err
 	}
+	s.metrics = s.newServerMetrics()
 	return s, nil
 }
 
@@ -189,7 +191,7 @@ func (s *Server) sweepTimeouts() {
 		case <-s.stopCtx.Done():
 			return
 		case <-t.C:
-			s.waits.tick(maxAge, api.ErrTimeout)
+			s.metrics.proposalsFailed.Add(float64(s.waits.tick(maxAge, api.ErrTimeout)))
 		}
 	}
 }
@@ -222,6 +224,8 @@ func (s *Server) Start() error {
 	go s.promoteSelf()
 	go s.autoCompact()
 	s.grpc = grpc.NewServer(
+		grpc.ChainUnaryInterceptor(s.metrics.grpc.unary),
+		grpc.ChainStreamInterceptor(s.metrics.grpc.stream),
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes+grpcOverheadBytes),
 		grpc.MaxSendMsgSize(math.MaxInt32),
 		grpc.MaxConcurrentStreams(math.MaxUint32),
