@@ -188,3 +188,67 @@ func TestMetricsMoveUnderLoad(t *testing.T) {
 		t.Errorf("follower's etcd_debugging_mvcc_keys_total = %v, want 201", v)
 	}
 }
+
+// dashboardSeries are the series etcd's published dashboards and alert rules
+// query, with the labels their selectors require. They come from etcd's
+// monitoring mixin (contrib/mixin/dashboards/targets.libsonnet and
+// contrib/mixin/alerts/alerts.libsonnet) and from the older sample dashboard
+// Documentation/op-guide/grafana.json. (up, also queried, is Prometheus's own.)
+var dashboardSeries = []struct {
+	name   string
+	labels []string
+}{
+	{"etcd_server_has_leader", nil},
+	{"etcd_server_leader_changes_seen_total", nil},
+	{"etcd_server_proposals_failed_total", nil},
+	{"etcd_server_proposals_pending", nil},
+	{"etcd_server_proposals_committed_total", nil},
+	{"etcd_server_proposals_applied_total", nil},
+	{"etcd_server_quota_backend_bytes", nil},
+	{"etcd_mvcc_db_total_size_in_bytes", nil},
+	{"etcd_mvcc_db_total_size_in_use_in_bytes", nil},
+	{"etcd_debugging_mvcc_db_total_size_in_bytes", nil}, // op-guide/grafana.json's name for the DB size
+	{"etcd_disk_wal_fsync_duration_seconds", nil},       // queried as _bucket
+	{"etcd_disk_backend_commit_duration_seconds", nil},  // queried as _bucket
+	{"etcd_network_client_grpc_received_bytes_total", nil},
+	{"etcd_network_client_grpc_sent_bytes_total", nil},
+	{"etcd_network_peer_received_bytes_total", nil},
+	{"etcd_network_peer_sent_bytes_total", nil},
+	{"etcd_network_peer_sent_failures_total", nil},
+	{"etcd_network_peer_round_trip_time_seconds", nil}, // queried as _bucket
+	{"grpc_server_started_total", []string{"grpc_type=unary"}},
+	{"grpc_server_handled_total", []string{"grpc_type=unary"}},
+	{"grpc_server_handling_seconds", []string{"grpc_type=unary"}}, // queried as _bucket
+	{"process_resident_memory_bytes", nil},
+}
+
+// TestDashboardMetricsExist checks that every series etcd's dashboards and
+// alerts query is served, on a member of a three-member cluster (peer
+// series exist only with peers).
+func TestDashboardMetricsExist(t *testing.T) {
+	c := newTestCluster(t, 3, "dashboard")
+	for i := range 3 {
+		c.start(i)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	lead := c.leader(ctx)
+	if _, err := c.client(lead).Put(ctx, "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	families := scrape(t, c.cfgs[lead].ListenClientURLs[0].Host)
+	for _, s := range dashboardSeries {
+		_ = value(t, families, s.name, s.labels...)
+	}
+	// The dashboards count open Watch and Lease streams; those series
+	// exist once the services are served.
+	for _, service := range []string{"etcdserverpb.Watch", "etcdserverpb.Lease"} {
+		if _, served := c.servers[lead].grpc.GetServiceInfo()[service]; !served {
+			t.Logf("%s is not served yet: its stream series are not checked", service)
+			continue
+		}
+		for _, name := range []string{"grpc_server_started_total", "grpc_server_handled_total"} {
+			_ = value(t, families, name, "grpc_service="+service, "grpc_type=bidi_stream")
+		}
+	}
+}
