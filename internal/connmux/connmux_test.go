@@ -154,3 +154,51 @@ func TestClosingOneSideKeepsTheOther(t *testing.T) {
 	_ = m.GRPC().Close()
 	checkHTTP(t, addr)
 }
+
+// benchmarkUnary measures gRPC unary calls from parallel clients over one
+// connection, served straight from the listener or through a Mux.
+func benchmarkUnary(b *testing.B, muxed bool) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	healthpb.RegisterHealthServer(gs, health.NewServer())
+	served := l
+	var m *Mux
+	if muxed {
+		m = New(l, 0)
+		served = m.GRPC()
+		go func() { _ = m.Serve() }()
+	}
+	go func() { _ = gs.Serve(served) }()
+	defer func() {
+		gs.Stop()
+		if m != nil {
+			_ = m.Close()
+		}
+	}()
+	cc, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cc.Close()
+	client := healthpb.NewHealthClient(cc)
+	ctx := context.Background()
+	if _, err := client.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+		b.Fatal(err)
+	}
+	b.SetParallelism(16)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := client.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+func BenchmarkUnaryDirect(b *testing.B) { benchmarkUnary(b, false) }
+func BenchmarkUnaryMuxed(b *testing.B)  { benchmarkUnary(b, true) }
