@@ -69,3 +69,34 @@ func TestHealth(t *testing.T) {
 		t.Fatalf("pprof without --enable-pprof: %d, want 404", code)
 	}
 }
+
+// TestHealthWithoutLeader checks the answer of a member left alone by its
+// peers: no leader, so unhealthy, as etcd's.
+func TestHealthWithoutLeader(t *testing.T) {
+	c := newTestCluster(t, 3, "health")
+	for i := range 3 {
+		c.start(i)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	lead := c.leader(ctx)
+	alone := (lead + 1) % 3
+	for i := range 3 {
+		if i != alone {
+			c.stop(i)
+		}
+	}
+	srv := c.servers[alone]
+	var code int
+	var got healthStatus
+	waitFor(ctx, t, func() bool {
+		var body []byte
+		code, body = getHTTP(t, srv, http.MethodGet, "/health?serializable=true")
+		got = healthStatus{}
+		_ = json.Unmarshal(body, &got)
+		return got.Health == "false"
+	})
+	if code != http.StatusServiceUnavailable || got.Reason != "RAFT NO LEADER" {
+		t.Fatalf("health of a member alone: %d %+v, want 503 RAFT NO LEADER", code, got)
+	}
+}
