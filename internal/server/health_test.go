@@ -5,10 +5,14 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/url"
+	"strings"
 	"testing"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+
+	"github.com/plinthdb/plinth/internal/testmember"
 )
 
 // getHTTP fetches path from the member's client port, where HTTP shares the
@@ -98,5 +102,37 @@ func TestHealthWithoutLeader(t *testing.T) {
 	})
 	if code != http.StatusServiceUnavailable || got.Reason != "RAFT NO LEADER" {
 		t.Fatalf("health of a member alone: %d %+v, want 503 RAFT NO LEADER", code, got)
+	}
+}
+
+// TestDiagnosticsOnMetricsURLs checks that --listen-metrics-urls serves what
+// the client port serves over HTTP, and that --enable-pprof adds the
+// profiles to both.
+func TestDiagnosticsOnMetricsURLs(t *testing.T) {
+	metricsAddr := testmember.FreeAddr(t)
+	srv, cli := startServerWith(t, t.TempDir(), func(c *Config) {
+		c.ListenMetricsURLs = []url.URL{{Scheme: "http", Host: metricsAddr}}
+		c.EnablePprof = true
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, "k", "v"); err != nil { // a leader is known from here on
+		t.Fatal(err)
+	}
+	for _, addr := range []string{metricsAddr, srv.ClientAddrs()[0]} {
+		for _, path := range []string{"/metrics", "/health", "/debug/pprof/"} {
+			resp, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + addr + path)
+			if err != nil {
+				t.Fatalf("%s%s: %v", addr, path, err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("%s%s: %s", addr, path, resp.Status)
+			}
+			if path == "/metrics" && !strings.Contains(string(body), "etcd_server_has_leader 1") {
+				t.Fatalf("%s/metrics lacks etcd_server_has_leader 1", addr)
+			}
+		}
 	}
 }
