@@ -13,11 +13,11 @@ import (
 )
 
 // httpHandler serves what etcd serves over HTTP beside its gRPC API:
-// /metrics, /health, and runtime profiles when enabled.
+// /metrics, /health, /livez, /readyz, and runtime profiles when enabled.
 func (s *Server) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", s.metrics.handler())
-	mux.HandleFunc("/health", s.serveHealth)
+	s.healthEndpoints(mux)
 	if s.cfg.EnablePprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)

@@ -35,9 +35,9 @@ func getHTTP(t *testing.T, srv *Server, method, path string) (int, []byte) {
 	return resp.StatusCode, body
 }
 
-// TestHealth checks etcd's /health on the client port: healthy with a
-// leader and no alarm; 503 with the alarm as reason while one is active,
-// unless excluded.
+// TestHealth checks etcd's /health, /livez and /readyz on the client port:
+// healthy with a leader and no alarm; 503 with the alarm as reason while one
+// is active, unless excluded (NOSPACE always is for /livez).
 func TestHealth(t *testing.T) {
 	srv, cli := startServer(t, t.TempDir())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -56,8 +56,9 @@ func TestHealth(t *testing.T) {
 			t.Fatalf("%s: %d %+v, want %d %+v", path, code, got, wantCode, want)
 		}
 	}
-	check("/health", http.StatusOK, healthStatus{Health: "true"})
-	check("/health?serializable=true", http.StatusOK, healthStatus{Health: "true"})
+	for _, path := range []string{"/health", "/health?serializable=true", "/livez", "/readyz"} {
+		check(path, http.StatusOK, healthStatus{Health: "true"})
+	}
 
 	req := &pb.AlarmRequest{Action: pb.AlarmRequest_ACTIVATE, MemberID: srv.memberID, Alarm: pb.AlarmType_NOSPACE}
 	if _, err := srv.Propose(ctx, &pb.InternalRaftRequest{Alarm: req}); err != nil {
@@ -65,6 +66,8 @@ func TestHealth(t *testing.T) {
 	}
 	check("/health", http.StatusServiceUnavailable, healthStatus{Health: "false", Reason: "ALARM NOSPACE"})
 	check("/health?exclude=NOSPACE", http.StatusOK, healthStatus{Health: "true"})
+	check("/readyz", http.StatusServiceUnavailable, healthStatus{Health: "false", Reason: "ALARM NOSPACE"})
+	check("/livez", http.StatusOK, healthStatus{Health: "true"}) // NOSPACE never fails liveness
 
 	if code, _ := getHTTP(t, srv, http.MethodPost, "/health"); code != http.StatusMethodNotAllowed {
 		t.Fatalf("POST /health: %d, want 405", code)
@@ -95,13 +98,19 @@ func TestHealthWithoutLeader(t *testing.T) {
 	var got healthStatus
 	waitFor(ctx, t, func() bool {
 		var body []byte
-		code, body = getHTTP(t, srv, http.MethodGet, "/health?serializable=true")
+		code, body = getHTTP(t, srv, http.MethodGet, "/health")
 		got = healthStatus{}
 		_ = json.Unmarshal(body, &got)
-		return got.Health == "false"
+		return got.Reason == "RAFT NO LEADER"
 	})
-	if code != http.StatusServiceUnavailable || got.Reason != "RAFT NO LEADER" {
+	if code != http.StatusServiceUnavailable || got.Health != "false" {
 		t.Fatalf("health of a member alone: %d %+v, want 503 RAFT NO LEADER", code, got)
+	}
+	// Alone, it is still alive: a serializable check reads its own store.
+	for _, path := range []string{"/health?serializable=true", "/livez?serializable=true", "/readyz?serializable=true"} {
+		if code, body := getHTTP(t, srv, http.MethodGet, path); code != http.StatusOK {
+			t.Fatalf("%s of a member alone: %d %s, want 200", path, code, body)
+		}
 	}
 }
 
