@@ -36,8 +36,8 @@ func getHTTP(t *testing.T, srv *Server, method, path string) (int, []byte) {
 }
 
 // TestHealth checks etcd's /health, /livez and /readyz on the client port:
-// healthy with a leader and no alarm; 503 with the alarm as reason while one
-// is active, unless excluded (NOSPACE always is for /livez).
+// healthy with a leader and no alarm; /health 503 with the alarm as reason
+// while one is active, unless excluded; /readyz fails on CORRUPT only.
 func TestHealth(t *testing.T) {
 	srv, cli := startServer(t, t.TempDir())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -56,9 +56,18 @@ func TestHealth(t *testing.T) {
 			t.Fatalf("%s: %d %+v, want %d %+v", path, code, got, wantCode, want)
 		}
 	}
-	for _, path := range []string{"/health", "/health?serializable=true", "/livez", "/readyz"} {
+	for _, path := range []string{"/health", "/health?serializable=true"} {
 		check(path, http.StatusOK, healthStatus{Health: "true"})
 	}
+	probe := func(path string, wantCode int, want string) {
+		t.Helper()
+		if code, body := getHTTP(t, srv, http.MethodGet, path); code != wantCode || string(body) != want {
+			t.Fatalf("%s: %d %q, want %d %q", path, code, body, wantCode, want)
+		}
+	}
+	probe("/livez", http.StatusOK, "ok\n")
+	probe("/readyz?verbose", http.StatusOK, "[+]non_learner ok\n[+]data_corruption ok\n[+]serializable_read ok\n[+]linearizable_read ok\nok\n")
+	probe("/readyz/linearizable_read?verbose", http.StatusOK, "[+]linearizable_read ok\nok\n")
 
 	req := &pb.AlarmRequest{Action: pb.AlarmRequest_ACTIVATE, MemberID: srv.memberID, Alarm: pb.AlarmType_NOSPACE}
 	if _, err := srv.Propose(ctx, &pb.InternalRaftRequest{Alarm: req}); err != nil {
@@ -66,8 +75,15 @@ func TestHealth(t *testing.T) {
 	}
 	check("/health", http.StatusServiceUnavailable, healthStatus{Health: "false", Reason: "ALARM NOSPACE"})
 	check("/health?exclude=NOSPACE", http.StatusOK, healthStatus{Health: "true"})
-	check("/readyz", http.StatusServiceUnavailable, healthStatus{Health: "false", Reason: "ALARM NOSPACE"})
-	check("/livez", http.StatusOK, healthStatus{Health: "true"}) // NOSPACE never fails liveness
+	probe("/readyz", http.StatusOK, "ok\n") // NOSPACE fails no probe
+
+	req = &pb.AlarmRequest{Action: pb.AlarmRequest_ACTIVATE, MemberID: srv.memberID, Alarm: pb.AlarmType_CORRUPT}
+	if _, err := srv.Propose(ctx, &pb.InternalRaftRequest{Alarm: req}); err != nil {
+		t.Fatal(err)
+	}
+	probe("/readyz", http.StatusServiceUnavailable, "[+]non_learner ok\n[-]data_corruption failed: alarm activated: CORRUPT\n[+]serializable_read ok\n[+]linearizable_read ok\n\n")
+	probe("/readyz?exclude=data_corruption", http.StatusOK, "ok\n")
+	probe("/livez", http.StatusOK, "ok\n")
 
 	if code, _ := getHTTP(t, srv, http.MethodPost, "/health"); code != http.StatusMethodNotAllowed {
 		t.Fatalf("POST /health: %d, want 405", code)
@@ -107,7 +123,7 @@ func TestHealthWithoutLeader(t *testing.T) {
 		t.Fatalf("health of a member alone: %d %+v, want 503 RAFT NO LEADER", code, got)
 	}
 	// Alone, it is still alive: a serializable check reads its own store.
-	for _, path := range []string{"/health?serializable=true", "/livez?serializable=true", "/readyz?serializable=true"} {
+	for _, path := range []string{"/health?serializable=true", "/livez", "/readyz/serializable_read"} {
 		if code, body := getHTTP(t, srv, http.MethodGet, path); code != http.StatusOK {
 			t.Fatalf("%s of a member alone: %d %s, want 200", path, code, body)
 		}
