@@ -97,17 +97,13 @@ func (s *Server) newServerMetrics() *serverMetrics {
 
 	gaugeFunc("mvcc", "db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes.",
 		func() float64 { return float64(s.quota.dbSize.Load()) })
-	// The older name, which etcd still serves and its sample dashboard
-	// (Documentation/op-guide/grafana.json) reads.
-	gaugeFunc("debugging_mvcc", "db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes.",
-		func() float64 { return float64(s.quota.dbSize.Load()) })
 	gaugeFunc("mvcc", "db_total_size_in_use_in_bytes", "Total size of the underlying database logically in use in bytes.",
 		func() float64 { return float64(s.quota.dataSize.Load()) })
 	gaugeFunc("debugging_mvcc", "keys_total", "Total number of keys.",
 		func() float64 { return float64(m.keys.count(s)) })
-	gaugeFunc("mvcc", "current_revision", "The current revision of store.",
+	gaugeFunc("debugging_mvcc", "current_revision", "The current revision of store.",
 		func() float64 { return float64(s.kv.Rev()) })
-	gaugeFunc("mvcc", "compact_revision", "The revision of the last compaction in store.",
+	gaugeFunc("debugging_mvcc", "compact_revision", "The revision of the last compaction in store.",
 		func() float64 { return float64(max(s.kv.CompactRev(), 0)) })
 
 	counterFunc("network", "client_grpc_received_bytes_total", "The total number of bytes received from grpc clients.",
