@@ -83,7 +83,6 @@ func TestParseFlagsRejectsBadInput(t *testing.T) {
 		{"peer url given twice", []string{"--initial-cluster=default=http://127.0.0.1:2380,b=http://127.0.0.1:2380"}, "to both"},
 		{"election too short", []string{"--election-timeout=100"}, "--election-timeout"},
 		{"tls", []string{"--listen-client-urls=https://127.0.0.1:2379"}, "TLS"},
-		{"pprof without address", []string{"--enable-pprof"}, "--listen-metrics-urls"},
 		{"bad feature gate", []string{"--feature-gates=InitialCorruptCheck"}, "--feature-gates"},
 		{"bad compaction mode", []string{"--auto-compaction-mode=weekly"}, "--auto-compaction-mode"},
 		{"bad retention", []string{"--auto-compaction-retention=soon"}, "--auto-compaction-retention"},

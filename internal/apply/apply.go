@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/prometheus/client_golang/prometheus"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	raftpb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
@@ -68,7 +69,8 @@ type Applier struct {
 	applied uint64
 	// req is reused to decode each entry into: nothing an entry's answer
 	// holds points into it.
-	req pb.InternalRaftRequest
+	req           pb.InternalRaftRequest
+	commitSeconds prometheus.Histogram // see metrics.go
 }
 
 // New returns an Applier that resumes after the applied index stored in db,
@@ -87,7 +89,7 @@ func New(db *pebble.DB, kv *mvcc.Store, logger *slog.Logger) (*Applier, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Applier{db: db, kv: kv, alarms: alarms, leases: leases, logger: logger, applied: applied}, nil
+	return &Applier{db: db, kv: kv, alarms: alarms, leases: leases, logger: logger, applied: applied, commitSeconds: newBackendCommitHistogram()}, nil
 }
 
 // Alarms is the table of active alarms, as of the last applied entry.
@@ -181,9 +183,11 @@ func (a *Applier) Apply(ents []*raftpb.Entry, cs *raftpb.ConfState) ([]Result, e
 			return nil, err
 		}
 	}
+	start := time.Now()
 	if err := b.Commit(); err != nil {
 		return nil, fmt.Errorf("apply entries up to %d: %w", last, err)
 	}
+	a.observeCommit(start)
 	a.applied = last
 	return results, nil
 }

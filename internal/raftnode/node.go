@@ -201,6 +201,7 @@ type Node struct {
 	steppedImages []string          // raft loop only: images handed to Raft by the last step
 	leading       bool              // raft loop only: this member is the leader
 	remoteReads   []*raftpb.Message // raft loop only: followers' reads for the next round
+	metrics       nodeMetrics
 }
 
 // Progress is a leader's view of the members' logs, refreshed every tick.
@@ -270,7 +271,7 @@ func New(cfg Config, db *pebble.DB, log *storage.LogStore, sm StateMachine) (*No
 		cfg.FS = vfs.Default
 	}
 	n := &Node{
-		cfg: cfg, db: db, log: log, sm: sm, rn: rn,
+		cfg: cfg, db: db, log: log, sm: sm, rn: rn, metrics: newNodeMetrics(),
 		proposalQueue: newInbox[proposal](maxQueuedProposals),
 		readQueue:     newInbox[chan error](maxQueuedReads),
 		recvQueue:     newInbox[*raftpb.Message](maxQueuedMessages),
@@ -660,6 +661,9 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 		}
 		prev := n.lead.Swap(rd.SoftState.Lead)
 		if prev != rd.SoftState.Lead {
+			if rd.SoftState.Lead != raft.None {
+				n.metrics.leaderChanges.Inc()
+			}
 			n.cfg.Logger.Info("leader changed", "leader", fmt.Sprintf("%x", rd.SoftState.Lead), "state", rd.SoftState.RaftState.String())
 			// Read index requests asked of the old leader die with
 			// it; their callers retry. Those never asked wait for
@@ -692,9 +696,13 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 				n.cfg.SyncPacer.HoldAfterSync(syncHoldFor(len(rd.Entries)))
 			}
 		}
+		start := time.Now()
 		if err := b.Commit(opts); err != nil {
 			_ = b.Close()
 			return fmt.Errorf("raftnode: persist %d entries: %w", len(rd.Entries), err)
+		}
+		if rd.MustSync {
+			n.metrics.observeSync(start)
 		}
 		_ = b.Close()
 		n.log.AfterAppend(rd.HardState, rd.Entries)

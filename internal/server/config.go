@@ -46,8 +46,8 @@ type Config struct {
 	// WatchProgressNotifyInterval is the period of progress notifications
 	// to watchers that asked for them (0: etcd's 10 minutes).
 	WatchProgressNotifyInterval time.Duration
-	// ListenMetricsURLs serve HTTP diagnostics: /debug/pprof/ when
-	// EnablePprof is set.
+	// ListenMetricsURLs serve HTTP diagnostics (/metrics, /health, and
+	// /debug/pprof/ when EnablePprof is set), as the client URLs do.
 	ListenMetricsURLs []url.URL
 	EnablePprof       bool
 	Logger            *slog.Logger
@@ -125,9 +125,6 @@ func (c *Config) Validate() error {
 		if u.Scheme == "https" {
 			return fmt.Errorf("%s: TLS is not supported yet; use http", u.String())
 		}
-	}
-	if c.EnablePprof && len(c.ListenMetricsURLs) == 0 {
-		return fmt.Errorf("--enable-pprof needs --listen-metrics-urls to serve on")
 	}
 	if c.InitialClusterState != "new" && c.InitialClusterState != "existing" {
 		return fmt.Errorf("--initial-cluster-state is %q, want new or existing", c.InitialClusterState)

@@ -38,8 +38,11 @@ func (s *Server) Propose(ctx context.Context, req *pb.InternalRaftRequest) (prot
 // waits for its applied answer.
 func (s *Server) await(ctx context.Context, id uint64, propose func() error) (proto.Message, error) {
 	ch := s.waits.register(id)
+	s.metrics.proposalsPending.Inc()
+	defer s.metrics.proposalsPending.Dec()
 	if err := propose(); err != nil {
 		s.waits.cancel(id)
+		s.metrics.proposalsFailed.Inc()
 		return nil, err
 	}
 	select {
@@ -58,12 +61,14 @@ func (s *Server) await(ctx context.Context, id uint64, propose func() error) (pr
 		return r.Resp, nil
 	case <-ctx.Done():
 		s.waits.cancel(id)
+		s.metrics.proposalsFailed.Inc()
 		return nil, ctx.Err()
 	}
 }
 
 // proposalDropped is raftnode's OnDropped: the proposer learns at once.
 func (s *Server) proposalDropped(id uint64, err error) {
+	s.metrics.proposalsFailed.Inc()
 	if errors.Is(err, raftnode.ErrDropped) && s.node.Leader() == 0 {
 		err = api.ErrNoLeader
 	}
@@ -146,8 +151,8 @@ func (w *waitRegistry) trigger(id uint64, r apply.Result) {
 }
 
 // tick advances the coarse clock and fails every waiter registered more than
-// maxAge ticks ago with err.
-func (w *waitRegistry) tick(maxAge int64, err error) {
+// maxAge ticks ago with err. It returns how many it failed.
+func (w *waitRegistry) tick(maxAge int64, err error) int {
 	var expired []chan apply.Result
 	w.mu.Lock()
 	w.now++
@@ -161,6 +166,7 @@ func (w *waitRegistry) tick(maxAge int64, err error) {
 	for _, ch := range expired {
 		ch <- apply.Result{Err: err}
 	}
+	return len(expired)
 }
 
 func (w *waitRegistry) failAll(err error) {

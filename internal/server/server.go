@@ -7,7 +7,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -28,6 +27,7 @@ import (
 
 	"github.com/plinthdb/plinth/internal/api"
 	"github.com/plinthdb/plinth/internal/apply"
+	"github.com/plinthdb/plinth/internal/connmux"
 	"github.com/plinthdb/plinth/internal/membership"
 	"github.com/plinthdb/plinth/internal/mvcc"
 	"github.com/plinthdb/plinth/internal/raftnode"
@@ -58,6 +58,9 @@ type Server struct {
 	grpc       *grpc.Server
 	listeners  []net.Listener
 	httpServer *http.Server // diagnostics; nil unless metrics URLs are set
+	clientHTTP *http.Server // /metrics, /health on the client URLs
+	clientMux  []*connmux.Mux
+	metrics    *serverMetrics
 
 	clusterID uint64
 	memberID  uint64
@@ -123,6 +126,7 @@ func New(cfg Config) (*Server, error) {
 		_ = db.Close()
 		return nil, err
 	}
+	s.metrics = s.newServerMetrics()
 	return s, nil
 }
 
@@ -237,7 +241,7 @@ func (s *Server) sweepTimeouts() {
 		case <-s.stopCtx.Done():
 			return
 		case <-t.C:
-			s.waits.tick(maxAge, api.ErrTimeout)
+			s.metrics.proposalsFailed.Add(float64(s.waits.tick(maxAge, api.ErrTimeout)))
 		}
 	}
 }
@@ -272,6 +276,8 @@ func (s *Server) Start() error {
 	s.serveWG.Add(1)
 	go s.runLeases()
 	s.grpc = grpc.NewServer(
+		grpc.ChainUnaryInterceptor(s.metrics.grpc.unary),
+		grpc.ChainStreamInterceptor(s.metrics.grpc.stream),
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes+grpcOverheadBytes),
 		grpc.MaxSendMsgSize(math.MaxInt32),
 		grpc.MaxConcurrentStreams(math.MaxUint32),
@@ -299,16 +305,7 @@ func (s *Server) Start() error {
 		s.Stop()
 		return err
 	}
-	for _, l := range s.listeners {
-		s.serveWG.Add(1)
-		go func() {
-			defer s.serveWG.Done()
-			if err := s.grpc.Serve(l); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-				s.logger.Error("client listener failed", "addr", l.Addr().String(), "err", err)
-			}
-		}()
-		s.logger.Info("serving client requests", "addr", l.Addr().String())
-	}
+	s.serveClients()
 	return nil
 }
 
@@ -372,6 +369,12 @@ func (s *Server) Stop() {
 		}
 		if s.httpServer != nil {
 			_ = s.httpServer.Close()
+		}
+		if s.clientHTTP != nil {
+			_ = s.clientHTTP.Close()
+		}
+		for _, m := range s.clientMux {
+			_ = m.Close()
 		}
 		s.cancelStop()
 		s.serveWG.Wait()

@@ -31,13 +31,15 @@ type peer struct {
 	stopOnce     sync.Once
 	snapshotting atomic.Bool // a snapshot is on its way to the peer
 	wg           sync.WaitGroup
+	metrics      *peerMetrics
 }
 
 func newPeer(t *Transport, id uint64, addrs []string) *peer {
 	return &peer{
 		t: t, id: id, addrs: append([]string(nil), addrs...),
-		queue: make(chan *raftpb.Message, peerQueueSize),
-		stopC: make(chan struct{}),
+		queue:   make(chan *raftpb.Message, peerQueueSize),
+		stopC:   make(chan struct{}),
+		metrics: t.metrics.forPeer(id),
 	}
 }
 
@@ -73,6 +75,7 @@ func (p *peer) send(m *raftpb.Message) {
 	select {
 	case p.queue <- m:
 	default:
+		p.metrics.sentFailures.Inc()
 		h.ReportUnreachable(p.id)
 	}
 }
@@ -126,6 +129,7 @@ func (p *peer) dropQueued(d time.Duration) bool {
 			}
 			return true
 		case <-p.queue:
+			p.metrics.sentFailures.Inc()
 			dropped = true
 		}
 	}
@@ -147,7 +151,12 @@ func (p *peer) stream(conn net.Conn) error {
 		_ = conn.SetWriteDeadline(time.Now().Add(writeTimeout))
 		for m != nil {
 			if err := writeMessage(w, m, &buf); err != nil {
+				p.metrics.sentFailures.Inc()
 				return err
+			}
+			p.metrics.sentBytes.Add(float64(4 + len(buf)))
+			if m.GetType() == raftpb.MessageType_MsgHeartbeat {
+				p.metrics.heartbeatWritten()
 			}
 			select {
 			case m = <-p.queue:

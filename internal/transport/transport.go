@@ -95,7 +95,8 @@ type Transport struct {
 	conns     map[net.Conn]struct{} // accepted, open
 	stopped   bool
 
-	wg sync.WaitGroup
+	wg      sync.WaitGroup
+	metrics transportMetrics
 }
 
 // New returns a transport with no peers.
@@ -108,6 +109,7 @@ func New(cfg Config) *Transport {
 		peers:   map[uint64]*peer{},
 		removed: map[uint64]bool{},
 		conns:   map[net.Conn]struct{}{},
+		metrics: newTransportMetrics(),
 	}
 }
 
@@ -347,6 +349,7 @@ func (t *Transport) isRemoved(id uint64) bool {
 
 func (t *Transport) readStream(r *bufio.Reader, from uint64) {
 	var buf []byte
+	received := t.metrics.receivedBytes.WithLabelValues(peerLabel(from))
 	for {
 		m, err := readMessage(r, &buf)
 		if err != nil {
@@ -355,12 +358,18 @@ func (t *Transport) readStream(r *bufio.Reader, from uint64) {
 			}
 			return
 		}
+		received.Add(float64(4 + len(buf)))
 		if m.GetFrom() != from {
 			t.cfg.Logger.Warn("dropped a message whose sender is not the stream's peer", "peer", fmt.Sprintf("%x", from), "from", fmt.Sprintf("%x", m.GetFrom()))
 			continue
 		}
 		if t.blocked(from, t.cfg.ID) {
 			continue
+		}
+		if m.GetType() == raftpb.MessageType_MsgHeartbeatResp {
+			if pm := t.peerMetricsOf(from); pm != nil {
+				pm.heartbeatAnswered()
+			}
 		}
 		t.cfg.Handler.Process(m)
 	}
@@ -412,7 +421,8 @@ func readMessage(r *bufio.Reader, buf *[]byte) (*raftpb.Message, error) {
 	if cap(*buf) < int(n) {
 		*buf = make([]byte, n)
 	}
-	data := (*buf)[:n]
+	*buf = (*buf)[:n] // its length tells the caller the message's size
+	data := *buf
 	if _, err := io.ReadFull(r, data); err != nil {
 		return nil, err
 	}
