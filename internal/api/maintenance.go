@@ -14,6 +14,7 @@ type MemberStatus struct {
 	Version      string
 	DBSize       int64
 	DBSizeInUse  int64
+	DBSizeQuota  int64 // the storage quota (see QuotaChecker)
 	Leader       uint64
 	RaftIndex    uint64
 	RaftTerm     uint64
@@ -127,6 +128,7 @@ func (m *Maintenance) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.Stat
 		Version:          st.Version,
 		DbSize:           st.DBSize,
 		DbSizeInUse:      st.DBSizeInUse,
+		DbSizeQuota:      st.DBSizeQuota,
 		Leader:           st.Leader,
 		RaftIndex:        st.RaftIndex,
 		RaftTerm:         st.RaftTerm,

@@ -98,7 +98,7 @@ func (s *Server) newServerMetrics() *serverMetrics {
 	gaugeFunc("mvcc", "db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes.",
 		func() float64 { return float64(s.quota.dbSize.Load()) })
 	gaugeFunc("mvcc", "db_total_size_in_use_in_bytes", "Total size of the underlying database logically in use in bytes.",
-		func() float64 { return float64(s.quota.dataSize.Load()) })
+		func() float64 { return float64(min(s.quota.dataSize.Load(), s.quota.dbSize.Load())) })
 	gaugeFunc("debugging_mvcc", "keys_total", "Total number of keys.",
 		func() float64 { return float64(m.keys.count(s)) })
 	gaugeFunc("debugging_mvcc", "current_revision", "The current revision of store.",

@@ -52,6 +52,9 @@ func TestQuotaNoSpace(t *testing.T) {
 	if len(st.Errors) == 0 {
 		t.Fatalf("status lists no error while NOSPACE is active")
 	}
+	if st.DbSizeQuota != quota || st.DbSizeInUse == 0 || st.DbSize < st.DbSizeInUse {
+		t.Fatalf("status: quota %d (want %d), size %d, in use %d", st.DbSizeQuota, quota, st.DbSize, st.DbSizeInUse)
+	}
 
 	// Refused: any write that adds, even a small one and even if the
 	// member's size went under the quota (the alarm decides).

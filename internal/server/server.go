@@ -434,7 +434,10 @@ func (s *Server) ReadIndex(ctx context.Context) error { return s.node.ReadIndex(
 
 // Status implements api.StatusSource.
 func (s *Server) Status() api.MemberStatus {
+	// The quota's measure estimates, where the disk usage counts files:
+	// what is in use is never reported above the whole.
 	usage, inUse := s.quota.dbSize.Load(), s.quota.dataSize.Load()
+	inUse = min(inUse, usage)
 	self, _, err := membership.Get(s.db, s.memberID)
 	if err != nil {
 		s.logger.Error("read this member's record", "err", err)
@@ -444,6 +447,7 @@ func (s *Server) Status() api.MemberStatus {
 		Version:      Version,
 		DBSize:       usage,
 		DBSizeInUse:  inUse,
+		DBSizeQuota:  s.quotaBytes(),
 		Leader:       s.node.Leader(),
 		RaftIndex:    s.node.CommitIndex(),
 		RaftTerm:     s.node.Term(),
