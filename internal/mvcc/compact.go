@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -29,6 +31,9 @@ const compactBatchSize = 4096
 type compactor struct {
 	db     *pebble.DB
 	logger *slog.Logger
+	// keysVisited counts the keys whose histories compactions looked at,
+	// for tests of what compaction costs.
+	keysVisited atomic.Int64
 
 	mu      sync.Mutex // guards the fields below; never held across I/O
 	done    int64      // newest compaction revision fully applied
@@ -111,7 +116,7 @@ func (c *compactor) run() {
 		done, want := c.done, c.want
 		c.mu.Unlock()
 		if want > done {
-			if err := c.compact(want); err != nil {
+			if err := c.compact(done, want); err != nil {
 				select {
 				case <-c.stopC:
 					return
@@ -144,14 +149,23 @@ func (c *compactor) finish(rev int64) {
 }
 
 // compact deletes every version unreachable by reads at revisions >= rev,
-// and the events of revisions below rev (see events.go).
+// and the events of revisions below rev (see events.go). done is the
+// compaction revision finished before.
+//
+// Only keys changed after done can have versions that rev makes unreachable:
+// for any other key, the newest version at or before rev is its newest at or
+// before done, and the compaction to done deleted what lay below it. The
+// event index lists those keys, so compaction visits them alone and its cost
+// follows the changes since the last compaction, not the size of the store.
+// A store whose event index starts after done (written before the index
+// existed) is walked whole, once.
 //
 // It decides from one snapshot while puts and deletes go on, which add
 // versions newer than rev and may copy a key's live first version into
 // history. Either way, history's entry under the live version's revision in
 // the snapshot is what reads at rev need once that version is superseded, so
 // compaction deletes only older versions than the snapshot's live one.
-func (c *compactor) compact(rev int64) error {
+func (c *compactor) compact(done, rev int64) error {
 	snap := c.db.NewSnapshot()
 	defer func() { _ = snap.Close() }()
 	iter, err := snap.NewIter(&pebble.IterOptions{
@@ -165,68 +179,45 @@ func (c *compactor) compact(rev int64) error {
 
 	b := c.db.NewBatch()
 	defer func() { _ = b.Close() }()
-	var doomed [][]byte // this key's unreachable versions, newest first
-	var prefix []byte
-	var rec record
-	valid := iter.First()
-	for valid {
-		select {
-		case <-c.stopC:
-			return fmt.Errorf("mvcc: compaction to %d stopped", rev)
-		default:
-		}
-		k := iter.Key()
-		prefix = append(prefix[:0], k[:historyUserPrefixLen(k)]...)
-		key, _, err := decodeHistoryKey(k)
-		if err != nil {
-			return fmt.Errorf("mvcc: compact to %d: %w", rev, err)
-		}
-		var live int64 // the live version's revision, 0 if the key is deleted
-		if _, err := withLatest(snap, key, func(r *record) { live = r.modRevision }); err != nil {
-			return fmt.Errorf("mvcc: compact to %d: %w", rev, err)
-		}
-		// keep: the newest version at or before rev is in history, and
-		// survives unless it is a tombstone. When the live version is that
-		// old, it is the one reads need, and all of history before it goes.
-		keep := live == 0 || live > rev
-		if keep {
-			valid = iter.SeekGE(appendInvertedRev(prefix, rev))
-		} else {
-			valid = iter.SeekGE(appendInvertedRev(prefix, live-1))
-		}
-		doomed = doomed[:0]
-		for ; valid; valid = iter.Next() {
-			k = iter.Key()
-			if len(k) != len(prefix)+8 || !bytes.HasPrefix(k, prefix) {
-				break
+	kc := keyCompaction{snap: snap, iter: iter, b: b, rev: rev}
+	changed, indexed, err := changedKeys(snap, done, rev)
+	if err != nil {
+		return fmt.Errorf("mvcc: compact to %d: %w", rev, err)
+	}
+	if indexed {
+		for _, key := range changed {
+			if err := c.checkStop(rev); err != nil {
+				return err
 			}
-			if keep {
-				keep = false
-				v, err := iter.ValueAndErr()
-				if err != nil {
-					return fmt.Errorf("mvcc: compact to %d: %w", rev, err)
-				}
-				if err := decodeRecord(v, &rec); err != nil {
-					return err
-				}
-				if !rec.tombstone {
-					continue
-				}
+			if _, err := kc.compactKey(key, historyPrefix(key)); err != nil {
+				return err
 			}
-			doomed = append(doomed, append([]byte(nil), k...))
+			if err := kc.flushIfFull(); err != nil {
+				return err
+			}
 		}
-		for i := len(doomed) - 1; i >= 0; i-- {
-			if err := b.Delete(doomed[i], nil); err != nil {
+	} else {
+		var prefix []byte
+		valid := iter.First()
+		for valid {
+			if err := c.checkStop(rev); err != nil {
+				return err
+			}
+			k := iter.Key()
+			prefix = append(prefix[:0], k[:historyUserPrefixLen(k)]...)
+			key, _, err := decodeHistoryKey(k)
+			if err != nil {
 				return fmt.Errorf("mvcc: compact to %d: %w", rev, err)
 			}
-		}
-		if b.Count() >= compactBatchSize {
-			if err := b.Commit(pebble.NoSync); err != nil {
-				return fmt.Errorf("mvcc: compact to %d: %w", rev, err)
+			if valid, err = kc.compactKey(key, prefix); err != nil {
+				return err
 			}
-			b.Reset()
+			if err := kc.flushIfFull(); err != nil {
+				return err
+			}
 		}
 	}
+	c.keysVisited.Add(int64(kc.visited))
 	if err := iter.Error(); err != nil {
 		return fmt.Errorf("mvcc: compact to %d: %w", rev, err)
 	}
@@ -240,5 +231,126 @@ func (c *compactor) compact(rev int64) error {
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("mvcc: compact to %d: %w", rev, err)
 	}
+	return nil
+}
+
+func (c *compactor) checkStop(rev int64) error {
+	select {
+	case <-c.stopC:
+		return fmt.Errorf("mvcc: compaction to %d stopped", rev)
+	default:
+		return nil
+	}
+}
+
+// changedKeys returns, in order and once each, the keys that changed at
+// revisions after done up to rev, from the event index in snap; indexed is
+// false when the index does not reach back to done.
+func changedKeys(snap *pebble.Snapshot, done, rev int64) (keys [][]byte, indexed bool, err error) {
+	from := max(done+1, 2) // revision 1 is the empty store: it has no events
+	first, err := loadIndexedFrom(snap, rev)
+	if err != nil {
+		return nil, false, err
+	}
+	if first > from {
+		return nil, false, nil
+	}
+	iter, err := snap.NewIter(&pebble.IterOptions{LowerBound: eventKey(from, 0), UpperBound: eventKey(rev+1, 0)})
+	if err != nil {
+		return nil, false, err
+	}
+	defer func() { _ = iter.Close() }()
+	seen := map[string]bool{}
+	for valid := iter.First(); valid; valid = iter.Next() {
+		v, err := iter.ValueAndErr()
+		if err != nil {
+			return nil, false, err
+		}
+		_, _, key, _, err := decodeEvent(iter.Key(), v)
+		if err != nil {
+			return nil, false, err
+		}
+		if !seen[string(key)] {
+			seen[string(key)] = true
+			keys = append(keys, append([]byte(nil), key...))
+		}
+	}
+	if err := iter.Error(); err != nil {
+		return nil, false, err
+	}
+	slices.SortFunc(keys, bytes.Compare)
+	return keys, true, nil
+}
+
+// keyCompaction is one compaction's pass over keys' histories.
+type keyCompaction struct {
+	snap    *pebble.Snapshot
+	iter    *pebble.Iterator // over history, in snap
+	b       *pebble.Batch
+	rev     int64
+	doomed  [][]byte // the current key's unreachable versions, newest first
+	rec     record
+	visited int
+}
+
+// compactKey stages the deletion of key's versions that reads at revisions
+// >= rev cannot reach; prefix is key's history prefix. It returns whether
+// the history iterator is left on a valid entry: the first of the next key.
+func (kc *keyCompaction) compactKey(key, prefix []byte) (valid bool, err error) {
+	rev := kc.rev
+	kc.visited++
+	var live int64 // the live version's revision, 0 if the key is deleted
+	if _, err := withLatest(kc.snap, key, func(r *record) { live = r.modRevision }); err != nil {
+		return false, fmt.Errorf("mvcc: compact to %d: %w", rev, err)
+	}
+	// keep: the newest version at or before rev is in history, and
+	// survives unless it is a tombstone. When the live version is that
+	// old, it is the one reads need, and all of history before it goes.
+	keep := live == 0 || live > rev
+	if keep {
+		valid = kc.iter.SeekGE(appendInvertedRev(prefix, rev))
+	} else {
+		valid = kc.iter.SeekGE(appendInvertedRev(prefix, live-1))
+	}
+	kc.doomed = kc.doomed[:0]
+	for ; valid; valid = kc.iter.Next() {
+		k := kc.iter.Key()
+		if len(k) != len(prefix)+8 || !bytes.HasPrefix(k, prefix) {
+			break
+		}
+		if keep {
+			keep = false
+			v, err := kc.iter.ValueAndErr()
+			if err != nil {
+				return false, fmt.Errorf("mvcc: compact to %d: %w", rev, err)
+			}
+			if err := decodeRecord(v, &kc.rec); err != nil {
+				return false, err
+			}
+			if !kc.rec.tombstone {
+				continue
+			}
+		}
+		kc.doomed = append(kc.doomed, append([]byte(nil), k...))
+	}
+	// Older versions go before the tombstone above them, so a concurrent
+	// reader never finds an old version with its tombstone gone.
+	for i := len(kc.doomed) - 1; i >= 0; i-- {
+		if err := kc.b.Delete(kc.doomed[i], nil); err != nil {
+			return false, fmt.Errorf("mvcc: compact to %d: %w", rev, err)
+		}
+	}
+	return valid, nil
+}
+
+// flushIfFull commits the deletions staged so far once they are many.
+func (kc *keyCompaction) flushIfFull() error {
+	if kc.b.Count() < compactBatchSize {
+		return nil
+	}
+	if err := kc.b.Commit(pebble.NoSync); err != nil {
+		return fmt.Errorf("mvcc: compact to %d: %w", kc.rev, err)
+	}
+	kc.b.Reset()
 	return nil
 }
