@@ -101,6 +101,10 @@ func (s *Server) newServerMetrics() *serverMetrics {
 		func() float64 { return float64(min(s.quota.dataSize.Load(), s.quota.dbSize.Load())) })
 	gaugeFunc("debugging_mvcc", "keys_total", "Total number of keys.",
 		func() float64 { return float64(m.keys.count(s)) })
+	gaugeFunc("debugging_mvcc", "watcher_total", "Total number of watchers.",
+		func() float64 { return float64(s.watches.Watchers()) })
+	gaugeFunc("debugging_mvcc", "watch_stream_total", "Total number of watch streams.",
+		func() float64 { return float64(s.watches.Streams()) })
 	gaugeFunc("debugging_mvcc", "current_revision", "The current revision of store.",
 		func() float64 { return float64(s.kv.Rev()) })
 	gaugeFunc("debugging_mvcc", "compact_revision", "The revision of the last compaction in store.",

@@ -27,6 +27,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -83,7 +84,19 @@ type Hub struct {
 	// is reset: streams waiting for events wait on it.
 	changed chan struct{}
 	streams int // open streams; the hub reads events only when there are some
+
+	watchers atomic.Int64 // watchers of every open stream
 }
+
+// Streams returns how many watch streams are open.
+func (h *Hub) Streams() int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.streams
+}
+
+// Watchers returns how many watchers the open streams hold.
+func (h *Hub) Watchers() int64 { return h.watchers.Load() }
 
 type revEvents struct {
 	rev int64

@@ -86,8 +86,14 @@ func (h *Hub) NewStream() *Stream {
 // not read, say): the client is pushed back, and nothing queues up.
 func (s *Stream) Requests() chan<- *pb.WatchRequest { return s.in }
 
-// Close releases the stream's hold on the hub.
-func (s *Stream) Close() { s.hub.removeStream() }
+// Close releases the stream's hold on the hub and its watchers. Call it once
+// Run has returned.
+func (s *Stream) Close() {
+	s.hub.watchers.Add(-int64(len(s.watchers)))
+	clear(s.watchers)
+	s.order = nil
+	s.hub.removeStream()
+}
 
 // Run serves the stream until ctx ends, the hub stops, or send fails. send
 // gets each response with its header's revision set (0 where etcd sends
@@ -212,11 +218,15 @@ func (s *Stream) create(cr *pb.WatchCreateRequest, send func(*pb.WatchResponse) 
 		s.nextID++
 	}
 	s.watchers[w.id] = w
+	s.hub.watchers.Add(1)
 	s.order = append(s.order, w)
 	return send(&pb.WatchResponse{Header: &pb.ResponseHeader{Revision: rev}, WatchId: w.id, Created: true})
 }
 
 func (s *Stream) remove(id int64) {
+	if _, ok := s.watchers[id]; ok {
+		s.hub.watchers.Add(-1)
+	}
 	delete(s.watchers, id)
 	for i, w := range s.order {
 		if w.id == id {

@@ -410,3 +410,35 @@ func TestCompactionKeepsSyncedWatchers(t *testing.T) {
 		t.Fatalf("watcher from 2: canceled at %d, want compact revision 4", canceled[1])
 	}
 }
+
+// TestWatcherCounts: the hub counts open streams and their watchers (the
+// etcd_debugging_mvcc_watch_stream_total and watcher_total gauges): a
+// cancel takes its watcher away, and a closed stream all of its own.
+func TestWatcherCounts(t *testing.T) {
+	m := newMember(t, Config{})
+	a, b := m.client(nil), m.client(nil)
+	a.create(&pb.WatchCreateRequest{Key: []byte("x")})
+	first := a.next().WatchId
+	a.create(&pb.WatchCreateRequest{Key: []byte("y")})
+	a.next()
+	b.create(&pb.WatchCreateRequest{Key: []byte("z")})
+	b.next()
+	if s, w := m.hub.Streams(), m.hub.Watchers(); s != 2 || w != 3 {
+		t.Fatalf("%d streams, %d watchers; want 2 and 3", s, w)
+	}
+	a.send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CancelRequest{CancelRequest: &pb.WatchCancelRequest{WatchId: first}}})
+	if r := a.next(); !r.Canceled {
+		t.Fatalf("cancel answered %v", r)
+	}
+	if w := m.hub.Watchers(); w != 2 {
+		t.Fatalf("%d watchers after a cancel, want 2", w)
+	}
+	// A stream holding a watcher (set up as create leaves it) closes.
+	s := m.hub.NewStream()
+	s.watchers[9] = &watcher{id: 9}
+	m.hub.watchers.Add(1)
+	s.Close()
+	if s, w := m.hub.Streams(), m.hub.Watchers(); s != 2 || w != 2 {
+		t.Fatalf("after a stream closed: %d streams, %d watchers; want 2 and 2", s, w)
+	}
+}
