@@ -69,16 +69,12 @@ func Write(w io.Writer, snap pebble.Reader, index, term uint64, created time.Tim
 	if err != nil {
 		return Info{}, fmt.Errorf("backup: hash the store: %w", err)
 	}
-	keys, err := mvcc.CountKeys(snap)
-	if err != nil {
-		return Info{}, fmt.Errorf("backup: count keys: %w", err)
-	}
 	bw := bufio.NewWriterSize(w, 64<<10)
 	cw := &countingWriter{w: bw, sum: sha256.New()}
 	if err := snapshot.Write(cw, snap, index, term); err != nil {
 		return Info{}, fmt.Errorf("backup: %w", err)
 	}
-	info := Info{Revision: h.Revision, CompactRevision: h.CompactRevision, Keys: keys, Hash: h.Hash, Created: created, ImageSize: cw.n}
+	info := Info{Revision: h.Revision, CompactRevision: h.CompactRevision, Keys: h.Keys, Hash: h.Hash, Created: created, ImageSize: cw.n}
 	pad := (sectorSize - (cw.n+footerSize)%sectorSize) % sectorSize
 	if _, err := cw.Write(make([]byte, pad)); err != nil {
 		return Info{}, fmt.Errorf("backup: write padding: %w", err)

@@ -20,6 +20,8 @@ type KVHash struct {
 	// CompactRevision is the store's compaction revision when it hashed
 	// (-1 before any compaction).
 	CompactRevision int64
+	// Keys counts the keys live at Revision, met on the same walk.
+	Keys int64
 }
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -66,6 +68,7 @@ func HashOf(r pebble.Reader) (KVHash, error) {
 func hashAt(r pebble.Reader, rev, compacted int64) (KVHash, error) {
 	h := crc32.New(castagnoli)
 	var buf []byte
+	var keys int64
 	err := walkVersions(r, func(key []byte, newestFirst []record) {
 		// The versions to hash are a run of newestFirst: skip those
 		// after rev, take those after the compaction, then the newest at
@@ -73,6 +76,9 @@ func hashAt(r pebble.Reader, rev, compacted int64) (KVHash, error) {
 		i := 0
 		for i < len(newestFirst) && newestFirst[i].modRevision > rev {
 			i++
+		}
+		if i < len(newestFirst) && !newestFirst[i].tombstone {
+			keys++
 		}
 		j := i
 		for j < len(newestFirst) && newestFirst[j].modRevision > compacted {
@@ -95,23 +101,7 @@ func hashAt(r pebble.Reader, rev, compacted int64) (KVHash, error) {
 	if err != nil {
 		return KVHash{}, fmt.Errorf("mvcc: hash at revision %d: %w", rev, err)
 	}
-	return KVHash{Hash: h.Sum32(), Revision: rev, CompactRevision: compacted}, nil
-}
-
-// CountKeys counts the live keys r holds.
-func CountKeys(r pebble.Reader) (int64, error) {
-	iter, err := r.NewIter(&pebble.IterOptions{LowerBound: []byte{storage.PrefixLatest}, UpperBound: []byte{storage.PrefixLatest + 1}})
-	if err != nil {
-		return 0, err
-	}
-	var n int64
-	for valid := iter.First(); valid; valid = iter.Next() {
-		n++
-	}
-	if err := iter.Close(); err != nil {
-		return 0, fmt.Errorf("mvcc: count keys: %w", err)
-	}
-	return n, nil
+	return KVHash{Hash: h.Sum32(), Revision: rev, CompactRevision: compacted, Keys: keys}, nil
 }
 
 // walkVersions calls visit for every key that has a version in r, in key

@@ -163,6 +163,16 @@ func TestHashKVRevisions(t *testing.T) {
 	}
 	hashWorkload(t, 5, 100, ts)
 	cur := ts.s.Rev()
+	// Keys counts what a range read at the revision counts.
+	for _, rev := range []int64{cur / 2, cur} {
+		want, err := ts.s.Range(&pb.RangeRequest{Key: []byte{0}, RangeEnd: []byte{0}, Revision: rev, CountOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h := mustHash(t, ts, rev); h.Keys != want.Count {
+			t.Fatalf("HashKV(%d) counts %d live keys, a range at %d counts %d", rev, h.Keys, rev, want.Count)
+		}
+	}
 	if h := mustHash(t, ts, 0); h.Revision != cur {
 		t.Fatalf("HashKV(0) hashed revision %d, want the current %d", h.Revision, cur)
 	}
