@@ -40,12 +40,14 @@ func (a *app) snapshotSaveCommand() *cobra.Command {
 				return badArgs("snapshot must be requested to one selected node, not multiple %v", a.endpoints)
 			}
 			path := args[0]
-			var version string
-			err := a.withClientNoTimeout(cmd, func(ctx context.Context, c *clientv3.Client) error {
-				var err error
-				version, err = a.saveSnapshot(ctx, c, path)
+			c, err := a.client()
+			if err != nil {
 				return err
-			})
+			}
+			defer c.Close()
+			// The stream takes as long as the data: --command-timeout
+			// does not bound it.
+			version, err := a.saveSnapshot(cmd.Context(), c, path)
 			if err != nil {
 				return err
 			}
@@ -260,15 +262,4 @@ then start each member with the flags given here.`,
 	f.StringVar(&advertisePeer, "initial-advertise-peer-urls", "http://127.0.0.1:2380", "list of this member's peer URLs to advertise to the rest of the cluster")
 	f.StringVar(&token, "initial-cluster-token", "etcd-cluster", "initial cluster token for the cluster during restore bootstrap")
 	return cmd
-}
-
-// withClientNoTimeout is withClient without --command-timeout, for commands
-// that take as long as the data they move.
-func (a *app) withClientNoTimeout(cmd *cobra.Command, f func(ctx context.Context, c *clientv3.Client) error) error {
-	c, err := a.client()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	return f(cmd.Context(), c)
 }
