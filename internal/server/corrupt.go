@@ -33,22 +33,20 @@ type CorruptCheck struct {
 // ErrCorruptData stops a member whose data differs from its peers' at start.
 var ErrCorruptData = errors.New("found data inconsistency with peers")
 
-// peerHash is one member's answer to HashKV.
-type peerHash struct {
-	id   uint64
-	resp *pb.HashKVResponse
-}
-
-// peerHashes asks every other member with a client URL for its HashKV at
-// rev. Members that cannot answer (down, behind, compacted past rev) are left
-// out: a check compares the members that can.
-func (s *Server) peerHashes(ctx context.Context, rev int64) []peerHash {
+// comparableHashes hashes this member's store at rev and asks every other
+// member with a client URL for its hash at rev, keeping the answers of those
+// that kept the same history (the same compaction revision): only those can
+// be compared. Members that cannot answer (down, behind, compacted past rev)
+// are left out: a check compares the members that can.
+func (s *Server) comparableHashes(ctx context.Context, rev int64) (mine mvcc.KVHash, peers map[uint64]uint32, err error) {
+	if mine, err = s.kv.HashKV(rev); err != nil {
+		return mvcc.KVHash{}, nil, err
+	}
 	members, _, err := membership.List(s.db)
 	if err != nil {
-		s.logger.Warn("corruption check: list members", "err", err)
-		return nil
+		return mvcc.KVHash{}, nil, err
 	}
-	var out []peerHash
+	peers = map[uint64]uint32{}
 	for _, m := range members {
 		if m.ID == s.memberID || len(m.ClientURLs) == 0 {
 			continue
@@ -58,9 +56,11 @@ func (s *Server) peerHashes(ctx context.Context, rev int64) []peerHash {
 			s.logger.Debug("corruption check: no hash from member", "member", fmt.Sprintf("%x", m.ID), "err", err)
 			continue
 		}
-		out = append(out, peerHash{id: m.ID, resp: resp})
+		if resp.CompactRevision == mine.CompactRevision {
+			peers[m.ID] = resp.Hash
+		}
 	}
-	return out
+	return mine, peers, nil
 }
 
 func hashKVOf(ctx context.Context, clientURL string, rev int64) (*pb.HashKVResponse, error) {
@@ -83,19 +83,16 @@ func hashKVOf(ctx context.Context, clientURL string, rev int64) (*pb.HashKVRespo
 // down refuses to start, as etcd's does with --initial-corrupt-check.
 func (s *Server) checkInitialHashes() error {
 	rev := s.kv.Rev()
-	mine, err := s.kv.HashKV(rev)
+	ctx, cancel := context.WithTimeout(s.stopCtx, 10*time.Second)
+	defer cancel()
+	mine, peers, err := s.comparableHashes(ctx, rev)
 	if err != nil {
 		return fmt.Errorf("initial corruption check: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(s.stopCtx, 10*time.Second)
-	defer cancel()
-	for _, p := range s.peerHashes(ctx, rev) {
-		if p.resp.CompactRevision != mine.CompactRevision {
-			continue // different histories kept: not comparable
-		}
-		if p.resp.Hash != mine.Hash {
+	for id, h := range peers {
+		if h != mine.Hash {
 			return fmt.Errorf("%w: at revision %d this member hashes %x, member %x hashes %x (compaction %d)",
-				ErrCorruptData, rev, mine.Hash, p.id, p.resp.Hash, mine.CompactRevision)
+				ErrCorruptData, rev, mine.Hash, id, h, mine.CompactRevision)
 		}
 	}
 	s.logger.Info("initial corruption check passed", "revision", rev, "hash", fmt.Sprintf("%x", mine.Hash))
@@ -144,21 +141,16 @@ func (s *Server) checkHashesPeriodically() {
 // a tie) for the right one, and raises CORRUPT for every member that hashes
 // otherwise.
 func (s *Server) compareHashes(rev int64) {
-	mine, err := s.kv.HashKV(rev)
+	ctx, cancel := context.WithTimeout(s.stopCtx, 10*time.Second)
+	defer cancel()
+	mine, hashes, err := s.comparableHashes(ctx, rev)
 	if err != nil {
 		if !errors.Is(err, mvcc.ErrCompacted) {
 			s.logger.Warn("corruption check: hash", "revision", rev, "err", err)
 		}
 		return
 	}
-	ctx, cancel := context.WithTimeout(s.stopCtx, 10*time.Second)
-	defer cancel()
-	hashes := map[uint64]uint32{s.memberID: mine.Hash}
-	for _, p := range s.peerHashes(ctx, rev) {
-		if p.resp.CompactRevision == mine.CompactRevision {
-			hashes[p.id] = p.resp.Hash
-		}
-	}
+	hashes[s.memberID] = mine.Hash
 	votes := map[uint32]int{}
 	for _, h := range hashes {
 		votes[h]++
