@@ -78,7 +78,7 @@ func main() {
 	flag.StringVar(&c.plinthBin, "plinth-bin", "", "use this plinth executable instead of building ./cmd/plinth")
 	flag.StringVar(&c.out, "out", "", "directory for the built executables (default: bench/out)")
 	flag.StringVar(&c.dataRoot, "data-root", "", "directory under which each server gets a fresh data directory (default: the system temp dir)")
-	flag.Int64Var(&c.quota, "quota-backend-bytes", 0, "pass --quota-backend-bytes to etcd when positive (plinth has no backend quota)")
+	flag.Int64Var(&c.quota, "quota-backend-bytes", 0, "pass --quota-backend-bytes to etcd and plinth when positive")
 	flag.DurationVar(&c.roundTimeout, "round-timeout", 3*time.Minute, "limit on one server's round (start, load, stop)")
 	flag.BoolVar(&c.verbose, "v", false, "print the benchmark tool's output of every round")
 	flag.Parse()
@@ -162,9 +162,7 @@ func run(ctx context.Context, c config) error {
 			first, _, _ := strings.Cut(err.Error(), "\n")
 			notes = append(notes, "plinth left out of this run: "+first+" (see the build output above)")
 		} else {
-			// plinth has no backend quota (nor etcd's NOSPACE alarm) yet, so it
-			// does not take the flag.
-			specs["plinth"] = harness.Spec{Name: "plinth", Bin: bin, Args: harness.EtcdArgs(0)}
+			specs["plinth"] = harness.Spec{Name: "plinth", Bin: bin, Args: harness.EtcdArgs(c.quota)}
 		}
 	}
 	var servers []harness.Spec
