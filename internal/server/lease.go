@@ -152,6 +152,13 @@ func (s *Server) LeaseRenew(ctx context.Context, id int64) (int64, error) {
 func (s *Server) LeaseTimeToLive(ctx context.Context, req *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.requestTimeout())
 	defer cancel()
+	// The answer covers everything committed before the question: a write
+	// answered by another member (a delete that detached a key, a revoke)
+	// may be committed and not yet applied here. The leader, which
+	// answers, waits for it here too, when a follower forwards the question.
+	if err := s.node.ReadIndex(ctx); err != nil {
+		return nil, err
+	}
 	var (
 		left      time.Duration
 		granted   int64
