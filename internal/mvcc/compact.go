@@ -35,6 +35,10 @@ type compactor struct {
 	// for tests of what compaction costs.
 	keysVisited atomic.Int64
 
+	// hold, when above 0, is the revision below which compaction may
+	// delete for now, whatever it was asked for (see Store.HoldEvents).
+	hold *atomic.Int64
+
 	mu      sync.Mutex // guards the fields below; never held across I/O
 	done    int64      // newest compaction revision fully applied
 	want    int64      // newest compaction revision asked for
@@ -47,9 +51,9 @@ type compactor struct {
 // newCompactor starts a compactor that has finished compacting up to done.
 // waiters, when not nil, are done channels taken from a stopped compactor:
 // those up to done are closed, the others wait for this one.
-func newCompactor(db *pebble.DB, logger *slog.Logger, done int64, waiters map[int64]chan struct{}) *compactor {
+func newCompactor(db *pebble.DB, logger *slog.Logger, done int64, waiters map[int64]chan struct{}, hold *atomic.Int64) *compactor {
 	c := &compactor{
-		db: db, logger: logger, done: done, want: done,
+		db: db, logger: logger, hold: hold, done: done, want: done,
 		waiters: map[int64]chan struct{}{},
 		wake:    make(chan struct{}, 1),
 		stopC:   make(chan struct{}),
@@ -82,10 +86,23 @@ func (c *compactor) schedule(rev int64) {
 		c.want = rev
 	}
 	c.mu.Unlock()
+	c.wakeUp()
+}
+
+// wakeUp has the compactor look again at what it may do.
+func (c *compactor) wakeUp() {
 	select {
 	case c.wake <- struct{}{}:
 	default:
 	}
+}
+
+// doneRev returns the newest compaction revision fully applied: nothing at
+// or above it has been deleted.
+func (c *compactor) doneRev() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.done
 }
 
 // doneCh returns a channel closed once compaction up to rev has finished.
@@ -115,6 +132,11 @@ func (c *compactor) run() {
 		c.mu.Lock()
 		done, want := c.done, c.want
 		c.mu.Unlock()
+		if h := c.hold.Load(); h > 0 && h < want {
+			// Compacting to h first is a compaction in its own
+			// right: reads at h and after keep their answers.
+			want = h
+		}
 		if want > done {
 			if err := c.compact(done, want); err != nil {
 				select {

@@ -142,9 +142,41 @@ const maxEventsScanned = 16384
 // Its cost follows the changes since from, not the number of keys in the
 // watched range.
 func (s *Store) Events(from int64, limit int, match func(key []byte) bool) (evs []*mvccpb.Event, next int64, err error) {
+	return s.events(from, limit, match, false)
+}
+
+// FollowEvents is Events for the reader that HoldEvents protects (the watch
+// hub): it may read below the compaction revision, as far back as
+// compaction has not yet deleted, which HoldEvents keeps at or below the
+// revisions the reader has yet to read. So a compaction that is applied
+// before the hub has read the revisions it covers does not take them from
+// watchers that are in sync, as in etcd, where they are handed their events
+// as they are written.
+func (s *Store) FollowEvents(from int64, limit int) (evs []*mvccpb.Event, next int64, err error) {
+	return s.events(from, limit, nil, true)
+}
+
+// HoldEvents keeps compaction from deleting the events of revisions from
+// rev on, and the versions they name, until a later call moves the hold
+// forward; rev 0 releases it. The one reader that follows every change (the
+// watch hub) moves it as it reads, so compaction waits for it only while it
+// is behind.
+func (s *Store) HoldEvents(rev int64) {
+	s.eventsHold.Store(rev)
+	s.viewMu.RLock()
+	c := s.compactor
+	s.viewMu.RUnlock()
+	c.wakeUp()
+}
+
+func (s *Store) events(from int64, limit int, match func(key []byte) bool, held bool) (evs []*mvccpb.Event, next int64, err error) {
 	s.viewMu.RLock()
 	cur := s.rev
-	if from < s.eventsFromLocked() {
+	floor := s.eventsFromLocked()
+	if held {
+		floor = s.heldEventsFromLocked()
+	}
+	if from < floor {
 		s.viewMu.RUnlock()
 		return nil, 0, ErrCompacted
 	}
@@ -216,6 +248,16 @@ func (s *Store) EventsFrom() int64 {
 	s.viewMu.RLock()
 	defer s.viewMu.RUnlock()
 	return s.eventsFromLocked()
+}
+
+// heldEventsFromLocked is eventsFromLocked for FollowEvents: what the
+// compactor has deleted, rather than what reads may see.
+func (s *Store) heldEventsFromLocked() int64 {
+	done := s.compactor.doneRev()
+	if s.indexedFrom > 2 {
+		return max(done, s.indexedFrom)
+	}
+	return done
 }
 
 func (s *Store) eventsFromLocked() int64 {

@@ -43,9 +43,11 @@ func (s *Store) Restore(install func() error) error {
 	if loadErr == nil {
 		s.rev, s.compactRev, s.indexedFrom = revs.rev, revs.compactRev, indexedFrom
 	}
+	// The new compactor is in place before readers resume: FollowEvents
+	// asks it how far compaction has deleted.
+	s.startBackground(revs, waiters)
 	s.viewMu.Unlock()
 
-	s.startBackground(revs, waiters)
 	if installErr != nil {
 		installErr = fmt.Errorf("mvcc: install: %w", installErr)
 	}

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -47,6 +48,9 @@ type Store struct {
 	indexedFrom int64
 
 	compactor *compactor
+	// eventsHold is the revision from which the compactor keeps events for
+	// FollowEvents' reader; 0 when none is held (see HoldEvents).
+	eventsHold atomic.Int64
 	keys      *keyCache  // owned by the write path (Batch), see keyCache
 	filter    *keyFilter // see keyFilter
 	stopC     chan struct{}
@@ -115,7 +119,7 @@ func (s *Store) startBackground(revs revisions, waiters map[int64]chan struct{})
 		defer s.filling.Done()
 		f.fill(s.db, s.logger, stop)
 	}()
-	s.compactor = newCompactor(s.db, s.logger, revs.compactDone, waiters)
+	s.compactor = newCompactor(s.db, s.logger, revs.compactDone, waiters, &s.eventsHold)
 	if revs.compactRev > revs.compactDone {
 		s.compactor.schedule(revs.compactRev)
 	}

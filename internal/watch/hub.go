@@ -70,6 +70,7 @@ type Hub struct {
 	stopC  chan struct{}
 	doneC  chan struct{}
 	logger *slog.Logger
+	held   int64 // the revision the hub holds events from; owned by run
 
 	// mu guards the fields below. It is never held across I/O: the hub
 	// reads the store without it, then appends under it.
@@ -149,6 +150,7 @@ func (h *Hub) Close() {
 
 func (h *Hub) run() {
 	defer close(h.doneC)
+	defer h.holdEvents(0)
 	for {
 		select {
 		case <-h.stopC:
@@ -175,12 +177,14 @@ func (h *Hub) follow() {
 			// Nobody to serve: keep nothing, and start from the
 			// present when a stream opens.
 			h.reset(rev + 1)
+			h.holdEvents(0)
 			return
 		}
+		h.holdEvents(next)
 		if next > rev {
 			return
 		}
-		evs, n, err := h.store.Events(next, readBatchEvents, nil)
+		evs, n, err := h.store.FollowEvents(next, readBatchEvents)
 		if errors.Is(err, mvcc.ErrCompacted) {
 			// The store moved past the ring underneath it (a Raft
 			// snapshot installed a compacted state): continue from the
@@ -194,6 +198,17 @@ func (h *Hub) follow() {
 			return
 		}
 		h.append(next, n, evs)
+	}
+}
+
+// holdEvents keeps compaction from deleting the events the hub has yet to
+// read (see mvcc.Store.HoldEvents): a compaction applied before the hub has
+// read the revisions it covers must not take them from in-sync watchers.
+// Only the hub's goroutine calls it.
+func (h *Hub) holdEvents(rev int64) {
+	if rev != h.held {
+		h.held = rev
+		h.store.HoldEvents(rev)
 	}
 }
 

@@ -411,6 +411,65 @@ func TestCompactionKeepsSyncedWatchers(t *testing.T) {
 	}
 }
 
+// TestCompactionOvertakingTheHub: a compaction applied before the hub has
+// read the revisions it covers (the hub is told of the writes only after
+// it) takes nothing from a watcher in sync: it gets every event, values
+// included, and is not canceled; the compaction finishes once the hub has
+// read past it.
+func TestCompactionOvertakingTheHub(t *testing.T) {
+	m := newMember(t, Config{})
+	c := m.client(nil)
+	c.create(&pb.WatchCreateRequest{Key: []byte("k"), RangeEnd: []byte("l")})
+	if r := c.next(); !r.Created {
+		t.Fatalf("first response %v, want created", r)
+	}
+	// Writes the hub is not told of, as when it lags the apply loop.
+	quiet := func(fn func(b *mvcc.Batch) error) {
+		b := m.store.NewBatch()
+		if err := fn(b); err != nil {
+			b.Abort()
+			t.Fatal(err)
+		}
+		if err := b.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var want []string
+	for i := range 20 {
+		key, value := fmt.Sprintf("k%d", i%3), fmt.Sprint(i)
+		quiet(func(b *mvcc.Batch) error {
+			_, err := b.Put(&pb.PutRequest{Key: []byte(key), Value: []byte(value)}, noLeases)
+			return err
+		})
+		want = append(want, fmt.Sprintf("PUT %s=%s@%d", key, value, i+2))
+	}
+	var done <-chan struct{}
+	quiet(func(b *mvcc.Batch) error {
+		var err error
+		_, done, err = b.Compact(21)
+		return err
+	})
+	m.hub.Notify()
+	var got []string
+	for len(got) < len(want) {
+		r := c.next()
+		if r.Canceled {
+			t.Fatalf("watcher in sync canceled (compact revision %d) after %q", r.CompactRevision, got)
+		}
+		for _, ev := range r.Events {
+			got = append(got, evString(ev))
+		}
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("events %q, want %q", got, want)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the compaction did not finish after the hub read past it")
+	}
+}
+
 // TestWatcherCounts: the hub counts open streams and their watchers (the
 // etcd_debugging_mvcc_watch_stream_total and watcher_total gauges): a
 // cancel takes its watcher away, and a closed stream all of its own.
