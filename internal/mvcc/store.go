@@ -51,10 +51,10 @@ type Store struct {
 	// eventsHold is the revision from which the compactor keeps events for
 	// FollowEvents' reader; 0 when none is held (see HoldEvents).
 	eventsHold atomic.Int64
-	keys      *keyCache  // owned by the write path (Batch), see keyCache
-	filter    *keyFilter // see keyFilter
-	stopC     chan struct{}
-	filling   sync.WaitGroup // the goroutine building filter
+	keys       *keyCache  // owned by the write path (Batch), see keyCache
+	filter     *keyFilter // see keyFilter
+	stopC      chan struct{}
+	filling    sync.WaitGroup // the goroutine building filter
 }
 
 // Open loads the store's revision from db and resumes an unfinished
