@@ -62,7 +62,7 @@ type candidate struct {
 	e       *election.Elector
 	id      string
 	cancel  context.CancelFunc
-	done    chan struct{}            // closed when Run returned
+	done    chan struct{}             // closed when Run returned
 	started chan *election.Leadership // each OnStartedLeading
 	stopped chan struct{}             // each OnStoppedLeading
 	// work runs as the body of OnStartedLeading; by default it waits for
