@@ -331,11 +331,18 @@ func (e *Elector) renew(ctx context.Context, lease clientv3.LeaseID, last time.T
 }
 
 // waitToLead returns when key is the first-created key of the election, with
-// the revision it saw that at, or an error when the candidacy ends first.
-// It reports every leader it sees to OnNewLeader.
+// the revision it saw that at, or an error when the candidacy ends first
+// (the renewer gave up, key was deleted, ctx ended). It reports every leader
+// it sees to OnNewLeader.
 func (e *Elector) waitToLead(ctx context.Context, key string, lost <-chan error) (int64, error) {
 	for {
-		resp, err := e.cli.Get(ctx, e.keyPrefix, clientv3.WithFirstCreate()...)
+		// The first key and whether ours is still there, at one revision.
+		rctx, cancel := context.WithTimeout(ctx, e.cfg.RenewDeadline)
+		resp, err := e.cli.Txn(rctx).Then(
+			clientv3.OpGet(e.keyPrefix, clientv3.WithFirstCreate()...),
+			clientv3.OpGet(key, clientv3.WithCountOnly()),
+		).Commit()
+		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				return 0, ctx.Err()
@@ -343,15 +350,18 @@ func (e *Elector) waitToLead(ctx context.Context, key string, lost <-chan error)
 			select {
 			case why := <-lost:
 				return 0, why
+			case <-ctx.Done():
+				return 0, ctx.Err()
 			case <-time.After(e.cfg.RetryPeriod / 4):
 				continue
 			}
 		}
-		if len(resp.Kvs) == 0 {
+		first := resp.Responses[0].GetResponseRange().Kvs
+		if resp.Responses[1].GetResponseRange().Count == 0 || len(first) == 0 {
 			return 0, errKeyDeleted
 		}
-		e.observe(string(resp.Kvs[0].Value))
-		if string(resp.Kvs[0].Key) == key {
+		e.observe(string(first[0].Value))
+		if string(first[0].Key) == key {
 			return resp.Header.Revision, nil
 		}
 		if err := e.waitChange(ctx, key, resp.Header.Revision+1, lost); err != nil {
@@ -411,7 +421,25 @@ func (e *Elector) leadTerm(ctx context.Context, l *Leadership, lease clientv3.Le
 		e.cfg.Callbacks.OnStartedLeading(leadCtx, l)
 	}()
 
-	why := e.watchTerm(ctx, l.key, rev, lost)
+	// The key is watched on a goroutine of its own, so that a slow or
+	// unreachable server never delays stepping down when the renewer
+	// gives up.
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	gone := make(chan error, 1)
+	var watcher sync.WaitGroup
+	watcher.Add(1)
+	go func() {
+		defer watcher.Done()
+		gone <- e.watchTerm(watchCtx, l.key, rev)
+	}()
+	var why error
+	select {
+	case why = <-lost:
+	case why = <-gone: // errKeyDeleted; nil only once ctx ended
+	case <-ctx.Done():
+	}
+	stopWatch()
+	watcher.Wait()
 	cancelLead()
 	if why != nil {
 		e.stepDown(why)
@@ -447,18 +475,21 @@ func (e *Elector) leadTerm(ctx context.Context, l *Leadership, lease clientv3.Le
 		"released", e.cfg.ReleaseOnCancel)
 }
 
-// watchTerm waits until the term is lost (the renewer gave up, or key was
-// deleted) and says why, or until ctx is cancelled (nil).
-func (e *Elector) watchTerm(ctx context.Context, key string, rev int64, lost <-chan error) error {
-	for ctx.Err() == nil {
-		if err := e.watchKey(ctx, key, rev, lost); err != nil {
-			return err
+// watchTerm returns errKeyDeleted when key is deleted (or found missing), and
+// nil when ctx ends.
+func (e *Elector) watchTerm(ctx context.Context, key string, rev int64) error {
+	for {
+		if e.watchKey(ctx, key, rev) {
+			return errKeyDeleted
 		}
 		if ctx.Err() != nil {
 			return nil
 		}
-		// The watch ended without a verdict: look at the key again.
-		resp, err := e.cli.Get(ctx, key)
+		// The watch broke (compaction, no leader, a closed stream): look
+		// at the key again, then watch on from there.
+		rctx, cancel := context.WithTimeout(ctx, e.cfg.RenewDeadline)
+		resp, err := e.cli.Get(rctx, key)
+		cancel()
 		switch {
 		case err != nil:
 			if ctx.Err() == nil {
@@ -470,30 +501,26 @@ func (e *Elector) watchTerm(ctx context.Context, key string, rev int64, lost <-c
 			rev = resp.Header.Revision + 1
 		}
 	}
-	return nil
 }
 
-// watchKey watches key from rev: it returns errKeyDeleted when it is
-// deleted, the renewer's error when it gives up, and nil when ctx ends or
-// the watch fails.
-func (e *Elector) watchKey(ctx context.Context, key string, rev int64, lost <-chan error) error {
+// watchKey watches key from rev and reports whether it was deleted; it
+// returns false when ctx ends or the watch breaks.
+func (e *Elector) watchKey(ctx context.Context, key string, rev int64) bool {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	wch := e.cli.Watch(wctx, key, clientv3.WithRev(rev))
 	for {
 		select {
-		case why := <-lost:
-			return why
 		case <-ctx.Done():
-			return nil
+			return false
 		case wr, ok := <-wch:
 			if !ok || wr.Err() != nil || wr.Canceled {
 				sleep(ctx, e.cfg.RetryPeriod/4)
-				return nil
+				return false
 			}
 			for _, ev := range wr.Events {
 				if ev.Type == mvccpb.DELETE {
-					return errKeyDeleted
+					return true
 				}
 			}
 		}
