@@ -11,4 +11,7 @@
 //
 // The package has no non-test code and speaks to plinth only over the wire.
 // -election.rounds repeats the elector faults (make test runs one round).
+// ELECTION_TARGET_BIN=path runs the same test against another server that
+// takes etcd's flags, such as the reference etcd bench builds: the library
+// must work against both (go -C bench run ./cmd/benchrun builds bench/out/etcd).
 package election

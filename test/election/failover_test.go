@@ -55,6 +55,12 @@ func TestMain(m *testing.M) {
 		os.Exit(runElector(id, strings.Split(os.Getenv(endpointsEnv), ",")))
 	}
 	flag.Parse()
+	// ELECTION_TARGET_BIN runs the tests against another server that takes
+	// etcd's flags, e.g. the reference etcd that bench builds (bench/out/etcd).
+	if bin := os.Getenv("ELECTION_TARGET_BIN"); bin != "" {
+		plinthBin = bin
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "plinth-election-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
