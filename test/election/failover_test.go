@@ -57,22 +57,14 @@ func TestMain(m *testing.M) {
 	flag.Parse()
 	// ELECTION_TARGET_BIN runs the tests against another server that takes
 	// etcd's flags, e.g. the reference etcd that bench builds (bench/out/etcd).
-	if bin := os.Getenv("ELECTION_TARGET_BIN"); bin != "" {
-		plinthBin = bin
-		os.Exit(m.Run())
-	}
-	dir, err := os.MkdirTemp("", "plinth-election-bin-")
+	bin, cleanup, err := testmember.Binary("ELECTION_TARGET_BIN")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	if plinthBin, err = testmember.Build(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		_ = os.RemoveAll(dir)
-		os.Exit(2)
-	}
+	plinthBin = bin
 	code := m.Run()
-	_ = os.RemoveAll(dir)
+	cleanup()
 	os.Exit(code)
 }
 
