@@ -160,6 +160,17 @@ func (r *recorder) all() []event {
 	return slices.Clone(r.events)
 }
 
+// last returns the last event read that matches (the zero event if none).
+func (r *recorder) last(match func(event) bool) event {
+	evs := r.all()
+	for i := len(evs) - 1; i >= 0; i-- {
+		if match(evs[i]) {
+			return evs[i]
+		}
+	}
+	return event{}
+}
+
 // wait returns the first event read at or after since that matches, waiting
 // up to d for it.
 func (r *recorder) wait(t *testing.T, since time.Time, d time.Duration, what string, match func(event) bool) event {
@@ -313,6 +324,12 @@ func TestFailover(t *testing.T) {
 		if err := m.Start(ctx); err != nil {
 			t.Fatal(err)
 		}
+		// The plinth leader's death may have moved leadership too (a
+		// renewal that failed for the renew deadline): the next round
+		// starts from whoever leads once writes flow again.
+		restarted := time.Now()
+		w = rec.wait(t, restarted, 20*time.Second, "a write after "+m.Name()+" restarted", func(ev event) bool { return ev.Ev == "write" })
+		leading = rec.last(func(ev event) bool { return ev.Ev == "leading" && ev.from == w.from && ev.Token == w.Token })
 	}
 
 	var wg sync.WaitGroup
