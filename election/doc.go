@@ -59,7 +59,9 @@
 //
 // Between OnStartedLeading and the cancellation of its context, no other
 // replica's term has begun, as long as the clocks of this process and the
-// server advance at about the same rate. A process that is paused (SIGSTOP,
+// server advance at about the same rate and nobody deletes the leader's key
+// or revokes its lease by hand (the leader learns of that through a watch,
+// a moment late). A process that is paused (SIGSTOP,
 // a long GC or VM pause) longer than the lease can wake up believing it still
 // leads: its context is cancelled at the next failed or late renewal, and
 // until then only fenced writes are safe.
