@@ -25,7 +25,7 @@ build:
 test: vet test-unit test-compat test-bench
 
 vet:
-	@test -z "$$(gofmt -l cmd internal test bench)" || { echo "gofmt needed:"; gofmt -l cmd internal test bench; exit 1; }
+	@test -z "$$(gofmt -l cmd internal test bench election examples)" || { echo "gofmt needed:"; gofmt -l cmd internal test bench election examples; exit 1; }
 	$(GO) vet ./...
 
 test-unit:

@@ -1,4 +1,5 @@
-// Package floor is a gRPC server of the etcd KV API that does no work: Range, Put and Txn
+// Package floor is a gRPC server of the etcd KV API (and of lease grants and
+// keep-alives) that does no work: Range, Put, Txn, LeaseGrant and LeaseKeepAlive
 // answer at once from memory. Benchmarks run the etcd benchmark tool against it to
 // measure what gRPC and the benchmark client cost on their own, the floor beneath any
 // real server; a server's CPU per request is read as a ratio to the floor's.
@@ -9,6 +10,8 @@ package floor
 
 import (
 	"context"
+	"errors"
+	"io"
 	"math"
 	"sync/atomic"
 
@@ -104,7 +107,47 @@ func (kv *KV) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error
 	return resp, nil
 }
 
-// NewServer returns a gRPC server with the KV service registered, configured as etcd
+// KeepAliveTTL is the TTL every keep-alive answer of the floor reports.
+const KeepAliveTTL = 60
+
+// Lease answers lease grants with a new ID and the TTL asked for, and every
+// keep-alive with KeepAliveTTL. It remembers no lease: other lease calls answer
+// Unimplemented.
+type Lease struct {
+	pb.UnimplementedLeaseServer
+
+	nextID atomic.Int64
+	kv     *KV // for response headers
+}
+
+// LeaseGrant returns a new lease ID (or the one asked for) and the TTL asked for.
+func (l *Lease) LeaseGrant(_ context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
+	id := r.ID
+	if id == 0 {
+		id = l.nextID.Add(1)
+	}
+	return &pb.LeaseGrantResponse{Header: l.kv.header(l.kv.rev.Load()), ID: id, TTL: r.TTL}, nil
+}
+
+// LeaseKeepAlive answers each keep-alive on the stream with KeepAliveTTL, until
+// the client closes the stream.
+func (l *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		resp := &pb.LeaseKeepAliveResponse{Header: l.kv.header(l.kv.rev.Load()), ID: req.ID, TTL: KeepAliveTTL}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+	}
+}
+
+// NewServer returns a gRPC server with the KV and Lease services registered, configured as etcd
 // configures its own: no limit on concurrent streams per connection and etcd's
 // default request size limit (1.5 MiB) plus gRPC overhead.
 func NewServer(kv *KV) *grpc.Server {
@@ -114,5 +157,6 @@ func NewServer(kv *KV) *grpc.Server {
 		grpc.MaxSendMsgSize(math.MaxInt32),
 	)
 	pb.RegisterKVServer(s, kv)
+	pb.RegisterLeaseServer(s, &Lease{kv: kv})
 	return s
 }

@@ -82,6 +82,19 @@ func TestFloorWithEtcdClient(t *testing.T) {
 	if status.Code(err) != codes.Unimplemented {
 		t.Fatalf("delete: err = %v, want Unimplemented", err)
 	}
+
+	// What the benchmark tool's lease-keepalive load sends: a grant, then
+	// keep-alives each on a stream of its own.
+	grant, err := cli.Grant(ctx, 100)
+	if err != nil || grant.ID == 0 || grant.TTL != 100 {
+		t.Fatalf("grant = %+v, %v", grant, err)
+	}
+	for range 2 {
+		ka, err := cli.KeepAliveOnce(ctx, grant.ID)
+		if err != nil || ka.ID != grant.ID || ka.TTL != KeepAliveTTL {
+			t.Fatalf("keep-alive = %+v, %v", ka, err)
+		}
+	}
 }
 
 func TestFloorEmptyRange(t *testing.T) {

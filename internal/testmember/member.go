@@ -48,6 +48,29 @@ func Build(dir string) (string, error) {
 	return bin, nil
 }
 
+// Binary returns the server binary a test package runs: the file named by the
+// environment variable env when it is set (another plinth, or a server that
+// takes etcd's flags, such as the reference etcd), else cmd/plinth built into
+// a new temp dir. Call cleanup when the tests are done: it removes that dir.
+func Binary(env string) (bin string, cleanup func(), err error) {
+	if bin := os.Getenv(env); bin != "" {
+		if _, err := os.Stat(bin); err != nil {
+			return "", nil, fmt.Errorf("testmember: %s: %w", env, err)
+		}
+		return bin, func() {}, nil
+	}
+	dir, err := os.MkdirTemp("", "plinth-test-bin-")
+	if err != nil {
+		return "", nil, err
+	}
+	cleanup = func() { _ = os.RemoveAll(dir) }
+	if bin, err = Build(dir); err != nil {
+		cleanup()
+		return "", nil, err
+	}
+	return bin, cleanup, nil
+}
+
 // stopTimeout is how long Stop waits after SIGTERM before it kills.
 const stopTimeout = 10 * time.Second
 

@@ -42,6 +42,7 @@ type config struct {
 	conns        int
 	putTotal     int
 	rangeTotal   int
+	leaseTotal   int
 	total        int
 	keySize      int
 	valSize      int
@@ -61,20 +62,21 @@ type config struct {
 func main() {
 	var c config
 	flag.IntVar(&c.rounds, "rounds", 3, "rounds per load; each round runs every server once, in turn")
-	flag.StringVar(&c.loads, "loads", "put,range-l,range-s", "loads to run: put (sequential keys), put-rand (random keys), txn-put, range-l (linearizable), range-s (serializable); put loads take a key space as put-rand:10000 (or :10k)")
+	flag.StringVar(&c.loads, "loads", "put,range-l,range-s", "loads to run: put (sequential keys), put-rand (random keys), txn-put, range-l (linearizable), range-s (serializable), lease-keepalive; put loads take a key space as put-rand:10000 (or :10k)")
 	flag.StringVar(&c.members, "members", "1", "cluster sizes to run, e.g. 3 or 1,3: plinth and etcd run as that many member processes on loopback, the floor as one process")
 	flag.StringVar(&c.servers, "servers", "plinth,etcd,floor", "servers to race, in the order each round runs them; floor-each (one floor process per member, no peers) is a diagnostic for -members > 1")
 	flag.IntVar(&c.clients, "clients", 1000, "benchmark --clients")
 	flag.IntVar(&c.conns, "conns", 100, "benchmark --conns")
 	flag.IntVar(&c.putTotal, "put-total", 100000, "requests per put round")
 	flag.IntVar(&c.rangeTotal, "range-total", 200000, "requests per range round")
-	flag.IntVar(&c.total, "total", 0, "requests per round for every load (overrides -put-total and -range-total)")
+	flag.IntVar(&c.leaseTotal, "lease-total", 100000, "keep-alives per lease-keepalive round")
+	flag.IntVar(&c.total, "total", 0, "requests per round for every load (overrides -put-total, -range-total and -lease-total)")
 	flag.IntVar(&c.keySize, "key-size", 8, "benchmark put --key-size")
 	flag.IntVar(&c.valSize, "val-size", 256, "benchmark put --val-size, and the size of the value range loads read")
 	flag.IntVar(&c.keySpace, "key-space-size", 100000, "benchmark put --key-space-size")
 	flag.BoolVar(&c.sequential, "sequential-keys", true, "benchmark put --sequential-keys for the put load (false: random keys, as put-rand)")
 	flag.IntVar(&c.txnOps, "txn-ops", 1, "benchmark txn-put --txn-ops: puts per txn")
-	flag.BoolVar(&c.quick, "quick", false, "smoke test: 1 round, 5000 puts and 10000 ranges (explicit flags still win)")
+	flag.BoolVar(&c.quick, "quick", false, "smoke test: 1 round, 5000 puts, 10000 ranges and 10000 keep-alives (explicit flags still win)")
 	flag.StringVar(&c.plinthBin, "plinth-bin", "", "use this plinth executable instead of building ./cmd/plinth")
 	flag.StringVar(&c.out, "out", "", "directory for the built executables (default: bench/out)")
 	flag.StringVar(&c.dataRoot, "data-root", "", "directory under which each server gets a fresh data directory (default: the system temp dir)")
@@ -94,9 +96,12 @@ func main() {
 		if !set["range-total"] {
 			c.rangeTotal = 10000
 		}
+		if !set["lease-total"] {
+			c.leaseTotal = 10000
+		}
 	}
 	if c.total > 0 {
-		c.putTotal, c.rangeTotal = c.total, c.total
+		c.putTotal, c.rangeTotal, c.leaseTotal = c.total, c.total, c.total
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -108,7 +113,7 @@ func main() {
 }
 
 func run(ctx context.Context, c config) error {
-	if c.rounds < 1 || c.clients < 1 || c.conns < 1 || c.putTotal < 1 || c.rangeTotal < 1 {
+	if c.rounds < 1 || c.clients < 1 || c.conns < 1 || c.putTotal < 1 || c.rangeTotal < 1 || c.leaseTotal < 1 {
 		return errors.New("-rounds, -clients, -conns and the totals must be positive")
 	}
 	loads, err := makeLoads(c)
@@ -274,8 +279,13 @@ func makeLoads(c config) ([]harness.Load, error) {
 				return nil, fmt.Errorf("load %q: range loads take no key space", name)
 			}
 			l = harness.RangeLoad(c.rangeTotal, c.valSize, strings.TrimPrefix(name, "range-"))
+		case "lease-keepalive":
+			if base != name {
+				return nil, fmt.Errorf("load %q: lease-keepalive takes no key space", name)
+			}
+			l = harness.LeaseKeepAliveLoad(c.leaseTotal)
 		default:
-			return nil, fmt.Errorf("unknown load %q (want put, put-rand, txn-put, range-l, range-s)", name)
+			return nil, fmt.Errorf("unknown load %q (want put, put-rand, txn-put, range-l, range-s, lease-keepalive)", name)
 		}
 		l.Name = name
 		loads = append(loads, l)

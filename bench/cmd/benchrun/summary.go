@@ -124,6 +124,10 @@ func describeLoad(l harness.Load, c harness.Client, members int) string {
 	if members > 1 {
 		who = fmt.Sprintf("%d members (CPU summed over them; the floor is one process)", members)
 	}
-	return fmt.Sprintf("%s, %s: benchmark --clients=%d --conns=%d %s --total=%d",
-		l.Name, who, c.Clients, c.Conns, strings.Join(l.Args, " "), l.Total)
+	unit := ""
+	if l.Name == "lease-keepalive" {
+		unit = "; a request is one keep-alive: req/s is keep-alives/s, CPU/req is CPU per keep-alive"
+	}
+	return fmt.Sprintf("%s, %s: benchmark --clients=%d --conns=%d %s --total=%d%s",
+		l.Name, who, c.Clients, c.Conns, strings.Join(l.Args, " "), l.Total, unit)
 }

@@ -74,16 +74,19 @@ func TestSummaryTable(t *testing.T) {
 }
 
 func TestMakeLoads(t *testing.T) {
-	c := config{loads: "put, range-s", putTotal: 10, rangeTotal: 20, keySize: 8, valSize: 256, keySpace: 100}
+	c := config{loads: "put, range-s, lease-keepalive", putTotal: 10, rangeTotal: 20, leaseTotal: 30, keySize: 8, valSize: 256, keySpace: 100}
 	loads, err := makeLoads(c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(loads) != 2 || loads[0].Name != "put" || loads[0].Total != 10 || loads[1].Name != "range-s" || loads[1].Total != 20 {
+	if len(loads) != 3 || loads[0].Name != "put" || loads[0].Total != 10 || loads[1].Name != "range-s" || loads[1].Total != 20 ||
+		loads[2].Name != "lease-keepalive" || loads[2].Total != 30 || strings.Join(loads[2].Args, " ") != "lease-keepalive" {
 		t.Fatalf("loads %+v", loads)
 	}
-	if _, err := makeLoads(config{loads: "watch"}); err == nil {
-		t.Fatal("unknown load accepted")
+	for _, bad := range []string{"watch", "lease-keepalive:10"} {
+		if _, err := makeLoads(config{loads: bad}); err == nil {
+			t.Fatalf("load %q accepted", bad)
+		}
 	}
 }
 

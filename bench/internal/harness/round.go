@@ -59,6 +59,14 @@ func TxnPutLoad(total, keySize, valSize, keySpace, ops int) Load {
 	}}
 }
 
+// LeaseKeepAliveLoad sends total lease keep-alives: each of the tool's clients
+// grants one lease of TTL 100s, then sends keep-alives for it, one at a time,
+// each on a new LeaseKeepAlive stream (clientv3's KeepAliveOnce). The grants (one
+// per client) are part of the round.
+func LeaseKeepAliveLoad(total int) Load {
+	return Load{Name: "lease-keepalive", Total: total, Args: []string{"lease-keepalive"}}
+}
+
 // RangeLoad reads RangeKey total times, which Prepare first puts with a value of
 // valSize bytes. consistency is "l" (linearizable) or "s" (serializable).
 func RangeLoad(total, valSize int, consistency string) Load {
