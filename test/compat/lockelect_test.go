@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"regexp"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -49,9 +48,6 @@ type lockResult struct {
 	err  error
 }
 
-// errStillWaiting stands for a background request that has not answered.
-var errStillWaiting = errors.New("still waiting")
-
 // knownLeases are the IDs the steps grant; any other lease ID is one a
 // server chose.
 func knownLease(id int64) bool { return id >= 100 && id < 200 }
@@ -76,11 +72,7 @@ func newLockSide(t *testing.T, s *server) *lockSide {
 	return side
 }
 
-type lockStep struct {
-	name string
-	want string // "ok", "waiting", a part of the error, or "" for no check
-	do   func(ctx context.Context, side *lockSide) (proto.Message, error)
-}
+type lockStep = sideStep[*lockSide]
 
 func TestLockElection(t *testing.T) { runLockSteps(t, oneMember) }
 
@@ -89,41 +81,7 @@ func TestLockElectionOnAFollower(t *testing.T) { runLockSteps(t, threeMembers) }
 func runLockSteps(t *testing.T, topo topology) {
 	p := startPair(t, topo)
 	ref, tgt := newLockSide(t, p.ref), newLockSide(t, p.tgt)
-	for i, st := range lockSteps() {
-		var (
-			wg               sync.WaitGroup
-			refResp, tgtResp proto.Message
-			refErr, tgtErr   error
-		)
-		run := func(side *lockSide, resp *proto.Message, err *error) {
-			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-			defer cancel()
-			*resp, *err = st.do(ctx, side)
-		}
-		wg.Add(2)
-		go run(ref, &refResp, &refErr)
-		go run(tgt, &tgtResp, &tgtErr)
-		wg.Wait()
-		refText, refProblems := normaliseLockAnswer(ref, refResp, refErr)
-		tgtText, tgtProblems := normaliseLockAnswer(tgt, tgtResp, tgtErr)
-		if problems := append(refProblems, tgtProblems...); len(problems) > 0 || refText != tgtText {
-			t.Fatalf("MISMATCH at step %d (%s)\n%s\ndiff (- %s, + %s):\n%s", i, st.name, strings.Join(problems, "\n"),
-				ref.s.name, tgt.s.name, lineDiff(refText, tgtText))
-		}
-		if st.want != "" {
-			got := "ok"
-			switch {
-			case errors.Is(refErr, errStillWaiting):
-				got = "waiting"
-			case refErr != nil:
-				got = status.Convert(refErr).Message()
-			}
-			if !strings.Contains(got, st.want) {
-				t.Fatalf("step %d (%s): the reference answered %q, the step expects %q: fix the step", i, st.name, got, st.want)
-			}
-		}
-	}
+	runSideSteps(t, ref, tgt, ref.s.name, tgt.s.name, lockSteps(), normaliseLockAnswer)
 }
 
 var chosenKeyRE = regexp.MustCompile(`/([0-9a-f]+)$`)
