@@ -113,40 +113,26 @@ func normaliseLockAnswer(side *lockSide, resp proto.Message, err error) (string,
 		}
 		return append(append([]byte(nil), k[:m[2]]...), "CHOSEN"...)
 	}
-	var header *pb.ResponseHeader
 	switch r := resp.(type) {
 	case *v3lockpb.LockResponse:
-		header = r.Header
 		r.Key = key(r.Key)
-	case *v3lockpb.UnlockResponse:
-		header = r.Header
 	case *v3electionpb.CampaignResponse:
-		header = r.Header
 		if r.Leader != nil {
 			r.Leader.Key = key(r.Leader.Key)
 			lease(&r.Leader.Lease)
 		}
-	case *v3electionpb.ProclaimResponse:
-		header = r.Header
-	case *v3electionpb.ResignResponse:
-		header = r.Header
 	case *v3electionpb.LeaderResponse:
-		header = r.Header
 		if r.Kv != nil {
 			r.Kv.Key = key(r.Kv.Key)
 			lease(&r.Kv.Lease)
 		}
-	case *pb.LeaseGrantResponse:
-		header = r.Header
-	case *pb.LeaseRevokeResponse:
-		header = r.Header
 	case *pb.RangeResponse:
-		header = r.Header
 		for _, kv := range r.Kvs {
 			kv.Key = key(kv.Key)
 			lease(&kv.Lease)
 		}
 	}
+	header := responseHeader(resp)
 	var problems []string
 	if header == nil {
 		problems = append(problems, side.s.name+": response has no header")
@@ -391,6 +377,18 @@ func lockSteps() []lockStep {
 		{"the leader of an empty name", "", leader("")},
 		{"the leader of a name without candidates", "election: no leader", leader("nobody")},
 	}
+}
+
+// responseHeader is the header of an answer of the etcd API (its field
+// "header"), or nil.
+func responseHeader(m proto.Message) *pb.ResponseHeader {
+	r := m.ProtoReflect()
+	fd := r.Descriptor().Fields().ByName("header")
+	if fd == nil || fd.Message() == nil || !r.Has(fd) {
+		return nil
+	}
+	h, _ := r.Get(fd).Message().Interface().(*pb.ResponseHeader)
+	return h
 }
 
 // pendingOn answers what done delivers within d, or errStillWaiting.
