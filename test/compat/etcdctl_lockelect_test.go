@@ -3,6 +3,7 @@ package compat
 import (
 	"fmt"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -18,7 +19,8 @@ import (
 // a listener that sees each new leader, and two candidates, the second
 // elected when the first is interrupted. Each server's transcript (what each
 // etcdctl printed, in order, and how it exited) must be the same once lease
-// IDs are replaced by a name.
+// IDs are replaced by a name. Then plinthctl lock and elect run the scenario
+// against a fresh target, and must print what etcdctl printed against etcd.
 func TestEtcdctlLockElect(t *testing.T) {
 	ctl := buildEtcdctl(t)
 	p := startPair(t, oneMember)
@@ -28,6 +30,31 @@ func TestEtcdctlLockElect(t *testing.T) {
 		t.Fatalf("etcdctl lock/elect transcripts differ:\netcd:\n%s\n%s:\n%s", ref, p.tgt.name, tgt)
 	}
 	t.Logf("transcript:\n%s", ref)
+	if selftest {
+		return
+	}
+	plinthctl := buildPlinthctl(t)
+	fresh := startBinary(t, "plinth-for-plinthctl", targetBin)
+	if own := lockElectTranscript(t, plinthctl, fresh); own != ref {
+		t.Fatalf("plinthctl's lock/elect transcript differs from etcdctl's:\netcdctl against etcd:\n%s\nplinthctl against plinth:\n%s", ref, own)
+	}
+}
+
+// buildPlinthctl builds ./cmd/plinthctl of the enclosing plinth repository
+// into a temp dir.
+func buildPlinthctl(t *testing.T) string {
+	t.Helper()
+	root, err := repoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(t.TempDir(), "plinthctl")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/plinthctl")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("compat: go build plinthctl: %v\n%s", err, out)
+	}
+	return bin
 }
 
 // ctlProcess is etcdctl running in the background.
