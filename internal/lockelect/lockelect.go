@@ -83,6 +83,14 @@ func asEtcd(err error) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return status.FromContextError(err).Err()
 	}
+	// The status error itself, without what wraps it.
+	var grpcErr interface {
+		error
+		GRPCStatus() *status.Status
+	}
+	if errors.As(err, &grpcErr) {
+		err = grpcErr
+	}
 	if e, ok := rpctypes.Error(err).(rpctypes.EtcdError); ok {
 		return status.Error(codes.Unknown, e.Error())
 	}
