@@ -374,6 +374,19 @@ func lockSteps() []lockStep {
 		{"the campaign with lease 0 wins", "ok", await("e0")},
 		{"observed zero", "ok", observed("el")},
 		{"the leader is zero", "ok", leader("el")},
+		{"proclaim by the lease-0 leader naming lease 0 (a new lease of the server's)", "ok", func(ctx context.Context, side *lockSide) (proto.Message, error) {
+			side.mu.Lock()
+			var lk *v3electionpb.LeaderKey
+			for _, l := range side.leaders {
+				if !knownLease(l.Lease) {
+					lk = proto.Clone(l).(*v3electionpb.LeaderKey)
+				}
+			}
+			side.mu.Unlock()
+			lk.Lease = 0
+			return side.elect.Proclaim(ctx, &v3electionpb.ProclaimRequest{Leader: lk, Value: []byte("zero2")})
+		}},
+		{"the leader is zero2", "ok", leader("el")},
 		{"the leader of an empty name", "", leader("")},
 		{"the leader of a name without candidates", "election: no leader", leader("nobody")},
 	}
