@@ -12,7 +12,7 @@ BIN     ?= bin
 # testdata/fuzz/.
 FUZZ_EXECS ?= 250000
 
-.PHONY: build test test-unit test-compat test-bench test-faults test-crash test-powerloss fuzz bench vet clean
+.PHONY: build test test-unit test-compat test-bench test-faults test-crash test-powerloss fuzz bench vet proto clean
 
 build:
 	$(GO) build -o $(BIN)/plinth ./cmd/plinth
@@ -84,6 +84,23 @@ fuzz:
 # ratios. BENCHFLAGS passes flags to benchrun (e.g. -quick, -loads=put).
 bench:
 	$(GO) -C bench run ./cmd/benchrun $(BENCHFLAGS)
+
+# Regenerates the Go code of the Lock and Election services
+# (internal/lockelect/v3lockpb, v3electionpb) from their .proto files. Needs
+# protoc on the PATH (Debian: apt-get install protobuf-compiler); the Go
+# plugins come from the module proxy at the versions below. The stubs in
+# internal/lockelect/protostub stand for etcd's rpc.proto and kv.proto, whose
+# Go types the generated code uses.
+PROTOC_GEN_GO      ?= google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+PROTOC_GEN_GO_GRPC ?= google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1
+proto:
+	GOBIN=$(abspath $(BIN))/protoc-plugins $(GO) install $(PROTOC_GEN_GO)
+	GOBIN=$(abspath $(BIN))/protoc-plugins $(GO) install $(PROTOC_GEN_GO_GRPC)
+	for svc in v3lock v3election; do \
+		dir=internal/lockelect/$${svc}pb; \
+		PATH=$(abspath $(BIN))/protoc-plugins:$$PATH protoc -I internal/lockelect/protostub -I $$dir \
+			--go_out=paths=source_relative:$$dir --go-grpc_out=paths=source_relative:$$dir $$svc.proto || exit 1; \
+	done
 
 clean:
 	rm -rf $(BIN)

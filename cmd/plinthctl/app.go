@@ -74,6 +74,8 @@ func (a *app) rootCommand() *cobra.Command {
 		a.compactionCommand(),
 		a.leaseCommand(),
 		a.watchCommand(),
+		a.lockCommand(),
+		a.electCommand(),
 		a.endpointCommand(),
 		a.memberCommand(),
 		a.moveLeaderCommand(),

@@ -4,8 +4,8 @@
 // (go.etcd.io/etcd/client/v3) and takes etcdctl's command names, flags, input
 // formats, output formats and exit codes: what a hand or a script does with
 // etcdctl get/put/del/txn/compaction, endpoint status/health, member
-// list/add/remove/update/promote, alarm list/disarm and version works the
-// same with plinthctl. Where the two differ it is written down beside the command.
+// list/add/remove/update/promote, alarm list/disarm, lock, elect and version
+// works the same with plinthctl. Where the two differ it is written down beside the command.
 //
 // plinthctl never changes the data it prints: keys and values are printed as
 // the server sent them (raw bytes in simple output, base64 in JSON, \x escapes

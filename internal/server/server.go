@@ -28,6 +28,9 @@ import (
 	"github.com/plinthdb/plinth/internal/api"
 	"github.com/plinthdb/plinth/internal/apply"
 	"github.com/plinthdb/plinth/internal/connmux"
+	"github.com/plinthdb/plinth/internal/lockelect"
+	"github.com/plinthdb/plinth/internal/lockelect/v3electionpb"
+	"github.com/plinthdb/plinth/internal/lockelect/v3lockpb"
 	"github.com/plinthdb/plinth/internal/membership"
 	"github.com/plinthdb/plinth/internal/mvcc"
 	"github.com/plinthdb/plinth/internal/raftnode"
@@ -286,11 +289,15 @@ func (s *Server) Start() error {
 		grpc.NumStreamWorkers(streamWorkers),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	)
-	pb.RegisterKVServer(s.grpc, api.NewKV(s))
+	kv, leases := api.NewKV(s), api.NewLease(s)
+	pb.RegisterKVServer(s.grpc, kv)
 	pb.RegisterMaintenanceServer(s.grpc, api.NewMaintenance(s))
 	pb.RegisterClusterServer(s.grpc, api.NewCluster(s))
-	pb.RegisterLeaseServer(s.grpc, api.NewLease(s))
+	pb.RegisterLeaseServer(s.grpc, leases)
 	pb.RegisterWatchServer(s.grpc, api.NewWatch(s, s.watches, s.node.Leader, s.cfg.ElectionTimeout))
+	lockelectCfg := lockelect.Config{KV: kv, Leases: leases, Hub: s.watches, FillHeader: s.FillHeader}
+	v3lockpb.RegisterLockServer(s.grpc, lockelect.NewLock(lockelectCfg))
+	v3electionpb.RegisterElectionServer(s.grpc, lockelect.NewElection(lockelectCfg))
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, hs)
 	for _, u := range s.cfg.ListenClientURLs {

@@ -7,11 +7,14 @@
 // keeps taking writes, that a restarted member catches up, that every
 // acknowledged write is readable from every member, and (with porcupine)
 // that the history of puts, linearizable reads and compare-and-set txns is
-// linearizable.
+// linearizable, and that holders of a lock (the Lock service and the
+// client's Mutex recipe) writing under their fencing tokens never overlap
+// while the leader is killed.
 //
 // The package has no non-test code, and it must never import the server's
-// packages: it speaks to plinth only over the wire, as a client would, and
-// runs it through internal/testmember.
+// packages: it speaks to plinth only over the wire, as a client would (the
+// generated gRPC client of the Lock service, internal/lockelect/v3lockpb, is
+// wire protocol only), and runs it through internal/testmember.
 //
 // Flags: -cluster.duration sets how long the fault test runs (make
 // test-faults runs it longer), -cluster.faults picks the faults it makes,

@@ -46,8 +46,10 @@ var (
 	//                 keeps answering;
 	//   nosnapshot:   the snapshot and join tests write less than the log
 	//                 keeps, so the lagging member catches up from the log;
-	//   nopromote:    TestMembershipUnderLoad leaves its learner a learner.
-	breakFlag = flag.String("cluster.break", "", "weaken the tests on purpose: serializable, nowait, isolate, nopartition, nosnapshot or nopromote (expect failures)")
+	//   nopromote:    TestMembershipUnderLoad leaves its learner a learner;
+	//   nofence:      TestLockFencingUnderFaults writes without comparing
+	//                 the fencing token, so stale holders' writes succeed.
+	breakFlag = flag.String("cluster.break", "", "weaken the tests on purpose: serializable, nowait, isolate, nopartition, nosnapshot, nopromote or nofence (expect failures)")
 )
 
 func TestMain(m *testing.M) {
@@ -57,9 +59,9 @@ func TestMain(m *testing.M) {
 func run(m *testing.M) int {
 	flag.Parse()
 	switch *breakFlag {
-	case "", "serializable", "nowait", "isolate", "nopartition", "nosnapshot", "nopromote":
+	case "", "serializable", "nowait", "isolate", "nopartition", "nosnapshot", "nopromote", "nofence":
 	default:
-		fmt.Fprintf(os.Stderr, "cluster: -cluster.break=%q: want serializable, nowait, isolate, nopartition, nosnapshot or nopromote\n", *breakFlag)
+		fmt.Fprintf(os.Stderr, "cluster: -cluster.break=%q: want serializable, nowait, isolate, nopartition, nosnapshot, nopromote or nofence\n", *breakFlag)
 		return 2
 	}
 	if bin := os.Getenv("CLUSTER_TARGET_BIN"); bin != "" {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -43,12 +42,8 @@ func (side *leaseSide) id(id int64) int64 {
 	return id
 }
 
-// leaseStep is one request, sent to each side by do.
-type leaseStep struct {
-	name string
-	want string // as in step: "ok", a part of the error, or "" for no check
-	do   func(ctx context.Context, side *leaseSide) (proto.Message, error)
-}
+// leaseStep is one request, sent to each side.
+type leaseStep = sideStep[*leaseSide]
 
 // startLeasePair starts a reference etcd and a target whose minimum lease
 // TTL equals the reference's (one second: 1.5 election timeouts of 100ms,
@@ -84,39 +79,7 @@ func TestLeasesOnAFollower(t *testing.T) { runLeaseSteps(t, threeMembers) }
 
 func runLeaseSteps(t *testing.T, topo topology) {
 	ref, tgt := startLeasePair(t, topo)
-	for i, st := range leaseSteps() {
-		var (
-			wg                 sync.WaitGroup
-			refResp, tgtResp   proto.Message
-			refErr, tgtErr     error
-			refStart, tgtStart = ref, tgt
-		)
-		run := func(side *leaseSide, resp *proto.Message, err *error) {
-			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-			defer cancel()
-			*resp, *err = st.do(ctx, side)
-		}
-		wg.Add(2)
-		go run(refStart, &refResp, &refErr)
-		go run(tgtStart, &tgtResp, &tgtErr)
-		wg.Wait()
-		refText, refProblems := normaliseLease(ref, refResp, refErr)
-		tgtText, tgtProblems := normaliseLease(tgt, tgtResp, tgtErr)
-		if problems := append(refProblems, tgtProblems...); len(problems) > 0 || refText != tgtText {
-			t.Fatalf("MISMATCH at step %d (%s)\n%s\ndiff (- %s, + %s):\n%s", i, st.name, strings.Join(problems, "\n"),
-				ref.s.name, tgt.s.name, lineDiff(refText, tgtText))
-		}
-		if st.want != "" {
-			got := "ok"
-			if refErr != nil {
-				got = status.Convert(refErr).Message()
-			}
-			if !strings.Contains(got, st.want) {
-				t.Fatalf("step %d (%s): the reference answered %q, the step expects %q: fix the step", i, st.name, got, st.want)
-			}
-		}
-	}
+	runSideSteps(t, ref, tgt, ref.s.name, tgt.s.name, leaseSteps(), normaliseLease)
 }
 
 // normaliseLease renders an answer after normalising it (see the top of the
