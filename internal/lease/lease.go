@@ -188,6 +188,29 @@ func (t *Table) Grant(w *pebble.Batch, id, ttl int64) error {
 	return nil
 }
 
+// Load writes lease id, granted for ttl seconds with remaining left, and
+// its attached keys into w: a lease table built from another store's state
+// (an etcd snapshot) rather than granted through the log. The database it
+// writes must not be open under a Table yet; Open loads what it wrote.
+func Load(w pebble.Writer, id, ttl int64, remaining time.Duration, keys [][]byte) error {
+	if id == 0 {
+		return fmt.Errorf("lease: load lease 0: %w", ErrNotFound)
+	}
+	if ttl < 1 || ttl > MaxTTL {
+		return fmt.Errorf("lease: load lease %x: TTL %d out of range", id, ttl)
+	}
+	remainingMs := min(max(remaining.Milliseconds(), 0), ttl*1000)
+	if err := w.Set(leaseKey(id), encodeLease(ttl, remainingMs), nil); err != nil {
+		return fmt.Errorf("lease: load lease %x: %w", id, err)
+	}
+	for _, k := range keys {
+		if err := w.Set(indexKey(id, k), nil, nil); err != nil {
+			return fmt.Errorf("lease: load key %q of lease %x: %w", k, id, err)
+		}
+	}
+	return nil
+}
+
 // Keys returns the keys attached to lease id, as r (the database, or a batch
 // that sees its own writes) has them, in key order.
 func Keys(r pebble.Reader, id int64) ([][]byte, error) {
