@@ -116,7 +116,8 @@ var (
 	plinthctlErr  error
 )
 
-// buildPlinthctl builds ./cmd/plinthctl of the enclosing repository, once.
+// buildPlinthctl builds ./cmd/plinthctl of the enclosing repository into
+// toolsDir, once.
 func buildPlinthctl(t *testing.T) string {
 	t.Helper()
 	plinthctlOnce.Do(func() {
@@ -125,12 +126,7 @@ func buildPlinthctl(t *testing.T) string {
 			plinthctlErr = err
 			return
 		}
-		dir, err := os.MkdirTemp("", "plinth-compat-ctl-")
-		if err != nil {
-			plinthctlErr = err
-			return
-		}
-		plinthctlBin = filepath.Join(dir, "plinthctl")
+		plinthctlBin = filepath.Join(toolsDir, "plinthctl")
 		cmd := exec.Command("go", "build", "-o", plinthctlBin, "./cmd/plinthctl")
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -140,7 +136,6 @@ func buildPlinthctl(t *testing.T) string {
 	if plinthctlErr != nil {
 		t.Fatal(plinthctlErr)
 	}
-	t.Cleanup(func() {}) // the binary's directory goes with the process's temp files
 	return plinthctlBin
 }
 
