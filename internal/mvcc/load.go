@@ -60,8 +60,9 @@ type LoadedKey struct {
 	Lease int64
 }
 
-// loadBatchSize bounds the writes a loader commits at once.
-const loadBatchSize = 8192
+// loadBatchSize bounds the writes a loader commits at once (a variable for
+// tests, which make it small).
+var loadBatchSize uint32 = 8192
 
 // NewLoader starts loading into db, which must hold no mvcc state. compactRev
 // is the compaction revision of the history (-1 if it was never compacted).

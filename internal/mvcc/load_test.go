@@ -65,7 +65,13 @@ func compactedAt(changes []Change, rev int64) []Change {
 // same HashKV, and the same layout of latest and history spaces.
 func TestLoaderRebuildsAStore(t *testing.T) {
 	for seed := range uint64(4) {
-		t.Run(fmt.Sprint(seed), func(t *testing.T) { runLoader(t, seed) })
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			if seed%2 == 1 { // many small batches
+				defer func(n uint32) { loadBatchSize = n }(loadBatchSize)
+				loadBatchSize = 5
+			}
+			runLoader(t, seed)
+		})
 	}
 }
 
