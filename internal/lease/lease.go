@@ -66,6 +66,8 @@ type Table struct {
 	// term primaryTerm).
 	primary     bool
 	primaryTerm uint64
+
+	metrics tableMetrics // see metrics.go; not guarded by mu
 }
 
 // entry is one lease in memory.
@@ -80,7 +82,7 @@ type entry struct {
 // Open loads the lease table from db. now reads the clock: time.Now outside
 // tests.
 func Open(db *pebble.DB, now func() time.Time) (*Table, error) {
-	t := &Table{db: db, now: now}
+	t := &Table{db: db, now: now, metrics: newTableMetrics()}
 	if err := t.Reload(); err != nil {
 		return nil, err
 	}
@@ -185,6 +187,8 @@ func (t *Table) Grant(w *pebble.Batch, id, ttl int64) error {
 	}
 	now := t.now()
 	t.leases[id] = &entry{ttl: ttl, deadline: now.Add(time.Duration(ttl) * time.Second), checkpointed: now}
+	t.metrics.granted.Inc()
+	t.metrics.ttls.Observe(float64(ttl))
 	return nil
 }
 
@@ -255,6 +259,7 @@ func (t *Table) Revoke(w *pebble.Batch, id int64) error {
 		return fmt.Errorf("lease: stage revoke of %x: %w", id, err)
 	}
 	delete(t.leases, id)
+	t.metrics.revoked.Inc()
 	return nil
 }
 
