@@ -291,7 +291,7 @@ func TestOperatorMetrics(t *testing.T) {
 	var after, afterF map[string]*dto.MetricFamily
 	waitFor(ctx, t, func() bool {
 		after = scrape(t, addr(lead))
-		return value(t, after, "etcd_server_lease_expired_total")-value(t, before, "etcd_server_lease_expired_total") >= 1 &&
+		return value(t, after, "etcd_debugging_server_lease_expired_total")-value(t, before, "etcd_debugging_server_lease_expired_total") >= 1 &&
 			value(t, after, "etcd_debugging_lease_revoked_total")-value(t, before, "etcd_debugging_lease_revoked_total") >= 2
 	})
 	waitFor(ctx, t, func() bool {
@@ -309,8 +309,8 @@ func TestOperatorMetrics(t *testing.T) {
 		{before, after, "etcd_debugging_lease_renewed_total", 1},
 		{beforeF, afterF, "etcd_debugging_lease_renewed_total", 0}, // keep-alives are the leader's
 		{before, after, "etcd_debugging_lease_revoked_total", 2},
-		{before, after, "etcd_server_lease_expired_total", 1},
-		{beforeF, afterF, "etcd_server_lease_expired_total", 0},
+		{before, after, "etcd_debugging_server_lease_expired_total", 1},
+		{beforeF, afterF, "etcd_debugging_server_lease_expired_total", 0},
 	}
 	for _, m := range moves {
 		b, a := value(t, m.before, m.name), value(t, m.after, m.name)
