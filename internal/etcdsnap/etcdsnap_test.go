@@ -87,6 +87,24 @@ func writeSnapshot(t *testing.T, path string, versions []version, meta map[strin
 				return err
 			}
 		}
+		if auth, ok := meta["test/auth"]; ok { // etcd's auth, which is not restored
+			ab, err := tx.CreateBucket(authBucket)
+			if err != nil {
+				return err
+			}
+			if err := ab.Put([]byte("authEnabled"), auth); err != nil {
+				return err
+			}
+			ub, err := tx.CreateBucket(usersBucket)
+			if err != nil {
+				return err
+			}
+			for _, u := range []string{"root", "alice"} {
+				if err := ub.Put([]byte(u), []byte("user record")); err != nil {
+					return err
+				}
+			}
+		}
 		lb, err := tx.CreateBucket(leaseBucket)
 		if err != nil {
 			return err
@@ -142,6 +160,7 @@ func sampleSnapshot(t *testing.T, path string) {
 		"finishedCompactRev":  revKey(3, 0, false),
 		"consistent_index":    binary.BigEndian.AppendUint64(nil, 42),
 		"term":                binary.BigEndian.AppendUint64(nil, 3),
+		"test/auth":           {1},
 	}, map[int64][]byte{
 		5: encodeLease(5, 100, 40),
 		6: encodeLease(6, 10, 0),
@@ -161,7 +180,7 @@ func TestLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Info{Revision: 6, CompactRevision: 4, Keys: 2, Versions: 6, Leases: 2, Index: 42, Term: 3, Checksum: true, Size: info.Size}
+	want := Info{Revision: 6, CompactRevision: 4, Keys: 2, Versions: 6, Leases: 2, Index: 42, Term: 3, AuthEnabled: true, AuthUsers: 2, Checksum: true, Size: info.Size}
 	if info != want {
 		t.Errorf("info %+v, want %+v", info, want)
 	}
