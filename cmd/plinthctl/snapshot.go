@@ -259,6 +259,8 @@ kind of file is told by its content.`,
 			if e := info.Etcd; e != nil {
 				fmt.Fprintf(a.out, "Read etcd snapshot %s: %d versions, %d leases, revision %d, compaction revision %d, applied index %d\n",
 					args[0], e.Versions, e.Leases, e.Revision, e.CompactRevision, e.Index)
+				fmt.Fprintf(a.out, "etcd's HashKV of the snapshot at revision %d: %d (compare: etcdctl endpoint hashkv --rev=%d on the member that saved it)\n",
+					e.Revision, e.EtcdHash, e.Revision)
 				if !e.Checksum {
 					fmt.Fprintln(a.out, "Warning: the file carried no SHA-256; its integrity was not checked (--skip-hash-check)")
 				}

@@ -27,6 +27,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"time"
@@ -80,6 +81,10 @@ type Info struct {
 	AuthEnabled bool
 	AuthUsers   int
 	Checksum    bool // the file carried a SHA-256 and it matched
+	// EtcdHash is what etcd's HashKV answers at Revision for the state the
+	// file holds (etcdctl endpoint hashkv --rev=Revision on the member that
+	// saved it), computed as etcd computes it.
+	EtcdHash uint32
 	Size        int64
 }
 
@@ -255,6 +260,9 @@ func load(tx *bolt.Tx, db *pebble.DB) (Info, error) {
 		return Info{}, fmt.Errorf("etcdsnap: %w", err)
 	}
 	info.Revision, info.Keys = rev, int64(len(live))
+	if info.EtcdHash, err = etcdHashKV(keys, info.CompactRevision, live); err != nil {
+		return Info{}, err
+	}
 
 	attached := map[int64][][]byte{}
 	for _, k := range live {
@@ -295,4 +303,48 @@ func load(tx *bolt.Tx, db *pebble.DB) (Info, error) {
 		return Info{}, fmt.Errorf("etcdsnap: write leases: %w", err)
 	}
 	return info, nil
+}
+
+// etcdHashKV computes etcd's HashKV at the current revision of the key
+// bucket keys, whose compaction revision is compactRev and whose live keys
+// are live: a CRC-32C of the bucket's name, then of each entry's key and
+// value in bucket order, but for entries at or below the compaction revision
+// that are not the live version of their key (etcd hashes those only if its
+// index would keep them at the revision hashed, and at the current revision
+// it keeps each live key's newest version alone). A second pass over the
+// bucket: which entries count is known only once every later one was seen.
+func etcdHashKV(keys *bolt.Bucket, compactRev int64, live []mvcc.LoadedKey) (uint32, error) {
+	oldLive := map[string]int64{}
+	for _, k := range live {
+		if k.Rev <= compactRev {
+			oldLive[string(k.Key)] = k.Rev
+		}
+	}
+	h := crc32.New(crc32.MakeTable(crc32.Castagnoli))
+	h.Write(keyBucket)
+	c := keys.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		main, _, tombstone, err := decodeRev(k)
+		if err != nil {
+			return 0, err
+		}
+		if main == compactRev && tombstone {
+			continue // etcd keeps it, or not, by version; its hash never counts it
+		}
+		if main <= compactRev && len(live) > 0 {
+			if tombstone {
+				continue
+			}
+			kv := &mvccpb.KeyValue{}
+			if err := proto.Unmarshal(v, kv); err != nil {
+				return 0, fmt.Errorf("%w: version %d: %w", ErrCorrupt, main, err)
+			}
+			if rev, ok := oldLive[string(kv.Key)]; !ok || rev != main {
+				continue
+			}
+		}
+		h.Write(k)
+		h.Write(v)
+	}
+	return h.Sum32(), nil
 }

@@ -57,6 +57,7 @@ type Change struct {
 // LoadedKey is a live key of a loaded store, as Finish reports it.
 type LoadedKey struct {
 	Key   []byte
+	Rev   int64 // mod revision of its live version
 	Lease int64
 }
 
@@ -196,7 +197,7 @@ func (l *Loader) Finish(rev, compactDone int64) (int64, []LoadedKey, error) {
 		if !k.live {
 			continue
 		}
-		live = append(live, LoadedKey{Key: []byte(key), Lease: k.lease})
+		live = append(live, LoadedKey{Key: []byte(key), Rev: k.rev, Lease: k.lease})
 		hk := historyKey([]byte(key), k.rev)
 		v, closer, err := l.db.Get(hk)
 		if err != nil {

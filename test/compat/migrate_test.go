@@ -32,7 +32,8 @@ type etcdHistory struct {
 // makeEtcdHistory writes a history into the reference etcd: puts,
 // deletes, transactions (one deletes a key and puts another, one puts a key
 // and deletes from it to the end of the key space), leases with keys
-// attached, one revoked with its keys, a compaction, and writes after it;
+// attached, one revoked with its keys, a compaction at a deletion's
+// revision, and writes after it;
 // then it saves a snapshot through Maintenance.Snapshot, as etcdctl snapshot
 // save does, checksum included.
 func makeEtcdHistory(t *testing.T, ctx context.Context, cli *clientv3.Client, dir string) etcdHistory {
@@ -67,11 +68,14 @@ func makeEtcdHistory(t *testing.T, ctx context.Context, cli *clientv3.Client, di
 	must(cli.Txn(ctx).Then(clientv3.OpPut("zz/doomed", "x"), clientv3.OpDelete("zz/", clientv3.WithFromKey())).Commit())
 	must(cli.Put(ctx, "zz/keep", "x"))
 	must(cli.Revoke(ctx, revoked))
-	mid, err := cli.Put(ctx, "compact/at", "")
+	must(cli.Put(ctx, "compact/at", ""))
+	// The compaction revision is a deletion's: etcd 3.6+ keeps its
+	// tombstone, so reads, watches and HashKV at that revision see it.
+	mid, err := cli.Delete(ctx, "key/07")
 	if err != nil {
 		t.Fatal(err)
 	}
-	compacted := mid.Header.Revision - 10
+	compacted := mid.Header.Revision
 	must(cli.Compact(ctx, compacted, clientv3.WithCompactPhysical()))
 	for i := range 30 {
 		var opts []clientv3.OpOption
@@ -166,6 +170,7 @@ func restoredCluster(t *testing.T, ctl, snapshot string, n int) []*member {
 			t.Fatalf("plinthctl snapshot restore: %v\n%s", err, out)
 		}
 		t.Logf("%s", out)
+		checkEtcdHash(t, string(out))
 		m.proc = newProcess(t, m.name, targetBin, dir, append(flags,
 			"--listen-client-urls", m.client.String(),
 			"--advertise-client-urls", m.client.String(),
@@ -181,6 +186,30 @@ func restoredCluster(t *testing.T, ctl, snapshot string, n int) []*member {
 	}
 	waitCluster(t, members)
 	return members
+}
+
+// etcdHashOf is the reference etcd's HashKV at the snapshot's revision,
+// which the restore must report: set by the test before restoring.
+var etcdHashOf func(rev int64) uint32
+
+// checkEtcdHash requires plinthctl's report of etcd's HashKV of the file to
+// be what the reference etcd answers: the file was read whole, and as etcd
+// reads it.
+func checkEtcdHash(t *testing.T, out string) {
+	t.Helper()
+	const prefix = "etcd's HashKV of the snapshot at revision "
+	i := strings.Index(out, prefix)
+	if i < 0 {
+		t.Fatalf("the restore reported no HashKV of etcd's:\n%s", out)
+	}
+	var rev int64
+	var hash uint32
+	if _, err := fmt.Sscanf(out[i+len(prefix):], "%d: %d", &rev, &hash); err != nil {
+		t.Fatalf("reading the reported HashKV: %v\n%s", err, out)
+	}
+	if want := etcdHashOf(rev); hash != want {
+		t.Errorf("the restore reports etcd's HashKV at %d as %d; etcd answers %d", rev, hash, want)
+	}
 }
 
 // TestRestoreFromEtcdSnapshot migrates from the reference etcd in one
@@ -202,6 +231,13 @@ func TestRestoreFromEtcdSnapshot(t *testing.T) {
 	ref := startEmbedded(t, "etcd")
 	etcd := newClient(t, ref.addr)
 	h := makeEtcdHistory(t, ctx, etcd, t.TempDir())
+	etcdHashOf = func(rev int64) uint32 {
+		resp, err := etcd.HashKV(ctx, ref.addr, rev)
+		if err != nil {
+			t.Fatalf("etcd's HashKV at %d: %v", rev, err)
+		}
+		return resp.Hash
+	}
 
 	t.Run("damaged", func(t *testing.T) {
 		data, err := os.ReadFile(h.snapshot)
