@@ -85,7 +85,7 @@ type Info struct {
 	// file holds (etcdctl endpoint hashkv --rev=Revision on the member that
 	// saved it), computed as etcd computes it.
 	EtcdHash uint32
-	Size        int64
+	Size     int64
 }
 
 // Load checks the etcd snapshot at path and loads it into db, an empty
