@@ -28,6 +28,9 @@ type nodeMetrics struct {
 }
 
 func newNodeMetrics() nodeMetrics {
+	serverCounter := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "etcd", Subsystem: "server", Name: name, Help: help})
+	}
 	return nodeMetrics{
 		walFsync: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "etcd", Subsystem: "disk", Name: "wal_fsync_duration_seconds",
@@ -35,22 +38,12 @@ func newNodeMetrics() nodeMetrics {
 			// etcd's buckets: 1ms to about 8s.
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
 		}),
-		leaderChanges: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "etcd", Subsystem: "server", Name: "leader_changes_seen_total",
-			Help: "The number of leader changes seen.",
-		}),
-		heartbeatFailures: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "etcd", Subsystem: "server", Name: "heartbeat_send_failures_total",
-			Help: "The total number of leader heartbeat send failures (likely overloaded from slow disk).",
-		}),
-		slowReads: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "etcd", Subsystem: "server", Name: "slow_read_indexes_total",
-			Help: "The total number of pending read indexes not in sync with leader's or timed out read index requests.",
-		}),
-		failedReads: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "etcd", Subsystem: "server", Name: "read_indexes_failed_total",
-			Help: "The total number of failed read indexes seen.",
-		}),
+		leaderChanges: serverCounter("leader_changes_seen_total", "The number of leader changes seen."),
+		heartbeatFailures: serverCounter("heartbeat_send_failures_total",
+			"The total number of leader heartbeat send failures (likely overloaded from slow disk)."),
+		slowReads: serverCounter("slow_read_indexes_total",
+			"The total number of pending read indexes not in sync with leader's or timed out read index requests."),
+		failedReads: serverCounter("read_indexes_failed_total", "The total number of failed read indexes seen."),
 	}
 }
 
