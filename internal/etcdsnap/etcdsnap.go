@@ -16,6 +16,8 @@
 // their IDs, TTLs and remaining TTLs, with the keys attached to them. etcd's
 // membership, alarms and auth are not read: the restored cluster has its own
 // members, and plinth has no auth yet (Info says whether etcd had any).
+// Load also computes etcd's own HashKV of the file, which an operator
+// compares with etcdctl endpoint hashkv on the member that saved it.
 //
 // etcdsnap only ever reads the snapshot file, and writes only the database it
 // is given, which the caller builds in a data dir that nothing serves yet.
