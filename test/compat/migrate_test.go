@@ -68,6 +68,11 @@ func makeEtcdHistory(t *testing.T, ctx context.Context, cli *clientv3.Client, di
 	must(cli.Txn(ctx).Then(clientv3.OpPut("zz/doomed", "x"), clientv3.OpDelete("zz/", clientv3.WithFromKey())).Commit())
 	must(cli.Put(ctx, "zz/keep", "x"))
 	must(cli.Revoke(ctx, revoked))
+	// Enough data for a bbolt file of many pages, nearly all compacted away.
+	value := strings.Repeat("v", 300)
+	for i := range 1500 {
+		must(cli.Put(ctx, fmt.Sprintf("bulk/%04d", i%500), fmt.Sprint(value, i)))
+	}
 	must(cli.Put(ctx, "compact/at", ""))
 	// The compaction revision is a deletion's: etcd 3.6+ keeps its
 	// tombstone, so reads, watches and HashKV at that revision see it.
