@@ -123,7 +123,13 @@ func (l *Loader) flushGroup() error {
 			rec = record{createRevision: c.KV.CreateRevision, modRevision: rev, version: c.KV.Version, lease: c.KV.Lease, value: c.KV.Value}
 		}
 		last := lastOf[string(key)] == i
-		if last {
+		// A deletion at the compaction revision leaves its event only:
+		// this store's compaction drops its tombstone (etcd 3.6 keeps
+		// it), and reads at the compaction revision or later find no
+		// older version of the key either way.
+		if last && c.Tombstone && rev == l.compactRev {
+			l.keys[string(key)] = &loadedKey{rev: rev}
+		} else if last {
 			l.buf = appendRecord(l.buf[:0], &rec)
 			l.keyBuf = appendHistoryKey(l.keyBuf[:0], key, rev)
 			if err := l.b.Set(l.keyBuf, l.buf, nil); err != nil {

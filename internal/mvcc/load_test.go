@@ -40,8 +40,9 @@ func changesOf(t *testing.T, src *testStore) []Change {
 // compactedAt drops the changes a compaction at rev removes from a store
 // that keeps versions by revision, as etcd's does: for each key, every change
 // at or before rev but its newest there, and that one too if it is a
-// deletion.
-func compactedAt(changes []Change, rev int64) []Change {
+// deletion, unless keepTombstoneAtRev and the deletion is at rev itself (etcd
+// 3.6 and later keep those).
+func compactedAt(changes []Change, rev int64, keepTombstoneAtRev bool) []Change {
 	newest := map[string]int{}
 	for i, c := range changes {
 		if c.Rev <= rev {
@@ -50,7 +51,7 @@ func compactedAt(changes []Change, rev int64) []Change {
 	}
 	var out []Change
 	for i, c := range changes {
-		if c.Rev > rev || (newest[string(c.KV.Key)] == i && !c.Tombstone) {
+		if c.Rev > rev || (newest[string(c.KV.Key)] == i && (!c.Tombstone || (keepTombstoneAtRev && c.Rev == rev))) {
 			out = append(out, c)
 		}
 	}
@@ -111,6 +112,14 @@ func runLoader(t *testing.T, seed uint64) {
 	changes := changesOf(t, src)
 	cur := src.s.Rev()
 	compactRev := cur/2 + r.Int64N(cur/4)
+	keepTombstone := seed >= 2 // as etcd 3.6 and later: compact at a deletion, which it keeps
+	if keepTombstone {
+		for _, c := range changes {
+			if c.Tombstone && c.Rev <= compactRev {
+				compactRev = c.Rev
+			}
+		}
+	}
 	src.compact(compactRev)
 
 	dst := &testStore{t: t, dir: t.TempDir()}
@@ -119,7 +128,7 @@ func runLoader(t *testing.T, seed uint64) {
 		t.Fatal(err)
 	}
 	l := NewLoader(db, compactRev)
-	for _, c := range compactedAt(changes, compactRev) {
+	for _, c := range compactedAt(changes, compactRev, keepTombstone) {
 		if err := l.Add(c); err != nil {
 			t.Fatal(err)
 		}
@@ -169,13 +178,17 @@ func runLoader(t *testing.T, seed uint64) {
 	if _, err := dst.s.Range(&pb.RangeRequest{Key: []byte("k1"), Revision: compactRev - 1}); !errors.Is(err, ErrCompacted) {
 		t.Errorf("range below the compaction: %v, want ErrCompacted", err)
 	}
-	// A deletion at the compaction revision itself is gone from a store
-	// that keeps versions by revision, so events are compared after it.
-	wantEvs, _, err := src.s.Events(compactRev+1, 0, nil)
+	// etcd before 3.5.16 drops a deletion at the compaction revision
+	// itself: then events are compared after it.
+	eventsFrom := compactRev + 1
+	if keepTombstone {
+		eventsFrom = compactRev
+	}
+	wantEvs, _, err := src.s.Events(eventsFrom, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	gotEvs, _, err := dst.s.Events(compactRev+1, 0, nil)
+	gotEvs, _, err := dst.s.Events(eventsFrom, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
