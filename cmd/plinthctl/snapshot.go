@@ -217,14 +217,20 @@ HashKV of the store at the backup's revision: compare it with
 
 func (a *app) snapshotRestoreCommand() *cobra.Command {
 	var dataDir, name, initialCluster, advertisePeer, token string
+	var skipHashCheck bool
 	cmd := &cobra.Command{
 		Use:   "restore <filename> [options]",
-		Short: "Restores a backup into the data dir of a member of a new cluster",
+		Short: "Restores a backup or an etcd snapshot into the data dir of a member of a new cluster",
 		Long: `Restores a backup made by 'snapshot save' into a new data dir for a member of a
 new cluster: every key, version and revision as the backup holds them, with a
 new cluster ID and the members of --initial-cluster. Run it once per member,
 with the same file and the same --initial-cluster and --initial-cluster-token,
-then start each member with the flags given here.`,
+then start each member with the flags given here.
+
+The file may also be an etcd snapshot ('etcdctl snapshot save'): its keys,
+every version etcd kept, the revision, the compaction revision and the leases
+with their keys are restored (etcd's members, alarms and auth are not). The
+kind of file is told by its content.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) != 1 {
 				return badArgs("snapshot restore requires exactly one argument")
@@ -246,9 +252,21 @@ then start each member with the flags given here.`,
 				return badArgs("%v", err)
 			}
 			logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-			info, err := backup.Restore(args[0], dataDir, id, logger)
+			info, err := backup.Restore(args[0], dataDir, id, backup.RestoreOptions{SkipHashCheck: skipHashCheck}, logger)
 			if err != nil {
 				return err
+			}
+			if e := info.Etcd; e != nil {
+				fmt.Fprintf(a.out, "Read etcd snapshot %s: %d versions, %d leases, revision %d, compaction revision %d, applied index %d\n",
+					args[0], e.Versions, e.Leases, e.Revision, e.CompactRevision, e.Index)
+				fmt.Fprintf(a.out, "etcd's HashKV of the snapshot at revision %d: %d (compare: etcdctl endpoint hashkv --rev=%d on the member that saved it)\n",
+					e.Revision, e.EtcdHash, e.Revision)
+				if !e.Checksum {
+					fmt.Fprintln(a.out, "Warning: the file carried no SHA-256; its integrity was not checked (--skip-hash-check)")
+				}
+				if e.AuthEnabled || e.AuthUsers > 0 {
+					fmt.Fprintf(a.out, "Warning: etcd's auth (enabled: %v, %d users) is not restored: plinth has no auth yet\n", e.AuthEnabled, e.AuthUsers)
+				}
 			}
 			fmt.Fprintf(a.out, "Restored %s (revision %d, %d keys) into %s: member %x of cluster %x\n",
 				args[0], info.Revision, info.Keys, dataDir, id.MemberID, id.ClusterID)
@@ -261,5 +279,6 @@ then start each member with the flags given here.`,
 	f.StringVar(&initialCluster, "initial-cluster", "", "initial cluster configuration for restore bootstrap (default: <name>=<initial-advertise-peer-urls>)")
 	f.StringVar(&advertisePeer, "initial-advertise-peer-urls", "http://127.0.0.1:2380", "list of this member's peer URLs to advertise to the rest of the cluster")
 	f.StringVar(&token, "initial-cluster-token", "etcd-cluster", "initial cluster token for the cluster during restore bootstrap")
+	f.BoolVar(&skipHashCheck, "skip-hash-check", false, "accept an etcd database without the SHA-256 that 'etcdctl snapshot save' appends (a member's db file copied by hand)")
 	return cmd
 }

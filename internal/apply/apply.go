@@ -69,8 +69,10 @@ type Applier struct {
 	applied uint64
 	// req is reused to decode each entry into: nothing an entry's answer
 	// holds points into it.
-	req           pb.InternalRaftRequest
-	commitSeconds prometheus.Histogram // see metrics.go
+	req              pb.InternalRaftRequest
+	commitSeconds    prometheus.Histogram // see metrics.go
+	slowApplies      prometheus.Counter
+	snapshotApplying prometheus.Gauge
 }
 
 // New returns an Applier that resumes after the applied index stored in db,
@@ -89,7 +91,8 @@ func New(db *pebble.DB, kv *mvcc.Store, logger *slog.Logger) (*Applier, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Applier{db: db, kv: kv, alarms: alarms, leases: leases, logger: logger, applied: applied, commitSeconds: newBackendCommitHistogram()}, nil
+	return &Applier{db: db, kv: kv, alarms: alarms, leases: leases, logger: logger, applied: applied,
+		commitSeconds: newBackendCommitHistogram(), slowApplies: newSlowApplyCounter(), snapshotApplying: newSnapshotApplyGauge()}, nil
 }
 
 // Alarms is the table of active alarms, as of the last applied entry.
@@ -105,6 +108,8 @@ func (a *Applier) AppliedIndex() uint64 { return a.applied }
 // entries: the next entry applied must follow the installed applied index.
 // An error means the member's memory and database may disagree: it must stop.
 func (a *Applier) Restore(install func() error) error {
+	a.snapshotApplying.Set(1)
+	defer a.snapshotApplying.Set(0)
 	err := a.kv.Restore(install)
 	if rerr := a.Reload(); rerr != nil {
 		return errors.Join(err, rerr)
@@ -162,7 +167,9 @@ func (a *Applier) Apply(ents []*raftpb.Entry, cs *raftpb.ConfState) ([]Result, e
 		if len(e.GetData()) == 0 {
 			continue // a new leader's empty entry
 		}
+		start := time.Now()
 		res, err := a.applyRequest(b, e)
+		a.observeApply(start)
 		if err != nil {
 			b.Abort()
 			return nil, fmt.Errorf("apply entry %d: %w", e.GetIndex(), err)

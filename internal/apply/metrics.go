@@ -18,9 +18,34 @@ func newBackendCommitHistogram() prometheus.Histogram {
 	})
 }
 
+// slowApply is how long applying one request may take before it counts as
+// slow: etcd's default --warning-apply-duration.
+const slowApply = 100 * time.Millisecond
+
+func newSlowApplyCounter() prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "etcd", Subsystem: "server", Name: "slow_apply_total",
+		Help: "The total number of slow apply requests (likely overloaded from slow disk).",
+	})
+}
+
+func newSnapshotApplyGauge() prometheus.Gauge {
+	return prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "etcd", Subsystem: "server", Name: "snapshot_apply_in_progress_total",
+		Help: "1 if the server is applying the incoming snapshot. 0 if none.",
+	})
+}
+
 // Collectors are the Applier's metrics, for the server's registry.
 func (a *Applier) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{a.commitSeconds}
+	return []prometheus.Collector{a.commitSeconds, a.slowApplies, a.snapshotApplying}
+}
+
+// observeApply counts a request whose apply began at start if it was slow.
+func (a *Applier) observeApply(start time.Time) {
+	if time.Since(start) > slowApply {
+		a.slowApplies.Inc()
+	}
 }
 
 func (a *Applier) observeCommit(start time.Time) {

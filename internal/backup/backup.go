@@ -36,6 +36,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 
+	"github.com/plinthdb/plinth/internal/etcdsnap"
 	"github.com/plinthdb/plinth/internal/mvcc"
 	"github.com/plinthdb/plinth/internal/snapshot"
 )
@@ -60,6 +61,9 @@ type Info struct {
 	Created         time.Time
 	ImageSize       int64 // bytes of the state machine image
 	Size            int64 // bytes of the whole file
+	// Etcd describes the etcd snapshot a restore read, nil for a plinth
+	// backup.
+	Etcd *etcdsnap.Info
 }
 
 // Write writes a backup of the state machine in snap, a consistent view of a
@@ -149,7 +153,7 @@ func Verify(path string) (Info, error) {
 
 func decodeFooter(b []byte) (Info, error) {
 	if string(b[:len(footerMagic)]) != footerMagic {
-		return Info{}, fmt.Errorf("%w: no plinth backup footer (restoring etcd's snapshot files is not supported yet)", ErrCorrupt)
+		return Info{}, fmt.Errorf("%w: no plinth backup footer (an etcd snapshot? snapshot restore reads those)", ErrCorrupt)
 	}
 	if v := binary.BigEndian.Uint32(b[8:]); v != formatVersion {
 		return Info{}, fmt.Errorf("backup: format version %d, this build reads version %d", v, formatVersion)

@@ -112,10 +112,10 @@ func TestRestore(t *testing.T) {
 		{ID: 0xb, Name: "b", PeerURLs: []string{"http://b:2380"}, ClientURLs: []string{"http://b:2379"}},
 	}}
 	dir := filepath.Join(t.TempDir(), "data")
-	if _, err := Restore(path, dir, id, quiet); err != nil {
+	if _, err := Restore(path, dir, id, RestoreOptions{}, quiet); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Restore(path, dir, id, quiet); err == nil {
+	if _, err := Restore(path, dir, id, RestoreOptions{}, quiet); err == nil {
 		t.Fatal("a second restore into the same data dir succeeded")
 	}
 	db, err := pebble.Open(storage.DatabaseDir(dir), &pebble.Options{})

@@ -14,7 +14,9 @@ import (
 	raftpb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/plinthdb/plinth/internal/etcdsnap"
 	"github.com/plinthdb/plinth/internal/membership"
+	"github.com/plinthdb/plinth/internal/mvcc"
 	"github.com/plinthdb/plinth/internal/snapshot"
 	"github.com/plinthdb/plinth/internal/storage"
 )
@@ -39,21 +41,37 @@ type Identity struct {
 // dataDir must not exist. Restore builds the data dir beside it and renames
 // it into place once it is whole and synced, so a failure leaves nothing
 // half-written at dataDir.
-func Restore(path, dataDir string, id Identity, logger *slog.Logger) (Info, error) {
+//
+// The file may also be an etcd snapshot (what `etcdctl snapshot save`
+// writes), told apart by its content: its keys, every version etcd kept,
+// revisions and leases are loaded as package etcdsnap describes, and Info.Etcd
+// says what it held.
+func Restore(path, dataDir string, id Identity, opts RestoreOptions, logger *slog.Logger) (Info, error) {
 	if _, err := os.Stat(dataDir); err == nil {
 		return Info{}, fmt.Errorf("backup: data dir %s exists: restore makes a new one", dataDir)
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return Info{}, fmt.Errorf("backup: %w", err)
 	}
-	info, err := Verify(path)
+	fromEtcd, err := isEtcdSnapshot(path)
 	if err != nil {
 		return Info{}, err
+	}
+	var info Info
+	if !fromEtcd {
+		if info, err = Verify(path); err != nil {
+			return Info{}, err
+		}
 	}
 	building := dataDir + ".restoring"
 	if err := os.RemoveAll(building); err != nil {
 		return Info{}, fmt.Errorf("backup: clear %s: %w", building, err)
 	}
-	if err := build(path, building, info, id, logger); err != nil {
+	if fromEtcd {
+		info, err = buildFromEtcd(path, building, id, opts, logger)
+	} else {
+		err = build(path, building, info, id, logger)
+	}
+	if err != nil {
 		_ = os.RemoveAll(building)
 		return Info{}, err
 	}
@@ -65,6 +83,71 @@ func Restore(path, dataDir string, id Identity, logger *slog.Logger) (Info, erro
 		return Info{}, err
 	}
 	return info, nil
+}
+
+// RestoreOptions are the choices of a restore.
+type RestoreOptions struct {
+	// SkipHashCheck accepts an etcd database without the SHA-256 that
+	// `etcdctl snapshot save` appends (an etcd member's db file copied by
+	// hand), as etcdutl's --skip-hash-check does.
+	SkipHashCheck bool
+}
+
+// isEtcdSnapshot tells an etcd snapshot (a bbolt database) from anything
+// else by its first page.
+func isEtcdSnapshot(path string) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, fmt.Errorf("backup: %w", err)
+	}
+	defer f.Close()
+	head := make([]byte, 64)
+	n, err := io.ReadFull(f, head)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return false, fmt.Errorf("backup: read %s: %w", path, err)
+	}
+	return etcdsnap.Looks(head[:n]), nil
+}
+
+// buildFromEtcd builds the data dir dir from the etcd snapshot at path. The
+// member's empty Raft log starts at etcd's applied index and term.
+func buildFromEtcd(path, dir string, id Identity, opts RestoreOptions, logger *slog.Logger) (info Info, err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return Info{}, fmt.Errorf("backup: %w", err)
+	}
+	db, err := storage.Open(storage.DatabaseDir(dir), logger, nil)
+	if err != nil {
+		return Info{}, err
+	}
+	defer func() {
+		if cerr := db.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("backup: close restored database: %w", cerr)
+		}
+	}()
+	ei, err := etcdsnap.Load(path, filepath.Join(dir, "etcd-snapshot.db"), db, opts.SkipHashCheck)
+	if err != nil {
+		return Info{}, err
+	}
+	index, term := max(ei.Index, 1), max(ei.Term, 1)
+	b := db.NewBatch()
+	defer b.Close()
+	if err := storage.PutMetaUint64(b, storage.MetaAppliedIndex, index); err != nil {
+		return Info{}, err
+	}
+	if err := b.Set(storage.MetaKey(storage.MetaLogTruncated), storage.TruncationMark(index, term), nil); err != nil {
+		return Info{}, fmt.Errorf("backup: write the log's start: %w", err)
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return Info{}, fmt.Errorf("backup: write the log's start: %w", err)
+	}
+	h, err := mvcc.HashOf(db)
+	if err != nil {
+		return Info{}, fmt.Errorf("backup: hash the restored store: %w", err)
+	}
+	if err := rewriteIdentity(db, index, term, id); err != nil {
+		return Info{}, err
+	}
+	return Info{Revision: h.Revision, CompactRevision: h.CompactRevision, Keys: h.Keys, Hash: h.Hash, Size: ei.Size, Etcd: &ei}, nil
 }
 
 func build(path, dir string, info Info, id Identity, logger *slog.Logger) (err error) {

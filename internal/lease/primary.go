@@ -61,6 +61,7 @@ func (t *Table) Renew(id int64) (int64, error) {
 	}
 	l.deadline = now.Add(time.Duration(l.ttl) * time.Second)
 	l.renewed = true
+	t.metrics.renewed.Inc()
 	return l.ttl, nil
 }
 

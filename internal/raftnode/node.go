@@ -196,11 +196,12 @@ type Node struct {
 
 	outgoing      outgoing // snapshots made for followers, until sent
 	installed     atomic.Uint64
-	ticks         atomic.Uint64     // the raft loop's tick count, for proposals' age
-	truncatedTo   uint64            // raft loop only: the log holds no entry at or below it
-	steppedImages []string          // raft loop only: images handed to Raft by the last step
-	leading       bool              // raft loop only: this member is the leader
-	remoteReads   []*raftpb.Message // raft loop only: followers' reads for the next round
+	ticks         atomic.Uint64        // the raft loop's tick count, for proposals' age
+	truncatedTo   uint64               // raft loop only: the log holds no entry at or below it
+	steppedImages []string             // raft loop only: images handed to Raft by the last step
+	leading       bool                 // raft loop only: this member is the leader
+	remoteReads   []*raftpb.Message    // raft loop only: followers' reads for the next round
+	lastHeartbeat map[uint64]time.Time // raft loop only: see observeHeartbeats
 	metrics       nodeMetrics
 }
 
@@ -271,7 +272,7 @@ func New(cfg Config, db *pebble.DB, log *storage.LogStore, sm StateMachine) (*No
 		cfg.FS = vfs.Default
 	}
 	n := &Node{
-		cfg: cfg, db: db, log: log, sm: sm, rn: rn, metrics: newNodeMetrics(),
+		cfg: cfg, db: db, log: log, sm: sm, rn: rn, metrics: newNodeMetrics(), lastHeartbeat: map[uint64]time.Time{},
 		proposalQueue: newInbox[proposal](maxQueuedProposals),
 		readQueue:     newInbox[chan error](maxQueuedReads),
 		recvQueue:     newInbox[*raftpb.Message](maxQueuedMessages),
@@ -652,6 +653,10 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 		leading = rd.SoftState.RaftState == raft.StateLeader
 	}
 	if leading {
+		if !n.leading {
+			clear(n.lastHeartbeat) // a new time as leader
+		}
+		n.observeHeartbeats(rd.Messages)
 		n.send(coalesce(rd.Messages))
 	}
 	if rd.SoftState != nil {
@@ -668,7 +673,7 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 			// Read index requests asked of the old leader die with
 			// it; their callers retry. Those never asked wait for
 			// the next one (retryReads asks them at the next tick).
-			failAskedReads(inflight, ErrLeaderChanged)
+			n.metrics.failedReads.Add(float64(failAskedReads(inflight, ErrLeaderChanged)))
 		}
 		n.termStart = 0
 		n.publishLocalReads()
@@ -719,11 +724,14 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 		if !mine {
 			continue
 		}
-		if r, ok := inflight[seq]; ok {
-			delete(inflight, seq)
-			n.reads.add(rs.Index, r.waiters, n.appliedIdx.Load())
-			n.answerRemoteReads(r.remote, rs.Index)
+		r, ok := inflight[seq]
+		if !ok {
+			n.metrics.slowReads.Inc() // the round ended before its answer came
+			continue
 		}
+		delete(inflight, seq)
+		n.reads.add(rs.Index, r.waiters, n.appliedIdx.Load())
+		n.answerRemoteReads(r.remote, rs.Index)
 	}
 	if len(rd.CommittedEntries) > 0 {
 		var cs *raftpb.ConfState

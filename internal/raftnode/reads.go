@@ -130,6 +130,7 @@ func (n *Node) retryReads(inflight map[uint64]*readRound, now, timeoutTicks uint
 		case now-r.started >= timeoutTicks:
 			delete(inflight, seq)
 			r.fail(ErrReadTimeout)
+			n.metrics.slowReads.Inc()
 		case r.leader == raft.None || now-r.asked >= readRetryTicks:
 			n.askRead(r, now)
 		}
@@ -152,14 +153,18 @@ func (r *readRound) fail(err error) {
 	}
 }
 
-// failAskedReads fails the rounds that were asked of a leader.
-func failAskedReads(inflight map[uint64]*readRound, err error) {
+// failAskedReads fails the rounds that were asked of a leader, and returns
+// how many.
+func failAskedReads(inflight map[uint64]*readRound, err error) int {
+	failed := 0
 	for seq, r := range inflight {
 		if r.leader != raft.None {
 			r.fail(err)
 			delete(inflight, seq)
+			failed++
 		}
 	}
+	return failed
 }
 
 // failReads fails every round.

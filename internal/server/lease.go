@@ -57,7 +57,9 @@ func (s *Server) runLeases() {
 			if !s.syncLeadership() {
 				continue
 			}
-			for _, id := range s.leases().Expired(leaseRevokesPerTick, leaseRevokeRetry) {
+			expired := s.leases().Expired(leaseRevokesPerTick, leaseRevokeRetry)
+			s.metrics.leasesExpired.Add(float64(len(expired)))
+			for _, id := range expired {
 				s.proposeLeaseChange(&pb.InternalRaftRequest{LeaseRevoke: &pb.LeaseRevokeRequest{ID: id}})
 			}
 			if now.Sub(lastCheckpoint) < s.checkpointInterval() {

@@ -29,6 +29,7 @@ type serverMetrics struct {
 	proposalsFailed  prometheus.Counter
 	healthSuccess    prometheus.Counter
 	healthFailures   prometheus.Counter
+	leasesExpired    prometheus.Counter
 	clientBytesIn    atomic.Uint64 // bytes read from gRPC client connections
 	clientBytesOut   atomic.Uint64 // bytes written to them
 	grpc             *grpcMetrics
@@ -86,6 +87,8 @@ func (s *Server) newServerMetrics() *serverMetrics {
 	m.proposalsFailed = counter("server", "proposals_failed_total", "The total number of failed proposals seen.")
 	m.healthSuccess = counter("server", "health_success", "The total number of successful health checks")
 	m.healthFailures = counter("server", "health_failures", "The total number of failed health checks")
+	m.leasesExpired = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "etcd_debugging", Subsystem: "server", Name: "lease_expired_total", Help: "The total number of expired leases."})
+	reg.MustRegister(m.leasesExpired)
 	gaugeFunc("server", "quota_backend_bytes", "Current backend storage quota size in bytes.",
 		func() float64 { return float64(s.quotaBytes()) })
 	info("server", "id", "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.",
@@ -117,6 +120,7 @@ func (s *Server) newServerMetrics() *serverMetrics {
 
 	reg.MustRegister(s.node.Collectors()...)
 	reg.MustRegister(s.applier.Collectors()...)
+	reg.MustRegister(s.applier.Leases().Collectors()...)
 	reg.MustRegister(s.peers.Collectors()...)
 	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(collectors.NewGoCollector())

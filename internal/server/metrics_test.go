@@ -248,3 +248,88 @@ func TestDashboardMetricsExist(t *testing.T) {
 		}
 	}
 }
+
+// TestOperatorMetrics checks etcd's metrics of slow work and of leases that
+// operators alert on: they are served on a leader and a follower, the lease
+// counters move with grants, keep-alives, revokes and expiries (as etcd
+// counts them: grants and revokes on every member, keep-alives and expiries
+// on the leader), and the ones that count trouble stay at zero without it.
+func TestOperatorMetrics(t *testing.T) {
+	c := newTestCluster(t, 3, "opmetrics")
+	for i := range 3 {
+		c.start(i)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	lead := c.leader(ctx)
+	follower := (lead + 1) % 3
+	cli := c.client(lead)
+	addr := func(i int) string { return c.cfgs[i].ListenClientURLs[0].Host }
+	before, beforeF := scrape(t, addr(lead)), scrape(t, addr(follower))
+
+	kept, err := cli.Grant(ctx, 600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	revoked, err := cli.Grant(ctx, 3600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Grant(ctx, 1); err != nil { // expires
+		t.Fatal(err)
+	}
+	if _, err := cli.KeepAliveOnce(ctx, kept.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Revoke(ctx, revoked.ID); err != nil {
+		t.Fatal(err)
+	}
+	// A linearizable read takes a read index on the follower.
+	if _, err := c.client(follower).Get(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	var after, afterF map[string]*dto.MetricFamily
+	waitFor(ctx, t, func() bool {
+		after = scrape(t, addr(lead))
+		return value(t, after, "etcd_debugging_server_lease_expired_total")-value(t, before, "etcd_debugging_server_lease_expired_total") >= 1 &&
+			value(t, after, "etcd_debugging_lease_revoked_total")-value(t, before, "etcd_debugging_lease_revoked_total") >= 2
+	})
+	waitFor(ctx, t, func() bool {
+		afterF = scrape(t, addr(follower))
+		return value(t, afterF, "etcd_debugging_lease_revoked_total")-value(t, beforeF, "etcd_debugging_lease_revoked_total") >= 2
+	})
+	moves := []struct {
+		before, after map[string]*dto.MetricFamily
+		name          string
+		by            float64
+	}{
+		{before, after, "etcd_debugging_lease_granted_total", 3},
+		{beforeF, afterF, "etcd_debugging_lease_granted_total", 3},
+		{before, after, "etcd_debugging_lease_ttl_total", 3}, // a histogram: its count
+		{before, after, "etcd_debugging_lease_renewed_total", 1},
+		{beforeF, afterF, "etcd_debugging_lease_renewed_total", 0}, // keep-alives are the leader's
+		{before, after, "etcd_debugging_lease_revoked_total", 2},
+		{before, after, "etcd_debugging_server_lease_expired_total", 1},
+		{beforeF, afterF, "etcd_debugging_server_lease_expired_total", 0},
+	}
+	for _, m := range moves {
+		b, a := value(t, m.before, m.name), value(t, m.after, m.name)
+		if (m.by > 0 && a-b < m.by) || (m.by == 0 && a != b) {
+			t.Errorf("%s: %v before, %v after; want it up by %v", m.name, b, a, m.by)
+		}
+	}
+	if got := after["etcd_debugging_lease_ttl_total"].GetMetric()[0].GetHistogram().GetSampleSum() - before["etcd_debugging_lease_ttl_total"].GetMetric()[0].GetHistogram().GetSampleSum(); got < 600+3600 {
+		t.Errorf("etcd_debugging_lease_ttl_total's sum grew by %v, want the TTLs granted (at least %d)", got, 600+3600)
+	}
+	// Nothing here was slow or failed on a healthy cluster: these exist,
+	// and unit tests of raftnode and apply make them move.
+	for _, fams := range []map[string]*dto.MetricFamily{after, afterF} {
+		for _, name := range []string{"etcd_server_slow_apply_total", "etcd_server_snapshot_apply_in_progress_total",
+			"etcd_server_heartbeat_send_failures_total", "etcd_server_slow_read_indexes_total", "etcd_server_read_indexes_failed_total"} {
+			_ = value(t, fams, name)
+		}
+		if v := value(t, fams, "etcd_server_snapshot_apply_in_progress_total"); v != 0 {
+			t.Errorf("etcd_server_snapshot_apply_in_progress_total = %v with no snapshot being applied", v)
+		}
+	}
+}

@@ -27,7 +27,17 @@ func TestMain(m *testing.M) {
 	os.Exit(run(m))
 }
 
+// toolsDir holds binaries that tests build on demand (plinthctl); run
+// removes it when the tests end.
+var toolsDir string
+
 func run(m *testing.M) int {
+	var err error
+	if toolsDir, err = os.MkdirTemp("", "plinth-compat-tools-"); err != nil {
+		fmt.Fprintf(os.Stderr, "compat: %v\n", err)
+		return 2
+	}
+	defer os.RemoveAll(toolsDir)
 	switch {
 	case os.Getenv("COMPAT_SELFTEST") == "1":
 		selftest = true
