@@ -3,7 +3,6 @@ package compat
 import (
 	"fmt"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -38,23 +37,6 @@ func TestEtcdctlLockElect(t *testing.T) {
 	if own := lockElectTranscript(t, plinthctl, fresh); own != ref {
 		t.Fatalf("plinthctl's lock/elect transcript differs from etcdctl's:\netcdctl against etcd:\n%s\nplinthctl against plinth:\n%s", ref, own)
 	}
-}
-
-// buildPlinthctl builds ./cmd/plinthctl of the enclosing plinth repository
-// into a temp dir.
-func buildPlinthctl(t *testing.T) string {
-	t.Helper()
-	root, err := repoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(t.TempDir(), "plinthctl")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/plinthctl")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("compat: go build plinthctl: %v\n%s", err, out)
-	}
-	return bin
 }
 
 // ctlProcess is etcdctl running in the background.
