@@ -592,18 +592,28 @@ func TestClusterLongApplyKeepsLeader(t *testing.T) {
 		}
 	}
 	term := c.servers[lead].node.Term()
+	before := c.servers[lead].kv.Rev()
 	start := time.Now()
 	del, err := cli.Delete(ctx, "bulk/", clientv3.WithPrefix())
-	if err != nil {
-		t.Fatal(err)
-	}
 	took := time.Since(start)
-	if del.Deleted != int64(keys) {
-		t.Fatalf("deleted %d keys, want %d", del.Deleted, keys)
+	deletedAt := before + 1
+	switch {
+	case errors.Is(err, rpctypes.ErrTimeout):
+		// On a loaded machine under the race detector the delete can
+		// take longer than the request timeout (5.4 s here). It is
+		// still applied, and what this test is about still holds.
+		t.Logf("the delete answered %v after %v", err, took)
+	case err != nil:
+		t.Fatal(err)
+	case del.Deleted != int64(keys) || del.Header.Revision != deletedAt:
+		t.Fatalf("deleted %d keys at revision %d, want %d at %d", del.Deleted, del.Header.Revision, keys, deletedAt)
 	}
 	// Every member applies the delete; wait for the slowest.
 	for i := range 3 {
-		waitFor(ctx, t, func() bool { return c.servers[i].kv.Rev() == del.Header.Revision })
+		waitFor(ctx, t, func() bool { return c.servers[i].kv.Rev() == deletedAt })
+	}
+	if left, err := c.client(lead).Get(ctx, "bulk/", clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil || left.Count != 0 {
+		t.Fatalf("after the delete: %v keys left (%v)", left, err)
 	}
 	t.Logf("the delete took %v on the leader, %v until every member applied it", took, time.Since(start))
 	for i, s := range c.servers {

@@ -270,9 +270,28 @@ func TestClusterLeases(t *testing.T) {
 		t.Fatalf("remaining TTL 3s after a keep-alive of a 30s lease: %d", before)
 	}
 	time.Sleep(time.Second)
-	if _, err := c.client(lead).MoveLeader(ctx, c.servers[third].memberID); err != nil {
-		t.Fatalf("move leader: %v", err)
-	}
+	// Move leadership to a member that does not lead. With 100 ms
+	// election timeouts a loaded machine may have had an election since
+	// the start, so the leader is looked up again, and asked again if one
+	// happens before it answers.
+	moved := -1
+	waitFor(ctx, t, func() bool {
+		from := c.leader(ctx)
+		to := third
+		if from == third {
+			to = lead
+		}
+		_, err := c.client(from).MoveLeader(ctx, c.servers[to].memberID)
+		if errors.Is(err, rpctypes.ErrNotLeader) {
+			return false
+		}
+		if err != nil {
+			t.Fatalf("move leader: %v", err)
+		}
+		moved = to
+		return true
+	})
+	third = moved
 	// The new leader may add an election timeout (100ms) to what it
 	// learned; a second has passed.
 	if after := ttlOf(alone.ID); after > before {
