@@ -7,7 +7,10 @@
 // keeps taking writes, that a restarted member catches up, that every
 // acknowledged write is readable from every member, and (with porcupine)
 // that the history of puts, linearizable reads and compare-and-set txns is
-// linearizable.
+// linearizable; meanwhile watchers through every member, resumed from
+// member to member, must get the committed history of their ranges whole,
+// in order, a revision at a time, and never below a progress notification
+// (internal/watchcheck).
 //
 // The package has no non-test code, and it must never import the server's
 // packages: it speaks to plinth only over the wire, as a client would, and
