@@ -158,7 +158,12 @@ func runChecker(t *testing.T, clis []*clientv3.Client, kv func() *mvcc.Store, mi
 	if mid != nil {
 		mid()
 	}
+	// At least half a second more, and 100 revisions in all: a loaded
+	// machine writes slowly.
 	time.Sleep(500 * time.Millisecond)
+	for deadline := time.Now().Add(20 * time.Second); kv().Rev() < 100 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
 	end, err := ck.Stop(context.Background(), clis[0])
 	if err != nil {
 		t.Fatal(err)
