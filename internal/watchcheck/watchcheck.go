@@ -394,10 +394,19 @@ func Resume(ctx context.Context, s Spec, start int64, clis []*clientv3.Client, h
 	go func() {
 		defer close(r.done)
 		for i := rng.IntN(len(clis)); ctx.Err() == nil; i++ {
+			began := time.Now()
 			wctx, cancel := context.WithTimeout(ctx, hop+time.Duration(rng.Int64N(int64(hop))))
 			wch := s.Watch(clientv3.WithRequireLeader(wctx), clis[i%len(clis)], r.Rec.Resume(start), extra...)
 			r.Rec.Follow(wch, resumable)
 			cancel()
+			if time.Since(began) < hop/4 {
+				// Refused at once (a member without a leader): pause
+				// before the next member rather than spin.
+				select {
+				case <-ctx.Done():
+				case <-time.After(hop / 4):
+				}
+			}
 			r.mu.Lock()
 			r.hops++
 			r.mu.Unlock()
