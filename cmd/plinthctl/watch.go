@@ -63,18 +63,16 @@ prints the events of every watch it started as they come:
   progress    (asks the server for a progress notification on every watch)
 --progress-notify given on the command line applies to every watch line.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var opts []clientv3.OpOption
 			if f.interactive {
 				if len(args) > 0 {
 					return badArgs("watch --interactive takes no arguments: it reads watch requests from standard input")
 				}
-				if a.writeOut == "table" {
-					return errTableUnsupported
+			} else {
+				var err error
+				if opts, err = f.options(args); err != nil {
+					return err
 				}
-				return a.watchInteractive(cmd.Context(), f.progressNotify)
-			}
-			opts, err := f.options(args)
-			if err != nil {
-				return err
 			}
 			if a.writeOut == "table" {
 				return errTableUnsupported
@@ -92,6 +90,9 @@ prints the events of every watch it started as they come:
 			// bound it.
 			ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(cmd.Context()))
 			defer cancel()
+			if f.interactive {
+				return a.watchInteractive(ctx, c, p, f.progressNotify)
+			}
 			return a.printWatch(c.Watch(ctx, args[0], opts...), p)
 		},
 	}
@@ -105,17 +106,8 @@ prints the events of every watch it started as they come:
 // "progress" line asks for a progress notification. A line it cannot read
 // is reported on errOut and skipped, as etcdctl does; it ends with the input
 // (an error, as etcdctl's) or the context.
-func (a *app) watchInteractive(ctx context.Context, progressNotify bool) error {
-	p, err := a.printer()
-	if err != nil {
-		return err
-	}
-	c, err := a.client()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+func (a *app) watchInteractive(ctx context.Context, c *clientv3.Client, p printer, progressNotify bool) error {
+	ctx, cancel := context.WithCancel(ctx)
 	var (
 		printMu sync.Mutex // one response printed at a time
 		wg      sync.WaitGroup
