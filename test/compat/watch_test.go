@@ -227,6 +227,7 @@ func TestWatchCompat(t *testing.T) {
 // boundaries, each response headed by the revision it completes, where etcd
 // sends it as one response headed by the current revision (docs/watch.md).
 func TestWatchCompatFragments(t *testing.T) {
+	t.Parallel()
 	big := func(c byte) string { return strings.Repeat(string(c), 700<<10) }
 	prefix := func(start int64, fragment bool) watchStep {
 		return createStep(&pb.WatchCreateRequest{Key: []byte("f/"), RangeEnd: []byte("f0"), StartRevision: start, PrevKv: true, Fragment: fragment})
@@ -249,6 +250,7 @@ func TestWatchCompatFragments(t *testing.T) {
 // The two servers' tickers do not beat together, so repeated identical
 // notifications count as one.
 func TestWatchCompatProgressInterval(t *testing.T) {
+	t.Parallel()
 	const interval = 300 * time.Millisecond
 	tune := func(c *embed.Config) { c.WatchProgressNotifyInterval = interval }
 	var p pair
@@ -260,10 +262,12 @@ func TestWatchCompatProgressInterval(t *testing.T) {
 	}
 	ref, tgt := openWatch(t, p.ref), openWatch(t, p.tgt)
 	var got [2][]string
-	// gather waits a few intervals, then takes what both streams sent.
+	// gather waits a few intervals (each server must tick at least once
+	// meanwhile, however loaded the machine), then takes what both
+	// streams sent.
 	gather := func() {
 		t.Helper()
-		time.Sleep(4 * interval)
+		time.Sleep(6 * interval)
 		for i, w := range []*watchStream{ref, tgt} {
 			for more := true; more; {
 				select {
