@@ -39,8 +39,12 @@ func startFaultWatch(t *testing.T, c *testmember.Cluster, seed int64) *faultWatc
 	}
 	clis = append(clis, client(t, c.Endpoints()...))
 	fw := &faultWatch{clis: clis, added: make(chan struct{})}
+	// The default run writes a few thousand events; a longer one (make
+	// test-faults) writes more slowly, so that what every watcher keeps
+	// for the checks stays about that size.
+	pace := 10 * time.Millisecond * time.Duration(max(1, *durationFlag/(15*time.Second)))
 	fw.ck = watchcheck.Start(clis, watchcheck.Config{
-		Prefix: "w/", Writers: 2, Pace: 10 * time.Millisecond,
+		Prefix: "w/", Writers: 2, Pace: pace,
 		Hop: time.Second, ProgressEvery: 700 * time.Millisecond, Seed: uint64(seed),
 	})
 	t.Cleanup(fw.ck.Close)
