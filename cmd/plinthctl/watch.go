@@ -1,10 +1,15 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
+	"strings"
+	"sync"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -14,6 +19,35 @@ type watchFlags struct {
 	rev             int64
 	prevKV          bool
 	progressNotify  bool
+	interactive     bool
+}
+
+// define adds the flags of a watch to fs: those of the command, and those of
+// a "watch" line of interactive mode.
+func (f *watchFlags) define(fs *pflag.FlagSet) {
+	fs.BoolVar(&f.prefix, "prefix", false, "watch on a prefix if prefix is set")
+	fs.BoolVar(&f.fromKey, "from-key", false, "watch keys that are greater than or equal to the given key using byte compare")
+	fs.Int64Var(&f.rev, "rev", 0, "revision to start watching")
+	fs.BoolVar(&f.prevKV, "prev-kv", false, "get the previous key-value pair before the event happens")
+	fs.BoolVar(&f.progressNotify, "progress-notify", false, "get periodic watch progress notification from server")
+}
+
+// options are the watch options of args (key and range end) and f.
+func (f *watchFlags) options(args []string) ([]clientv3.OpOption, error) {
+	opts, err := keyRangeOptions("watch", args, f.prefix, f.fromKey)
+	if err != nil {
+		return nil, err
+	}
+	if f.rev != 0 {
+		opts = append(opts, clientv3.WithRev(f.rev))
+	}
+	if f.prevKV {
+		opts = append(opts, clientv3.WithPrevKV())
+	}
+	if f.progressNotify {
+		opts = append(opts, clientv3.WithProgressNotify())
+	}
+	return opts, nil
 }
 
 func (a *app) watchCommand() *cobra.Command {
@@ -21,19 +55,24 @@ func (a *app) watchCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "watch [options] <key> [range_end]",
 		Short: "Watches events stream on keys or prefixes",
+		Long: `Watches events stream on keys or prefixes.
+
+With --interactive (-i), reads requests from standard input, one a line, and
+prints the events of every watch it started as they come:
+  watch [--prefix|--from-key] [--rev N] [--prev-kv] [--progress-notify] <key> [range_end]
+  progress    (asks the server for a progress notification on every watch)
+--progress-notify given on the command line applies to every watch line.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opts, err := keyRangeOptions("watch", args, f.prefix, f.fromKey)
-			if err != nil {
-				return err
-			}
-			if f.rev != 0 {
-				opts = append(opts, clientv3.WithRev(f.rev))
-			}
-			if f.prevKV {
-				opts = append(opts, clientv3.WithPrevKV())
-			}
-			if f.progressNotify {
-				opts = append(opts, clientv3.WithProgressNotify())
+			var opts []clientv3.OpOption
+			if f.interactive {
+				if len(args) > 0 {
+					return badArgs("watch --interactive takes no arguments: it reads watch requests from standard input")
+				}
+			} else {
+				var err error
+				if opts, err = f.options(args); err != nil {
+					return err
+				}
 			}
 			if a.writeOut == "table" {
 				return errTableUnsupported
@@ -51,54 +90,154 @@ func (a *app) watchCommand() *cobra.Command {
 			// bound it.
 			ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(cmd.Context()))
 			defer cancel()
+			if f.interactive {
+				return a.watchInteractive(ctx, c, p, f.progressNotify)
+			}
 			return a.printWatch(c.Watch(ctx, args[0], opts...), p)
 		},
 	}
-	fs := cmd.Flags()
-	fs.BoolVar(&f.prefix, "prefix", false, "watch on a prefix if prefix is set")
-	fs.BoolVar(&f.fromKey, "from-key", false, "watch keys that are greater than or equal to the given key using byte compare")
-	fs.Int64Var(&f.rev, "rev", 0, "revision to start watching")
-	fs.BoolVar(&f.prevKV, "prev-kv", false, "get the previous key-value pair before the event happens")
-	fs.BoolVar(&f.progressNotify, "progress-notify", false, "get periodic watch progress notification from server")
+	f.define(cmd.Flags())
+	cmd.Flags().BoolVarP(&f.interactive, "interactive", "i", false, "interactive mode: read watch and progress requests from standard input")
 	return cmd
+}
+
+// watchInteractive serves interactive mode: each "watch ..." line of a.in
+// starts a watch whose events print as they come, each response whole; each
+// "progress" line asks for a progress notification. A line it cannot read
+// is reported on errOut and skipped, as etcdctl does; it ends with the input
+// (an error, as etcdctl's) or the context.
+func (a *app) watchInteractive(ctx context.Context, c *clientv3.Client, p printer, progressNotify bool) error {
+	ctx, cancel := context.WithCancel(ctx)
+	var (
+		printMu sync.Mutex // one response printed at a time
+		wg      sync.WaitGroup
+	)
+	defer wg.Wait() // after cancel: the watches end with ctx
+	defer cancel()
+	lines := make(chan string)
+	readErr := make(chan error, 1)
+	go func() {
+		// Reading cannot be interrupted; this goroutine ends with the
+		// input, and never blocks on lines once ctx ended.
+		r := bufio.NewReader(a.in)
+		for {
+			l, err := r.ReadString('\n')
+			if err != nil {
+				readErr <- err
+				return
+			}
+			select {
+			case lines <- strings.TrimSuffix(l, "\n"):
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	for {
+		var l string
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-readErr:
+			return withCode(exitInvalidInput, fmt.Errorf("error reading watch request line: %w", err))
+		case l = <-lines:
+		}
+		words, err := splitArgs(l)
+		if err != nil || len(words) == 0 {
+			fmt.Fprintf(a.errOut, "Invalid command: %s (watch and progress supported)\n", l)
+			continue
+		}
+		switch words[0] {
+		case "watch":
+			var f watchFlags
+			fs := pflag.NewFlagSet("watch", pflag.ContinueOnError)
+			fs.SetOutput(io.Discard)
+			f.define(fs)
+			var opts []clientv3.OpOption
+			err := fs.Parse(words[1:])
+			if err == nil {
+				f.progressNotify = f.progressNotify || progressNotify
+				opts, err = f.options(fs.Args())
+			}
+			if err != nil {
+				fmt.Fprintf(a.errOut, "Invalid command %s (%v)\n", l, err)
+				continue
+			}
+			wch := c.Watch(ctx, fs.Arg(0), opts...)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := a.printWatchLocked(wch, p, &printMu); err != nil {
+					fmt.Fprintf(a.errOut, "%v\n", err)
+				}
+			}()
+		case "progress":
+			if err := c.RequestProgress(ctx); err != nil {
+				return err
+			}
+		default:
+			fmt.Fprintf(a.errOut, "Invalid command %s (only support watch)\n", l)
+		}
+	}
 }
 
 // printWatch prints each response of wch as etcdctl does, until the watch
 // ends: canceled by the server (an error, e.g. a compacted revision) or by
 // the command's context (no error).
 func (a *app) printWatch(wch clientv3.WatchChan, p printer) error {
+	return a.printWatchLocked(wch, p, nil)
+}
+
+// printWatchLocked is printWatch, holding mu (when not nil) while it prints
+// a response: several watches of interactive mode print to one output.
+func (a *app) printWatchLocked(wch clientv3.WatchChan, p printer, mu *sync.Mutex) error {
 	for resp := range wch {
-		if resp.Canceled {
-			return fmt.Errorf("watch was canceled (%w)", resp.Err())
+		if mu != nil {
+			mu.Lock()
 		}
-		if err := resp.Err(); err != nil {
+		err := a.printWatchResponse(resp, p)
+		if mu != nil {
+			mu.Unlock()
+		}
+		if err != nil {
 			return err
 		}
-		if resp.IsProgressNotify() {
-			fmt.Fprintf(a.out, "progress notify: %d\n", resp.Header.Revision)
+	}
+	return nil
+}
+
+// printWatchResponse prints one watch response.
+func (a *app) printWatchResponse(resp clientv3.WatchResponse, p printer) error {
+	if resp.Canceled {
+		return fmt.Errorf("watch was canceled (%w)", resp.Err())
+	}
+	if err := resp.Err(); err != nil {
+		return err
+	}
+	if resp.IsProgressNotify() {
+		fmt.Fprintf(a.out, "progress notify: %d\n", resp.Header.Revision)
+	}
+	switch p := p.(type) {
+	case *jsonPrinter:
+		if err := p.write(resp); err != nil {
+			return err
 		}
-		switch p := p.(type) {
-		case *jsonPrinter:
-			if err := p.write(resp); err != nil {
-				return err
+	case *fieldsPrinter:
+		p.header(resp.Header)
+		for _, ev := range resp.Events {
+			fmt.Fprintln(p.w, `"Type" :`, ev.Type)
+			if ev.PrevKv != nil {
+				p.kv("Prev", ev.PrevKv)
 			}
-		case *fieldsPrinter:
-			p.header(resp.Header)
-			for _, ev := range resp.Events {
-				fmt.Fprintln(p.w, `"Type" :`, ev.Type)
-				if ev.PrevKv != nil {
-					p.kv("Prev", ev.PrevKv)
-				}
-				p.kv("", ev.Kv)
+			p.kv("", ev.Kv)
+		}
+	case *simplePrinter:
+		for _, ev := range resp.Events {
+			fmt.Fprintln(p.w, ev.Type)
+			if ev.PrevKv != nil {
+				p.kv(ev.PrevKv, false)
 			}
-		case *simplePrinter:
-			for _, ev := range resp.Events {
-				fmt.Fprintln(p.w, ev.Type)
-				if ev.PrevKv != nil {
-					p.kv(ev.PrevKv, false)
-				}
-				p.kv(ev.Kv, false)
-			}
+			p.kv(ev.Kv, false)
 		}
 	}
 	return nil

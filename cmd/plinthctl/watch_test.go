@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +29,26 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// waitOutput waits, for 20 s at most, until out ends with tail, or holds
+// it past its first n bytes when n >= 0.
+func waitOutput(out *lockedBuffer, tail string, n ...int) bool {
+	deadline := time.Now().Add(20 * time.Second)
+	has := func() bool {
+		if len(n) > 0 {
+			s := out.String()
+			return len(s) > n[0] && strings.Contains(s[n[0]:], tail)
+		}
+		return strings.HasSuffix(out.String(), tail)
+	}
+	for !has() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
 }
 
 // watchUntil runs plinthctl watch with args until its output is want, or
@@ -93,4 +114,69 @@ func TestWatchCommand(t *testing.T) {
 	ok(t, ep, "", "compaction", strconv.FormatInt(cur, 10))
 	wantFail(t, ep, exitError, "watch was canceled (etcdserver: mvcc: required revision has been compacted)", "watch", "--rev", rev, p+"a")
 	wantFail(t, ep, exitBadArgs, "`--prefix` and `--from-key` cannot be set at the same time", "watch", "--prefix", "--from-key", p)
+}
+
+// TestWatchInteractive: watch -i reads watch and progress lines from
+// standard input, as etcdctl's does: each watch line starts a watch (with
+// its own flags), each progress line gets every watch a progress
+// notification, and a bad line is reported and skipped.
+func TestWatchInteractive(t *testing.T) {
+	ep := testServer(t)
+	p := fmt.Sprintf("watch-i-%d/", time.Now().UnixNano())
+	ok(t, ep, "", "put", p+"a", "1")
+	first := getJSON(t, ep, p+"a").Header.Revision
+	ok(t, ep, "", "put", p+"b", "1")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	in, lines := io.Pipe()
+	defer lines.Close()
+	var out, errOut lockedBuffer
+	done := make(chan int)
+	go func() { done <- run(ctx, []string{"--endpoints", ep, "watch", "-i"}, in, &out, &errOut) }()
+	send := func(l string) {
+		t.Helper()
+		if _, err := io.WriteString(lines, l+"\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(fmt.Sprintf("watch --prefix --rev %d --prev-kv %s", first, p))
+	want := "PUT\n" + p + "a\n1\nPUT\n" + p + "b\n1\n"
+	if !waitOutput(&out, want) {
+		t.Fatalf("after a watch line: %q, want %q", out.String(), want)
+	}
+	send("get " + p)
+	send("watch --prefix --from-key " + p)
+	send("watch " + p + "b")
+	// The second watch is created before the put below is: a progress
+	// request is answered only once every watch of the stream exists.
+	send("progress")
+	rev := getJSON(t, ep, p+"a").Header.Revision
+	want += fmt.Sprintf("progress notify: %d\nprogress notify: %d\n", rev, rev)
+	if !waitOutput(&out, want) {
+		t.Fatalf("after progress: %q, want %q", out.String(), want)
+	}
+	before := len(out.String())
+	ok(t, ep, "", "put", p+"b", "2")
+	for _, tail := range []string{
+		"PUT\n" + p + "b\n1\n" + p + "b\n2\n", // the prefix watch, with the previous value
+		"PUT\n" + p + "b\n2\n",                // the key watch
+	} {
+		if !waitOutput(&out, tail, before) {
+			t.Errorf("after a put: %q lacks %q", out.String(), tail)
+		}
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Errorf("watch -i: exit %d", code)
+	}
+	for _, msg := range []string{"Invalid command get " + p + " (only support watch)", "Invalid command watch --prefix --from-key " + p} {
+		if !strings.Contains(errOut.String(), msg) {
+			t.Errorf("stderr %q lacks %q", errOut.String(), msg)
+		}
+	}
+
+	// The end of the input ends it, with etcdctl's error.
+	wantFail(t, ep, exitInvalidInput, "error reading watch request line: EOF", "watch", "-i")
+	wantFail(t, ep, exitBadArgs, "takes no arguments", "watch", "-i", p)
 }

@@ -3,9 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/plinthdb/plinth/internal/mvcc"
+	"github.com/plinthdb/plinth/internal/watchcheck"
 )
 
 func evLine(ev *clientv3.Event) string {
@@ -131,159 +130,6 @@ func TestWatchWithEtcdClient(t *testing.T) {
 	}
 }
 
-// writeLoad runs writers of puts, deletes and transactions on keys under w/
-// until ctx ends, through the clients given.
-func writeLoad(ctx context.Context, clis []*clientv3.Client, writers int) *sync.WaitGroup {
-	var wg sync.WaitGroup
-	for w := range writers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := rand.New(rand.NewPCG(uint64(w), 7))
-			cli := clis[w%len(clis)]
-			for i := 0; ctx.Err() == nil; i++ {
-				key := func() string { return fmt.Sprintf("w/k%02d", r.IntN(20)) }
-				val := fmt.Sprintf("%d.%d", w, i)
-				octx, cancel := context.WithTimeout(ctx, 5*time.Second)
-				switch r.IntN(10) {
-				case 0:
-					_, _ = cli.Delete(octx, fmt.Sprintf("w/k%d", r.IntN(2)), clientv3.WithPrefix())
-				case 1, 2:
-					a, b := r.IntN(20), r.IntN(20)
-					if a == b {
-						b = (a + 1) % 20
-					}
-					c := (b + 1) % 20
-					if c == a {
-						c = (c + 1) % 20
-					}
-					_, _ = cli.Txn(octx).Then(
-						clientv3.OpPut(fmt.Sprintf("w/k%02d", a), val),
-						clientv3.OpDelete(fmt.Sprintf("w/k%02d", c)),
-						clientv3.OpPut(fmt.Sprintf("w/k%02d", b), val),
-					).Commit()
-				default:
-					_, _ = cli.Put(octx, key(), val)
-				}
-				cancel()
-			}
-		}()
-	}
-	return &wg
-}
-
-// watchSpec is one watcher of the checker: a range, and the member whose
-// client it watches through (resumes go to the next member).
-type watchSpec struct {
-	key  string
-	opts []clientv3.OpOption
-	span [2]string // [key, end) for matching; end "" = key alone, "\x00" = from key
-}
-
-var checkerWatches = []watchSpec{
-	{"w/", []clientv3.OpOption{clientv3.WithPrefix()}, [2]string{"w/", "w0"}},
-	{"w/k1", []clientv3.OpOption{clientv3.WithPrefix()}, [2]string{"w/k1", "w/k2"}},
-	{"w/k05", nil, [2]string{"w/k05", ""}},
-	{"w/k10", []clientv3.OpOption{clientv3.WithFromKey()}, [2]string{"w/k10", "\x00"}},
-	{"w/k03", []clientv3.OpOption{clientv3.WithRange("w/k12")}, [2]string{"w/k03", "w/k12"}},
-}
-
-func (w watchSpec) match(key string) bool {
-	switch w.span[1] {
-	case "":
-		return key == w.span[0]
-	case "\x00":
-		return key >= w.span[0]
-	}
-	return key >= w.span[0] && key < w.span[1]
-}
-
-// received is what one checked watcher got, response by response.
-type received struct {
-	mu    sync.Mutex
-	resps [][]*mvccpb.Event
-	err   error
-}
-
-func (r *received) events() []*mvccpb.Event {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out []*mvccpb.Event
-	for _, resp := range r.resps {
-		out = append(out, resp...)
-	}
-	return out
-}
-
-// follow records the responses of wch into rec until it closes or fails;
-// it returns the revision of the last event it recorded.
-func follow(wch clientv3.WatchChan, rec *received) {
-	for r := range wch {
-		if err := r.Err(); err != nil {
-			rec.mu.Lock()
-			rec.err = err
-			rec.mu.Unlock()
-			return
-		}
-		if len(r.Events) == 0 {
-			continue
-		}
-		evs := make([]*mvccpb.Event, len(r.Events))
-		for i, ev := range r.Events {
-			evs[i] = (*mvccpb.Event)(ev)
-		}
-		rec.mu.Lock()
-		rec.resps = append(rec.resps, evs)
-		rec.mu.Unlock()
-	}
-}
-
-// checkWatcher checks one watcher's responses against the committed
-// history from its start revision: ordered by revision, nothing duplicated
-// or skipped, each revision in one response.
-func checkWatcher(t *testing.T, name string, spec watchSpec, rec *received, history []*mvccpb.Event, start int64) {
-	t.Helper()
-	var want []*mvccpb.Event
-	for _, ev := range history {
-		if ev.Kv.ModRevision >= start && spec.match(string(ev.Kv.Key)) {
-			want = append(want, ev)
-		}
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for len(rec.events()) < len(want) && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	if rec.err != nil {
-		t.Fatalf("%s: watch failed: %v", name, rec.err)
-	}
-	seenIn := map[int64]int{} // revision -> response index
-	var got []*mvccpb.Event
-	for i, resp := range rec.resps {
-		for _, ev := range resp {
-			if r, ok := seenIn[ev.Kv.ModRevision]; ok && r != i {
-				t.Fatalf("%s: revision %d split across responses %d and %d", name, ev.Kv.ModRevision, r, i)
-			}
-			seenIn[ev.Kv.ModRevision] = i
-			if n := len(got); n > 0 && got[n-1].Kv.ModRevision > ev.Kv.ModRevision {
-				t.Fatalf("%s: revision %d after %d", name, ev.Kv.ModRevision, got[n-1].Kv.ModRevision)
-			}
-			got = append(got, ev)
-		}
-	}
-	if len(got) != len(want) {
-		t.Fatalf("%s from %d: %d events, want %d", name, start, len(got), len(want))
-	}
-	for i := range want {
-		g, w := got[i], want[i]
-		if g.Type != w.Type || string(g.Kv.Key) != string(w.Kv.Key) || string(g.Kv.Value) != string(w.Kv.Value) ||
-			g.Kv.ModRevision != w.Kv.ModRevision || g.Kv.Version != w.Kv.Version || g.Kv.CreateRevision != w.Kv.CreateRevision {
-			t.Fatalf("%s from %d: event %d is %v, want %v", name, start, i, g, w)
-		}
-	}
-}
-
 // committedEvents reads the store's event index from revision 1 on: the
 // committed history the watchers are checked against.
 func committedEvents(t *testing.T, kv *mvcc.Store) []*mvccpb.Event {
@@ -299,118 +145,41 @@ func committedEvents(t *testing.T, kv *mvcc.Store) []*mvccpb.Event {
 	return out
 }
 
-// runChecker watches through clis (several watchers per stream, several
-// streams) while writers write, some watchers starting in the past and some
-// being cut and resumed from their last revision + 1 on another client;
-// mid, when not nil, runs halfway (a leader change). Every watcher is then
-// checked against the committed history of member kv.
+// runChecker runs a watchcheck.Checker through clis (several watchers per
+// stream, several streams, watchers from revision 1 and from the middle of
+// the load, resumers hopping between clients, progress requests); mid, when
+// not nil, runs halfway (a leader change). Every watcher is then checked
+// against the committed history of member kv.
 func runChecker(t *testing.T, clis []*clientv3.Client, kv func() *mvcc.Store, mid func()) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	type checked struct {
-		name  string
-		spec  watchSpec
-		rec   *received
-		start int64
-	}
-	var all []*checked
-	var followers sync.WaitGroup
-	watch := func(name string, cli *clientv3.Client, spec watchSpec, start int64) *checked {
-		c := &checked{name: name, spec: spec, rec: &received{}, start: start}
-		wctx, wcancel := context.WithCancel(ctx)
-		opts := append([]clientv3.OpOption{clientv3.WithRev(start)}, spec.opts...)
-		wch := cli.Watch(wctx, spec.key, opts...)
-		followers.Add(1)
-		go func() { defer followers.Done(); defer wcancel(); follow(wch, c.rec) }()
-		all = append(all, c)
-		return c
-	}
-	for i, cli := range clis {
-		for j, spec := range checkerWatches {
-			watch(fmt.Sprintf("client %d watcher %d from 1", i, j), cli, spec, 1)
-		}
-	}
-	load, stopLoad := context.WithCancel(ctx)
-	writers := writeLoad(load, clis, 4)
+	ck := watchcheck.Start(clis, watchcheck.Config{Prefix: "w/", Writers: 4, Hop: 50 * time.Millisecond, ProgressEvery: 100 * time.Millisecond})
+	defer ck.Close()
 	time.Sleep(300 * time.Millisecond)
-	// Watchers from the present and from a recent past, mid-load.
-	now := kv().Rev()
-	for i, cli := range clis {
-		for j, spec := range checkerWatches {
-			watch(fmt.Sprintf("client %d watcher %d from %d", i, j, now), cli, spec, now)
-		}
-	}
-	// Resumable: a watcher cut after a while resumes from the revision
-	// after the last one it saw, through another client.
-	type resumed struct {
-		first, second *checked
-	}
-	var resumes []resumed
-	for j, spec := range checkerWatches {
-		rctx, rcancel := context.WithCancel(ctx)
-		first := &checked{name: fmt.Sprintf("cut watcher %d", j), spec: spec, rec: &received{}, start: 1}
-		wch := clis[0].Watch(rctx, spec.key, append([]clientv3.OpOption{clientv3.WithRev(1)}, spec.opts...)...)
-		done := make(chan struct{})
-		go func() { defer close(done); follow(wch, first.rec) }()
-		time.Sleep(50 * time.Millisecond)
-		rcancel()
-		<-done
-		last := int64(0)
-		if evs := first.rec.events(); len(evs) > 0 {
-			last = evs[len(evs)-1].Kv.ModRevision
-		}
-		second := watch(fmt.Sprintf("resumed watcher %d from %d", j, last+1), clis[(j+1)%len(clis)], spec, last+1)
-		resumes = append(resumes, resumed{first, second})
-	}
+	ck.AddFrom(kv().Rev())
 	if mid != nil {
 		mid()
 	}
+	// At least half a second more, and 100 revisions in all: a loaded
+	// machine writes slowly.
 	time.Sleep(500 * time.Millisecond)
-	stopLoad()
-	writers.Wait()
-	// A write whose client gave up may still be applied: one more put,
-	// applied after all of them, ends the history.
-	wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
-	end, err := clis[0].Put(wctx, "w/end", "")
-	wcancel()
+	for deadline := time.Now().Add(20 * time.Second); kv().Rev() < 100 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	end, err := ck.Stop(context.Background(), clis[0])
 	if err != nil {
 		t.Fatal(err)
 	}
-	for kv().Rev() < end.Header.Revision {
+	for kv().Rev() < end {
 		time.Sleep(10 * time.Millisecond)
 	}
 	history := committedEvents(t, kv())
 	if len(history) < 20 {
 		t.Fatalf("only %d events written", len(history))
 	}
-	t.Logf("%d events over %d revisions, %d watchers", len(history), kv().Rev(), len(all)+len(resumes))
-	for _, c := range all {
-		checkWatcher(t, c.name, c.spec, c.rec, history, c.start)
+	errs, summary := ck.Check(history, 30*time.Second)
+	t.Log(summary)
+	if len(errs) > 0 {
+		t.Fatalf("%d violations:\n%s", len(errs), strings.Join(errs[:min(len(errs), 30)], "\n"))
 	}
-	for _, r := range resumes {
-		// The cut watcher's events and the resumed one's together are
-		// the history from 1.
-		joined := &received{resps: append(append([][]*mvccpb.Event(nil), r.first.rec.resps...), r.second.rec.resps...)}
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			r.second.rec.mu.Lock()
-			joined.resps = append(append([][]*mvccpb.Event(nil), r.first.rec.resps...), r.second.rec.resps...)
-			r.second.rec.mu.Unlock()
-			n := 0
-			for _, ev := range history {
-				if r.first.spec.match(string(ev.Kv.Key)) {
-					n++
-				}
-			}
-			if len(joined.events()) >= n || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		checkWatcher(t, r.first.name+" then "+r.second.name, r.first.spec, joined, history, 1)
-	}
-	cancel()
-	followers.Wait()
 }
 
 func TestWatchChecker(t *testing.T) {
@@ -554,16 +323,20 @@ func TestWatchAcrossSnapshotInstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.start(lagging)
-	rec := &received{}
+	rec := &watchcheck.Recorder{}
 	wctx, wcancel := context.WithCancel(ctx)
 	defer wcancel()
-	go follow(c.client(lagging).Watch(wctx, "x/", clientv3.WithPrefix(), clientv3.WithRev(from)), rec)
+	spec := watchcheck.Spec{Key: "x/", End: "x0", Opts: []clientv3.OpOption{clientv3.WithPrefix()}}
+	go rec.Follow(spec.Watch(wctx, c.client(lagging), from), nil)
 	waitFor(ctx, t, func() bool { return c.servers[lagging].node.SnapshotsInstalled() > 0 })
 	if _, err := cli.Put(ctx, "x/after", "1"); err != nil {
 		t.Fatal(err)
 	}
-	spec := watchSpec{span: [2]string{"x/", "x0"}}
-	checkWatcher(t, "watcher on the lagging member", spec, rec, committedEvents(t, c.servers[lead].KV()), from)
+	history := committedEvents(t, c.servers[lead].KV())
+	watchcheck.Wait(rec.Events, watchcheck.Want(spec, history, from), 30*time.Second)
+	if errs := watchcheck.Check("watcher on the lagging member", spec, rec, history, from); len(errs) > 0 {
+		t.Fatal(strings.Join(errs, "\n"))
+	}
 }
 
 // TestWatchRequireLeader: a watch that requires a leader (as Kubernetes'

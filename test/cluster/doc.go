@@ -7,9 +7,12 @@
 // keeps taking writes, that a restarted member catches up, that every
 // acknowledged write is readable from every member, and (with porcupine)
 // that the history of puts, linearizable reads and compare-and-set txns is
-// linearizable, and that holders of a lock (the Lock service and the
+// linearizable; that holders of a lock (the Lock service and the
 // client's Mutex recipe) writing under their fencing tokens never overlap
-// while the leader is killed.
+// while the leader is killed; and meanwhile that watchers through every
+// member, resumed from member to member, get the committed history of their
+// ranges whole, in order, a revision at a time, and never below a progress
+// notification (internal/watchcheck).
 //
 // The package has no non-test code, and it must never import the server's
 // packages: it speaks to plinth only over the wire, as a client would (the

@@ -122,7 +122,8 @@ func linKey(k int) string { return fmt.Sprintf("lin/%d", k) }
 // recorded with an unknown outcome. At the end, porcupine must find the
 // history linearizable, no op may have been answered while no quorum
 // existed, and every acknowledged write must be readable from every member
-// then in the cluster.
+// then in the cluster. Meanwhile watchers through every member follow a
+// load of their own, and must get it whole and in order (see faultWatch).
 //
 // The members run in network namespaces (testnet) when the test can make
 // them, and on loopback without the partition faults otherwise; the log
@@ -142,6 +143,9 @@ func TestLinearizableUnderFaults(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+
+	// Watchers of another load through every member, checked at the end.
+	fw := startFaultWatch(t, c, seed)
 
 	lctx, stopLoad := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -242,6 +246,7 @@ func TestLinearizableUnderFaults(t *testing.T) {
 		t.Errorf("linearizability undecided after %v", linCheckBudget)
 	}
 	report(t, "acknowledged writes", checkAcked(ctx, c, h.acked))
+	fw.check(ctx, t, c)
 }
 
 // startFaultCluster starts the cluster of TestLinearizableUnderFaults: its

@@ -97,6 +97,7 @@ func memberFlags() []string {
 		"--heartbeat-interval", strconv.Itoa(int(heartbeat.Milliseconds())),
 		"--election-timeout", strconv.Itoa(int(electionTimeout.Milliseconds())),
 		"--snapshot-count", strconv.FormatUint(*snapshotFlag, 10),
+		"--watch-progress-notify-interval", watchProgressInterval.String(),
 	}
 }
 

@@ -65,17 +65,21 @@ func run(m *testing.M) int {
 
 // buildPlinth builds ./cmd/plinth of the enclosing plinth repository into dir
 // and returns the binary's path.
-func buildPlinth(dir string) (string, error) {
+func buildPlinth(dir string) (string, error) { return buildCommand(dir, "plinth") }
+
+// buildCommand builds ./cmd/name (plinth, plinthctl) of the enclosing plinth
+// repository into dir and returns the binary's path.
+func buildCommand(dir, name string) (string, error) {
 	root, err := repoRoot()
 	if err != nil {
 		return "", err
 	}
-	bin := filepath.Join(dir, "plinth")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/plinth")
+	bin := filepath.Join(dir, name)
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/"+name)
 	cmd.Dir = root
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("building plinth in %s: %w\n%s", root, err, out)
+		return "", fmt.Errorf("building %s in %s: %w\n%s", name, root, err, out)
 	}
 	return bin, nil
 }

@@ -130,17 +130,7 @@ var (
 func buildPlinthctl(t *testing.T) string {
 	t.Helper()
 	plinthctlOnce.Do(func() {
-		root, err := repoRoot()
-		if err != nil {
-			plinthctlErr = err
-			return
-		}
-		plinthctlBin = filepath.Join(toolsDir, "plinthctl")
-		cmd := exec.Command("go", "build", "-o", plinthctlBin, "./cmd/plinthctl")
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			plinthctlErr = fmt.Errorf("building plinthctl: %w\n%s", err, out)
-		}
+		plinthctlBin, plinthctlErr = buildCommand(toolsDir, "plinthctl")
 	})
 	if plinthctlErr != nil {
 		t.Fatal(plinthctlErr)

@@ -156,8 +156,9 @@ func claimPort(t testing.TB, port int) bool {
 	return true
 }
 
-// startEmbedded starts an etcd v3.7.3 member inside the test process.
-func startEmbedded(t testing.TB, name string) *server {
+// startEmbedded starts an etcd v3.7.3 member inside the test process; tune,
+// if given, changes its configuration before it starts.
+func startEmbedded(t testing.TB, name string, tune ...func(*embed.Config)) *server {
 	t.Helper()
 	dir := t.TempDir()
 	client, peer := freeURL(t), freeURL(t)
@@ -175,6 +176,9 @@ func startEmbedded(t testing.TB, name string) *server {
 	// A single member elects itself after an election timeout: keep it short.
 	cfg.TickMs = 10
 	cfg.ElectionMs = 100
+	for _, f := range tune {
+		f(cfg)
+	}
 
 	var e *embed.Etcd
 	launch := func(t testing.TB) {

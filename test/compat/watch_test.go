@@ -3,12 +3,14 @@ package compat
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/server/v3/embed"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
@@ -216,4 +218,118 @@ func TestWatchCompat(t *testing.T) {
 			runWatchCase(t, c.steps)
 		})
 	}
+}
+
+// TestWatchCompatFragments: a revision whose events, with their previous
+// versions, pass the request size limit (1.5 MiB by default on both) arrives
+// in fragments to a live watcher that asked for them, and whole to one that
+// did not. A catch-up that large is left out: plinth cuts it at revision
+// boundaries, each response headed by the revision it completes, where etcd
+// sends it as one response headed by the current revision (docs/watch.md).
+func TestWatchCompatFragments(t *testing.T) {
+	t.Parallel()
+	big := func(c byte) string { return strings.Repeat(string(c), 700<<10) }
+	prefix := func(start int64, fragment bool) watchStep {
+		return createStep(&pb.WatchCreateRequest{Key: []byte("f/"), RangeEnd: []byte("f0"), StartRevision: start, PrevKv: true, Fragment: fragment})
+	}
+	runWatchCase(t, []watchStep{
+		kvStep(put("f/1", big('a'))), kvStep(put("f/2", big('b'))), kvStep(put("f/3", big('c'))),
+		prefix(0, true),
+		prefix(0, false),
+		kvStep(del("f/", "f0")), // 2.1 MiB of previous values at one revision
+		kvStep(put("f/4", "small")),
+		prefix(5, true), // a catch-up of one large revision
+		prefix(5, false),
+	})
+}
+
+// TestWatchCompatProgressInterval: with --watch-progress-notify-interval
+// set on both servers, a watcher that asked for progress notifications gets
+// them while it is sent nothing, at the revision of the moment, and none
+// right after it was sent events; a watcher that did not ask gets none.
+// The two servers' tickers do not beat together, so repeated identical
+// notifications count as one.
+func TestWatchCompatProgressInterval(t *testing.T) {
+	t.Parallel()
+	const interval = 300 * time.Millisecond
+	tune := func(c *embed.Config) { c.WatchProgressNotifyInterval = interval }
+	var p pair
+	p.ref = startEmbedded(t, "etcd", tune)
+	if selftest {
+		p.tgt = startEmbedded(t, "etcd-selftest", tune)
+	} else {
+		p.tgt = startBinary(t, "plinth", targetBin, "--watch-progress-notify-interval", interval.String())
+	}
+	ref, tgt := openWatch(t, p.ref), openWatch(t, p.tgt)
+	var got [2][]string
+	// gather waits a few intervals (each server must tick at least once
+	// meanwhile, however loaded the machine), then takes what both
+	// streams sent.
+	gather := func() {
+		t.Helper()
+		time.Sleep(6 * interval)
+		for i, w := range []*watchStream{ref, tgt} {
+			for more := true; more; {
+				select {
+				case r, ok := <-w.resps:
+					if !ok {
+						t.Fatal("watch stream ended")
+					}
+					n, problem := normaliseWatch(r)
+					if problem != "" {
+						t.Fatal(problem)
+					}
+					got[i] = append(got[i], oneLine(n))
+				default:
+					more = false
+				}
+			}
+		}
+	}
+	step := func(o op) {
+		t.Helper()
+		if _, report := p.run(o); report != "" {
+			t.Fatalf("MISMATCH (KV)\n%s", report)
+		}
+		gather()
+	}
+	for _, cr := range []*pb.WatchCreateRequest{
+		{Key: []byte("a"), ProgressNotify: true},
+		{Key: []byte("a")},
+		{Key: []byte("b"), ProgressNotify: true, StartRevision: 1},
+	} {
+		for _, w := range []*watchStream{ref, tgt} {
+			if err := w.stream.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: cr}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	gather()
+	step(put("a", "1"))
+	step(put("z", "1"))
+	step(put("b", "1"))
+	// Each watcher's responses keep their order; those of different
+	// watchers interleave as the servers' timers go.
+	for i := range got {
+		sort.SliceStable(got[i], func(a, b int) bool { return watchIDOf(got[i][a]) < watchIDOf(got[i][b]) })
+		got[i] = slices.Compact(got[i])
+	}
+	if strings.Join(got[0], "\n") != strings.Join(got[1], "\n") {
+		t.Fatalf("MISMATCH\netcd sent:\n%s\n%s sent:\n%s", indent(strings.Join(got[0], "\n")), p.tgt.name, indent(strings.Join(got[1], "\n")))
+	}
+	if !strings.Contains(strings.Join(got[0], "\n"), "revision:4") {
+		t.Fatalf("no progress notification at the last revision:\n%s", indent(strings.Join(got[0], "\n")))
+	}
+}
+
+// watchIDOf reads the watch_id of a response as oneLine prints it (0 when
+// it prints none).
+func watchIDOf(line string) int64 {
+	_, rest, ok := strings.Cut(line, "watch_id:")
+	if !ok {
+		return 0
+	}
+	var id int64
+	fmt.Sscan(strings.TrimSpace(rest), &id)
+	return id
 }

@@ -57,12 +57,20 @@ type config struct {
 	quota        int64
 	roundTimeout time.Duration
 	verbose      bool
+	// the watch loads
+	watchers     int
+	idleWatchers int
+	watchStreams int
+	watchKeys    int
+	watchPuts    int
+	watchRate    int
+	watchSettle  time.Duration
 }
 
 func main() {
 	var c config
 	flag.IntVar(&c.rounds, "rounds", 3, "rounds per load; each round runs every server once, in turn")
-	flag.StringVar(&c.loads, "loads", "put,range-l,range-s", "loads to run: put (sequential keys), put-rand (random keys), txn-put, range-l (linearizable), range-s (serializable), lease-keepalive; put loads take a key space as put-rand:10000 (or :10k)")
+	flag.StringVar(&c.loads, "loads", "put,range-l,range-s", "loads to run: put (sequential keys), put-rand (random keys), txn-put, range-l (linearizable), range-s (serializable), lease-keepalive, watch, watch-latency, watch-idle; put loads take a key space as put-rand:10000 (or :10k), watch loads their watchers as watch-idle:100k")
 	flag.StringVar(&c.members, "members", "1", "cluster sizes to run, e.g. 3 or 1,3: plinth and etcd run as that many member processes on loopback, the floor as one process")
 	flag.StringVar(&c.servers, "servers", "plinth,etcd,floor", "servers to race, in the order each round runs them; floor-each (one floor process per member, no peers) is a diagnostic for -members > 1")
 	flag.IntVar(&c.clients, "clients", 1000, "benchmark --clients")
@@ -83,6 +91,13 @@ func main() {
 	flag.Int64Var(&c.quota, "quota-backend-bytes", 0, "pass --quota-backend-bytes to etcd and plinth when positive")
 	flag.DurationVar(&c.roundTimeout, "round-timeout", 3*time.Minute, "limit on one server's round (start, load, stop)")
 	flag.BoolVar(&c.verbose, "v", false, "print the benchmark tool's output of every round")
+	flag.IntVar(&c.watchers, "watchers", 10000, "watchers of the watch and watch-latency loads")
+	flag.IntVar(&c.idleWatchers, "idle-watchers", 100000, "idle watchers of the watch-idle load")
+	flag.IntVar(&c.watchStreams, "watch-streams", 100, "gRPC watch streams the watchers are spread over")
+	flag.IntVar(&c.watchKeys, "watch-keys", 10, "watch load: keys the watchers are spread over (each put reaches watchers/keys of them)")
+	flag.IntVar(&c.watchPuts, "watch-puts", 100, "puts of the watch and watch-latency loads")
+	flag.IntVar(&c.watchRate, "watch-put-rate", 10, "watch-latency load: puts per second")
+	flag.DurationVar(&c.watchSettle, "watch-settle", 5*time.Second, "watch-idle load: wait after the last watcher is created before reading the servers' RSS")
 	flag.Parse()
 	if c.quick {
 		set := map[string]bool{}
@@ -98,6 +113,9 @@ func main() {
 		}
 		if !set["lease-total"] {
 			c.leaseTotal = 10000
+		}
+		if !set["watch-puts"] {
+			c.watchPuts = 20
 		}
 	}
 	if c.total > 0 {
@@ -202,6 +220,9 @@ func run(ctx context.Context, c config) error {
 					if err := ctx.Err(); err != nil {
 						return err
 					}
+					if load.Watch && strings.HasPrefix(spec.Name, "floor") {
+						continue // the floor serves no watches
+					}
 					tried[spec.Name]++
 					res, err := runRound(ctx, c, client, spec, members, load)
 					if err != nil {
@@ -214,9 +235,9 @@ func run(ctx context.Context, c config) error {
 					}
 					results[spec.Name] = append(results[spec.Name], res)
 					p99, _ := res.Report.P(99)
-					logf("%-14s %-7s round %d: %7.0f req/s  p99 %7.2f ms  server CPU %6.1f µs/req%s  client CPU %5.1f µs/req  failed %d",
+					logf("%-14s %-7s round %d: %7.0f req/s  p99 %7.2f ms  server CPU %6.1f µs/req%s  client CPU %5.1f µs/req  failed %d%s",
 						tag, spec.Name, r, res.Report.RPS, ms(p99), us(res.ServerCPUPerRequest()), memberShares(res),
-						us(res.ClientCPUPerRequest()), res.Report.ErrorCount())
+						us(res.ClientCPUPerRequest()), res.Report.ErrorCount(), residentShares(res))
 					if c.verbose {
 						fmt.Fprintln(os.Stderr, res.Output)
 					}
@@ -224,7 +245,9 @@ func run(ctx context.Context, c config) error {
 			}
 			var sums []summary
 			for _, spec := range servers {
-				sums = append(sums, summarize(spec.Name, tried[spec.Name], results[spec.Name]))
+				if tried[spec.Name] > 0 {
+					sums = append(sums, summarize(spec.Name, tried[spec.Name], results[spec.Name]))
+				}
 			}
 			printTable(&tables, describeLoad(load, client, members)+" (medians over rounds)", sums)
 		}
@@ -284,8 +307,30 @@ func makeLoads(c config) ([]harness.Load, error) {
 				return nil, fmt.Errorf("load %q: lease-keepalive takes no key space", name)
 			}
 			l = harness.LeaseKeepAliveLoad(c.leaseTotal)
+		case "watch", "watch-latency":
+			watchers := c.watchers
+			if base != name {
+				watchers = space // watch:10k: the :N is the watchers
+			}
+			if c.watchStreams < 1 || c.watchKeys < 1 || c.watchPuts < 1 || c.watchRate < 1 || watchers < 1 {
+				return nil, errors.New("-watchers, -watch-streams, -watch-keys, -watch-puts and -watch-put-rate must be positive")
+			}
+			if base == "watch" {
+				l = harness.WatchLoad(c.watchPuts, watchers, c.watchStreams, c.watchKeys)
+			} else {
+				l = harness.WatchLatencyLoad(c.watchPuts, c.watchRate, watchers, c.watchStreams)
+			}
+		case "watch-idle":
+			watchers := c.idleWatchers
+			if base != name {
+				watchers = space
+			}
+			if watchers < 1 || c.watchStreams < 1 {
+				return nil, errors.New("-idle-watchers and -watch-streams must be positive")
+			}
+			l = harness.IdleWatchLoad(watchers, c.watchStreams, c.watchSettle)
 		default:
-			return nil, fmt.Errorf("unknown load %q (want put, put-rand, txn-put, range-l, range-s, lease-keepalive)", name)
+			return nil, fmt.Errorf("unknown load %q (want put, put-rand, txn-put, range-l, range-s, lease-keepalive, watch, watch-latency, watch-idle)", name)
 		}
 		l.Name = name
 		loads = append(loads, l)
@@ -341,6 +386,23 @@ func memberShares(r harness.Result) string {
 		parts = append(parts, fmt.Sprintf("%.1f", us(d/time.Duration(r.Requests))))
 	}
 	return " = " + strings.Join(parts, "+")
+}
+
+// residentShares formats the members' resident memory, for the loads that
+// read it ("  RSS 81.2 MiB = 30.1+25.6+25.5").
+func residentShares(r harness.Result) string {
+	if len(r.ResidentBytes) == 0 {
+		return ""
+	}
+	out := fmt.Sprintf("  RSS %.1f MiB", mib(r.Resident()))
+	if len(r.ResidentBytes) > 1 {
+		var parts []string
+		for _, b := range r.ResidentBytes {
+			parts = append(parts, fmt.Sprintf("%.1f", mib(b)))
+		}
+		out += " = " + strings.Join(parts, "+")
+	}
+	return out
 }
 
 // plinthBinary returns -plinth-bin, or builds ./cmd/plinth in the repository root.

@@ -24,6 +24,7 @@ type summary struct {
 	// how far one round can be from the next on this machine.
 	cpuMin, cpuMax time.Duration
 	client         time.Duration // benchmark tool CPU per request
+	rss            int64         // resident memory of the server (summed over members), for the loads that read it
 }
 
 // summarize takes the medians of a server's measured rounds out of tried.
@@ -31,7 +32,9 @@ func summarize(server string, tried int, rs []harness.Result) summary {
 	s := summary{server: server, rounds: len(rs), tried: tried}
 	var rps []float64
 	var p99, cpu, client []time.Duration
+	var rss []float64
 	for _, r := range rs {
+		rss = append(rss, float64(r.Resident()))
 		s.errors += r.Report.ErrorCount()
 		rps = append(rps, r.Report.RPS)
 		p, _ := r.Report.P(99)
@@ -46,6 +49,7 @@ func summarize(server string, tried int, rs []harness.Result) summary {
 		s.cpuMin, s.cpuMax = slices.Min(cpu), slices.Max(cpu)
 	}
 	s.client = median(client)
+	s.rss = int64(median(rss))
 	return s
 }
 
@@ -76,14 +80,23 @@ func ratio(a, b float64) string {
 func printTable(w io.Writer, title string, sums []summary) {
 	fmt.Fprintf(w, "\n== %s ==\n", title)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "server\trounds\treq/s\tp99 ms\tserver CPU µs/req\t(min-max)\tclient CPU µs/req\tfailed reqs\t")
+	withRSS := slices.ContainsFunc(sums, func(s summary) bool { return s.rss > 0 })
+	rssHead, rssNone := "", ""
+	if withRSS {
+		rssHead, rssNone = "server RSS MiB\t", "-\t"
+	}
+	fmt.Fprintln(tw, "server\trounds\treq/s\tp99 ms\tserver CPU µs/req\t(min-max)\tclient CPU µs/req\tfailed reqs\t"+rssHead)
 	for _, s := range sums {
 		if s.rounds == 0 {
-			fmt.Fprintf(tw, "%s\t0/%d\t-\t-\t-\t-\t-\t-\t\n", s.server, s.tried)
+			fmt.Fprintf(tw, "%s\t0/%d\t-\t-\t-\t-\t-\t-\t%s\n", s.server, s.tried, rssNone)
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%d/%d\t%.0f\t%.2f\t%.1f\t(%.1f-%.1f)\t%.1f\t%d\t\n",
-			s.server, s.rounds, s.tried, s.rps, ms(s.p99), us(s.cpu), us(s.cpuMin), us(s.cpuMax), us(s.client), s.errors)
+		rss := ""
+		if withRSS {
+			rss = fmt.Sprintf("%.1f\t", mib(s.rss))
+		}
+		fmt.Fprintf(tw, "%s\t%d/%d\t%.0f\t%.2f\t%.1f\t(%.1f-%.1f)\t%.1f\t%d\t%s\n",
+			s.server, s.rounds, s.tried, s.rps, ms(s.p99), us(s.cpu), us(s.cpuMin), us(s.cpuMax), us(s.client), s.errors, rss)
 	}
 	tw.Flush()
 
@@ -106,23 +119,32 @@ func printTable(w io.Writer, title string, sums []summary) {
 	}
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "ratio\treq/s\tp99\tserver CPU/req\t")
+	fmt.Fprintln(tw, "ratio\treq/s\tp99\tserver CPU/req\t"+strings.Replace(rssHead, " MiB", "", 1))
 	for _, l := range lines {
 		a, b := l[0], l[1]
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", a.server+"/"+b.server,
-			ratio(a.rps, b.rps), ratio(ms(a.p99), ms(b.p99)), ratio(us(a.cpu), us(b.cpu)))
+		rss := ""
+		if withRSS {
+			rss = ratio(mib(a.rss), mib(b.rss)) + "\t"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", a.server+"/"+b.server,
+			ratio(a.rps, b.rps), ratio(ms(a.p99), ms(b.p99)), ratio(us(a.cpu), us(b.cpu)), rss)
 	}
 	tw.Flush()
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+func mib(b int64) float64        { return float64(b) / (1 << 20) }
 
 // describeLoad is the benchmark tool arguments of a load, for table titles.
 func describeLoad(l harness.Load, c harness.Client, members int) string {
 	who := "1 member"
 	if members > 1 {
 		who = fmt.Sprintf("%d members (CPU summed over them; the floor is one process)", members)
+	}
+	if l.Watch {
+		return fmt.Sprintf("%s, %s: benchmark --clients=%d --conns=%d %s; %d events or watchers per round",
+			l.Name, who, c.Clients, c.Conns, strings.Join(l.Args, " "), l.Total)
 	}
 	unit := ""
 	if l.Name == "lease-keepalive" {

@@ -1,7 +1,8 @@
 // Package benchout reads the report that the etcd benchmark tool
 // (go.etcd.io/etcd/v3/tools/benchmark) prints when a run ends: the summary
 // (total time, requests per second), the latency percentiles and the error
-// distribution. It accepts both the default precision ("%4.4f") and --precise ("%g").
+// distribution. It accepts both the default precision ("%4.4f") and --precise ("%g"),
+// and of the reports of a load with phases (watch, watch-latency) keeps the last.
 //
 // It only reads text; it never runs the tool.
 package benchout
@@ -71,6 +72,14 @@ func Parse(out string) (Report, error) {
 			section = trimmed
 			continue
 		case "":
+			continue
+		}
+		if strings.HasSuffix(trimmed, " summary:") {
+			// The watch loads print a report per phase ("Watch creation
+			// summary:", then "Watch events received summary:"): the last
+			// one, the events, is the load's.
+			r = Report{Percentiles: map[float64]time.Duration{}, Errors: map[string]int{}}
+			section, haveRPS = "", false
 			continue
 		}
 		var err error

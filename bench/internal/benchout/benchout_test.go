@@ -141,3 +141,22 @@ func TestParseMalformed(t *testing.T) {
 		})
 	}
 }
+
+// watch-latency.txt was printed by the etcd v3.6.6 tool's watch-latency load
+// against plinth: a put summary, then the watch events' summary, which is the
+// one kept (the put summary's 10% and 25% must not leak into it).
+func TestParseKeepsTheLastSummary(t *testing.T) {
+	r, err := Parse(readSample(t, "watch-latency.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.RPS != 1293.5514101472834 || r.Slowest != 1774923*time.Nanosecond {
+		t.Fatalf("rps %v, slowest %v: not the watch events' summary", r.RPS, r.Slowest)
+	}
+	if p, ok := r.P(95); !ok || p != 1773671*time.Nanosecond {
+		t.Fatalf("p95 %v, %v", p, ok)
+	}
+	if p, ok := r.P(10); ok {
+		t.Fatalf("p10 %v from the put summary", p)
+	}
+}

@@ -237,3 +237,20 @@ func TestToolErrors(t *testing.T) {
 		t.Fatalf("toolErrors(1) = %q", got)
 	}
 }
+
+func TestVmRSS(t *testing.T) {
+	got, err := vmRSS([]byte("Name:\tplinth\nVmPeak:\t  900 kB\nVmRSS:\t   12345 kB\nThreads:\t9\n"))
+	if err != nil || got != 12345<<10 {
+		t.Fatalf("vmRSS = %d, %v", got, err)
+	}
+	if _, err := vmRSS([]byte("Name:\tx\n")); err == nil {
+		t.Fatal("no VmRSS line: no error")
+	}
+	own, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Skip(err)
+	}
+	if got, err := vmRSS(own); err != nil || got <= 0 {
+		t.Fatalf("own VmRSS = %d, %v", got, err)
+	}
+}

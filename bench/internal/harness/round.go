@@ -18,13 +18,22 @@ const RangeKey = "benchkey"
 
 // Load is one kind of benchmark request stream.
 type Load struct {
-	Name  string   // short name for tables: "put", "put-rand", "txn-put", "range-l", ...
-	Args  []string // benchmark tool subcommand and its flags, without --total
-	Total int      // requests per round
+	Name string   // short name for tables: "put", "put-rand", "txn-put", "range-l", ...
+	Args []string // benchmark tool subcommand and its flags, without --total
+	// Total is the requests per round (events delivered, for the watch loads,
+	// or watchers created): what server CPU per request divides by.
+	Total int
 
 	// Prepare, when set, runs on the fresh server before the CPU reading that starts
 	// the round (for example to put the key a range load reads).
 	Prepare func(ctx context.Context, c *Cluster) error
+
+	// Watch marks a load that needs the Watch service, which the floor does not
+	// serve.
+	Watch bool
+	// run, when set, is the load instead of the benchmark tool: it fills
+	// res.Report (and what else it measures) while the CPU is read around it.
+	run func(ctx context.Context, c *Cluster, res *Result) error
 }
 
 // PutLoad writes total keys of keySize bytes with values of valSize bytes, keys
@@ -120,6 +129,19 @@ type Result struct {
 	MemberCPU []time.Duration
 	ClientCPU time.Duration // benchmark tool utime+stime (its whole run)
 	Output    string        // benchmark tool standard output
+	// ResidentBytes is each member's resident memory (VmRSS) at the end of
+	// the load, in member order, for the loads that read it (watch-idle).
+	ResidentBytes []int64
+}
+
+// Resident is the members' resident memory summed, or 0 when the load did not
+// read it.
+func (r Result) Resident() int64 {
+	var sum int64
+	for _, b := range r.ResidentBytes {
+		sum += b
+	}
+	return sum
 }
 
 // ServerCPUPerRequest is the server's CPU time divided by the requests sent.
@@ -150,6 +172,9 @@ func (cl Client) Run(ctx context.Context, c *Cluster, load Load) (Result, error)
 			return res, fmt.Errorf("harness: prepare %s on %s: %w", load.Name, name, err)
 		}
 	}
+	if load.run != nil {
+		return runOwn(ctx, c, load, res)
+	}
 	args := []string{
 		"--endpoints=" + strings.Join(c.Endpoints(), ","),
 		"--clients=" + strconv.Itoa(cl.Clients),
@@ -157,7 +182,10 @@ func (cl Client) Run(ctx context.Context, c *Cluster, load Load) (Result, error)
 		"--precise",
 	}
 	args = append(args, load.Args...)
-	args = append(args, "--total="+strconv.Itoa(load.Total))
+	if !load.Watch {
+		// The watch loads have no --total: their sizes are in their Args.
+		args = append(args, "--total="+strconv.Itoa(load.Total))
+	}
 
 	var stdout bytes.Buffer
 	stderr := &tailBuffer{max: 256 << 10}
@@ -167,23 +195,9 @@ func (cl Client) Run(ctx context.Context, c *Cluster, load Load) (Result, error)
 	cmd.WaitDelay = 5 * time.Second
 	killWithParent(cmd)
 
-	before, err := c.cpuTicks()
-	if err != nil {
+	var runErr error
+	if err := c.measure(load.Name, &res, func() { runErr = cmd.Run() }); err != nil {
 		return res, err
-	}
-	runErr := cmd.Run()
-	after, err := c.cpuTicks()
-	if err != nil {
-		return res, fmt.Errorf("harness: during %s: %w", load.Name, err)
-	}
-	if s := c.exited(); s != nil {
-		return res, fmt.Errorf("harness: %s member %s exited during %s: %v\n%s",
-			name, s.Name, load.Name, s.waitErr, c.LogTail(2000))
-	}
-	for i := range before {
-		d := proccpu.TicksToDuration(after[i] - before[i])
-		res.MemberCPU = append(res.MemberCPU, d)
-		res.ServerCPU += d
 	}
 	if cmd.ProcessState != nil {
 		res.ClientCPU = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
@@ -199,6 +213,43 @@ func (cl Client) Run(ctx context.Context, c *Cluster, load Load) (Result, error)
 		return res, fmt.Errorf("harness: benchmark %s on %s: %w (errors: %v)", load.Name, name, err, rep.Errors)
 	}
 	return res, nil
+}
+
+// runOwn runs a load of the harness's own (load.run) against c, with the
+// members' CPU read around it, as Run does around the tool.
+func runOwn(ctx context.Context, c *Cluster, load Load, res Result) (Result, error) {
+	var runErr error
+	if err := c.measure(load.Name, &res, func() { runErr = load.run(ctx, c, &res) }); err != nil {
+		return res, err
+	}
+	if runErr != nil {
+		return res, fmt.Errorf("harness: %s on %s: %w", load.Name, c.Spec.Name, runErr)
+	}
+	return res, nil
+}
+
+// measure runs load, reading each member's CPU time before and after it into
+// res; it fails when a reading fails or a member exited meanwhile.
+func (c *Cluster) measure(load string, res *Result, run func()) error {
+	before, err := c.cpuTicks()
+	if err != nil {
+		return err
+	}
+	run()
+	after, err := c.cpuTicks()
+	if err != nil {
+		return fmt.Errorf("harness: during %s: %w", load, err)
+	}
+	if s := c.exited(); s != nil {
+		return fmt.Errorf("harness: %s member %s exited during %s: %v\n%s",
+			c.Spec.Name, s.Name, load, s.waitErr, c.LogTail(2000))
+	}
+	for i := range before {
+		d := proccpu.TicksToDuration(after[i] - before[i])
+		res.MemberCPU = append(res.MemberCPU, d)
+		res.ServerCPU += d
+	}
+	return nil
 }
 
 // tailBuffer keeps the last max bytes written to it.
