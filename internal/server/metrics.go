@@ -108,6 +108,10 @@ func (s *Server) newServerMetrics() *serverMetrics {
 		func() float64 { return float64(s.watches.Watchers()) })
 	gaugeFunc("debugging_mvcc", "watch_stream_total", "Total number of watch streams.",
 		func() float64 { return float64(s.watches.Streams()) })
+	gaugeFunc("debugging_mvcc", "slow_watcher_total", "Total number of unsynced slow watchers.",
+		func() float64 { return float64(s.watches.CatchingUp()) })
+	counterFunc("debugging_mvcc", "events_total", "Total number of events sent by this member.",
+		func() float64 { return float64(s.watches.EventsSent()) })
 	gaugeFunc("debugging_mvcc", "current_revision", "The current revision of store.",
 		func() float64 { return float64(s.kv.Rev()) })
 	gaugeFunc("debugging_mvcc", "compact_revision", "The revision of the last compaction in store.",

@@ -87,6 +87,8 @@ type Hub struct {
 	streams int // open streams; the hub reads events only when there are some
 
 	watchers atomic.Int64 // watchers of every open stream
+	catching atomic.Int64 // of them, those catching up from history
+	sent     atomic.Int64 // events sent to watchers since the hub started
 }
 
 // Streams returns how many watch streams are open.
@@ -98,6 +100,14 @@ func (h *Hub) Streams() int {
 
 // Watchers returns how many watchers the open streams hold.
 func (h *Hub) Watchers() int64 { return h.watchers.Load() }
+
+// CatchingUp returns how many watchers are catching up from history, not yet
+// in sync with the events the hub follows (etcd's unsynced, "slow",
+// watchers).
+func (h *Hub) CatchingUp() int64 { return h.catching.Load() }
+
+// EventsSent returns how many events the hub's streams have sent.
+func (h *Hub) EventsSent() int64 { return h.sent.Load() }
 
 type revEvents struct {
 	rev int64

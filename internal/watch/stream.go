@@ -90,6 +90,11 @@ func (s *Stream) Requests() chan<- *pb.WatchRequest { return s.in }
 // Run has returned.
 func (s *Stream) Close() {
 	s.hub.watchers.Add(-int64(len(s.watchers)))
+	for _, w := range s.watchers {
+		if !w.synced {
+			s.hub.catching.Add(-1)
+		}
+	}
 	clear(s.watchers)
 	s.order = nil
 	s.hub.removeStream()
@@ -219,13 +224,19 @@ func (s *Stream) create(cr *pb.WatchCreateRequest, send func(*pb.WatchResponse) 
 	}
 	s.watchers[w.id] = w
 	s.hub.watchers.Add(1)
+	if !w.synced {
+		s.hub.catching.Add(1)
+	}
 	s.order = append(s.order, w)
 	return send(&pb.WatchResponse{Header: &pb.ResponseHeader{Revision: rev}, WatchId: w.id, Created: true})
 }
 
 func (s *Stream) remove(id int64) {
-	if _, ok := s.watchers[id]; ok {
+	if w, ok := s.watchers[id]; ok {
 		s.hub.watchers.Add(-1)
+		if !w.synced {
+			s.hub.catching.Add(-1)
+		}
 	}
 	delete(s.watchers, id)
 	for i, w := range s.order {
@@ -276,8 +287,9 @@ func (s *Stream) serveRound(ringNext int64, send func(*pb.WatchResponse) error) 
 		worked = true
 		evs, next = s.cut(w.filter(evs), next)
 		w.next = next
-		if ok && next >= ringNext {
+		if ok && next >= ringNext && !w.synced {
 			w.synced = true
+			s.hub.catching.Add(-1)
 		}
 		if len(evs) == 0 {
 			continue
@@ -346,6 +358,7 @@ func (s *Stream) withPrevKV(evs []*mvccpb.Event) []*mvccpb.Event {
 // The header carries rev, the revision the watcher has now been sent every
 // event up to.
 func (s *Stream) sendEvents(w *watcher, evs []*mvccpb.Event, rev int64, send func(*pb.WatchResponse) error) error {
+	s.hub.sent.Add(int64(len(evs)))
 	hdrRev := rev
 	resp := &pb.WatchResponse{Header: &pb.ResponseHeader{Revision: hdrRev}, WatchId: w.id, Events: evs}
 	limit := s.hub.cfg.MaxResponseBytes

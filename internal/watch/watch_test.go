@@ -496,8 +496,44 @@ func TestWatcherCounts(t *testing.T) {
 	s := m.hub.NewStream()
 	s.watchers[9] = &watcher{id: 9}
 	m.hub.watchers.Add(1)
+	m.hub.catching.Add(1)
 	s.Close()
-	if s, w := m.hub.Streams(), m.hub.Watchers(); s != 2 || w != 2 {
-		t.Fatalf("after a stream closed: %d streams, %d watchers; want 2 and 2", s, w)
+	if s, w, c := m.hub.Streams(), m.hub.Watchers(), m.hub.CatchingUp(); s != 2 || w != 2 || c != 0 {
+		t.Fatalf("after a stream closed: %d streams, %d watchers, %d catching up; want 2, 2, 0", s, w, c)
+	}
+}
+
+// TestCatchingUpCounts: a watcher from the past counts as catching up (etcd's
+// slow_watcher_total) until it has been sent what the ring holds, and every
+// event sent is counted once (events_total).
+func TestCatchingUpCounts(t *testing.T) {
+	m := newMember(t, Config{})
+	for i := range 5 {
+		m.put("k", fmt.Sprint(i)) // revisions 2-6
+	}
+	block := make(chan struct{})
+	c := m.client(block)
+	c.create(&pb.WatchCreateRequest{Key: []byte("k"), StartRevision: 2})
+	deadline := time.Now().Add(10 * time.Second)
+	for m.hub.CatchingUp() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d watchers catching up, want 1", m.hub.CatchingUp())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(block)
+	got := 0
+	for got < 5 {
+		got += len(c.next().Events)
+	}
+	m.put("k", "live") // 7
+	for got < 6 {
+		got += len(c.next().Events)
+	}
+	if n := m.hub.CatchingUp(); n != 0 {
+		t.Fatalf("%d watchers catching up once in sync, want 0", n)
+	}
+	if n := m.hub.EventsSent(); n != 6 {
+		t.Fatalf("%d events counted as sent, want 6", n)
 	}
 }
