@@ -69,6 +69,8 @@ type expiringLease struct {
 	goneAt     time.Time // when the first answer that found it gone came
 	goneTerm   uint64    // the raft term of that answer
 	polls      int
+	tries      int   // Grant and Put calls it took
+	lastErr    error // the last that failed
 	maxJump    int64
 	deletedRev int64
 }
@@ -82,6 +84,7 @@ type leaseRun struct {
 	kaTimes  []time.Time // when keep-alive responses came
 	kaClosed time.Time   // when the KeepAlive channel closed; zero if open
 	keyGets  int         // successful reads of the kept lease's key
+	keyLost  int64       // the revision of the first read that missed it
 	errs     []string
 }
 
@@ -89,6 +92,18 @@ func (r *leaseRun) errorf(format string, args ...any) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.errs = append(r.errs, fmt.Sprintf(format, args...))
+}
+
+// pick is the index of the member of c to ask on try n: the next one in
+// turn that the nemesis is not faulting.
+func (r *leaseRun) pick(c *testmember.Cluster, n int) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	i := n % len(c.Members)
+	if c.Members[i] == r.faulted {
+		i = (i + 1) % len(c.Members)
+	}
+	return i
 }
 
 // kaSince reports whether a keep-alive response came after t.
@@ -149,7 +164,7 @@ func TestLeasesUnderLeaderFaults(t *testing.T) {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		grantLeases(stopPolls, all, run, start)
+		grantLeases(stopPolls, members, c, run, start)
 	}()
 	go func() {
 		defer wg.Done()
@@ -247,7 +262,8 @@ func grantsFor(d time.Duration) time.Duration {
 
 // grantLeases grants the expiring leases, one every leaseGrantGap, each
 // with a key attached.
-func grantLeases(ctx context.Context, cli *clientv3.Client, run *leaseRun, start time.Time) {
+func grantLeases(ctx context.Context, members []*clientv3.Client, c *testmember.Cluster, run *leaseRun, start time.Time) {
+	try := 0
 	at, last := start, start
 	for i := 0; ctx.Err() == nil; i++ {
 		// One leaseGrantGap after the last grant, even when a fault
@@ -268,9 +284,11 @@ func grantLeases(ctx context.Context, cli *clientv3.Client, run *leaseRun, start
 		// A grant or put lost to a fault is tried again (a lease granted
 		// without an answer just expires unwatched).
 		for ctx.Err() == nil {
-			gctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			try++
+			l.tries++
+			gctx, cancel := context.WithTimeout(ctx, 2*leaseOpTimeout)
 			l.sent = time.Now()
-			resp, err := cli.Grant(gctx, l.ttl)
+			resp, err := members[run.pick(c, try)].Grant(gctx, l.ttl)
 			l.got = time.Now()
 			cancel()
 			if err == nil {
@@ -278,11 +296,14 @@ func grantLeases(ctx context.Context, cli *clientv3.Client, run *leaseRun, start
 				last = l.got
 				break
 			}
+			l.lastErr = err
 			time.Sleep(100 * time.Millisecond)
 		}
 		for ctx.Err() == nil && time.Since(l.sent) < time.Duration(l.ttl)*time.Second {
-			pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-			resp, err := cli.Put(pctx, l.key, "expiring", clientv3.WithLease(l.id))
+			try++
+			l.tries++
+			pctx, cancel := context.WithTimeout(ctx, 2*leaseOpTimeout)
+			resp, err := members[run.pick(c, try)].Put(pctx, l.key, "expiring", clientv3.WithLease(l.id))
 			cancel()
 			if err == nil {
 				l.keyRev = resp.Header.Revision
@@ -291,6 +312,7 @@ func grantLeases(ctx context.Context, cli *clientv3.Client, run *leaseRun, start
 				run.mu.Unlock()
 				break
 			}
+			l.lastErr = err
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
@@ -324,11 +346,8 @@ func pollLeases(ctx context.Context, members []*clientv3.Client, c *testmember.C
 			return
 		case <-tick.C:
 		}
+		i := run.pick(c, n)
 		run.mu.Lock()
-		i := n % len(members)
-		if c.Members[i] == run.faulted {
-			i = (i + 1) % len(members)
-		}
 		leases := make([]*expiringLease, 0, len(run.leases))
 		for _, l := range run.leases {
 			if l.goneAt.IsZero() {
@@ -344,11 +363,12 @@ func pollLeases(ctx context.Context, members []*clientv3.Client, c *testmember.C
 		if err != nil {
 			continue // the member may have just been faulted: next tick
 		}
-		if len(resp.Kvs) != 1 || clientv3.LeaseID(resp.Kvs[0].Lease) != kept {
-			run.errorf("%s at revision %d: the kept lease's key: %v", name, resp.Header.Revision, resp.Kvs)
-		}
 		run.mu.Lock()
 		run.keyGets++
+		if (len(resp.Kvs) != 1 || clientv3.LeaseID(resp.Kvs[0].Lease) != kept) && run.keyLost == 0 {
+			run.errs = append(run.errs, fmt.Sprintf("%s at revision %d: the kept lease's key: %v", name, resp.Header.Revision, resp.Kvs))
+			run.keyLost = resp.Header.Revision
+		}
 		run.mu.Unlock()
 		for _, l := range leases {
 			sent := time.Now()
@@ -407,9 +427,13 @@ func checkExpiries(ctx context.Context, t *testing.T, c *testmember.Cluster, cli
 			continue
 		}
 		l.deletedRev = deletionRev(ctx, t, cli, l)
-		t.Logf("lease %s: TTL %ds granted at %v (term %d, answered in %v); last seen with %ds left at +%v, gone by +%v (term %d, deleted at revision %d); %d polls, TTL rose at most %ds",
+		if l.tries > 2 {
+			t.Logf("lease %s: granted and put in %d tries, the last error: %v", l.key, l.tries, l.lastErr)
+		}
+		t.Logf("lease %s: TTL %ds granted at %v (term %d, answered in %v); last seen with %ds left at +%v, gone by +%v (term %d, deleted at revision %d); %d polls, TTL rose at most %ds; seen %v after TTL + %d election timeouts (slack %v)",
 			l.key, l.ttl, l.sent.Sub(start).Round(time.Millisecond), l.grantTerm, l.got.Sub(l.sent).Round(time.Millisecond),
-			l.lastTTL, l.lastSent.Sub(l.sent).Round(time.Millisecond), l.goneAt.Sub(l.sent).Round(time.Millisecond), l.goneTerm, l.deletedRev, l.polls, l.maxJump)
+			l.lastTTL, l.lastSent.Sub(l.sent).Round(time.Millisecond), l.goneAt.Sub(l.sent).Round(time.Millisecond), l.goneTerm, l.deletedRev, l.polls, l.maxJump,
+			(l.lastSent.Sub(late) + leaseExpirySlack).Round(time.Millisecond), changes, leaseExpirySlack)
 	}
 	if len(leases) < len(expiringTTLs) {
 		run.errorf("only %d expiring leases granted, want %d", len(leases), len(expiringTTLs))

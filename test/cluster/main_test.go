@@ -24,7 +24,7 @@ import (
 var plinthBin string
 
 var (
-	durationFlag = flag.Duration("cluster.duration", 15*time.Second, "how long TestLinearizableUnderFaults injects faults")
+	durationFlag = flag.Duration("cluster.duration", 15*time.Second, "how long TestLinearizableUnderFaults and TestLeasesUnderLeaderFaults inject faults")
 	seedFlag     = flag.Int64("cluster.seed", 0, "seed of the fault and load choices (0: pick one from the clock and log it)")
 	snapshotFlag = flag.Uint64("cluster.snapshot-count", 10000, "--snapshot-count of every member")
 	// breakFlag weakens the tests on purpose, to show that their checks
