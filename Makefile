@@ -42,12 +42,14 @@ test-bench:
 # The cluster fault tests for longer: kill -9, pauses and restarts of members,
 # loss of quorum, partitions (as root: members in network namespaces) and
 # members replaced under load for FAULTS_DURATION, with porcupine checking
-# the history. `make test` runs each fault once. FAULTSFLAGS passes more flags
+# the history and the watch checker every watcher's events; then the leader
+# killed and paused in turn while leases are kept alive and left to expire
+# (TestLeasesUnderLeaderFaults). `make test` runs each fault once. FAULTSFLAGS passes more flags
 # (e.g. -cluster.seed=N to rerun a failure's choices, -cluster.faults=a,b to
 # make only those).
 FAULTS_DURATION ?= 5m
 test-faults:
-	$(GO) test -race -count=1 -timeout 60m -v ./test/cluster -run 'TestLinearizableUnderFaults' -cluster.duration=$(FAULTS_DURATION) $(FAULTSFLAGS)
+	$(GO) test -race -count=1 -timeout 60m -v ./test/cluster -run 'TestLinearizableUnderFaults|TestLeasesUnderLeaderFaults' -cluster.duration=$(FAULTS_DURATION) $(FAULTSFLAGS)
 
 # The kill -9 crash tests for longer: each test of test/crash (kill -9 under
 # load; during log replay, snapshot install and compaction) runs session after
