@@ -12,7 +12,7 @@ BIN     ?= bin
 # testdata/fuzz/.
 FUZZ_EXECS ?= 250000
 
-.PHONY: build test test-unit test-compat test-bench test-faults test-crash test-powerloss fuzz bench vet clean
+.PHONY: build test test-unit test-compat test-kube test-bench test-faults test-crash test-powerloss fuzz bench vet clean
 
 build:
 	$(GO) build -o $(BIN)/plinth ./cmd/plinth
@@ -34,6 +34,14 @@ test-unit:
 test-compat:
 	$(GO) -C test/compat vet ./...
 	$(GO) -C test/compat test -count=1 -timeout 15m ./...
+
+# The Kubernetes API server's storage layer (k8s.io/apiserver's etcd3 store
+# and watch cache) against a 3-member plinth cluster, driven by Kubernetes'
+# own storage conformance functions (own Go module; KUBE_MEMBERS=1 for one
+# member).
+test-kube:
+	$(GO) -C test/kube vet ./...
+	$(GO) -C test/kube test -count=1 -timeout 10m ./...
 
 test-bench:
 	$(GO) -C bench vet ./...
