@@ -3,10 +3,12 @@ package kube
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"testing"
 	"time"
 
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -16,6 +18,7 @@ import (
 	"k8s.io/apiserver/pkg/features"
 	"k8s.io/apiserver/pkg/storage"
 	"k8s.io/apiserver/pkg/storage/cacher"
+	etcdfeature "k8s.io/apiserver/pkg/storage/feature"
 	storagetesting "k8s.io/apiserver/pkg/storage/testing"
 	"k8s.io/apiserver/pkg/storage/value/encrypt/identity"
 	utilfeature "k8s.io/apiserver/pkg/util/feature"
@@ -39,12 +42,17 @@ import (
 // GuaranteedUpdateChecksStoredData, TransformationFailure and the delete
 // tests with decode errors.
 
+// registryPrefix is the key prefix of Kubernetes' cacher tests.
+const registryPrefix = "/registry"
+
 // cacherOptions are the knobs of newCacher; the zero value is the cacher
 // tests' defaults.
 type cacherOptions struct {
 	clusterScoped bool
-	// compacts: the test compacts, so it gets a cluster of its own.
-	compacts bool
+	// ownCluster gives the test a cluster of its own: it compacts, or it
+	// watches from the cluster's first revisions, which a shared cluster
+	// has compacted or a cache started on it has never seen.
+	ownCluster bool
 	// indexed adds the pod indexes that Kubernetes registers for pods
 	// (spec.nodeName, and metadata.namespace in the cache).
 	indexed bool
@@ -58,7 +66,14 @@ type testCacher struct {
 
 func newCacher(t *testing.T, opts cacherOptions) (context.Context, *testCacher) {
 	t.Helper()
-	ctx, s := newStore(t, storeOptions{codec: protoCodec, transformer: identity.NewEncryptCheckTransformer(), compacts: opts.compacts})
+	so := storeOptions{codec: protoCodec, transformer: identity.NewEncryptCheckTransformer(), ownCluster: opts.ownCluster}
+	if opts.ownCluster {
+		// Alone on its cluster, the store takes the prefix of Kubernetes'
+		// cacher tests, which RunTestList expects in the list requests it
+		// records.
+		so.prefix = registryPrefix
+	}
+	ctx, s := newStore(t, so)
 	// One injected list error makes the cacher relist, as in Kubernetes'
 	// tests (unless the reflector lists by watching).
 	listErrors := 1
@@ -236,12 +251,14 @@ func TestCacherList(t *testing.T) {
 		t.Run(fmt.Sprintf("ListFromCacheSnapshot=%v", snapshot), func(t *testing.T) {
 			featuregatetesting.SetFeatureGateDuringTest(t, utilfeature.DefaultFeatureGate, features.ListFromCacheSnapshot, snapshot)
 			t.Run("List", func(t *testing.T) {
-				ctx, c := newCacher(t, cacherOptions{compacts: true})
+				ctx, c := newCacher(t, cacherOptions{ownCluster: true})
 				storagetesting.RunTestList(ctx, t, c, c.compaction(), true, c.store.client.Kubernetes.(*storagetesting.KubernetesRecorder))
 			})
 			// Consistent reads from the cache: the heart of what the API
 			// server asks of plinth's watch (RequestProgress).
 			t.Run("ConsistentList", func(t *testing.T) {
+				// No silent fallback to plinth if the cache does not catch up.
+				featuregatetesting.SetFeatureGateDuringTest(t, utilfeature.DefaultFeatureGate, features.ConsistentListFromCacheSkipTimeoutFallback, true)
 				ctx, c := newCacher(t, cacherOptions{})
 				storagetesting.RunTestConsistentList(ctx, t, c, increaseRV(c.store.client.Client), true, true, snapshot)
 			})
@@ -253,7 +270,7 @@ func TestCacherList(t *testing.T) {
 	}
 	t.Run("CompactRevision", func(t *testing.T) {
 		featuregatetesting.SetFeatureGateDuringTest(t, utilfeature.DefaultFeatureGate, features.ListFromCacheSnapshot, true)
-		ctx, c := newCacher(t, cacherOptions{compacts: true})
+		ctx, c := newCacher(t, cacherOptions{ownCluster: true})
 		storagetesting.RunTestCompactRevision(ctx, t, c, increaseRV(c.store.client.Client), c.compaction())
 	})
 	t.Run("Paging", func(t *testing.T) {
@@ -356,7 +373,8 @@ func TestCacherWatch(t *testing.T) {
 		storagetesting.RunSendInitialEventsBackwardCompatibility(ctx, t, c)
 	})
 	t.Run("WatchSemantics", func(t *testing.T) {
-		_, c := newCacher(t, cacherOptions{})
+		// It watches from resource version 1, which must be in the cache.
+		_, c := newCacher(t, cacherOptions{ownCluster: true})
 		storagetesting.RunWatchSemantics(context.Background(), t, createWrapper{c})
 	})
 	t.Run("WatchSemanticInitialEventsExtended", func(t *testing.T) {
@@ -391,5 +409,47 @@ func (c *testCacher) compaction() storagetesting.Compaction {
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
+	}
+}
+
+// TestCacherConsistentReadFromCache checks the path the API server takes for
+// every list without a resource version: it reads plinth's current
+// revision, then waits until its cache has caught up, which, when the last
+// writes are outside the cached prefix, only a progress notification asked
+// for by RequestProgress can bring about. Kubernetes falls back to reading
+// plinth after a timeout, which would hide a progress request left
+// unanswered: the fallback is turned off, so the read fails instead.
+func TestCacherConsistentReadFromCache(t *testing.T) {
+	featuregatetesting.SetFeatureGateDuringTest(t, utilfeature.DefaultFeatureGate, features.ConsistentListFromCacheSkipTimeoutFallback, true)
+	ctx, c := newCacher(t, cacherOptions{})
+	if !etcdfeature.DefaultFeatureSupportChecker.Supports(storage.RequestWatchProgress) {
+		t.Fatal("the API server does not take plinth for an etcd that answers progress requests (it judges by Status's version)")
+	}
+	pod := &example.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "pod"}}
+	if err := c.Create(ctx, "/pods/ns/pod", pod, &example.Pod{}, 0); err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	recorder := c.store.client.Kubernetes.(*storagetesting.KubernetesRecorder)
+	etcdListsBefore := len(recorder.ListRequestForKey(c.store.prefix + "/pods/"))
+	bump := increaseRV(c.store.client.Client)
+	for i := 0; i < 5; i++ {
+		rev := bump(ctx, t)
+		list := &example.PodList{}
+		start := time.Now()
+		err := c.GetList(ctx, "/pods/", storage.ListOptions{Predicate: storage.Everything, Recursive: true}, list)
+		if err != nil {
+			t.Fatalf("consistent list %d after a write at revision %d: %v", i, rev, err)
+		}
+		rv, err := strconv.ParseInt(list.ResourceVersion, 10, 64)
+		if err != nil || rv < rev {
+			t.Fatalf("consistent list %d: resource version %q, want at least %d", i, list.ResourceVersion, rev)
+		}
+		if len(list.Items) != 1 {
+			t.Fatalf("consistent list %d: %d pods, want 1", i, len(list.Items))
+		}
+		t.Logf("consistent list %d at revision %d served in %v", i, rv, time.Since(start))
+	}
+	if lists := recorder.ListRequestForKey(c.store.prefix + "/pods/")[etcdListsBefore:]; len(lists) != 0 {
+		t.Errorf("consistent lists were served by plinth, not the cache: %v", lists)
 	}
 }

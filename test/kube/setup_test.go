@@ -93,8 +93,16 @@ func newClient(t testing.TB, endpoints []string) *kubernetes.Client {
 type storeOptions struct {
 	codec       runtime.Codec
 	transformer value.Transformer
-	// compacts: the test compacts, so it gets a cluster of its own.
-	compacts bool
+	// ownCluster gives the test a cluster of its own: it compacts, or it
+	// watches from the cluster's first revisions, which a shared cluster
+	// has compacted or a cache started on it has never seen.
+	ownCluster bool
+	// progressNotify gives the test a cluster of its own that sends
+	// progress notifications every progressInterval.
+	progressNotify bool
+	// prefix replaces the store's own key prefix (newPrefix); only for a
+	// test with a cluster of its own.
+	prefix string
 }
 
 // testStore is the etcd3 store of k8s.io/apiserver on the plinth cluster,
@@ -116,14 +124,20 @@ func newStore(t testing.TB, opts storeOptions) (context.Context, *testStore) {
 		opts.transformer = storagetesting.NewPrefixTransformer([]byte(storedPrefix), false)
 	}
 	addrs := endpoints
-	if opts.compacts {
-		addrs = newCluster(t)
+	switch {
+	case opts.progressNotify:
+		addrs = newCluster(t, progressInterval)
+	case opts.ownCluster:
+		addrs = newCluster(t, 0)
 	}
 	client := newClient(t, addrs)
 	versioner := storage.APIObjectVersioner{}
 	compactor := etcd3.NewCompactor(client.Client, 0, clock.RealClock{}, nil)
 	t.Cleanup(compactor.Stop)
 	prefix := newPrefix()
+	if opts.prefix != "" {
+		prefix = opts.prefix
+	}
 	transformer := &swappableTransformer{}
 	transformer.set(opts.transformer)
 	leaseConfig := etcd3.NewDefaultLeaseManagerConfig()

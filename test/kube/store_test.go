@@ -109,7 +109,7 @@ func TestStoreList(t *testing.T) {
 		t.Run(fmt.Sprintf("RangeStream=%v", rangeStream), func(t *testing.T) {
 			featuregatetesting.SetFeatureGateDuringTest(t, utilfeature.DefaultFeatureGate, features.EtcdRangeStream, rangeStream)
 			t.Run("List", func(t *testing.T) {
-				ctx, s := newStore(t, storeOptions{compacts: true})
+				ctx, s := newStore(t, storeOptions{ownCluster: true})
 				storagetesting.RunTestList(ctx, t, s, compaction(s, s.client.Client), false, s.client.Kubernetes.(*storagetesting.KubernetesRecorder))
 				streamReads := s.client.KV.(*storagetesting.KVRecorder).GetStreamReadsAndReset()
 				if rangeStream && streamReads == 0 {
@@ -145,7 +145,7 @@ func TestStoreList(t *testing.T) {
 		// The store learns of compactions made by others by watching the
 		// compact key, which it does with ListFromCacheSnapshot on.
 		featuregatetesting.SetFeatureGateDuringTest(t, utilfeature.DefaultFeatureGate, features.ListFromCacheSnapshot, true)
-		ctx, s := newStore(t, storeOptions{compacts: true})
+		ctx, s := newStore(t, storeOptions{ownCluster: true})
 		storagetesting.RunTestCompactRevision(ctx, t, s, increaseRV(s.client.Client), compaction(s, s.client.Client))
 	})
 	t.Run("Continuation", func(t *testing.T) {
@@ -168,7 +168,7 @@ func TestStoreList(t *testing.T) {
 		storagetesting.RunTestNamespaceScopedList(ctx, t, s)
 	})
 	t.Run("InconsistentContinuation", func(t *testing.T) {
-		ctx, s := newStore(t, storeOptions{compacts: true})
+		ctx, s := newStore(t, storeOptions{ownCluster: true})
 		storagetesting.RunTestListInconsistentContinuation(ctx, t, s, compaction(s, s.client.Client))
 	})
 	t.Run("ResourceVersionMatch", func(t *testing.T) {
@@ -226,7 +226,7 @@ func TestStoreWatch(t *testing.T) {
 		storagetesting.RunTestDeleteTriggerWatch(ctx, t, s)
 	})
 	t.Run("WatchFromZero", func(t *testing.T) {
-		ctx, s := newStore(t, storeOptions{compacts: true})
+		ctx, s := newStore(t, storeOptions{ownCluster: true})
 		storagetesting.RunTestWatchFromZero(ctx, t, s, compaction(s, s.client.Client))
 	})
 	t.Run("WatchFromNonZero", func(t *testing.T) {
@@ -258,12 +258,11 @@ func TestStoreWatch(t *testing.T) {
 		storagetesting.RunTestWatchInitializationSignal(ctx, t, s)
 	})
 	t.Run("ProgressNotify", func(t *testing.T) {
-		// The members send progress notifications every progressInterval.
-		ctx, s := newStore(t, storeOptions{})
+		ctx, s := newStore(t, storeOptions{progressNotify: true})
 		storagetesting.RunOptionalTestProgressNotify(ctx, t, s, increaseRV(s.client.Client))
 	})
 	t.Run("WatchDispatchBookmarkEvents", func(t *testing.T) {
-		ctx, s := newStore(t, storeOptions{})
+		ctx, s := newStore(t, storeOptions{progressNotify: true})
 		storagetesting.RunTestWatchDispatchBookmarkEvents(ctx, t, s, false)
 	})
 	t.Run("SendInitialEventsBackwardCompatibility", func(t *testing.T) {
