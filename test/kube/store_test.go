@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"k8s.io/apiserver/pkg/features"
+	"k8s.io/apiserver/pkg/storage"
+	etcdfeature "k8s.io/apiserver/pkg/storage/feature"
 	storagetesting "k8s.io/apiserver/pkg/storage/testing"
 	utilfeature "k8s.io/apiserver/pkg/util/feature"
 	featuregatetesting "k8s.io/component-base/featuregate/testing"
@@ -114,6 +116,11 @@ func TestStoreList(t *testing.T) {
 				streamReads := s.client.KV.(*storagetesting.KVRecorder).GetStreamReadsAndReset()
 				if rangeStream && streamReads == 0 {
 					t.Error("no list was served by RangeStream")
+				}
+				// A RangeStream refused makes the store fall back to
+				// paginated ranges and remember the refusal.
+				if rangeStream && !etcdfeature.DefaultFeatureSupportChecker.Supports(storage.RangeStream) {
+					t.Error("the store took plinth for an etcd without RangeStream")
 				}
 				if !rangeStream && streamReads > 0 {
 					t.Errorf("%d RangeStream requests with the feature off", streamReads)
