@@ -12,7 +12,7 @@ BIN     ?= bin
 # testdata/fuzz/.
 FUZZ_EXECS ?= 250000
 
-.PHONY: build test test-unit test-compat test-kube test-bench test-faults test-crash test-powerloss fuzz bench vet clean
+.PHONY: build test test-unit test-compat test-kube test-kube-apiserver test-bench test-faults test-crash test-powerloss fuzz bench vet clean
 
 build:
 	$(GO) build -o $(BIN)/plinth ./cmd/plinth
@@ -42,6 +42,16 @@ test-compat:
 test-kube:
 	$(GO) -C test/kube vet ./...
 	$(GO) -C test/kube test -count=1 -timeout 10m ./...
+
+# The real kube-apiserver (Kubernetes v1.37.2, built from the module proxy as
+# test/kubeapiserver's tool: several minutes the first time) on a plinth
+# member, used through client-go. Not part of `make test`.
+test-kube-apiserver:
+	$(GO) build -o $(BIN)/plinth ./cmd/plinth
+	$(GO) -C test/kubeapiserver build -o $(abspath $(BIN))/kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
+	$(GO) -C test/kubeapiserver vet ./...
+	PLINTH_BIN=$(abspath $(BIN))/plinth KUBE_APISERVER_BIN=$(abspath $(BIN))/kube-apiserver \
+		$(GO) -C test/kubeapiserver test -count=1 -timeout 10m -v ./...
 
 test-bench:
 	$(GO) -C bench vet ./...
