@@ -12,7 +12,7 @@ BIN     ?= bin
 # testdata/fuzz/.
 FUZZ_EXECS ?= 250000
 
-.PHONY: build test test-unit test-compat test-bench test-faults test-crash test-powerloss fuzz bench vet proto clean
+.PHONY: build test test-unit test-compat test-kube test-kube-apiserver test-bench test-faults test-crash test-powerloss fuzz bench vet proto clean
 
 build:
 	$(GO) build -o $(BIN)/plinth ./cmd/plinth
@@ -34,6 +34,24 @@ test-unit:
 test-compat:
 	$(GO) -C test/compat vet ./...
 	$(GO) -C test/compat test -count=1 -timeout 15m ./...
+
+# The Kubernetes API server's storage layer (k8s.io/apiserver's etcd3 store
+# and watch cache) against a 3-member plinth cluster, driven by Kubernetes'
+# own storage conformance functions (own Go module; KUBE_MEMBERS=1 for one
+# member).
+test-kube:
+	$(GO) -C test/kube vet ./...
+	$(GO) -C test/kube test -count=1 -timeout 10m ./...
+
+# The real kube-apiserver (Kubernetes v1.37.2, built from the module proxy as
+# test/kubeapiserver's tool: several minutes the first time) on a plinth
+# member, used through client-go. Not part of `make test`.
+test-kube-apiserver:
+	$(GO) build -o $(BIN)/plinth ./cmd/plinth
+	$(GO) -C test/kubeapiserver build -o $(abspath $(BIN))/kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
+	$(GO) -C test/kubeapiserver vet ./...
+	PLINTH_BIN=$(abspath $(BIN))/plinth KUBE_APISERVER_BIN=$(abspath $(BIN))/kube-apiserver \
+		$(GO) -C test/kubeapiserver test -count=1 -timeout 10m -v ./...
 
 test-bench:
 	$(GO) -C bench vet ./...
