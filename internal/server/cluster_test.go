@@ -38,6 +38,18 @@ func freeLoopbackURL(t *testing.T) url.URL {
 	return url.URL{Scheme: "http", Host: testmember.FreeAddr(t)}
 }
 
+// startTestCluster is newTestCluster with every member started.
+func startTestCluster(t *testing.T, n int, token string) *testCluster {
+	t.Helper()
+	c := newTestCluster(t, n, token)
+	for i := range n {
+		c.start(i)
+	}
+	return c
+}
+
+// newTestCluster configures n members of a new cluster, none started (tests
+// change a member's configuration before starting it).
 func newTestCluster(t *testing.T, n int, token string) *testCluster {
 	t.Helper()
 	c := &testCluster{t: t, servers: make([]*Server, n)}
@@ -161,10 +173,7 @@ func (c *testCluster) leader(ctx context.Context) int {
 func TestClusterReplicatesAndElects(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c := newTestCluster(t, 3, "replicate")
-	for i := range 3 {
-		c.start(i)
-	}
+	c := startTestCluster(t, 3, "replicate")
 	lead := c.leader(ctx)
 	follower := (lead + 1) % 3
 
@@ -397,10 +406,7 @@ func allPublished(ms []*etcdserverpb.Member) bool {
 func TestClusterMembershipChanges(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	c := newTestCluster(t, 3, "membership")
-	for i := range 3 {
-		c.start(i)
-	}
+	c := startTestCluster(t, 3, "membership")
 	lead := c.leader(ctx)
 	follower := (lead + 1) % 3
 	cli := c.client(follower) // changes sent to a follower reach the leader
@@ -740,10 +746,7 @@ func TestClusterPartitions(t *testing.T) {
 func TestClusterMoveLeader(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c := newTestCluster(t, 3, "move-leader")
-	for i := range 3 {
-		c.start(i)
-	}
+	c := startTestCluster(t, 3, "move-leader")
 	lead := c.leader(ctx)
 	to := (lead + 1) % 3
 	target := c.servers[to].memberID

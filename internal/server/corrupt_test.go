@@ -44,10 +44,7 @@ func damageValue(t *testing.T, dataDir, key string) {
 func TestCorruptionDetected(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	c := newTestCluster(t, 3, "corrupt")
-	for i := range 3 {
-		c.start(i)
-	}
+	c := startTestCluster(t, 3, "corrupt")
 	lead := c.leader(ctx)
 	cli := c.client(lead)
 	for i := range 20 {

@@ -96,10 +96,7 @@ func TestHealth(t *testing.T) {
 // TestHealthWithoutLeader checks the answer of a member left alone by its
 // peers: no leader, so unhealthy, as etcd's.
 func TestHealthWithoutLeader(t *testing.T) {
-	c := newTestCluster(t, 3, "health")
-	for i := range 3 {
-		c.start(i)
-	}
+	c := startTestCluster(t, 3, "health")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	lead := c.leader(ctx)

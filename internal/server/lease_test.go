@@ -187,10 +187,7 @@ func TestLeaseTimeSurvivesRestart(t *testing.T) {
 func TestClusterLeases(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	c := newTestCluster(t, 3, "leases")
-	for i := range 3 {
-		c.start(i)
-	}
+	c := startTestCluster(t, 3, "leases")
 	lead := c.leader(ctx)
 	follower := (lead + 1) % 3
 	third := (lead + 2) % 3
@@ -331,10 +328,7 @@ func TestKeepAlivesAreCheap(t *testing.T) {
 func TestKeepAlivesThroughAFollower(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c := newTestCluster(t, 3, "keep-alives")
-	for i := range 3 {
-		c.start(i)
-	}
+	c := startTestCluster(t, 3, "keep-alives")
 	lead := c.leader(ctx)
 	follower := (lead + 1) % 3
 	cli := c.client(follower)
@@ -413,10 +407,7 @@ func renewMany(t *testing.T, srv *Server, cli *clientv3.Client) {
 func TestClusterLeasesSurviveARestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	c := newTestCluster(t, 3, "lease-restart")
-	for i := range 3 {
-		c.start(i)
-	}
+	c := startTestCluster(t, 3, "lease-restart")
 	c.leader(ctx)
 	cli := c.client(0)
 	var long, short *clientv3.LeaseGrantResponse

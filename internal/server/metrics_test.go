@@ -75,10 +75,7 @@ series:
 // follower on their client ports before and after a burst of puts: etcd's
 // metrics are there, with etcd's types and labels, and they move.
 func TestMetricsMoveUnderLoad(t *testing.T) {
-	c := newTestCluster(t, 3, "metrics")
-	for i := range 3 {
-		c.start(i)
-	}
+	c := startTestCluster(t, 3, "metrics")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	lead := c.leader(ctx)
@@ -227,10 +224,7 @@ var dashboardSeries = []struct {
 // alerts query is served, on a member of a three-member cluster (peer
 // series exist only with peers).
 func TestDashboardMetricsExist(t *testing.T) {
-	c := newTestCluster(t, 3, "dashboard")
-	for i := range 3 {
-		c.start(i)
-	}
+	c := startTestCluster(t, 3, "dashboard")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	lead := c.leader(ctx)
@@ -255,10 +249,7 @@ func TestDashboardMetricsExist(t *testing.T) {
 // counts them: grants and revokes on every member, keep-alives and expiries
 // on the leader), and the ones that count trouble stay at zero without it.
 func TestOperatorMetrics(t *testing.T) {
-	c := newTestCluster(t, 3, "opmetrics")
-	for i := range 3 {
-		c.start(i)
-	}
+	c := startTestCluster(t, 3, "opmetrics")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	lead := c.leader(ctx)

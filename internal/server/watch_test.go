@@ -202,10 +202,7 @@ func TestWatchChecker(t *testing.T) {
 func TestWatchClusterChecker(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	c := newTestCluster(t, 3, "watch-checker")
-	for i := range 3 {
-		c.start(i)
-	}
+	c := startTestCluster(t, 3, "watch-checker")
 	lead := c.leader(ctx)
 	clis := []*clientv3.Client{c.client(0), c.client(1), c.client(2)}
 	moveLeader := func() {
@@ -345,10 +342,7 @@ func TestWatchAcrossSnapshotInstall(t *testing.T) {
 func TestWatchRequireLeader(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	c := newTestCluster(t, 3, "watch-leader")
-	for i := range 3 {
-		c.start(i)
-	}
+	c := startTestCluster(t, 3, "watch-leader")
 	lead := c.leader(ctx)
 	alone := (lead + 1) % 3
 	wch := c.client(alone).Watch(clientv3.WithRequireLeader(ctx), "k")
