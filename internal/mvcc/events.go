@@ -252,19 +252,17 @@ func (s *Store) EventsFrom() int64 {
 
 // heldEventsFromLocked is eventsFromLocked for FollowEvents: what the
 // compactor has deleted, rather than what reads may see.
-func (s *Store) heldEventsFromLocked() int64 {
-	done := s.compactor.doneRev()
-	if s.indexedFrom > 2 {
-		return max(done, s.indexedFrom)
-	}
-	return done
-}
+func (s *Store) heldEventsFromLocked() int64 { return s.indexedAfter(s.compactor.doneRev()) }
 
-func (s *Store) eventsFromLocked() int64 {
+func (s *Store) eventsFromLocked() int64 { return s.indexedAfter(s.compactRev) }
+
+// indexedAfter returns the oldest revision the event index can answer from,
+// given that it holds nothing below compacted.
+func (s *Store) indexedAfter(compacted int64) int64 {
 	if s.indexedFrom > 2 {
-		return max(s.compactRev, s.indexedFrom)
+		return max(compacted, s.indexedFrom)
 	}
-	return s.compactRev
+	return compacted
 }
 
 // loadIndexedFrom returns the first revision the event index holds, or the
