@@ -70,7 +70,6 @@ type Hub struct {
 	stopC  chan struct{}
 	doneC  chan struct{}
 	logger *slog.Logger
-	held   int64 // the revision the hub holds events from; owned by run
 
 	// mu guards the fields below. It is never held across I/O: the hub
 	// reads the store without it, then appends under it.
@@ -85,6 +84,10 @@ type Hub struct {
 	// is reset: streams waiting for events wait on it.
 	changed chan struct{}
 	streams int // open streams; the hub reads events only when there are some
+	// held is the revision the hub holds the store's events from (0: it
+	// holds none). It changes with streams, under mu, so that no stream is
+	// ever open while nothing is held: see holdEventsLocked.
+	held int64
 
 	watchers atomic.Int64 // watchers of every open stream
 	catching atomic.Int64 // of them, those catching up from history
@@ -160,7 +163,11 @@ func (h *Hub) Close() {
 
 func (h *Hub) run() {
 	defer close(h.doneC)
-	defer h.holdEvents(0)
+	defer func() {
+		h.mu.Lock()
+		h.holdEventsLocked(0)
+		h.mu.Unlock()
+	}()
 	for {
 		select {
 		case <-h.stopC:
@@ -179,18 +186,11 @@ func (h *Hub) follow() {
 			return
 		default:
 		}
-		h.mu.RLock()
-		streams, next := h.streams, h.next
-		h.mu.RUnlock()
 		rev := h.store.Rev()
-		if streams == 0 {
-			// Nobody to serve: keep nothing, and start from the
-			// present when a stream opens.
-			h.reset(rev + 1)
-			h.holdEvents(0)
+		next, serving := h.hold(rev)
+		if !serving {
 			return
 		}
-		h.holdEvents(next)
 		if next > rev {
 			return
 		}
@@ -211,11 +211,29 @@ func (h *Hub) follow() {
 	}
 }
 
-// holdEvents keeps compaction from deleting the events the hub has yet to
-// read (see mvcc.Store.HoldEvents): a compaction applied before the hub has
-// read the revisions it covers must not take them from in-sync watchers.
-// Only the hub's goroutine calls it.
-func (h *Hub) holdEvents(rev int64) {
+// hold holds the events from the next revision the hub reads, and returns
+// it, while streams are open. With none (serving false), the hub keeps
+// nothing, holds nothing, and starts from the present (after rev, the
+// store's revision) when a stream opens.
+func (h *Hub) hold(rev int64) (next int64, serving bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.streams == 0 {
+		h.resetLocked(rev + 1)
+		h.holdEventsLocked(0)
+		return 0, false
+	}
+	h.holdEventsLocked(h.next)
+	return h.next, true
+}
+
+// holdEventsLocked keeps compaction from deleting the events the hub has
+// yet to read (see mvcc.Store.HoldEvents): a compaction applied before the
+// hub has read the revisions it covers must not take them from in-sync
+// watchers. It is called under mu, where streams changes: the first stream
+// to open takes the hold at once (see addStream), not when the hub next
+// wakes, which may be after such a compaction.
+func (h *Hub) holdEventsLocked(rev int64) {
 	if rev != h.held {
 		h.held = rev
 		h.store.HoldEvents(rev)
@@ -225,6 +243,10 @@ func (h *Hub) holdEvents(rev int64) {
 func (h *Hub) reset(rev int64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.resetLocked(rev)
+}
+
+func (h *Hub) resetLocked(rev int64) {
 	if h.from == rev && h.next == rev && len(h.ring) == 0 {
 		return
 	}
@@ -303,6 +325,7 @@ func (h *Hub) collect(from int64, limit int, match func(key []byte) bool) (evs [
 func (h *Hub) addStream() {
 	h.mu.Lock()
 	h.streams++
+	h.holdEventsLocked(h.next)
 	h.mu.Unlock()
 	h.Notify()
 }
