@@ -69,7 +69,10 @@ type Applier struct {
 	applied uint64
 	// req is reused to decode each entry into: nothing an entry's answer
 	// holds points into it.
-	req              pb.InternalRaftRequest
+	req pb.InternalRaftRequest
+	// leaseTimes is set while the batch being applied writes a lease's
+	// remaining TTL (a grant, a checkpoint): see syncLeaseTimes.
+	leaseTimes       bool
 	commitSeconds    prometheus.Histogram // see metrics.go
 	slowApplies      prometheus.Counter
 	snapshotApplying prometheus.Gauge
@@ -140,6 +143,7 @@ func (a *Applier) Reload() error {
 func (a *Applier) Apply(ents []*raftpb.Entry, cs *raftpb.ConfState) ([]Result, error) {
 	b := a.kv.NewBatch()
 	a.indexLeases(b)
+	a.leaseTimes = false
 	results := make([]Result, 0, len(ents))
 	last := a.applied
 	for _, e := range ents {
@@ -196,7 +200,28 @@ func (a *Applier) Apply(ents []*raftpb.Entry, cs *raftpb.ConfState) ([]Result, e
 	}
 	a.observeCommit(start)
 	a.applied = last
+	if err := a.syncLeaseTimes(); err != nil {
+		return nil, fmt.Errorf("apply entries up to %d: %w", last, err)
+	}
 	return results, nil
+}
+
+// syncLeaseTimes makes a batch that wrote remaining TTLs durable before its
+// answers go out. Applied batches are not synced (the Raft log holds their
+// entries), so after a crash the entries of the last ones are applied again:
+// a grant or checkpoint applied again at the restart would count the lease's
+// time from then, and give it back the time since the first apply (and the
+// time the member was down). Synced, a batch is applied once, and the lease's
+// clock record keeps when (see package lease).
+func (a *Applier) syncLeaseTimes() error {
+	if !a.leaseTimes {
+		return nil
+	}
+	a.leaseTimes = false
+	if err := a.db.LogData(nil, pebble.Sync); err != nil {
+		return fmt.Errorf("sync lease times: %w", err)
+	}
+	return nil
 }
 
 func (a *Applier) applyRequest(b *mvcc.Batch, e *raftpb.Entry) (Result, error) {
@@ -230,10 +255,12 @@ func (a *Applier) applyRequest(b *mvcc.Batch, e *raftpb.Entry) (Result, error) {
 		}
 	case req.LeaseGrant != nil:
 		res.Resp, err = a.grantLease(b, req.LeaseGrant)
+		a.leaseTimes = true
 	case req.LeaseRevoke != nil:
 		res.Resp, err = a.revokeLease(b, req.LeaseRevoke.ID)
 	case req.LeaseCheckpoint != nil:
 		err = a.leases.Checkpoint(b.Writer(), req.LeaseCheckpoint.Checkpoints, e.GetTerm())
+		a.leaseTimes = true
 		res.Resp = &pb.LeaseCheckpointResponse{Header: &pb.ResponseHeader{}}
 	case req.ClusterMemberAttrSet != nil:
 		err = setMemberAttributes(b.Writer(), req.ClusterMemberAttrSet)

@@ -6,8 +6,10 @@
 // Time is kept by the leader. Every member holds a deadline per lease on its
 // own monotonic clock: a grant starts it at the full TTL, a checkpoint (a
 // remaining TTL the leader measured and proposed through the log) restarts it
-// at the checkpointed remaining, and a restart or snapshot install restarts
-// it from the persisted checkpoint. The leader (the primary, see Promote)
+// at the checkpointed remaining, a restart restarts it from the persisted
+// checkpoint less the time since this member wrote it (on its wall clock, the
+// time it was down included: see subtractTimeAway), and a snapshot install
+// from the installed checkpoint. The leader (the primary, see Promote)
 // alone moves deadlines on keep-alives, finds expired leases and says which
 // revokes and checkpoints to propose. A follower's deadline is never earlier
 // than the leader's was: it applied the checkpoint after the leader measured
@@ -94,6 +96,7 @@ func Open(db *pebble.DB, now func() time.Time) (*Table, error) {
 // from its persisted checkpoint; a primary stays primary, with no extension.
 func (t *Table) Reload() error {
 	leases := map[int64]*entry{}
+	persisted := map[int64]int64{} // remaining TTL as written, ms
 	it, err := t.db.NewIter(&pebble.IterOptions{LowerBound: []byte{storage.PrefixLeases}, UpperBound: []byte{storage.PrefixLeases + 1}})
 	if err != nil {
 		return fmt.Errorf("lease: load: %w", err)
@@ -106,14 +109,84 @@ func (t *Table) Reload() error {
 			return err
 		}
 		leases[id] = &entry{ttl: ttl, deadline: now.Add(time.Duration(remainingMs) * time.Millisecond), checkpointed: now}
+		persisted[id] = remainingMs
 	}
 	if err := it.Close(); err != nil {
 		return fmt.Errorf("lease: load: %w", err)
+	}
+	if err := t.subtractTimeAway(leases, persisted, now); err != nil {
+		return err
 	}
 	t.mu.Lock()
 	t.leases = leases
 	t.mu.Unlock()
 	return nil
+}
+
+// subtractTimeAway moves back the deadlines of leases that were loaded at
+// now from their persisted remaining TTLs (persisted, in ms): the time since
+// each was written has passed for the lease too, most of it while this
+// member was down. A lease's clock record says when, on this member's wall
+// clock, its remaining TTL was written here; it is believed only when it
+// describes the remaining TTL the table holds (both are written in one
+// batch, and a snapshot's install clears the records). A wall clock that
+// went back counts as no time.
+func (t *Table) subtractTimeAway(leases map[int64]*entry, persisted map[int64]int64, now time.Time) error {
+	it, err := t.db.NewIter(&pebble.IterOptions{LowerBound: []byte{storage.PrefixLeaseClock}, UpperBound: []byte{storage.PrefixLeaseClock + 1}})
+	if err != nil {
+		return fmt.Errorf("lease: load clock records: %w", err)
+	}
+	for it.First(); it.Valid(); it.Next() {
+		id, remainingMs, wallMs, err := decodeClock(it.Key(), it.Value())
+		if err != nil {
+			_ = it.Close()
+			return err
+		}
+		l, ok := leases[id]
+		if !ok || persisted[id] != remainingMs {
+			continue
+		}
+		away := time.Duration(max(now.UnixMilli()-wallMs, 0)) * time.Millisecond
+		l.deadline = l.deadline.Add(-min(away, time.Duration(remainingMs)*time.Millisecond))
+	}
+	if err := it.Close(); err != nil {
+		return fmt.Errorf("lease: load clock records: %w", err)
+	}
+	return nil
+}
+
+// writeClock stages the clock record of lease id: remainingMs was written
+// (in the same batch) at now on this member's wall clock.
+func writeClock(w pebble.Writer, id, remainingMs int64, now time.Time) error {
+	v := binary.AppendUvarint(nil, uint64(remainingMs))
+	v = binary.AppendUvarint(v, uint64(max(now.UnixMilli(), 0)))
+	if err := w.Set(clockKey(id), v, nil); err != nil {
+		return fmt.Errorf("lease: stage clock record of %x: %w", id, err)
+	}
+	return nil
+}
+
+func clockKey(id int64) []byte {
+	k := make([]byte, 9)
+	k[0] = storage.PrefixLeaseClock
+	binary.BigEndian.PutUint64(k[1:], uint64(id))
+	return k
+}
+
+func decodeClock(k, v []byte) (id, remainingMs, wallMs int64, err error) {
+	if len(k) != 9 {
+		return 0, 0, 0, fmt.Errorf("lease: corrupt clock record key %x: %w", k, storage.ErrCorrupt)
+	}
+	id = int64(binary.BigEndian.Uint64(k[1:]))
+	a, n := binary.Uvarint(v)
+	if n <= 0 {
+		return 0, 0, 0, fmt.Errorf("lease: corrupt clock record of lease %x: %w", id, storage.ErrCorrupt)
+	}
+	b, m := binary.Uvarint(v[n:])
+	if m <= 0 || n+m != len(v) {
+		return 0, 0, 0, fmt.Errorf("lease: corrupt clock record of lease %x: %w", id, storage.ErrCorrupt)
+	}
+	return id, int64(a), int64(b), nil
 }
 
 // leaseKey is a lease's key in the table's key space.
@@ -186,6 +259,9 @@ func (t *Table) Grant(w *pebble.Batch, id, ttl int64) error {
 		return fmt.Errorf("lease: stage grant of %x: %w", id, err)
 	}
 	now := t.now()
+	if err := writeClock(w, id, ttl*1000, now); err != nil {
+		return err
+	}
 	t.leases[id] = &entry{ttl: ttl, deadline: now.Add(time.Duration(ttl) * time.Second), checkpointed: now}
 	t.metrics.granted.Inc()
 	t.metrics.ttls.Observe(float64(ttl))
@@ -251,6 +327,9 @@ func (t *Table) Revoke(w *pebble.Batch, id int64) error {
 	if err := w.Delete(leaseKey(id), nil); err != nil {
 		return fmt.Errorf("lease: stage revoke of %x: %w", id, err)
 	}
+	if err := w.Delete(clockKey(id), nil); err != nil {
+		return fmt.Errorf("lease: stage revoke of %x: %w", id, err)
+	}
 	end := indexPrefix(id + 1)
 	if id == -1 {
 		end = []byte{storage.PrefixLeaseKeys + 1}
@@ -297,6 +376,9 @@ func (t *Table) Checkpoint(w *pebble.Batch, cps []*pb.LeaseCheckpoint, term uint
 		remaining := max(cp.Remaining_TTL, 0)
 		if err := w.Set(leaseKey(cp.ID), encodeLease(l.ttl, remaining), nil); err != nil {
 			return fmt.Errorf("lease: stage checkpoint of %x: %w", cp.ID, err)
+		}
+		if err := writeClock(w, cp.ID, remaining, now); err != nil {
+			return err
 		}
 		deadline := now.Add(time.Duration(remaining) * time.Millisecond)
 		switch {

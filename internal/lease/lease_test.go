@@ -232,3 +232,73 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// A restarted member counts the time since each remaining TTL was written,
+// the time it was down included, so that a lease it leads again at once
+// does not get that time back (issue 17's restart gap).
+func TestRestartCountsTimeAway(t *testing.T) {
+	f := newFixture(t)
+	f.tab.Promote(2, 0)
+	must(t, f.grant(1, 60)) // never checkpointed
+	must(t, f.grant(2, 60))
+	must(t, f.grant(3, 60))
+	f.clk.advance(2 * time.Second)
+	must(t, f.apply(func(w *pebble.Batch) error {
+		return f.tab.Checkpoint(w, []*pb.LeaseCheckpoint{{ID: 2, Remaining_TTL: 58_000}, {ID: 3, Remaining_TTL: 5_000}}, 2)
+	}))
+	f.clk.advance(3 * time.Second) // up, then killed
+	f.tab.Demote()
+	f.reopen()
+	f.clk.advance(4 * time.Second) // down for 4s, then restarted
+	f.reopen()
+	f.tab.Promote(3, 0)
+	for id, want := range map[int64]time.Duration{1: 51 * time.Second, 2: 51 * time.Second, 3: 0} {
+		if got := f.remaining(id); got != want {
+			t.Errorf("lease %d after 3s up and 4s down since its last write: %v left, want %v", id, got, want)
+		}
+	}
+	if got := f.tab.Expired(10, time.Second); !slices.Equal(got, []int64{3}) {
+		t.Errorf("expired at once after the restart: %v, want [3]", got)
+	}
+
+	// A wall clock that went back counts as no time away.
+	f.clk.advance(-time.Hour)
+	f.tab.Demote()
+	f.reopen()
+	f.tab.Promote(4, 0)
+	if got := f.remaining(2); got != 58*time.Second {
+		t.Errorf("after the clock went back: %v left, want the persisted 58s", got)
+	}
+}
+
+// A clock record is only believed for the remaining TTL it was written with:
+// a lease record written without one (an etcd snapshot's load) restarts
+// from its remaining TTL, and a snapshot's install clears the records.
+func TestClockRecordMustMatch(t *testing.T) {
+	f := newFixture(t)
+	must(t, f.grant(1, 60))
+	must(t, f.apply(func(w *pebble.Batch) error { return Load(w, 1, 60, 30*time.Second, nil) }))
+	f.clk.advance(10 * time.Second)
+	f.reopen()
+	f.tab.Promote(2, 0)
+	if got := f.remaining(1); got != 30*time.Second {
+		t.Errorf("lease loaded after its grant, restarted 10s later: %v left, want 30s", got)
+	}
+	var records int
+	it, err := f.db.NewIter(&pebble.IterOptions{LowerBound: []byte{storage.PrefixLeaseClock}, UpperBound: []byte{storage.PrefixLeaseClock + 1}})
+	must(t, err)
+	for it.First(); it.Valid(); it.Next() {
+		records++
+	}
+	must(t, it.Close())
+	if records != 1 {
+		t.Errorf("%d clock records after one grant, want 1", records)
+	}
+	must(t, f.apply(func(w *pebble.Batch) error { return f.tab.Revoke(w, 1) }))
+	it, err = f.db.NewIter(&pebble.IterOptions{LowerBound: []byte{storage.PrefixLeaseClock}, UpperBound: []byte{storage.PrefixLeaseClock + 1}})
+	must(t, err)
+	if it.First() {
+		t.Errorf("clock record of lease %x left after its revoke", it.Key()[1:])
+	}
+	must(t, it.Close())
+}

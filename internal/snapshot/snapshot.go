@@ -15,7 +15,9 @@
 //     truncation mark set to the snapshot's (index, term);
 //   - for each state-machine key space (storage.StateMachineSpans), a range
 //     deletion of the whole space followed by every key the sender holds in
-//     it.
+//     it;
+//   - for each of the member's notes about its state (storage.LocalSpans), a
+//     range deletion of the whole space, and none of the sender's keys.
 //
 // Pebble gives every key of an ingested table one sequence number, and a
 // range deletion removes only keys with a lower one: those of the receiver,

@@ -63,6 +63,11 @@ func checkInstalled(t *testing.T, db *pebble.DB, s sent, own map[string]string, 
 	if log := dump(t, db, storage.RaftLogSpan()); len(log) != 0 {
 		t.Errorf("raft log holds %d entries after install, want none", len(log))
 	}
+	for _, sp := range storage.LocalSpans {
+		if notes := dump(t, db, sp); len(notes) != 0 {
+			t.Errorf("span %x holds %d of the member's notes after install, want none (neither its own nor the sender's)", sp.Start, len(notes))
+		}
+	}
 	mark, _, err := storage.GetMeta(db, storage.MetaLogTruncated)
 	if err != nil || !bytes.Equal(mark, storage.TruncationMark(s.index, s.term)) {
 		t.Errorf("truncation mark %x (%v), want (%d, %d)", mark, err, s.index, s.term)

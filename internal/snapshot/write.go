@@ -99,6 +99,13 @@ func writeTable(tw *sstable.Writer, src pebble.Reader, index, term uint64) error
 			return err
 		}
 	}
+	// The receiver's notes about the state this image replaces go with it;
+	// the sender's own are about its copy, on its clock, and stay home.
+	for _, span := range storage.LocalSpans {
+		if err := tw.DeleteRange(span.Start, span.End); err != nil {
+			return fmt.Errorf("snapshot: clear span [%x,%x): %w", span.Start, span.End, err)
+		}
+	}
 	return nil
 }
 

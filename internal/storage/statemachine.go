@@ -26,7 +26,11 @@ func PrefixSpan(prefix byte) Span {
 //     to (index, term), so that the log resumes right after the snapshot;
 //   - this member's own state, MemberMeta: its Raft hard state (its vote and
 //     term, which it must never forget) and its identity. A snapshot neither
-//     carries nor overwrites them.
+//     carries nor overwrites them;
+//   - this member's notes about its copy of the state machine, LocalSpans
+//     (when it wrote each lease's remaining TTL, on its own clock). A
+//     snapshot does not carry them but clears them, with the state they
+//     described.
 //
 // Any new key space or meta value that the state machine writes (leases, auth,
 // ...) must be added to StateMachineSpans or StateMachineMeta: snapshots copy
@@ -59,6 +63,13 @@ var (
 		MetaClusterID,
 		MetaMemberID,
 		MetaJoined,
+	}
+	// LocalSpans are key spaces that describe this member's copy of the
+	// state machine (when it wrote what, on its own clock). A snapshot
+	// never carries them, and clears them: what they described was
+	// replaced.
+	LocalSpans = []Span{
+		PrefixSpan(PrefixLeaseClock),
 	}
 )
 

@@ -49,6 +49,7 @@ func TestEveryKeySpaceIsClassified(t *testing.T) {
 		"PrefixRaftLog": PrefixRaftLog, "PrefixMeta": PrefixMeta, "PrefixMembers": PrefixMembers,
 		"PrefixAlarms": PrefixAlarms, "PrefixLatest": PrefixLatest, "PrefixHistory": PrefixHistory,
 		"PrefixEvents": PrefixEvents, "PrefixLeases": PrefixLeases, "PrefixLeaseKeys": PrefixLeaseKeys,
+		"PrefixLeaseClock": PrefixLeaseClock,
 	}
 	metaValue := map[string]string{
 		"MetaHardState": MetaHardState, "MetaConfState": MetaConfState, "MetaLogTruncated": MetaLogTruncated,
@@ -65,8 +66,9 @@ func TestEveryKeySpaceIsClassified(t *testing.T) {
 		if p == PrefixRaftLog || p == PrefixMeta {
 			continue
 		}
-		if !slices.ContainsFunc(StateMachineSpans, func(s Span) bool { return string(s.Start) == string([]byte{p}) }) {
-			t.Errorf("%s (0x%02x) is not in StateMachineSpans", name, p)
+		isSpan := func(s Span) bool { return string(s.Start) == string([]byte{p}) }
+		if slices.ContainsFunc(StateMachineSpans, isSpan) == slices.ContainsFunc(LocalSpans, isSpan) {
+			t.Errorf("%s (0x%02x) is in both or neither of StateMachineSpans and LocalSpans, want exactly one", name, p)
 		}
 	}
 	for _, name := range metas {

@@ -51,6 +51,11 @@ const (
 	// PrefixLeaseKeys indexes the keys attached to each lease (owned by
 	// lease): PrefixLeaseKeys + lease ID (8 bytes, big endian) + key -> "".
 	PrefixLeaseKeys byte = 0x21
+	// PrefixLeaseClock holds, for this member alone, when each lease's
+	// persisted remaining TTL was last written here (owned by lease):
+	// PrefixLeaseClock + lease ID (8 bytes, big endian) -> the remaining TTL
+	// and the wall-clock time it was written at. See LocalSpans.
+	PrefixLeaseClock byte = 0x22
 )
 
 // Names of the metadata values kept under PrefixMeta.

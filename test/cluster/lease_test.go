@@ -3,7 +3,6 @@ package cluster
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -20,7 +19,8 @@ import (
 // Leases under leader faults (issue 17): the nemesis kills -9 the leader
 // and restarts it, then pauses the leader (SIGSTOP) and resumes it,
 // alternately; each time the other two elect a leader among themselves
-// before the faulted member runs again. Meanwhile
+// before the faulted member runs again, but for every other kill, which
+// restarts the member at once. Meanwhile
 //   - one lease is kept alive by a client of all three members (the etcd
 //     client's KeepAlive stream): it must never expire, its key must be
 //     there at every check and at the end, the KeepAlive channel must never
@@ -58,15 +58,10 @@ const (
 	leaseExpirySlack = 2500 * time.Millisecond
 )
 
-// quickRestartFlag restarts a killed leader at once. It may then win the
-// election again before another leader checkpointed the leases, with the
-// deadlines it reloaded at its restart: the persisted checkpoint's remaining
-// TTLs counted from the restart, which gives back the time since that
-// checkpoint (up to the server's 5s checkpoint refresh) and the time it was
-// down. Leases then live longer than the bound this test checks, and their
-// remaining TTL may rise by more than the election timeout: a known
-// weakness (issue 17), so the default run does not restart that way.
-var quickRestartFlag = flag.Bool("cluster.quick-restart", false, "TestLeasesUnderLeaderFaults restarts a killed leader at once, before the others elect one (expect failures: see quickRestartFlag)")
+// Every other kill restarts the killed leader at once, before the others
+// elect a leader among themselves: it may win again, with the deadlines it
+// reloaded at its restart, which must count the time since it persisted
+// them and the time it was down (see TestLeaseTimeAcrossWholeClusterRestart).
 
 // expiringTTLs are the TTLs of the leases nobody keeps alive, in the order
 // they are granted, one every leaseGrantGap.
@@ -210,12 +205,14 @@ func TestLeasesUnderLeaderFaults(t *testing.T) {
 		kind := "kill"
 		if faults%2 == 0 {
 			// The killed leader stays down until the others elect a
-			// leader among themselves (but for -cluster.quick-restart,
-			// see quickRestartFlag).
+			// leader among themselves, or, every other time, comes
+			// back at once.
 			killed := time.Now()
 			if err = leader.Kill(); err == nil {
-				if !*quickRestartFlag {
+				if faults%4 == 0 {
 					findLeader(t, c)
+				} else {
+					kind = "kill, restart at once"
 				}
 				what = fmt.Sprintf("kill -9 %s for %v", leader.Name(), time.Since(killed).Round(time.Millisecond))
 				err = restart(ctx, c, leader)
@@ -511,4 +508,63 @@ func deletionRev(ctx context.Context, t *testing.T, cli *clientv3.Client, l *exp
 	}
 	t.Fatalf("watch %s: %v", l.key, ctx.Err())
 	return 0
+}
+
+// TestLeaseTimeAcrossWholeClusterRestart kills -9 every member a few seconds
+// after a grant and starts them again: whichever leads next loads the
+// leases from what it persisted (the grant: the full TTL). The time since
+// then, and the time the members were down, passed for the lease too: its
+// remaining TTL after the restart must not have risen back (but for a new
+// leader's extension, one election timeout), nor fallen below what its age
+// leaves. (Each leader elected since may add its election timeout; the
+// terms that passed bound how many there were.)
+func TestLeaseTimeAcrossWholeClusterRestart(t *testing.T) {
+	const ttl = 30
+	ctx := t.Context()
+	c := startCluster(t, 3)
+	cli := client(t, c.Endpoints()...)
+	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	sent := time.Now()
+	l, err := cli.Grant(gctx, ttl)
+	granted := time.Now()
+	cancel()
+	if err != nil {
+		t.Fatalf("grant: %v", err)
+	}
+	time.Sleep(3 * time.Second)
+	for _, m := range c.Members {
+		if err := m.Kill(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(2 * time.Second)
+	for _, m := range c.Members {
+		if err := m.Launch(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	findLeader(t, c)
+	var left int64
+	for {
+		qctx, cancel := context.WithTimeout(ctx, time.Second)
+		asked := time.Now()
+		resp, err := cli.TimeToLive(qctx, l.ID)
+		cancel()
+		if err == nil {
+			left = resp.TTL
+			// Reported in whole seconds, rounded down.
+			leaders := int64(resp.ResponseHeader.RaftTerm - l.ResponseHeader.RaftTerm)
+			most := ttl - int64(asked.Sub(granted).Seconds()) + leaders*int64(math.Ceil(electionTimeout.Seconds()))
+			least := ttl - int64(math.Ceil(time.Since(sent).Seconds())) - 1
+			if left > most || left < least {
+				t.Errorf("lease granted %v ago (down 2s of it, %d terms since) has %ds left, want %d..%d", asked.Sub(granted).Round(time.Millisecond), leaders, left, least, most)
+			}
+			break
+		}
+		if ctx.Err() != nil || time.Since(granted) > 25*time.Second {
+			t.Fatalf("time to live after the restart: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("%ds left %v after the grant", left, time.Since(granted).Round(time.Millisecond))
 }
