@@ -24,6 +24,11 @@ type LeaseBackend interface {
 	// LeaseRenew restarts a lease's TTL and returns the TTL it was granted
 	// (lease.ErrNotFound for a lease that is gone or expired).
 	LeaseRenew(ctx context.Context, id int64) (int64, error)
+	// LeaseRenewHere renews a lease that this member can renew at once,
+	// without waiting (it keeps the leases' time and has applied the
+	// lease's grant): ok is false when the renewal must go through
+	// LeaseRenew instead.
+	LeaseRenewHere(id int64) (ttl int64, ok bool)
 	// LeaseTimeToLive answers req (lease.ErrNotFound for an unknown lease).
 	LeaseTimeToLive(ctx context.Context, req *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error)
 	// LeaseIDs lists the leases this member has applied.
@@ -96,6 +101,11 @@ func (s *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 		}
 	}()
 	var sendMu sync.Mutex // serializes Send
+	send := func(resp *pb.LeaseKeepAliveResponse) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		return stream.Send(resp)
+	}
 	failed := make(chan error, 1)
 	fail := func(err error) {
 		select {
@@ -103,7 +113,31 @@ func (s *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 		default:
 		}
 	}
-	slots := make(chan struct{}, keepAlivesInFlight)
+	// Renewals that wait for the leader go to workers: up to
+	// keepAlivesInFlight of them, started as renewals need them and kept
+	// for the stream's life, because a goroutine per renewal pays for a new
+	// stack, and its growth, every time.
+	work := make(chan *pb.LeaseKeepAliveResponse)
+	workers := 0
+	stopWorkers := sync.OnceFunc(func() { close(work) })
+	defer stopWorkers() // first of the deferred calls: workers end, then renewals.Wait returns
+	worker := func() {
+		defer renewals.Done()
+		for resp := range work {
+			ttl, err := s.b.LeaseRenew(ctx, resp.ID)
+			if errors.Is(err, lease.ErrNotFound) {
+				ttl, err = 0, nil
+			}
+			if err != nil {
+				fail(toGRPC(err))
+				continue
+			}
+			resp.TTL = ttl
+			if err := send(resp); err != nil {
+				fail(err)
+			}
+		}
+	}
 	for {
 		var req *pb.LeaseKeepAliveRequest
 		select {
@@ -112,42 +146,42 @@ func (s *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 		case <-recvErr:
 			// The client closed its side (its renewals still get
 			// their answers), or went away: either ends the stream.
+			stopWorkers()
 			renewals.Wait()
 			return nil
 		case err := <-failed:
 			return err
 		case req = <-reqs:
 		}
+		// The header is filled before the renewal, as etcd does: its
+		// revision is never one at which the lease was already revoked.
+		resp := &pb.LeaseKeepAliveResponse{Header: &pb.ResponseHeader{}, ID: req.ID}
+		s.b.FillHeader(resp.Header)
+		// On the leader a renewal is a memory operation, answered here.
+		if ttl, ok := s.b.LeaseRenewHere(req.ID); ok {
+			resp.TTL = ttl
+			if err := send(resp); err != nil {
+				return err
+			}
+			continue
+		}
+		if workers < keepAlivesInFlight {
+			select {
+			case work <- resp: // an idle worker took it
+				continue
+			default:
+			}
+			workers++
+			renewals.Add(1)
+			go worker()
+		}
 		select {
-		case slots <- struct{}{}:
+		case work <- resp:
+		case err := <-failed:
+			return err
 		case <-ctx.Done():
 			return nil
 		}
-		renewals.Add(1)
-		go func() {
-			defer renewals.Done()
-			defer func() { <-slots }()
-			// The header is filled before the renewal, as etcd does:
-			// its revision is never one at which the lease was
-			// already revoked.
-			resp := &pb.LeaseKeepAliveResponse{Header: &pb.ResponseHeader{}, ID: req.ID}
-			s.b.FillHeader(resp.Header)
-			ttl, err := s.b.LeaseRenew(ctx, req.ID)
-			if errors.Is(err, lease.ErrNotFound) {
-				ttl, err = 0, nil
-			}
-			if err != nil {
-				fail(toGRPC(err))
-				return
-			}
-			resp.TTL = ttl
-			sendMu.Lock()
-			err = stream.Send(resp)
-			sendMu.Unlock()
-			if err != nil {
-				fail(err)
-			}
-		}()
 	}
 }
 

@@ -136,6 +136,9 @@ func (s *Server) LeaseIDs() []int64 { return s.leases().IDs() }
 // LeaseRenew implements api.LeaseBackend: on the leader, in memory; on a
 // follower, forwarded to the leader.
 func (s *Server) LeaseRenew(ctx context.Context, id int64) (int64, error) {
+	if ttl, ok := s.LeaseRenewHere(id); ok {
+		return ttl, nil
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.requestTimeout())
 	defer cancel()
 	var ttl int64
@@ -147,6 +150,15 @@ func (s *Server) LeaseRenew(ctx context.Context, id int64) (int64, error) {
 		return err
 	})
 	return ttl, err
+}
+
+// LeaseRenewHere implements api.LeaseBackend: a renewal this member, as the
+// primary lessor, answers at once. Anything else (a follower, a lease not
+// found here yet) is LeaseRenew's to answer.
+func (s *Server) LeaseRenewHere(id int64) (int64, bool) {
+	s.syncLeadership()
+	ttl, err := s.leases().Renew(id)
+	return ttl, err == nil
 }
 
 // LeaseTimeToLive implements api.LeaseBackend: the leader's remaining TTL,
