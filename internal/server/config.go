@@ -58,6 +58,10 @@ type Config struct {
 	// system. Tests give a file system that loses what was not synced
 	// (power loss) or fails operations (disk faults).
 	FS vfs.FS
+	// withoutRenewalService leaves the batched renewal service out, as a
+	// plinth from before it: tests check that followers fall back to
+	// etcd's keep-alive stream to such a leader.
+	withoutRenewalService bool
 }
 
 // ParseURLs parses a comma-separated list of URLs as etcd's flags take them.

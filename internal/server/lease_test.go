@@ -324,7 +324,7 @@ func TestKeepAlivesAreCheap(t *testing.T) {
 }
 
 // TestKeepAlivesThroughAFollower is TestKeepAlivesAreCheap with the renewals
-// sent to a follower, which forwards them to the leader.
+// sent to a follower, which forwards them to the leader, many to a message.
 func TestKeepAlivesThroughAFollower(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -336,12 +336,49 @@ func TestKeepAlivesThroughAFollower(t *testing.T) {
 		_, err := cli.Put(ctx, "warm", "up")
 		return err == nil
 	})
-	renewMany(t, c.servers[lead], cli)
+	leadAddr := c.cfgs[lead].ListenClientURLs[0].Host
+	messages := func() float64 {
+		return value(t, scrape(t, leadAddr), "grpc_server_msg_received_total", "grpc_service="+renewalService)
+	}
+	before := messages()
+	renewed := renewMany(t, c.servers[lead], cli)
+	got := messages() - before
+	t.Logf("%d renewals reached the leader in %.0f messages", renewed, got)
+	if got < 1 || got > float64(renewed)/4 {
+		t.Fatalf("%d renewals forwarded in %.0f messages, want at least 1 and at most a quarter as many", renewed, got)
+	}
+}
+
+// TestKeepAlivesThroughAFollowerToAnOlderLeader: a leader without the batched
+// renewal service (a plinth from before it, in a rolling upgrade) answers
+// it Unimplemented, and followers carry renewals over etcd's keep-alive
+// stream instead.
+func TestKeepAlivesThroughAFollowerToAnOlderLeader(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := newTestCluster(t, 3, "keep-alives-old-leader")
+	for i := range c.cfgs {
+		c.cfgs[i].withoutRenewalService = true
+		c.start(i)
+	}
+	lead := c.leader(ctx)
+	cli := c.client((lead + 1) % 3)
+	waitFor(ctx, t, func() bool {
+		_, err := cli.Put(ctx, "warm", "up")
+		return err == nil
+	})
+	leadAddr := c.cfgs[lead].ListenClientURLs[0].Host
+	renewed := renewMany(t, c.servers[lead], cli)
+	got := value(t, scrape(t, leadAddr), "grpc_server_msg_received_total", "grpc_service=etcdserverpb.Lease", "grpc_method=LeaseKeepAlive")
+	if got < float64(renewed) {
+		t.Fatalf("the leader took %.0f keep-alive messages for %d renewals through a follower, want one each", got, renewed)
+	}
 }
 
 // renewMany grants leases through cli, renews them over one keep-alive
-// stream, and checks that leader's log grew by the checkpoints only.
-func renewMany(t *testing.T, srv *Server, cli *clientv3.Client) {
+// stream, and checks that leader's log grew by the checkpoints only. It
+// returns how many renewals it made.
+func renewMany(t *testing.T, srv *Server, cli *clientv3.Client) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	const leases, rounds = 200, 10
@@ -399,6 +436,7 @@ func renewMany(t *testing.T, srv *Server, cli *clientv3.Client) {
 	if limit := uint64(elapsed/srv.checkpointInterval()) + 2; entries > limit {
 		t.Fatalf("%d renewals made %d log entries in %v, want at most %d", leases*rounds, entries, elapsed, limit)
 	}
+	return leases * rounds
 }
 
 // TestClusterLeasesSurviveARestart stops and restarts every member: a lease

@@ -20,8 +20,9 @@ import (
 
 // leaseForwarder carries a follower's keep-alives and time-to-live questions
 // to the leader's client URL. It keeps one connection to the current leader
-// and one keep-alive stream on it, which every keep-alive reaching this
-// member shares: a follower adds one hop to a renewal, not a stream.
+// and one renewal stream on it, which every keep-alive reaching this member
+// shares, in batches: a follower adds one hop to a renewal, not a stream,
+// and many renewals share each message of that hop.
 type leaseForwarder struct {
 	s *Server
 
@@ -32,27 +33,54 @@ type leaseForwarder struct {
 	lead uint64
 	conn *grpc.ClientConn
 	link *keepAliveLink // nil until needed, or after it broke
-	wg   sync.WaitGroup // the links' receive loops
-	done bool           // set by close
+	// etcdStreamTo is a leader that answered the batched renewal stream
+	// with Unimplemented (a plinth from before it): its renewals go over
+	// an etcd keep-alive stream instead, one message each.
+	etcdStreamTo uint64
+	wg           sync.WaitGroup // the links' send and receive loops
+	done         bool           // set by close
 }
 
-// keepAliveLink is one keep-alive stream to the leader. The leader answers
-// every request once, answers to different leases in any order; an answer
-// goes to the oldest waiter for its lease.
+// keepAliveLink is one renewal stream to the leader. The leader answers every
+// renewal once; an answer goes to the oldest waiter for its lease.
 type keepAliveLink struct {
-	stream pb.Lease_LeaseKeepAliveClient
+	stream renewalStream
+	lead   uint64
+	ctx    context.Context
 	cancel context.CancelFunc
-	sendMu sync.Mutex // serializes Send
+	sendC  chan struct{} // capacity 1: renewals are pending
+	// unanswered holds a token per message the leader has yet to answer,
+	// when the stream batches (nil otherwise): with a message on its way,
+	// renewals gather for the next one instead of going one by one.
+	unanswered chan struct{}
 
 	mu      sync.Mutex // guards the fields below
 	waiting map[int64][]chan renewAnswer
-	err     error // set once the stream broke
+	pending []int64 // renewals not sent yet, in order
+	err     error   // set once the stream broke
 }
 
 type renewAnswer struct {
 	ttl int64
 	err error
 }
+
+// renewalStream is the way renewals travel to the leader: plinth's batched
+// renewal stream, or (to a leader without it) etcd's keep-alive stream.
+type renewalStream interface {
+	send(ids []int64) error
+	// recv returns the next answers: lease IDs and their TTLs (0 for a
+	// lease the leader does not have).
+	recv() ([]*pb.LeaseCheckpoint, error)
+}
+
+// maxRenewalBatch bounds the renewals of one message to the leader.
+const maxRenewalBatch = 4096
+
+// renewalMessagesInFlight bounds the messages of renewals sent to the leader
+// and not answered yet. Two: one on its way while the next gathers, so a
+// renewal waits at most about a round trip to the leader before it is sent.
+const renewalMessagesInFlight = 2
 
 // errLinkBroken marks a renewal that was lost with its stream (the leader
 // changed or went away): it may be tried again.
@@ -75,12 +103,11 @@ func (f *leaseForwarder) renew(ctx context.Context, id int64) (int64, error) {
 		return 0, link.err
 	}
 	link.waiting[id] = append(link.waiting[id], ch)
+	link.pending = append(link.pending, id)
 	link.mu.Unlock()
-	link.sendMu.Lock()
-	err = link.stream.Send(&pb.LeaseKeepAliveRequest{ID: id})
-	link.sendMu.Unlock()
-	if err != nil {
-		f.broke(link, err)
+	select {
+	case link.sendC <- struct{}{}:
+	default: // the sender is signaled already
 	}
 	select {
 	case a := <-ch:
@@ -104,8 +131,8 @@ func (f *leaseForwarder) renew(ctx context.Context, id int64) (int64, error) {
 	}
 }
 
-// keepAliveLink returns the keep-alive stream to the current leader, opening
-// it if needed.
+// keepAliveLink returns the renewal stream to the current leader, opening it
+// if needed.
 func (f *leaseForwarder) keepAliveLink() (*keepAliveLink, error) {
 	conn, err := f.leaderConn()
 	if err != nil {
@@ -120,16 +147,69 @@ func (f *leaseForwarder) keepAliveLink() (*keepAliveLink, error) {
 		return f.link, nil
 	}
 	ctx, cancel := context.WithCancel(f.s.stopCtx)
-	stream, err := pb.NewLeaseClient(conn).LeaseKeepAlive(ctx)
+	var stream renewalStream
+	if f.etcdStreamTo == f.lead {
+		stream, err = openEtcdKeepAlives(ctx, conn)
+	} else {
+		stream, err = openRenewals(ctx, conn)
+	}
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("%w: %w", errLinkBroken, err)
 	}
-	link := &keepAliveLink{stream: stream, cancel: cancel, waiting: map[int64][]chan renewAnswer{}}
+	link := &keepAliveLink{stream: stream, lead: f.lead, ctx: ctx, cancel: cancel, sendC: make(chan struct{}, 1), waiting: map[int64][]chan renewAnswer{}}
+	if _, batched := stream.(renewals); batched {
+		link.unanswered = make(chan struct{}, renewalMessagesInFlight)
+	}
 	f.link = link
-	f.wg.Add(1)
+	f.wg.Add(2)
+	go f.send(link)
 	go f.receive(link)
 	return link, nil
+}
+
+// send sends the pending renewals, as many as have gathered, in one message,
+// until the stream breaks: renewals that come while a message is on its way
+// go together in the next.
+func (f *leaseForwarder) send(link *keepAliveLink) {
+	defer f.wg.Done()
+	for {
+		select {
+		case <-link.ctx.Done():
+			return
+		case <-link.sendC:
+		}
+		for {
+			if link.unanswered != nil {
+				// Wait for a message's answer before taking what
+				// gathered meanwhile.
+				select {
+				case link.unanswered <- struct{}{}:
+				case <-link.ctx.Done():
+					return
+				}
+			}
+			link.mu.Lock()
+			ids := link.pending
+			if len(ids) > maxRenewalBatch {
+				ids = ids[:maxRenewalBatch:maxRenewalBatch]
+				link.pending = link.pending[maxRenewalBatch:]
+			} else {
+				link.pending = nil
+			}
+			link.mu.Unlock()
+			if len(ids) == 0 {
+				if link.unanswered != nil {
+					<-link.unanswered
+				}
+				break
+			}
+			if err := link.stream.send(ids); err != nil {
+				f.broke(link, err)
+				return
+			}
+		}
+	}
 }
 
 // receive hands the leader's answers to their waiters until the stream
@@ -137,24 +217,34 @@ func (f *leaseForwarder) keepAliveLink() (*keepAliveLink, error) {
 func (f *leaseForwarder) receive(link *keepAliveLink) {
 	defer f.wg.Done()
 	for {
-		resp, err := link.stream.Recv()
+		answers, err := link.stream.recv()
 		if err != nil {
+			if status.Code(err) == codes.Unimplemented {
+				f.mu.Lock()
+				f.etcdStreamTo = link.lead
+				f.mu.Unlock()
+			}
 			f.broke(link, err)
 			return
 		}
-		link.mu.Lock()
-		var ch chan renewAnswer
-		if q := link.waiting[resp.ID]; len(q) > 0 {
-			ch = q[0]
-			if len(q) == 1 {
-				delete(link.waiting, resp.ID)
-			} else {
-				link.waiting[resp.ID] = q[1:]
-			}
+		if link.unanswered != nil {
+			<-link.unanswered
 		}
-		link.mu.Unlock()
-		if ch != nil {
-			ch <- renewAnswer{ttl: resp.TTL}
+		for _, a := range answers {
+			link.mu.Lock()
+			var ch chan renewAnswer
+			if q := link.waiting[a.ID]; len(q) > 0 {
+				ch = q[0]
+				if len(q) == 1 {
+					delete(link.waiting, a.ID)
+				} else {
+					link.waiting[a.ID] = q[1:]
+				}
+			}
+			link.mu.Unlock()
+			if ch != nil {
+				ch <- renewAnswer{ttl: a.Remaining_TTL}
+			}
 		}
 	}
 }
@@ -168,6 +258,7 @@ func (f *leaseForwarder) broke(link *keepAliveLink, err error) {
 	}
 	waiting := link.waiting
 	link.waiting = map[int64][]chan renewAnswer{}
+	link.pending = nil
 	link.mu.Unlock()
 	for _, q := range waiting {
 		for _, ch := range q {

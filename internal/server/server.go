@@ -294,6 +294,9 @@ func (s *Server) Start() error {
 	pb.RegisterMaintenanceServer(s.grpc, api.NewMaintenance(s))
 	pb.RegisterClusterServer(s.grpc, api.NewCluster(s))
 	pb.RegisterLeaseServer(s.grpc, leases)
+	if !s.cfg.withoutRenewalService {
+		s.grpc.RegisterService(&renewalServiceDesc, s)
+	}
 	pb.RegisterWatchServer(s.grpc, api.NewWatch(s, s.watches, s.node.Leader, s.cfg.ElectionTimeout))
 	lockelectCfg := lockelect.Config{KV: kv, Leases: leases, Hub: s.watches, FillHeader: s.FillHeader}
 	v3lockpb.RegisterLockServer(s.grpc, lockelect.NewLock(lockelectCfg))
