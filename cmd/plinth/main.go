@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,17 +20,8 @@ import (
 )
 
 func main() {
-	// plinth's large data lives outside the Go heap (Pebble's memtables and
-	// block cache are manually managed), so the heap is mostly short-lived
-	// request garbage: collecting it less often costs little memory and
-	// saves CPU on every request. GOGC still overrides.
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(defaultGCPercent)
-	}
 	os.Exit(run(os.Args[1:], os.Stderr))
 }
-
-const defaultGCPercent = 400
 
 func run(args []string, stderr io.Writer) int {
 	cfg, err := parseFlags(args, stderr)
