@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"runtime"
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -47,8 +48,11 @@ const (
 
 func newKeyFilter(keys int) *keyFilter {
 	blocks := (keys*10 + blockBits - 1) / blockBits
-	// Large allocations are page-aligned, so each block is one cache line.
-	return &keyFilter{seed: maphash.MakeSeed(), words: make([]atomic.Uint64, blocks*blockWords), blocks: uint64(blocks)}
+	f := &keyFilter{seed: maphash.MakeSeed(), blocks: uint64(blocks)}
+	// Outside the Go heap where the platform allows (see filterWords):
+	// page-aligned either way, so each block is one cache line.
+	f.words = filterWords(f, blocks*blockWords)
+	return f
 }
 
 // probes calls visit with the word and bit of each of key's probes, until
@@ -64,9 +68,12 @@ func (f *keyFilter) probes(key []byte, visit func(word *atomic.Uint64, mask uint
 	for i := uint32(0); i < keyFilterProbes; i++ {
 		bit := (h1 + i*h2) % blockBits
 		if !visit(&block[bit/64], 1<<(bit%64)) {
-			return
+			break
 		}
 	}
+	// block may be memory outside the Go heap, which f's cleanup unmaps:
+	// f must stay reachable until the last probe.
+	runtime.KeepAlive(f)
 }
 
 func (f *keyFilter) add(key []byte) {

@@ -2,9 +2,11 @@ package watch
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -39,18 +41,34 @@ type Stream struct {
 	in  chan *pb.WatchRequest
 
 	// Owned by Run's goroutine.
-	watchers map[int64]*watcher
-	order    []*watcher // creation order: each gets a turn per round
+	//
+	// watchers holds the stream's watchers by value, sorted by ID: a
+	// stream may hold a hundred thousand idle watchers, and a value each
+	// in one slice costs a third of what a pointer, an object and a map
+	// entry each did. Each gets a turn per round, in ID order.
+	watchers []watcher
 	nextID   int64
 	// progressAt, when > 0, is a WatchProgressRequest waiting for every
 	// watcher to have been sent all events up to that revision.
 	progressAt int64
+	// idleAt is the ring's end (exclusive) at which a round last found no
+	// watcher with anything to send: until the ring moves on, or a
+	// watcher from the past is created, another round would find the
+	// same, so none is run. Without it, every request would cost a pass
+	// over every watcher: creating n watchers one at a time, as clientv3
+	// does, would take n² steps.
+	idleAt int64
 }
 
 type watcher struct {
-	id             int64
-	key, end       []byte // end nil: the key alone; empty: every key from key on
-	next           int64  // the first revision whose events it has not been sent
+	id   int64
+	next int64 // the first revision whose events it has not been sent
+	// rng is the key, followed, for a range with an end, by the end:
+	// [rng[:keyLen], rng[keyLen:]). A single key (keyLen == len(rng)) or
+	// an open range (fromKey) keeps the create request's key itself.
+	rng            []byte
+	keyLen         int32
+	fromKey        bool // every key from the key on (etcd's range end "\x00")
 	prevKV         bool
 	fragment       bool
 	noPut          bool
@@ -65,25 +83,34 @@ type watcher struct {
 }
 
 func (w *watcher) match(key []byte) bool {
+	k := w.rng[:w.keyLen]
 	switch {
-	case w.end == nil:
-		return bytes.Equal(key, w.key)
-	case len(w.end) == 0:
-		return bytes.Compare(key, w.key) >= 0
+	case w.fromKey:
+		return bytes.Compare(key, k) >= 0
+	case int(w.keyLen) == len(w.rng):
+		return bytes.Equal(key, k)
 	}
-	return bytes.Compare(key, w.key) >= 0 && bytes.Compare(key, w.end) < 0
+	return bytes.Compare(key, k) >= 0 && bytes.Compare(key, w.rng[w.keyLen:]) < 0
+}
+
+// find returns the index of the watcher with ID id, or where it would go,
+// and whether it is there.
+func (s *Stream) find(id int64) (int, bool) {
+	return slices.BinarySearchFunc(s.watchers, id, func(w watcher, id int64) int { return cmp.Compare(w.id, id) })
 }
 
 // NewStream opens a stream on the hub. Requests go in through Requests; Run
 // serves them. Close it when Run has returned.
 func (h *Hub) NewStream() *Stream {
 	h.addStream()
-	return &Stream{hub: h, in: make(chan *pb.WatchRequest, 16), watchers: map[int64]*watcher{}}
+	return &Stream{hub: h, in: make(chan *pb.WatchRequest, 16)}
 }
 
 // Requests is where the goroutine receiving the client's requests hands
 // them over. A send blocks while Run is busy (sending to a client that does
-// not read, say): the client is pushed back, and nothing queues up.
+// not read, say): the client is pushed back, and nothing queues up. The
+// stream keeps a create request's key and range end, not copies of them:
+// the sender must not change them afterwards.
 func (s *Stream) Requests() chan<- *pb.WatchRequest { return s.in }
 
 // Close releases the stream's hold on the hub and its watchers. Call it once
@@ -95,8 +122,7 @@ func (s *Stream) Close() {
 			s.hub.catching.Add(-1)
 		}
 	}
-	clear(s.watchers)
-	s.order = nil
+	s.watchers = nil
 	s.hub.removeStream()
 }
 
@@ -111,12 +137,15 @@ func (s *Stream) Run(ctx context.Context, send func(*pb.WatchResponse) error) er
 		if err := s.drainRequests(send); err != nil {
 			return err
 		}
-		worked, err := s.serveRound(ringNext, send)
-		if err != nil {
-			return err
-		}
-		if worked {
-			continue
+		if ringNext != s.idleAt {
+			worked, err := s.serveRound(ringNext, send)
+			if err != nil {
+				return err
+			}
+			if worked {
+				continue
+			}
+			s.idleAt = ringNext
 		}
 		if err := s.answerProgress(send); err != nil {
 			return err
@@ -162,15 +191,16 @@ func (s *Stream) handle(req *pb.WatchRequest, send func(*pb.WatchResponse) error
 		return s.create(r.CreateRequest, send)
 	case *pb.WatchRequest_CancelRequest:
 		id := r.CancelRequest.GetWatchId()
-		if _, ok := s.watchers[id]; !ok {
+		i, ok := s.find(id)
+		if !ok {
 			return nil // etcd answers nothing for a watcher it does not know
 		}
-		s.remove(id)
+		s.remove(i)
 		return send(&pb.WatchResponse{Header: s.header(), WatchId: id, Canceled: true})
 	case *pb.WatchRequest_ProgressRequest:
 		// etcd answers through a watcher: a stream without one gets
 		// no answer.
-		if s.progressAt == 0 && len(s.order) > 0 {
+		if s.progressAt == 0 && len(s.watchers) > 0 {
 			s.progressAt = s.hub.store.Rev()
 		}
 	}
@@ -182,16 +212,18 @@ func (s *Stream) create(cr *pb.WatchCreateRequest, send func(*pb.WatchResponse) 
 		return nil
 	}
 	rev := s.hub.store.Rev()
-	w := &watcher{
-		key: append([]byte(nil), cr.Key...), next: cr.StartRevision,
+	w := watcher{
+		rng: cr.Key, keyLen: int32(len(cr.Key)), next: cr.StartRevision,
 		prevKV: cr.PrevKv, fragment: cr.Fragment, progressNotify: cr.ProgressNotify,
 	}
 	switch {
 	case len(cr.RangeEnd) == 0:
 	case len(cr.RangeEnd) == 1 && cr.RangeEnd[0] == 0:
-		w.end = []byte{}
+		w.fromKey = true
 	default:
-		w.end = append([]byte(nil), cr.RangeEnd...)
+		// One allocation for both bounds; the full slice expression
+		// keeps append from writing into the request's buffer.
+		w.rng = append(cr.Key[:len(cr.Key):len(cr.Key)], cr.RangeEnd...)
 	}
 	for _, f := range cr.Filters {
 		switch f {
@@ -207,60 +239,68 @@ func (s *Stream) create(cr *pb.WatchCreateRequest, send func(*pb.WatchResponse) 
 	refuse := func(err error) error {
 		return send(&pb.WatchResponse{Header: &pb.ResponseHeader{Revision: rev}, WatchId: InvalidWatchID, Created: true, Canceled: true, CancelReason: err.Error()})
 	}
-	if len(w.end) > 0 && bytes.Compare(w.key, w.end) >= 0 {
+	if int(w.keyLen) < len(w.rng) && bytes.Compare(w.rng[:w.keyLen], w.rng[w.keyLen:]) >= 0 {
 		return refuse(ErrEmptyRange)
 	}
+	var i int
 	if cr.WatchId != 0 {
-		if _, taken := s.watchers[cr.WatchId]; taken {
+		var taken bool
+		if i, taken = s.find(cr.WatchId); taken {
 			return refuse(ErrDuplicateID)
 		}
 		w.id = cr.WatchId
 	} else {
-		for s.watchers[s.nextID] != nil {
+		for {
+			var taken bool
+			if i, taken = s.find(s.nextID); !taken {
+				break
+			}
 			s.nextID++
 		}
 		w.id = s.nextID
 		s.nextID++
 	}
-	s.watchers[w.id] = w
+	s.watchers = slices.Insert(s.watchers, i, w)
 	s.hub.watchers.Add(1)
 	if !w.synced {
 		s.hub.catching.Add(1)
+		// It starts in the past, maybe before the ring's end: the next
+		// round must look at it. A watcher from the present starts at or
+		// past the ring's end (the hub reads no further than the
+		// store's revision), so the round that found nothing still holds.
+		s.idleAt = 0
 	}
-	s.order = append(s.order, w)
 	return send(&pb.WatchResponse{Header: &pb.ResponseHeader{Revision: rev}, WatchId: w.id, Created: true})
 }
 
-func (s *Stream) remove(id int64) {
-	if w, ok := s.watchers[id]; ok {
-		s.hub.watchers.Add(-1)
-		if !w.synced {
-			s.hub.catching.Add(-1)
-		}
+// remove removes the watcher at index i.
+func (s *Stream) remove(i int) {
+	s.hub.watchers.Add(-1)
+	if !s.watchers[i].synced {
+		s.hub.catching.Add(-1)
 	}
-	delete(s.watchers, id)
-	for i, w := range s.order {
-		if w.id == id {
-			s.order = append(s.order[:i], s.order[i+1:]...)
-			break
-		}
-	}
+	s.watchers = slices.Delete(s.watchers, i, i+1)
 }
 
 // serveRound gives each watcher one turn: at most one response (or one
 // fragmented revision) of the events it has not been sent. It reports
 // whether any watcher moved.
 func (s *Stream) serveRound(ringNext int64, send func(*pb.WatchResponse) error) (worked bool, err error) {
-	for _, w := range append([]*watcher(nil), s.order...) {
+	// By index: a compacted watcher is removed during the round, and the
+	// one after it moves into its place.
+	for i := 0; i < len(s.watchers); i++ {
+		w := &s.watchers[i]
 		if w.next >= ringNext {
 			continue // nothing new for it yet
 		}
 		// Behind a compaction, as etcd tells a watcher that is not in
 		// sync: the header carries no revision.
 		compacted := func(compactRev int64) error {
-			s.remove(w.id)
+			id := w.id
+			s.remove(i)
+			i--
 			worked = true
-			return send(&pb.WatchResponse{Header: &pb.ResponseHeader{}, WatchId: w.id, CompactRevision: compactRev, Canceled: true})
+			return send(&pb.WatchResponse{Header: &pb.ResponseHeader{}, WatchId: id, CompactRevision: compactRev, Canceled: true})
 		}
 		if compactRev := s.hub.store.EventsFrom(); !w.synced && w.next < compactRev {
 			if err := compacted(compactRev); err != nil {
@@ -393,11 +433,11 @@ func (s *Stream) answerProgress(send func(*pb.WatchResponse) error) error {
 		return nil
 	}
 	rev := s.hub.store.Rev()
-	if len(s.order) == 0 {
+	if len(s.watchers) == 0 {
 		s.progressAt = 0 // its watchers were all canceled: no answer
 		return nil
 	}
-	for _, w := range s.order {
+	for _, w := range s.watchers {
 		if w.next <= s.progressAt {
 			return nil
 		}
@@ -410,7 +450,8 @@ func (s *Stream) answerProgress(send func(*pb.WatchResponse) error) error {
 // progressTick sends a progress notification to each watcher that asked for
 // them, is in sync and was sent no events since the last tick, as etcd does.
 func (s *Stream) progressTick(ringNext int64, send func(*pb.WatchResponse) error) error {
-	for _, w := range s.order {
+	for i := range s.watchers {
+		w := &s.watchers[i]
 		if !w.progressNotify {
 			continue
 		}

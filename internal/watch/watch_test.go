@@ -247,6 +247,36 @@ func TestWatchCompacted(t *testing.T) {
 	checkEvs(t, c.events(1, 3), "PUT k=2@4", "PUT k=3@5", "PUT k=4@6")
 }
 
+// TestPastWatcherOnIdleStream: a watcher from the past, created on a stream
+// whose watchers have all been sent everything, is served at once, with no
+// new write to wake the stream: a stream skips its rounds while nothing can
+// have changed, and a create from the past is such a change.
+func TestPastWatcherOnIdleStream(t *testing.T) {
+	m := newMember(t, Config{})
+	m.put("a", "1") // 2
+	m.put("b", "1") // 3
+	c := m.client(nil)
+	c.create(&pb.WatchCreateRequest{Key: []byte("z")})
+	c.next()
+	// Let the stream find that watcher up to date and go idle.
+	time.Sleep(100 * time.Millisecond)
+	c.create(&pb.WatchCreateRequest{Key: []byte("a"), RangeEnd: []byte("c"), StartRevision: 2})
+	if r := c.next(); !r.Created || r.WatchId != 1 {
+		t.Fatalf("created: %v", r)
+	}
+	checkEvs(t, c.events(1, 2), "PUT a=1@2", "PUT b=1@3")
+	// An open range (etcd's range end "\x00") and a single key, from now.
+	c.create(&pb.WatchCreateRequest{Key: []byte("b"), RangeEnd: []byte{0}})
+	c.next()
+	m.put("a", "2") // 4: watcher 1 only
+	checkEvs(t, c.events(1, 1), "PUT a=2@4")
+	m.put("y", "1") // 5: watcher 2 only
+	checkEvs(t, c.events(2, 1), "PUT y=1@5")
+	m.put("z", "1") // 6: watchers 0 and 2, in ID order
+	checkEvs(t, c.events(0, 1), "PUT z=1@6")
+	checkEvs(t, c.events(2, 1), "PUT z=1@6")
+}
+
 // TestSlowClient: a client that stops reading holds up neither writes nor
 // other clients, the ring stays bounded, and once it reads again it gets
 // every event in order, caught up from the store.
@@ -494,7 +524,7 @@ func TestWatcherCounts(t *testing.T) {
 	}
 	// A stream holding a watcher (set up as create leaves it) closes.
 	s := m.hub.NewStream()
-	s.watchers[9] = &watcher{id: 9}
+	s.watchers = append(s.watchers, watcher{id: 9})
 	m.hub.watchers.Add(1)
 	m.hub.catching.Add(1)
 	s.Close()
