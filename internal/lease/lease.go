@@ -91,9 +91,11 @@ func Open(db *pebble.DB, now func() time.Time) (*Table, error) {
 	return t, nil
 }
 
-// Reload rebuilds the table from the database, after its contents were
-// replaced underneath it (a snapshot's installation). Every deadline restarts
-// from its persisted checkpoint; a primary stays primary, with no extension.
+// Reload rebuilds the table from the database: at Open, and after its
+// contents were replaced underneath it (a snapshot's installation). Every
+// deadline restarts from its persisted checkpoint, less the time since this
+// member wrote it where it knows (see subtractTimeAway); a primary stays
+// primary, with no extension.
 func (t *Table) Reload() error {
 	leases := map[int64]*entry{}
 	persisted := map[int64]int64{} // remaining TTL as written, ms
