@@ -160,66 +160,59 @@ func (t *Table) subtractTimeAway(leases map[int64]*entry, persisted map[int64]in
 // writeClock stages the clock record of lease id: remainingMs was written
 // (in the same batch) at now on this member's wall clock.
 func writeClock(w pebble.Writer, id, remainingMs int64, now time.Time) error {
-	v := binary.AppendUvarint(nil, uint64(remainingMs))
-	v = binary.AppendUvarint(v, uint64(max(now.UnixMilli(), 0)))
-	if err := w.Set(clockKey(id), v, nil); err != nil {
+	if err := w.Set(idKey(storage.PrefixLeaseClock, id), encodePair(remainingMs, max(now.UnixMilli(), 0)), nil); err != nil {
 		return fmt.Errorf("lease: stage clock record of %x: %w", id, err)
 	}
 	return nil
 }
 
-func clockKey(id int64) []byte {
-	k := make([]byte, 9)
-	k[0] = storage.PrefixLeaseClock
-	binary.BigEndian.PutUint64(k[1:], uint64(id))
-	return k
-}
-
-func decodeClock(k, v []byte) (id, remainingMs, wallMs int64, err error) {
-	if len(k) != 9 {
-		return 0, 0, 0, fmt.Errorf("lease: corrupt clock record key %x: %w", k, storage.ErrCorrupt)
-	}
-	id = int64(binary.BigEndian.Uint64(k[1:]))
-	a, n := binary.Uvarint(v)
-	if n <= 0 {
-		return 0, 0, 0, fmt.Errorf("lease: corrupt clock record of lease %x: %w", id, storage.ErrCorrupt)
-	}
-	b, m := binary.Uvarint(v[n:])
-	if m <= 0 || n+m != len(v) {
-		return 0, 0, 0, fmt.Errorf("lease: corrupt clock record of lease %x: %w", id, storage.ErrCorrupt)
-	}
-	return id, int64(a), int64(b), nil
-}
-
 // leaseKey is a lease's key in the table's key space.
-func leaseKey(id int64) []byte {
+func leaseKey(id int64) []byte { return idKey(storage.PrefixLeases, id) }
+
+// idKey is a lease's key in the key space prefix: the lease table's, or
+// the clock records'.
+func idKey(prefix byte, id int64) []byte {
 	k := make([]byte, 9)
-	k[0] = storage.PrefixLeases
+	k[0] = prefix
 	binary.BigEndian.PutUint64(k[1:], uint64(id))
 	return k
 }
 
 // A lease's record: its granted TTL in seconds and its remaining TTL at the
-// last checkpoint in milliseconds, uvarints.
-func encodeLease(ttl, remainingMs int64) []byte {
-	v := binary.AppendUvarint(nil, uint64(ttl))
-	return binary.AppendUvarint(v, uint64(remainingMs))
-}
+// last checkpoint in milliseconds. A clock record: the remaining TTL in
+// milliseconds it describes and the wall-clock time it was written at, in
+// Unix milliseconds. Both are two uvarints (encodePair).
+func encodeLease(ttl, remainingMs int64) []byte { return encodePair(ttl, remainingMs) }
 
 func decodeLease(k, v []byte) (id, ttl, remainingMs int64, err error) {
+	return decodePair("record", k, v)
+}
+
+func decodeClock(k, v []byte) (id, remainingMs, wallMs int64, err error) {
+	return decodePair("clock record", k, v)
+}
+
+func encodePair(a, b int64) []byte {
+	v := binary.AppendUvarint(nil, uint64(a))
+	return binary.AppendUvarint(v, uint64(b))
+}
+
+// decodePair splits a record of a lease's key spaces (what names it in
+// errors) into the lease's ID and the record's two numbers.
+func decodePair(what string, k, v []byte) (id, a, b int64, err error) {
 	if len(k) != 9 {
-		return 0, 0, 0, fmt.Errorf("lease: corrupt lease key %x", k)
+		return 0, 0, 0, fmt.Errorf("lease: corrupt %s key %x: %w", what, k, storage.ErrCorrupt)
 	}
 	id = int64(binary.BigEndian.Uint64(k[1:]))
-	a, n := binary.Uvarint(v)
+	x, n := binary.Uvarint(v)
 	if n <= 0 {
-		return 0, 0, 0, fmt.Errorf("lease: corrupt record of lease %x", id)
+		return 0, 0, 0, fmt.Errorf("lease: corrupt %s of lease %x: %w", what, id, storage.ErrCorrupt)
 	}
-	b, m := binary.Uvarint(v[n:])
+	y, m := binary.Uvarint(v[n:])
 	if m <= 0 || n+m != len(v) {
-		return 0, 0, 0, fmt.Errorf("lease: corrupt record of lease %x", id)
+		return 0, 0, 0, fmt.Errorf("lease: corrupt %s of lease %x: %w", what, id, storage.ErrCorrupt)
 	}
-	return id, int64(a), int64(b), nil
+	return id, int64(x), int64(y), nil
 }
 
 // indexPrefix is the start of a lease's keys in the lease -> keys index.
@@ -329,7 +322,7 @@ func (t *Table) Revoke(w *pebble.Batch, id int64) error {
 	if err := w.Delete(leaseKey(id), nil); err != nil {
 		return fmt.Errorf("lease: stage revoke of %x: %w", id, err)
 	}
-	if err := w.Delete(clockKey(id), nil); err != nil {
+	if err := w.Delete(idKey(storage.PrefixLeaseClock, id), nil); err != nil {
 		return fmt.Errorf("lease: stage revoke of %x: %w", id, err)
 	}
 	end := indexPrefix(id + 1)
