@@ -56,8 +56,7 @@ func (s *Server) serveRenewals(stream grpc.ServerStream) error {
 			}
 			return err
 		}
-		answers := make([]pb.LeaseCheckpoint, len(req.Checkpoints))
-		resp := &pb.LeaseCheckpointRequest{Checkpoints: make([]*pb.LeaseCheckpoint, len(req.Checkpoints))}
+		resp := newRenewalMessage(len(req.Checkpoints))
 		for i, r := range req.Checkpoints {
 			ttl, err := s.LeaseRenew(ctx, r.ID)
 			if errors.Is(err, lease.ErrNotFound) {
@@ -66,8 +65,7 @@ func (s *Server) serveRenewals(stream grpc.ServerStream) error {
 			if err != nil {
 				return fmt.Errorf("renew lease %x for a follower: %w", r.ID, err)
 			}
-			answers[i].ID, answers[i].Remaining_TTL = r.ID, ttl
-			resp.Checkpoints[i] = &answers[i]
+			resp.Checkpoints[i].ID, resp.Checkpoints[i].Remaining_TTL = r.ID, ttl
 		}
 		if err := stream.SendMsg(resp); err != nil {
 			return err
@@ -87,13 +85,22 @@ func openRenewals(ctx context.Context, conn *grpc.ClientConn) (renewalStream, er
 }
 
 func (r renewals) send(ids []int64) error {
-	cps := make([]pb.LeaseCheckpoint, len(ids))
-	req := &pb.LeaseCheckpointRequest{Checkpoints: make([]*pb.LeaseCheckpoint, len(ids))}
+	req := newRenewalMessage(len(ids))
 	for i, id := range ids {
-		cps[i].ID = id
-		req.Checkpoints[i] = &cps[i]
+		req.Checkpoints[i].ID = id
 	}
 	return r.stream.SendMsg(req)
+}
+
+// newRenewalMessage returns a message of the renewal service with n leases,
+// zero, allocated together.
+func newRenewalMessage(n int) *pb.LeaseCheckpointRequest {
+	leases := make([]pb.LeaseCheckpoint, n)
+	m := &pb.LeaseCheckpointRequest{Checkpoints: make([]*pb.LeaseCheckpoint, n)}
+	for i := range leases {
+		m.Checkpoints[i] = &leases[i]
+	}
+	return m
 }
 
 func (r renewals) recv() ([]*pb.LeaseCheckpoint, error) {
