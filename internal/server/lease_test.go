@@ -326,23 +326,8 @@ func TestKeepAlivesAreCheap(t *testing.T) {
 // TestKeepAlivesThroughAFollower is TestKeepAlivesAreCheap with the renewals
 // sent to a follower, which forwards them to the leader, many to a message.
 func TestKeepAlivesThroughAFollower(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	c := startTestCluster(t, 3, "keep-alives")
-	lead := c.leader(ctx)
-	follower := (lead + 1) % 3
-	cli := c.client(follower)
-	waitFor(ctx, t, func() bool {
-		_, err := cli.Put(ctx, "warm", "up")
-		return err == nil
-	})
-	leadAddr := c.cfgs[lead].ListenClientURLs[0].Host
-	messages := func() float64 {
-		return value(t, scrape(t, leadAddr), "grpc_server_msg_received_total", "grpc_service="+renewalService)
-	}
-	before := messages()
-	renewed := renewMany(t, c.servers[lead], cli)
-	got := messages() - before
+	renewed, got := renewThroughAFollower(t, c, "grpc_service="+renewalService)
 	t.Logf("%d renewals reached the leader in %.0f messages", renewed, got)
 	if got < 1 || got > float64(renewed)/4 {
 		t.Fatalf("%d renewals forwarded in %.0f messages, want at least 1 and at most a quarter as many", renewed, got)
@@ -354,13 +339,23 @@ func TestKeepAlivesThroughAFollower(t *testing.T) {
 // it Unimplemented, and followers carry renewals over etcd's keep-alive
 // stream instead.
 func TestKeepAlivesThroughAFollowerToAnOlderLeader(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	c := newTestCluster(t, 3, "keep-alives-old-leader")
 	for i := range c.cfgs {
 		c.cfgs[i].withoutRenewalService = true
 		c.start(i)
 	}
+	renewed, got := renewThroughAFollower(t, c, "grpc_service=etcdserverpb.Lease", "grpc_method=LeaseKeepAlive")
+	if got < float64(renewed) {
+		t.Fatalf("the leader took %.0f keep-alive messages for %d renewals through a follower, want one each", got, renewed)
+	}
+}
+
+// renewThroughAFollower runs renewMany through a follower of c and returns
+// how many renewals it made, and how many gRPC messages of the series
+// (labels as name=value) the leader received meanwhile.
+func renewThroughAFollower(t *testing.T, c *testCluster, series ...string) (renewed int, messages float64) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	lead := c.leader(ctx)
 	cli := c.client((lead + 1) % 3)
 	waitFor(ctx, t, func() bool {
@@ -368,11 +363,12 @@ func TestKeepAlivesThroughAFollowerToAnOlderLeader(t *testing.T) {
 		return err == nil
 	})
 	leadAddr := c.cfgs[lead].ListenClientURLs[0].Host
-	renewed := renewMany(t, c.servers[lead], cli)
-	got := value(t, scrape(t, leadAddr), "grpc_server_msg_received_total", "grpc_service=etcdserverpb.Lease", "grpc_method=LeaseKeepAlive")
-	if got < float64(renewed) {
-		t.Fatalf("the leader took %.0f keep-alive messages for %d renewals through a follower, want one each", got, renewed)
+	received := func() float64 {
+		return value(t, scrape(t, leadAddr), "grpc_server_msg_received_total", series...)
 	}
+	before := received()
+	renewed = renewMany(t, c.servers[lead], cli)
+	return renewed, received() - before
 }
 
 // renewMany grants leases through cli, renews them over one keep-alive
