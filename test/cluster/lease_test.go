@@ -538,10 +538,8 @@ func TestLeaseTimeAcrossWholeClusterRestart(t *testing.T) {
 		}
 	}
 	time.Sleep(2 * time.Second)
-	for _, m := range c.Members {
-		if err := m.Launch(); err != nil {
-			t.Fatal(err)
-		}
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
 	}
 	findLeader(t, c)
 	var left int64
