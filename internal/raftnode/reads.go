@@ -20,9 +20,11 @@ import (
 // message to the leader is lost, or the leader cannot serve it yet.
 const readRetryTicks = 5
 
-// ReadIndex returns once the local state machine holds every entry that was
-// committed when it was called: a read served after it is linearizable.
-// Concurrent calls share one Raft read index round.
+// ReadIndex returns once the local state machine holds every entry whose
+// write could have been acknowledged when it was called: a read served after
+// it is linearizable. Concurrent calls share one Raft read index round. A
+// sole voter that leads skips the round: every acknowledged write has been
+// applied here, and entries still being applied were not acknowledged yet.
 func (n *Node) ReadIndex(ctx context.Context) error {
 	if from := n.localReadFrom.Load(); from != 0 && n.appliedIdx.Load() >= from {
 		return nil
