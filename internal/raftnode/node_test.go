@@ -186,7 +186,9 @@ func TestReadAfterRestartWaitsForReplay(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "writes applied", func() bool { return len(tn.sm.snapshot()) == 100 })
+	waitFor(t, "writes applied", func() bool {
+		return len(tn.sm.snapshot()) == 100 && tn.n.AppliedIndex() == tn.n.CommitIndex()
+	})
 	acked := tn.n.AppliedIndex()
 	tn.stop()
 
