@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"time"
 
@@ -42,12 +43,22 @@ type Stream struct {
 
 	// Owned by Run's goroutine.
 	//
-	// watchers holds the stream's watchers by value, sorted by ID: a
-	// stream may hold a hundred thousand idle watchers, and a value each
-	// in one slice costs a third of what a pointer, an object and a map
-	// entry each did. Each gets a turn per round, in ID order.
-	watchers []watcher
-	nextID   int64
+	// watchers holds the stream's watchers by value: a stream may hold a
+	// hundred thousand idle watchers, and a value each in one slice costs
+	// a third of what a pointer, an object and a map entry each did. Each
+	// gets a turn per round, in slice order.
+	//
+	// The first sortedLen are sorted by ID, for lookups by binary search;
+	// the rest are watchers created with IDs below the largest, appended
+	// and merged in once there are enough of them. A canceled watcher
+	// leaves a tombstone (see remove) until half the slice is tombstones.
+	// Without these, each create with a client-chosen ID and each cancel
+	// would move half the slice: a stream's n watchers would cost n² to
+	// create in random ID order, or to cancel in order.
+	watchers  []watcher
+	sortedLen int
+	gone      int // tombstones in watchers
+	nextID    int64
 	// progressAt, when > 0, is a WatchProgressRequest waiting for every
 	// watcher to have been sent all events up to that revision.
 	progressAt int64
@@ -93,10 +104,80 @@ func (w *watcher) match(key []byte) bool {
 	return bytes.Compare(key, k) >= 0 && bytes.Compare(key, w.rng[w.keyLen:]) < 0
 }
 
-// find returns the index of the watcher with ID id, or where it would go,
-// and whether it is there.
-func (s *Stream) find(id int64) (int, bool) {
-	return slices.BinarySearchFunc(s.watchers, id, func(w watcher, id int64) int { return cmp.Compare(w.id, id) })
+// goneNext marks a tombstone: the next revision of a watcher that was
+// removed. No round sends it anything, and no progress waits for it.
+const goneNext = math.MaxInt64
+
+func (w *watcher) gone() bool { return w.next == goneNext }
+
+func byID(a, b watcher) int { return cmp.Compare(a.id, b.id) }
+
+// find returns the index of the watcher with ID id, live or a tombstone, or
+// -1 if there is none.
+func (s *Stream) find(id int64) int {
+	if i, ok := slices.BinarySearchFunc(s.watchers[:s.sortedLen], id, func(w watcher, id int64) int { return cmp.Compare(w.id, id) }); ok {
+		return i
+	}
+	for i := s.sortedLen; i < len(s.watchers); i++ {
+		if s.watchers[i].id == id {
+			return i
+		}
+	}
+	return -1
+}
+
+// live returns how many watchers the stream has.
+func (s *Stream) live() int { return len(s.watchers) - s.gone }
+
+// add adds w, whose ID no slot holds. Not during a round: it may move
+// watchers.
+func (s *Stream) add(w watcher) {
+	n := len(s.watchers)
+	s.watchers = append(s.watchers, w)
+	if s.sortedLen == n && (n == 0 || s.watchers[n-1].id < w.id) {
+		s.sortedLen++
+		return
+	}
+	// A linear search of the unsorted tail against a merge of O(n) every
+	// so often: this bound keeps both to a few per cent of the cost of
+	// the creates.
+	if len(s.watchers)-s.sortedLen > max(64, s.sortedLen/64) {
+		s.sortTail()
+	}
+}
+
+// sortTail merges the unsorted tail of watchers into the sorted part.
+func (s *Stream) sortTail() {
+	if s.sortedLen == len(s.watchers) {
+		return
+	}
+	tail := slices.Clone(s.watchers[s.sortedLen:])
+	slices.SortFunc(tail, byID)
+	i, j := s.sortedLen-1, len(tail)-1
+	for k := len(s.watchers) - 1; j >= 0; k-- {
+		if i >= 0 && s.watchers[i].id > tail[j].id {
+			s.watchers[k] = s.watchers[i]
+			i--
+		} else {
+			s.watchers[k] = tail[j]
+			j--
+		}
+	}
+	s.sortedLen = len(s.watchers)
+}
+
+// compact drops the tombstones once they are half the slice or more, and
+// gives back a slice mostly empty. Not during a round: it moves watchers.
+func (s *Stream) compact() {
+	if s.gone == 0 || s.gone*2 < len(s.watchers) {
+		return
+	}
+	s.sortTail()
+	s.watchers = slices.DeleteFunc(s.watchers, func(w watcher) bool { return w.gone() })
+	if cap(s.watchers) > 4*len(s.watchers)+64 {
+		s.watchers = slices.Clone(s.watchers)
+	}
+	s.sortedLen, s.gone = len(s.watchers), 0
 }
 
 // NewStream opens a stream on the hub. Requests go in through Requests; Run
@@ -116,7 +197,7 @@ func (s *Stream) Requests() chan<- *pb.WatchRequest { return s.in }
 // Close releases the stream's hold on the hub and its watchers. Call it once
 // Run has returned.
 func (s *Stream) Close() {
-	s.hub.watchers.Add(-int64(len(s.watchers)))
+	s.hub.watchers.Add(-int64(s.live()))
 	for _, w := range s.watchers {
 		if !w.synced {
 			s.hub.catching.Add(-1)
@@ -137,6 +218,7 @@ func (s *Stream) Run(ctx context.Context, send func(*pb.WatchResponse) error) er
 		if err := s.drainRequests(send); err != nil {
 			return err
 		}
+		s.compact()
 		if ringNext != s.idleAt {
 			worked, err := s.serveRound(ringNext, send)
 			if err != nil {
@@ -191,8 +273,8 @@ func (s *Stream) handle(req *pb.WatchRequest, send func(*pb.WatchResponse) error
 		return s.create(r.CreateRequest, send)
 	case *pb.WatchRequest_CancelRequest:
 		id := r.CancelRequest.GetWatchId()
-		i, ok := s.find(id)
-		if !ok {
+		i := s.find(id)
+		if i < 0 || s.watchers[i].gone() {
 			return nil // etcd answers nothing for a watcher it does not know
 		}
 		s.remove(i)
@@ -200,7 +282,7 @@ func (s *Stream) handle(req *pb.WatchRequest, send func(*pb.WatchResponse) error
 	case *pb.WatchRequest_ProgressRequest:
 		// etcd answers through a watcher: a stream without one gets
 		// no answer.
-		if s.progressAt == 0 && len(s.watchers) > 0 {
+		if s.progressAt == 0 && s.live() > 0 {
 			s.progressAt = s.hub.store.Rev()
 		}
 	}
@@ -242,25 +324,25 @@ func (s *Stream) create(cr *pb.WatchCreateRequest, send func(*pb.WatchResponse) 
 	if int(w.keyLen) < len(w.rng) && bytes.Compare(w.rng[:w.keyLen], w.rng[w.keyLen:]) >= 0 {
 		return refuse(ErrEmptyRange)
 	}
-	var i int
+	slot := -1
 	if cr.WatchId != 0 {
-		var taken bool
-		if i, taken = s.find(cr.WatchId); taken {
+		if slot = s.find(cr.WatchId); slot >= 0 && !s.watchers[slot].gone() {
 			return refuse(ErrDuplicateID)
 		}
 		w.id = cr.WatchId
 	} else {
-		for {
-			var taken bool
-			if i, taken = s.find(s.nextID); !taken {
-				break
-			}
+		for s.find(s.nextID) >= 0 {
 			s.nextID++
 		}
 		w.id = s.nextID
 		s.nextID++
 	}
-	s.watchers = slices.Insert(s.watchers, i, w)
+	if slot >= 0 {
+		s.watchers[slot] = w // the tombstone of the ID: the order holds
+		s.gone--
+	} else {
+		s.add(w)
+	}
 	s.hub.watchers.Add(1)
 	if !w.synced {
 		s.hub.catching.Add(1)
@@ -273,22 +355,24 @@ func (s *Stream) create(cr *pb.WatchCreateRequest, send func(*pb.WatchResponse) 
 	return send(&pb.WatchResponse{Header: &pb.ResponseHeader{Revision: rev}, WatchId: w.id, Created: true})
 }
 
-// remove removes the watcher at index i.
+// remove leaves a tombstone in place of the watcher at index i: its ID, to
+// keep the order, and nothing it holds. Watchers keep their places, so a
+// round may remove the watcher whose turn it is.
 func (s *Stream) remove(i int) {
+	w := &s.watchers[i]
 	s.hub.watchers.Add(-1)
-	if !s.watchers[i].synced {
+	if !w.synced {
 		s.hub.catching.Add(-1)
 	}
-	s.watchers = slices.Delete(s.watchers, i, i+1)
+	*w = watcher{id: w.id, next: goneNext, synced: true}
+	s.gone++
 }
 
 // serveRound gives each watcher one turn: at most one response (or one
 // fragmented revision) of the events it has not been sent. It reports
 // whether any watcher moved.
 func (s *Stream) serveRound(ringNext int64, send func(*pb.WatchResponse) error) (worked bool, err error) {
-	// By index: a compacted watcher is removed during the round, and the
-	// one after it moves into its place.
-	for i := 0; i < len(s.watchers); i++ {
+	for i := range s.watchers {
 		w := &s.watchers[i]
 		if w.next >= ringNext {
 			continue // nothing new for it yet
@@ -298,7 +382,6 @@ func (s *Stream) serveRound(ringNext int64, send func(*pb.WatchResponse) error) 
 		compacted := func(compactRev int64) error {
 			id := w.id
 			s.remove(i)
-			i--
 			worked = true
 			return send(&pb.WatchResponse{Header: &pb.ResponseHeader{}, WatchId: id, CompactRevision: compactRev, Canceled: true})
 		}
@@ -433,7 +516,7 @@ func (s *Stream) answerProgress(send func(*pb.WatchResponse) error) error {
 		return nil
 	}
 	rev := s.hub.store.Rev()
-	if len(s.watchers) == 0 {
+	if s.live() == 0 {
 		s.progressAt = 0 // its watchers were all canceled: no answer
 		return nil
 	}
