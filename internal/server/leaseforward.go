@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"sync"
+	"sync/atomic"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
@@ -39,6 +40,10 @@ type leaseForwarder struct {
 	etcdStreamTo uint64
 	wg           sync.WaitGroup // the links' send and receive loops
 	done         bool           // set by close
+
+	// ticks counts expire's calls: a renewal's age is the ticks since
+	// it was queued.
+	ticks atomic.Int64
 }
 
 // keepAliveLink is one renewal stream to the leader. The leader answers every
@@ -55,9 +60,15 @@ type keepAliveLink struct {
 	unanswered chan struct{}
 
 	mu      sync.Mutex // guards the fields below
-	waiting map[int64][]chan renewAnswer
+	waiting map[int64][]renewWaiter
 	pending []int64 // renewals not sent yet, in order
 	err     error   // set once the stream broke
+}
+
+// renewWaiter is a renewal waiting for the leader's answer.
+type renewWaiter struct {
+	ch    chan renewAnswer
+	since int64 // the forwarder's ticks when it was queued
 }
 
 type renewAnswer struct {
@@ -90,7 +101,8 @@ var errLinkBroken = errors.New("server: keep-alive stream to the leader broke")
 var errForwarderClosed = errors.New("server: stopping: no more forwarding to the leader")
 
 // renew renews lease id on the leader. errLinkBroken says the renewal was
-// lost with the stream, and may be tried again.
+// lost with the stream, and may be tried again; api.ErrTimeout that the
+// leader did not answer in time (see expire).
 func (f *leaseForwarder) renew(ctx context.Context, id int64) (int64, error) {
 	link, err := f.keepAliveLink()
 	if err != nil {
@@ -102,7 +114,7 @@ func (f *leaseForwarder) renew(ctx context.Context, id int64) (int64, error) {
 		link.mu.Unlock()
 		return 0, link.err
 	}
-	link.waiting[id] = append(link.waiting[id], ch)
+	link.waiting[id] = append(link.waiting[id], renewWaiter{ch: ch, since: f.ticks.Load()})
 	link.pending = append(link.pending, id)
 	link.mu.Unlock()
 	select {
@@ -120,8 +132,8 @@ func (f *leaseForwarder) renew(ctx context.Context, id int64) (int64, error) {
 		// next answer for this lease goes to the next waiter.
 		link.mu.Lock()
 		q := link.waiting[id]
-		for i, c := range q {
-			if c == ch {
+		for i, w := range q {
+			if w.ch == ch {
 				link.waiting[id] = append(q[:i:i], q[i+1:]...)
 				break
 			}
@@ -157,7 +169,7 @@ func (f *leaseForwarder) keepAliveLink() (*keepAliveLink, error) {
 		cancel()
 		return nil, fmt.Errorf("%w: %w", errLinkBroken, err)
 	}
-	link := &keepAliveLink{stream: stream, lead: f.lead, ctx: ctx, cancel: cancel, sendC: make(chan struct{}, 1), waiting: map[int64][]chan renewAnswer{}}
+	link := &keepAliveLink{stream: stream, lead: f.lead, ctx: ctx, cancel: cancel, sendC: make(chan struct{}, 1), waiting: map[int64][]renewWaiter{}}
 	if _, batched := stream.(renewals); batched {
 		link.unanswered = make(chan struct{}, renewalMessagesInFlight)
 	}
@@ -234,7 +246,7 @@ func (f *leaseForwarder) receive(link *keepAliveLink) {
 			link.mu.Lock()
 			var ch chan renewAnswer
 			if q := link.waiting[a.ID]; len(q) > 0 {
-				ch = q[0]
+				ch = q[0].ch
 				if len(q) == 1 {
 					delete(link.waiting, a.ID)
 				} else {
@@ -257,12 +269,12 @@ func (f *leaseForwarder) broke(link *keepAliveLink, err error) {
 		link.err = fmt.Errorf("%w: %w", errLinkBroken, err)
 	}
 	waiting := link.waiting
-	link.waiting = map[int64][]chan renewAnswer{}
+	link.waiting = map[int64][]renewWaiter{}
 	link.pending = nil
 	link.mu.Unlock()
 	for _, q := range waiting {
-		for _, ch := range q {
-			ch <- renewAnswer{err: link.err}
+		for _, w := range q {
+			w.ch <- renewAnswer{err: link.err}
 		}
 	}
 	f.mu.Lock()
@@ -270,6 +282,43 @@ func (f *leaseForwarder) broke(link *keepAliveLink, err error) {
 		f.link = nil
 	}
 	f.mu.Unlock()
+}
+
+// expire fails with api.ErrTimeout the renewals that waited more than
+// maxAge calls of it for the leader's answer, and returns how many. A
+// renewal has no timer of its own: a follower forwards thousands a second.
+// The leader's answer to an expired renewal, if it comes, goes to the next
+// waiter for the lease, as after a waiter gave up.
+func (f *leaseForwarder) expire(maxAge int64) int {
+	now := f.ticks.Add(1)
+	f.mu.Lock()
+	link := f.link
+	f.mu.Unlock()
+	if link == nil {
+		return 0 // a link that broke failed its waiters
+	}
+	var expired []chan renewAnswer
+	link.mu.Lock()
+	for id, q := range link.waiting {
+		kept := q[:0]
+		for _, w := range q {
+			if now-w.since > maxAge {
+				expired = append(expired, w.ch)
+			} else {
+				kept = append(kept, w)
+			}
+		}
+		if len(kept) == 0 {
+			delete(link.waiting, id)
+		} else {
+			link.waiting[id] = kept
+		}
+	}
+	link.mu.Unlock()
+	for _, ch := range expired {
+		ch <- renewAnswer{err: api.ErrTimeout}
+	}
+	return len(expired)
 }
 
 // timeToLive asks the leader for a lease's remaining TTL.

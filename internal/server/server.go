@@ -232,8 +232,8 @@ const streamWorkers = 1024
 // sweepInterval is the resolution of request timeouts.
 const sweepInterval = 250 * time.Millisecond
 
-// sweepTimeouts fails the proposals that waited longer than the request
-// timeout. It runs until Stop.
+// sweepTimeouts fails the proposals, and the renewals forwarded to the
+// leader, that waited longer than the request timeout. It runs until Stop.
 func (s *Server) sweepTimeouts() {
 	defer s.serveWG.Done()
 	maxAge := int64(s.requestTimeout() / sweepInterval)
@@ -245,6 +245,7 @@ func (s *Server) sweepTimeouts() {
 			return
 		case <-t.C:
 			s.metrics.proposalsFailed.Add(float64(s.waits.tick(maxAge, api.ErrTimeout)))
+			s.forwarder.expire(maxAge)
 		}
 	}
 }
