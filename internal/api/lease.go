@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"errors"
-	"sync"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -21,14 +20,16 @@ type LeaseBackend interface {
 	// NewLeaseID returns a fresh positive lease ID for a grant that asks
 	// the server to choose.
 	NewLeaseID() int64
-	// LeaseRenew restarts a lease's TTL and returns the TTL it was granted
-	// (lease.ErrNotFound for a lease that is gone or expired).
-	LeaseRenew(ctx context.Context, id int64) (int64, error)
 	// LeaseRenewHere renews a lease that this member can renew at once,
 	// without waiting (it keeps the leases' time and has applied the
 	// lease's grant): ok is false when the renewal must go through
-	// LeaseRenew instead.
+	// LeaseRenewLater instead.
 	LeaseRenewHere(id int64) (ttl int64, ok bool)
+	// LeaseRenewLater restarts a lease's TTL and calls done once with the
+	// TTL it was granted (lease.ErrNotFound for a lease that is gone or
+	// expired), maybe from another goroutine, maybe before it returns.
+	// done must not block.
+	LeaseRenewLater(ctx context.Context, id int64, done func(ttl int64, err error))
 	// LeaseTimeToLive answers req (lease.ErrNotFound for an unknown lease).
 	LeaseTimeToLive(ctx context.Context, req *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error)
 	// LeaseIDs lists the leases this member has applied.
@@ -71,19 +72,24 @@ func (s *Lease) LeaseRevoke(ctx context.Context, req *pb.LeaseRevokeRequest) (*p
 // answering them one by one would limit a stream to one per round trip.
 const keepAlivesInFlight = 64
 
+// renewal is the outcome of a renewal that did not complete at once.
+type renewal struct {
+	resp *pb.LeaseKeepAliveResponse
+	err  error
+}
+
 // LeaseKeepAlive implements Lease.LeaseKeepAlive: each request renews one
 // lease and gets one answer; a lease that is gone gets a TTL of 0, as from
 // etcd. Renewals are answered as they complete, up to keepAlivesInFlight at
 // once, so answers to different leases may come in another order than the
 // requests (clients match them by lease ID).
 func (s *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
-	var renewals sync.WaitGroup
-	defer renewals.Wait() // after cancel below: renewals end with ctx
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
 	// Recv blocks; a goroutine of the stream's own takes requests so that
-	// the loop can also watch for the member stopping. It ends with the
-	// stream, whose context ends when this method returns.
+	// the loop can also watch for the member stopping and for renewals
+	// completing. It ends with the stream, whose context ends when this
+	// method returns.
 	reqs := make(chan *pb.LeaseKeepAliveRequest)
 	recvErr := make(chan error, 1)
 	go func() {
@@ -100,45 +106,26 @@ func (s *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 			}
 		}
 	}()
-	var sendMu sync.Mutex // serializes Send
-	send := func(resp *pb.LeaseKeepAliveResponse) error {
-		sendMu.Lock()
-		defer sendMu.Unlock()
-		return stream.Send(resp)
-	}
-	failed := make(chan error, 1)
-	fail := func(err error) {
-		select {
-		case failed <- err:
-		default:
+	// Renewals that wait (a follower's, for the leader) complete into
+	// done, which has room for every one in flight: the callbacks never
+	// block, and no goroutine per renewal waits. Only this goroutine sends.
+	done := make(chan renewal, keepAlivesInFlight)
+	inFlight := 0
+	answer := func(r renewal) error {
+		inFlight--
+		if errors.Is(r.err, lease.ErrNotFound) {
+			r.resp.TTL, r.err = 0, nil
 		}
-	}
-	// Renewals that wait for the leader go to workers: up to
-	// keepAlivesInFlight of them, started as renewals need them and kept
-	// for the stream's life, because a goroutine per renewal pays for a new
-	// stack, and its growth, every time.
-	work := make(chan *pb.LeaseKeepAliveResponse)
-	workers := 0
-	stopWorkers := sync.OnceFunc(func() { close(work) })
-	defer stopWorkers() // first of the deferred calls: workers end, then renewals.Wait returns
-	worker := func() {
-		defer renewals.Done()
-		for resp := range work {
-			ttl, err := s.b.LeaseRenew(ctx, resp.ID)
-			if errors.Is(err, lease.ErrNotFound) {
-				ttl, err = 0, nil
-			}
-			if err != nil {
-				fail(toGRPC(err))
-				continue
-			}
-			resp.TTL = ttl
-			if err := send(resp); err != nil {
-				fail(err)
-			}
+		if r.err != nil {
+			return toGRPC(r.err)
 		}
+		return stream.Send(r.resp)
 	}
 	for {
+		next := reqs
+		if inFlight == keepAlivesInFlight {
+			next = nil // until one completes
+		}
 		var req *pb.LeaseKeepAliveRequest
 		select {
 		case <-s.b.Stopping():
@@ -146,12 +133,23 @@ func (s *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 		case <-recvErr:
 			// The client closed its side (its renewals still get
 			// their answers), or went away: either ends the stream.
-			stopWorkers()
-			renewals.Wait()
+			for inFlight > 0 {
+				select {
+				case <-s.b.Stopping():
+					return rpctypes.ErrGRPCStopped
+				case r := <-done:
+					if err := answer(r); err != nil {
+						return err
+					}
+				}
+			}
 			return nil
-		case err := <-failed:
-			return err
-		case req = <-reqs:
+		case r := <-done:
+			if err := answer(r); err != nil {
+				return err
+			}
+			continue
+		case req = <-next:
 		}
 		// The header is filled before the renewal, as etcd does: its
 		// revision is never one at which the lease was already revoked.
@@ -160,28 +158,16 @@ func (s *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 		// On the leader a renewal is a memory operation, answered here.
 		if ttl, ok := s.b.LeaseRenewHere(req.ID); ok {
 			resp.TTL = ttl
-			if err := send(resp); err != nil {
+			if err := stream.Send(resp); err != nil {
 				return err
 			}
 			continue
 		}
-		if workers < keepAlivesInFlight {
-			select {
-			case work <- resp: // an idle worker took it
-				continue
-			default:
-			}
-			workers++
-			renewals.Add(1)
-			go worker()
-		}
-		select {
-		case work <- resp:
-		case err := <-failed:
-			return err
-		case <-ctx.Done():
-			return nil
-		}
+		inFlight++
+		s.b.LeaseRenewLater(ctx, req.ID, func(ttl int64, err error) {
+			resp.TTL = ttl
+			done <- renewal{resp: resp, err: err}
+		})
 	}
 }
 

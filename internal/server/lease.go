@@ -133,8 +133,9 @@ func (s *Server) Stopping() <-chan struct{} { return s.stopping }
 // LeaseIDs implements api.LeaseBackend.
 func (s *Server) LeaseIDs() []int64 { return s.leases().IDs() }
 
-// LeaseRenew implements api.LeaseBackend: on the leader, in memory; on a
-// follower, forwarded to the leader.
+// LeaseRenew restarts a lease's TTL and returns the TTL it was granted
+// (lease.ErrNotFound for a lease that is gone or expired): on the leader, in
+// memory; on a follower, forwarded to the leader, waiting for one if need be.
 func (s *Server) LeaseRenew(ctx context.Context, id int64) (int64, error) {
 	if ttl, ok := s.LeaseRenewHere(id); ok {
 		return ttl, nil
@@ -156,9 +157,28 @@ func (s *Server) LeaseRenew(ctx context.Context, id int64) (int64, error) {
 	return ttl, err
 }
 
+// LeaseRenewLater implements api.LeaseBackend. A follower with a stream to
+// the leader queues the renewal on it, and the stream's receive loop answers:
+// no goroutine waits for it. Anything else, and a renewal lost with the
+// stream (the leader changed), goes to LeaseRenew on a goroutine of its own,
+// which waits for a leader and tries again.
+func (s *Server) LeaseRenewLater(ctx context.Context, id int64, done func(ttl int64, err error)) {
+	slow := func() { done(s.LeaseRenew(ctx, id)) }
+	queued := s.forwarder.renewLater(id, func(ttl int64, err error) {
+		if errors.Is(err, errLinkBroken) {
+			go slow()
+			return
+		}
+		done(ttl, err)
+	})
+	if !queued {
+		go slow()
+	}
+}
+
 // LeaseRenewHere implements api.LeaseBackend: a renewal this member, as the
 // primary lessor, answers at once. Anything else (a follower, a lease not
-// found here yet) is LeaseRenew's to answer.
+// found here yet) is LeaseRenewLater's to answer.
 func (s *Server) LeaseRenewHere(id int64) (int64, bool) {
 	s.syncLeadership()
 	ttl, err := s.leases().Renew(id)

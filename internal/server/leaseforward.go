@@ -65,10 +65,20 @@ type keepAliveLink struct {
 	err     error   // set once the stream broke
 }
 
-// renewWaiter is a renewal waiting for the leader's answer.
+// renewWaiter is a renewal waiting for the leader's answer: a goroutine
+// waiting on ch, or (ch nil) a callback, which must not block.
 type renewWaiter struct {
-	ch    chan renewAnswer
-	since int64 // the forwarder's ticks when it was queued
+	ch     chan renewAnswer
+	answer func(renewAnswer)
+	since  int64 // the forwarder's ticks when it was queued
+}
+
+func (w renewWaiter) deliver(a renewAnswer) {
+	if w.ch == nil {
+		w.answer(a)
+		return
+	}
+	w.ch <- a
 }
 
 type renewAnswer struct {
@@ -109,24 +119,12 @@ func (f *leaseForwarder) renew(ctx context.Context, id int64) (int64, error) {
 		return 0, err
 	}
 	ch := make(chan renewAnswer, 1)
-	link.mu.Lock()
-	if link.err != nil {
-		link.mu.Unlock()
-		return 0, link.err
-	}
-	link.waiting[id] = append(link.waiting[id], renewWaiter{ch: ch, since: f.ticks.Load()})
-	link.pending = append(link.pending, id)
-	link.mu.Unlock()
-	select {
-	case link.sendC <- struct{}{}:
-	default: // the sender is signaled already
+	if err := link.queue(id, renewWaiter{ch: ch, since: f.ticks.Load()}); err != nil {
+		return 0, err
 	}
 	select {
 	case a := <-ch:
-		if a.err == nil && a.ttl <= 0 {
-			return 0, lease.ErrNotFound
-		}
-		return a.ttl, a.err
+		return a.result()
 	case <-ctx.Done():
 		// The answer may still come: the channel has room for it, and the
 		// next answer for this lease goes to the next waiter.
@@ -141,6 +139,46 @@ func (f *leaseForwarder) renew(ctx context.Context, id int64) (int64, error) {
 		link.mu.Unlock()
 		return 0, ctx.Err()
 	}
+}
+
+// renewLater queues a renewal of lease id to the leader, whose outcome, as
+// renew would return it, goes to answer from another goroutine. It returns
+// false, having queued nothing, when there is no stream to the leader to
+// queue it on. answer must not block.
+func (f *leaseForwarder) renewLater(id int64, answer func(ttl int64, err error)) bool {
+	link, err := f.keepAliveLink()
+	if err != nil {
+		return false
+	}
+	w := renewWaiter{answer: func(a renewAnswer) { answer(a.result()) }, since: f.ticks.Load()}
+	return link.queue(id, w) == nil
+}
+
+// queue adds a renewal of lease id and its waiter to the link, and wakes its
+// sender; it returns the link's error if the link broke.
+func (link *keepAliveLink) queue(id int64, w renewWaiter) error {
+	link.mu.Lock()
+	if link.err != nil {
+		link.mu.Unlock()
+		return link.err
+	}
+	link.waiting[id] = append(link.waiting[id], w)
+	link.pending = append(link.pending, id)
+	link.mu.Unlock()
+	select {
+	case link.sendC <- struct{}{}:
+	default: // the sender is signaled already
+	}
+	return nil
+}
+
+// result is the answer as renew returns it: a TTL of 0 is the leader's word
+// that the lease is gone.
+func (a renewAnswer) result() (int64, error) {
+	if a.err == nil && a.ttl <= 0 {
+		return 0, lease.ErrNotFound
+	}
+	return a.ttl, a.err
 }
 
 // keepAliveLink returns the renewal stream to the current leader, opening it
@@ -244,9 +282,10 @@ func (f *leaseForwarder) receive(link *keepAliveLink) {
 		}
 		for _, a := range answers {
 			link.mu.Lock()
-			var ch chan renewAnswer
-			if q := link.waiting[a.ID]; len(q) > 0 {
-				ch = q[0].ch
+			var w renewWaiter
+			q := link.waiting[a.ID]
+			if len(q) > 0 {
+				w = q[0]
 				if len(q) == 1 {
 					delete(link.waiting, a.ID)
 				} else {
@@ -254,8 +293,8 @@ func (f *leaseForwarder) receive(link *keepAliveLink) {
 				}
 			}
 			link.mu.Unlock()
-			if ch != nil {
-				ch <- renewAnswer{ttl: a.Remaining_TTL}
+			if len(q) > 0 {
+				w.deliver(renewAnswer{ttl: a.Remaining_TTL})
 			}
 		}
 	}
@@ -274,7 +313,7 @@ func (f *leaseForwarder) broke(link *keepAliveLink, err error) {
 	link.mu.Unlock()
 	for _, q := range waiting {
 		for _, w := range q {
-			w.ch <- renewAnswer{err: link.err}
+			w.deliver(renewAnswer{err: link.err})
 		}
 	}
 	f.mu.Lock()
@@ -297,13 +336,13 @@ func (f *leaseForwarder) expire(maxAge int64) int {
 	if link == nil {
 		return 0 // a link that broke failed its waiters
 	}
-	var expired []chan renewAnswer
+	var expired []renewWaiter
 	link.mu.Lock()
 	for id, q := range link.waiting {
 		kept := q[:0]
 		for _, w := range q {
 			if now-w.since > maxAge {
-				expired = append(expired, w.ch)
+				expired = append(expired, w)
 			} else {
 				kept = append(kept, w)
 			}
@@ -315,8 +354,8 @@ func (f *leaseForwarder) expire(maxAge int64) int {
 		}
 	}
 	link.mu.Unlock()
-	for _, ch := range expired {
-		ch <- renewAnswer{err: api.ErrTimeout}
+	for _, w := range expired {
+		w.deliver(renewAnswer{err: api.ErrTimeout})
 	}
 	return len(expired)
 }
