@@ -302,13 +302,35 @@ func (h *Hub) collect(from int64, limit int, match func(key []byte) bool) (evs [
 	if from < h.from {
 		return nil, 0, false
 	}
-	if from >= h.next {
-		return nil, from, true
+	evs, next = gather(h.ring, h.next, from, limit, match)
+	return evs, next, true
+}
+
+// window appends to dst the ring's revisions from from on, for a round of a
+// stream to read without the lock, and returns them with the ring's end
+// (exclusive); ok is false when the ring no longer holds revision from. The
+// events are shared, never changed.
+func (h *Hub) window(dst []revEvents, from int64) (win []revEvents, end int64, ok bool) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if from < h.from {
+		return dst, 0, false
 	}
-	next = h.next
 	i := sort.Search(len(h.ring), func(i int) bool { return h.ring[i].rev >= from })
-	for ; i < len(h.ring); i++ {
-		g := h.ring[i]
+	return append(dst, h.ring[i:]...), h.next, true
+}
+
+// gather returns the events of revisions from on in ring, a run of the ring
+// that ends before revision end, that match, stopping at a revision boundary
+// once it has limit events, and the first revision it did not look at.
+func gather(ring []revEvents, end, from int64, limit int, match func(key []byte) bool) (evs []*mvccpb.Event, next int64) {
+	if from >= end {
+		return nil, from
+	}
+	next = end
+	i := sort.Search(len(ring), func(i int) bool { return ring[i].rev >= from })
+	for ; i < len(ring); i++ {
+		g := ring[i]
 		if len(evs) >= limit {
 			next = g.rev
 			break
@@ -319,7 +341,7 @@ func (h *Hub) collect(from int64, limit int, match func(key []byte) bool) (evs [
 			}
 		}
 	}
-	return evs, next, true
+	return evs, next
 }
 
 func (h *Hub) addStream() {

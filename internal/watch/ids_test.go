@@ -120,3 +120,28 @@ func BenchmarkCreateAndCancel(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/watcher")
 }
+
+// BenchmarkRoundOfIdleWatchers measures a round of a stream holding 100,000
+// watchers of keys that do not change, for one put to another key: the cost
+// per put of a stream with many watchers, none of them interested.
+func BenchmarkRoundOfIdleWatchers(b *testing.B) {
+	const n = 100000
+	m := newMember(&testing.T{}, Config{})
+	c := m.client(nil)
+	go func() {
+		for i := range n {
+			c.create(&pb.WatchCreateRequest{Key: []byte(fmt.Sprint("idle/", i))})
+		}
+	}()
+	for range n {
+		c.next()
+	}
+	progress := &pb.WatchRequest{RequestUnion: &pb.WatchRequest_ProgressRequest{ProgressRequest: &pb.WatchProgressRequest{}}}
+	for b.Loop() {
+		m.put("busy", "v")
+		c.send(progress)
+		if r := c.next(); r.WatchId != InvalidWatchID || len(r.Events) > 0 {
+			b.Fatalf("want a progress notification, got %v", r)
+		}
+	}
+}

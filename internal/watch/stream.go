@@ -69,6 +69,11 @@ type Stream struct {
 	// over every watcher: creating n watchers one at a time, as clientv3
 	// does, would take n² steps.
 	idleAt int64
+	// window holds, during a round, the ring's revisions from windowFrom
+	// on: watchers that far read it without the hub's lock. windowFrom is
+	// where the last round left the watchers in sync.
+	window     []revEvents
+	windowFrom int64
 }
 
 type watcher struct {
@@ -372,6 +377,18 @@ func (s *Stream) remove(i int) {
 // fragmented revision) of the events it has not been sent. It reports
 // whether any watcher moved.
 func (s *Stream) serveRound(ringNext int64, send func(*pb.WatchResponse) error) (worked bool, err error) {
+	// One copy of what is new in the ring, instead of a lock and a search
+	// of the whole ring per watcher: a stream may hold a hundred thousand.
+	win, winEnd, winOK := s.hub.window(s.window[:0], s.windowFrom)
+	defer func() {
+		clear(win) // the events are not the stream's to keep
+		s.window = win[:0]
+		if winOK {
+			s.windowFrom = winEnd
+		} else {
+			s.windowFrom = ringNext
+		}
+	}()
 	for i := range s.watchers {
 		w := &s.watchers[i]
 		if w.next >= ringNext {
@@ -385,13 +402,25 @@ func (s *Stream) serveRound(ringNext int64, send func(*pb.WatchResponse) error) 
 			worked = true
 			return send(&pb.WatchResponse{Header: &pb.ResponseHeader{}, WatchId: id, CompactRevision: compactRev, Canceled: true})
 		}
-		if compactRev := s.hub.store.EventsFrom(); !w.synced && w.next < compactRev {
-			if err := compacted(compactRev); err != nil {
-				return false, err
+		if !w.synced {
+			if compactRev := s.hub.store.EventsFrom(); w.next < compactRev {
+				if err := compacted(compactRev); err != nil {
+					return false, err
+				}
+				continue
 			}
-			continue
 		}
-		evs, next, ok := s.hub.collect(w.next, maxResponseEvents, w.match)
+		var (
+			evs  []*mvccpb.Event
+			next int64
+			ok   bool
+		)
+		if winOK && w.next >= s.windowFrom {
+			evs, next = gather(win, winEnd, w.next, maxResponseEvents, w.match)
+			ok = true
+		} else {
+			evs, next, ok = s.hub.collect(w.next, maxResponseEvents, w.match)
+		}
 		if !ok {
 			evs, next, err = s.hub.store.Events(w.next, maxResponseEvents, w.match)
 			if errors.Is(err, mvcc.ErrCompacted) {
