@@ -137,6 +137,8 @@ func (s *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 				select {
 				case <-s.b.Stopping():
 					return rpctypes.ErrGRPCStopped
+				case <-ctx.Done():
+					return ctx.Err() // gone: no one to answer
 				case r := <-done:
 					if err := answer(r); err != nil {
 						return err
