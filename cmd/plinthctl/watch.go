@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
 
@@ -53,9 +55,14 @@ func (f *watchFlags) options(args []string) ([]clientv3.OpOption, error) {
 func (a *app) watchCommand() *cobra.Command {
 	var f watchFlags
 	cmd := &cobra.Command{
-		Use:   "watch [options] <key> [range_end]",
+		Use:   "watch [options] <key> [range_end] [--] [exec-command arg1 arg2 ...]",
 		Short: "Watches events stream on keys or prefixes",
 		Long: `Watches events stream on keys or prefixes.
+
+A command after -- runs once for each event, after the response that carries
+it is printed, one at a time, with ETCD_WATCH_REVISION (the response's
+revision), ETCD_WATCH_KEY, ETCD_WATCH_EVENT_TYPE and ETCD_WATCH_VALUE (each
+quoted) in its environment. If it fails, the watch ends with exit code 1.
 
 With --interactive (-i), reads requests from standard input, one a line, and
 prints the events of every watch it started as they come:
@@ -63,6 +70,13 @@ prints the events of every watch it started as they come:
   progress    (asks the server for a progress notification on every watch)
 --progress-notify given on the command line applies to every watch line.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var command []string
+			if dash := cmd.ArgsLenAtDash(); dash >= 0 {
+				args, command = args[:dash], args[dash:]
+				if len(command) == 0 {
+					return badArgs("bad number of arguments (found separator --, but no commands)")
+				}
+			}
 			var opts []clientv3.OpOption
 			if f.interactive {
 				if len(args) > 0 {
@@ -93,7 +107,7 @@ prints the events of every watch it started as they come:
 			if f.interactive {
 				return a.watchInteractive(ctx, c, p, f.progressNotify)
 			}
-			return a.printWatch(c.Watch(ctx, args[0], opts...), p)
+			return a.printWatch(ctx, c.Watch(ctx, args[0], opts...), p, command)
 		},
 	}
 	f.define(cmd.Flags())
@@ -181,11 +195,44 @@ func (a *app) watchInteractive(ctx context.Context, c *clientv3.Client, p printe
 	}
 }
 
-// printWatch prints each response of wch as etcdctl does, until the watch
-// ends: canceled by the server (an error, e.g. a compacted revision) or by
-// the command's context (no error).
-func (a *app) printWatch(wch clientv3.WatchChan, p printer) error {
-	return a.printWatchLocked(wch, p, nil)
+// printWatch prints each response of wch as etcdctl does, and runs command
+// (if not empty) for each of its events, until the watch ends: canceled by the
+// server (an error, e.g. a compacted revision), by the command's context (no
+// error), or by a failed run of command.
+func (a *app) printWatch(ctx context.Context, wch clientv3.WatchChan, p printer, command []string) error {
+	if len(command) == 0 {
+		return a.printWatchLocked(wch, p, nil)
+	}
+	for resp := range wch {
+		if err := a.printWatchResponse(resp, p); err != nil {
+			return err
+		}
+		for _, ev := range resp.Events {
+			if err := a.runForEvent(ctx, command, resp.Header.Revision, ev); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// runForEvent runs command for one event, as etcdctl's watch does: the event
+// in its environment, its output the command's.
+func (a *app) runForEvent(ctx context.Context, command []string, rev int64, ev *clientv3.Event) error {
+	cmd := exec.CommandContext(ctx, command[0], command[1:]...)
+	cmd.Env = append(os.Environ(),
+		fmt.Sprintf("ETCD_WATCH_REVISION=%d", rev),
+		fmt.Sprintf("ETCD_WATCH_KEY=%q", ev.Kv.Key),
+		fmt.Sprintf("ETCD_WATCH_EVENT_TYPE=%q", ev.Type.String()),
+		fmt.Sprintf("ETCD_WATCH_VALUE=%q", ev.Kv.Value),
+	)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, a.out, a.errOut
+	if err := cmd.Run(); err != nil {
+		// etcdctl's words, and no "Error:" before them.
+		fmt.Fprintf(a.errOut, "command %q error (%v)\n", command, err)
+		return &codedError{code: exitError, err: err, reported: true}
+	}
+	return nil
 }
 
 // printWatchLocked is printWatch, holding mu (when not nil) while it prints

@@ -18,7 +18,8 @@ import (
 // side by side against the target, for the same events, and requires the same
 // output from both in each output format (simple, json, fields, with and
 // without --hex), for history and live events, prev_kv, ranges, transactions
-// and deletes, and in interactive mode (-i) with a progress request.
+// and deletes, with a command run for each event, and in interactive mode
+// (-i) with a progress request.
 func TestPlinthctlWatchLikeEtcdctl(t *testing.T) {
 	ctl := buildEtcdctl(t)
 	pctl := buildPlinthctl(t)
@@ -88,6 +89,30 @@ func TestPlinthctlWatchLikeEtcdctl(t *testing.T) {
 				}
 			})
 		}
+	}
+
+	// A command run for each event (etcdctl's watch -- exec-command): its
+	// environment, its output after the response's, and a failing one ending
+	// the watch with etcdctl's message.
+	for _, args := range [][]string{
+		{"watch", "--prefix", "--rev", rev, "w/", "--", "sh", "-c", "echo $ETCD_WATCH_REVISION $ETCD_WATCH_EVENT_TYPE $ETCD_WATCH_KEY $ETCD_WATCH_VALUE"},
+		{"-w", "json", "watch", "--rev", rev, "w/a", "--", "sh", "-c", "exit 3"},
+		{"watch", "w/a", "--"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			var ref, got string
+			var wg sync.WaitGroup
+			wg.Add(2)
+			go func() { defer wg.Done(); ref = watchOutput(t, ctl, s, args, nil, nil, "") }()
+			go func() { defer wg.Done(); got = watchOutput(t, pctl, s, args, nil, nil, "") }()
+			wg.Wait()
+			if ref == "" {
+				t.Fatalf("etcdctl %s printed nothing", strings.Join(args, " "))
+			}
+			if ref != got {
+				t.Errorf("etcdctl %s:\n%s\nplinthctl:\n%s", strings.Join(args, " "), ref, got)
+			}
+		})
 	}
 
 	// Live events, and interactive mode with a progress request: both
