@@ -51,10 +51,19 @@ func run(ctx context.Context, args []string, in io.Reader, out, errOut io.Writer
 
 func (a *app) rootCommand() *cobra.Command {
 	root := &cobra.Command{
-		Use:           "plinthctl",
-		Short:         "A command-line client for plinth (and any etcd v3 server)",
+		Use:   "plinthctl",
+		Short: "A command-line client for plinth (and any etcd v3 server)",
+		Long: `A command-line client for plinth (and any etcd v3 server).
+
+Each global flag may also be set by an environment variable, as with etcdctl:
+ETCDCTL_ and the flag's name in capitals, "-" as "_" (ETCDCTL_ENDPOINTS,
+ETCDCTL_DIAL_TIMEOUT, ETCDCTL_COMMAND_TIMEOUT, ETCDCTL_WRITE_OUT, ETCDCTL_HEX).
+A flag given both ways is an error.`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
+	}
+	root.PersistentPreRunE = func(cmd *cobra.Command, args []string) error {
+		return flagsFromEnv(cmd.Root().PersistentFlags())
 	}
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return withCode(exitError, fmt.Errorf("%w (see '%s --help')", err, c.CommandPath()))

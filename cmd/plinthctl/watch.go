@@ -64,6 +64,9 @@ it is printed, one at a time, with ETCD_WATCH_REVISION (the response's
 revision), ETCD_WATCH_KEY, ETCD_WATCH_EVENT_TYPE and ETCD_WATCH_VALUE (each
 quoted) in its environment. If it fails, the watch ends with exit code 1.
 
+Without a key on the command line (or on a watch line of -i), the key and
+range end are those of ETCDCTL_WATCH_KEY and ETCDCTL_WATCH_RANGE_END.
+
 With --interactive (-i), reads requests from standard input, one a line, and
 prints the events of every watch it started as they come:
   watch [--prefix|--from-key] [--rev N] [--prev-kv] [--progress-notify] <key> [range_end]
@@ -75,6 +78,17 @@ prints the events of every watch it started as they come:
 				args, command = args[:dash], args[dash:]
 				if len(command) == 0 {
 					return badArgs("bad number of arguments (found separator --, but no commands)")
+				}
+			}
+			if f.interactive && len(args) == 0 {
+				// Lines without a key take the environment's.
+				if _, err := watchKeyFromEnv(nil); err != nil {
+					return err
+				}
+			} else {
+				var err error
+				if args, err = watchKeyFromEnv(args); err != nil {
+					return err
 				}
 			}
 			var opts []clientv3.OpOption
@@ -169,15 +183,19 @@ func (a *app) watchInteractive(ctx context.Context, c *clientv3.Client, p printe
 			f.define(fs)
 			var opts []clientv3.OpOption
 			err := fs.Parse(words[1:])
+			args := fs.Args()
 			if err == nil {
+				if args, err = watchKeyFromEnv(args); err != nil {
+					return err // etcdctl ends here too
+				}
 				f.progressNotify = f.progressNotify || progressNotify
-				opts, err = f.options(fs.Args())
+				opts, err = f.options(args)
 			}
 			if err != nil {
 				fmt.Fprintf(a.errOut, "Invalid command %s (%v)\n", l, err)
 				continue
 			}
-			wch := c.Watch(ctx, fs.Arg(0), opts...)
+			wch := c.Watch(ctx, args[0], opts...)
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
