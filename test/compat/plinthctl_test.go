@@ -67,50 +67,41 @@ func TestPlinthctlWatchLikeEtcdctl(t *testing.T) {
 	first := resp.Header.Revision - 5 // the first put of write
 	rev := fmt.Sprint(first)
 
+	type watchCase struct {
+		args    []string
+		failing bool // etcdctl ends with an error, which plinthctl must print alike
+	}
+	var cases []watchCase
 	for _, args := range [][]string{
 		{"watch", "--prefix", "--rev", rev, "w/"},
 		{"watch", "--prefix", "--rev", rev, "--prev-kv", "w/"},
 		{"watch", "--rev", rev, "w/a", "w/c"},
 	} {
 		for _, format := range [][]string{{"-w", "simple"}, {"-w", "json"}, {"-w", "fields"}, {"-w", "simple", "--hex"}, {"-w", "fields", "--hex"}} {
-			full := append(append([]string(nil), format...), args...)
-			t.Run(strings.Join(full, " "), func(t *testing.T) {
-				var ref, got string
-				var wg sync.WaitGroup
-				wg.Add(2)
-				go func() { defer wg.Done(); ref = watchOutput(t, ctl, s, full, nil, nil, "") }()
-				go func() { defer wg.Done(); got = watchOutput(t, pctl, s, full, nil, nil, "") }()
-				wg.Wait()
-				if ref == "" || strings.Contains(ref, "Error") {
-					t.Fatalf("etcdctl %s printed:\n%s", strings.Join(full, " "), ref)
-				}
-				if ref != got {
-					t.Errorf("etcdctl %s:\n%s\nplinthctl:\n%s", strings.Join(full, " "), ref, got)
-				}
-			})
+			cases = append(cases, watchCase{args: append(append([]string(nil), format...), args...)})
 		}
 	}
-
 	// A command run for each event (etcdctl's watch -- exec-command): its
 	// environment, its output after the response's, and a failing one ending
 	// the watch with etcdctl's message.
-	for _, args := range [][]string{
-		{"watch", "--prefix", "--rev", rev, "w/", "--", "sh", "-c", "echo $ETCD_WATCH_REVISION $ETCD_WATCH_EVENT_TYPE $ETCD_WATCH_KEY $ETCD_WATCH_VALUE"},
-		{"-w", "json", "watch", "--rev", rev, "w/a", "--", "sh", "-c", "exit 3"},
-		{"watch", "w/a", "--"},
-	} {
-		t.Run(strings.Join(args, " "), func(t *testing.T) {
+	cases = append(cases,
+		watchCase{args: []string{"watch", "--prefix", "--rev", rev, "w/", "--", "sh", "-c", "echo $ETCD_WATCH_REVISION $ETCD_WATCH_EVENT_TYPE $ETCD_WATCH_KEY $ETCD_WATCH_VALUE"}},
+		watchCase{args: []string{"-w", "json", "watch", "--rev", rev, "w/a", "--", "sh", "-c", "exit 3"}, failing: true},
+		watchCase{args: []string{"watch", "w/a", "--"}, failing: true},
+	)
+	for _, c := range cases {
+		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
 			var ref, got string
 			var wg sync.WaitGroup
 			wg.Add(2)
-			go func() { defer wg.Done(); ref = watchOutput(t, ctl, s, args, nil, nil, "") }()
-			go func() { defer wg.Done(); got = watchOutput(t, pctl, s, args, nil, nil, "") }()
+			go func() { defer wg.Done(); ref = watchOutput(t, ctl, s, c.args, nil, nil, "") }()
+			go func() { defer wg.Done(); got = watchOutput(t, pctl, s, c.args, nil, nil, "") }()
 			wg.Wait()
-			if ref == "" {
-				t.Fatalf("etcdctl %s printed nothing", strings.Join(args, " "))
+			if ref == "" || (!c.failing && strings.Contains(ref, "Error")) {
+				t.Fatalf("etcdctl %s printed:\n%s", strings.Join(c.args, " "), ref)
 			}
 			if ref != got {
-				t.Errorf("etcdctl %s:\n%s\nplinthctl:\n%s", strings.Join(args, " "), ref, got)
+				t.Errorf("etcdctl %s:\n%s\nplinthctl:\n%s", strings.Join(c.args, " "), ref, got)
 			}
 		})
 	}
