@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -69,7 +70,7 @@ range end are those of ETCDCTL_WATCH_KEY and ETCDCTL_WATCH_RANGE_END.
 
 With --interactive (-i), reads requests from standard input, one a line, and
 prints the events of every watch it started as they come:
-  watch [--prefix|--from-key] [--rev N] [--prev-kv] [--progress-notify] <key> [range_end]
+  watch [--prefix|--from-key] [--rev N] [--prev-kv] [--progress-notify] <key> [range_end] [-- command ...]
   progress    (asks the server for a progress notification on every watch)
 --progress-notify given on the command line applies to every watch line.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -121,7 +122,7 @@ prints the events of every watch it started as they come:
 			if f.interactive {
 				return a.watchInteractive(ctx, c, p, f.progressNotify)
 			}
-			return a.printWatch(ctx, c.Watch(ctx, args[0], opts...), p, command)
+			return a.printWatch(ctx, c.Watch(ctx, args[0], opts...), p, nil, command)
 		},
 	}
 	f.define(cmd.Flags())
@@ -144,6 +145,7 @@ func (a *app) watchInteractive(ctx context.Context, c *clientv3.Client, p printe
 	defer cancel()
 	lines := make(chan string)
 	readErr := make(chan error, 1)
+	failed := make(chan error, 1)
 	go func() {
 		// Reading cannot be interrupted; this goroutine ends with the
 		// input, and never blocks on lines once ctx ended.
@@ -168,6 +170,8 @@ func (a *app) watchInteractive(ctx context.Context, c *clientv3.Client, p printe
 			return nil
 		case err := <-readErr:
 			return withCode(exitInvalidInput, fmt.Errorf("error reading watch request line: %w", err))
+		case err := <-failed:
+			return err
 		case l = <-lines:
 		}
 		words, err := splitArgs(l)
@@ -181,12 +185,23 @@ func (a *app) watchInteractive(ctx context.Context, c *clientv3.Client, p printe
 			fs := pflag.NewFlagSet("watch", pflag.ContinueOnError)
 			fs.SetOutput(io.Discard)
 			f.define(fs)
-			var opts []clientv3.OpOption
+			var (
+				opts    []clientv3.OpOption
+				command []string
+			)
 			err := fs.Parse(words[1:])
 			args := fs.Args()
 			if err == nil {
+				// etcdctl ends here too, where the other
+				// errors of a line only skip it.
+				if dash := fs.ArgsLenAtDash(); dash >= 0 {
+					args, command = args[:dash], args[dash:]
+					if len(command) == 0 {
+						return badArgs("bad number of arguments (found separator --, but no commands)")
+					}
+				}
 				if args, err = watchKeyFromEnv(args); err != nil {
-					return err // etcdctl ends here too
+					return err
 				}
 				f.progressNotify = f.progressNotify || progressNotify
 				opts, err = f.options(args)
@@ -199,7 +214,18 @@ func (a *app) watchInteractive(ctx context.Context, c *clientv3.Client, p printe
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if err := a.printWatchLocked(wch, p, &printMu); err != nil {
+				err := a.printWatch(ctx, wch, p, &printMu, command)
+				var ce *codedError
+				if errors.As(err, &ce) && ce.reported {
+					// A command failed: the whole watch
+					// ends, as etcdctl's does.
+					select {
+					case failed <- err:
+					default:
+					}
+					return
+				}
+				if err != nil {
 					fmt.Fprintf(a.errOut, "%v\n", err)
 				}
 			}()
@@ -213,22 +239,29 @@ func (a *app) watchInteractive(ctx context.Context, c *clientv3.Client, p printe
 	}
 }
 
-// printWatch prints each response of wch as etcdctl does, and runs command
-// (if not empty) for each of its events, until the watch ends: canceled by the
-// server (an error, e.g. a compacted revision), by the command's context (no
-// error), or by a failed run of command.
-func (a *app) printWatch(ctx context.Context, wch clientv3.WatchChan, p printer, command []string) error {
-	if len(command) == 0 {
-		return a.printWatchLocked(wch, p, nil)
-	}
+// printWatch prints each response of wch as etcdctl does, holding mu (when
+// not nil: several watches of interactive mode print to one output) while
+// it prints a response and runs command (if not empty) for each of its
+// events, until the watch ends: canceled by the server (an error, e.g. a
+// compacted revision), by the command's context (no error), or by a failed
+// run of command.
+func (a *app) printWatch(ctx context.Context, wch clientv3.WatchChan, p printer, mu *sync.Mutex, command []string) error {
 	for resp := range wch {
-		if err := a.printWatchResponse(resp, p); err != nil {
-			return err
+		if mu != nil {
+			mu.Lock()
 		}
+		err := a.printWatchResponse(resp, p)
 		for _, ev := range resp.Events {
-			if err := a.runForEvent(ctx, command, resp.Header.Revision, ev); err != nil {
-				return err
+			if err != nil || len(command) == 0 {
+				break
 			}
+			err = a.runForEvent(ctx, command, resp.Header.Revision, ev)
+		}
+		if mu != nil {
+			mu.Unlock()
+		}
+		if err != nil {
+			return err
 		}
 	}
 	return nil

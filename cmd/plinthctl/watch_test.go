@@ -180,3 +180,37 @@ func TestWatchInteractive(t *testing.T) {
 	wantFail(t, ep, exitInvalidInput, "error reading watch request line: EOF", "watch", "-i")
 	wantFail(t, ep, exitBadArgs, "takes no arguments", "watch", "-i", p)
 }
+
+// A watch line of interactive mode may end with a command to run for each
+// event, as etcdctl's may; a failed run ends the whole watch with exit code
+// 1, and a "--" without a command is refused at once.
+func TestWatchInteractiveCommand(t *testing.T) {
+	ep := testServer(t)
+	p := fmt.Sprintf("watch-i-exec-%d/", time.Now().UnixNano())
+	ok(t, ep, "", "put", p+"a", "1")
+	rev := getJSON(t, ep, p+"a").Header.Revision
+
+	var out, errOut lockedBuffer
+	in, lines := io.Pipe()
+	defer lines.Close()
+	done := make(chan int)
+	go func() {
+		done <- run(context.Background(), []string{"--endpoints", ep, "watch", "-i"}, in, &out, &errOut)
+	}()
+	line := fmt.Sprintf("watch --rev %d %sa -- sh -c 'echo $ETCD_WATCH_REVISION $ETCD_WATCH_KEY; exit 4'\n", rev, p)
+	if _, err := io.WriteString(lines, line); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case code := <-done:
+		want := fmt.Sprintf("PUT\n%sa\n1\n%d \"%sa\"\n", p, rev, p)
+		if code != exitError || out.String() != want || !strings.Contains(errOut.String(), `error (exit status 4)`) {
+			t.Fatalf("exit %d, stdout %q, stderr %q; want exit %d, stdout %q and the command's failure", code, out.String(), errOut.String(), exitError, want)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the watch did not end when its command failed: stdout %q, stderr %q", out.String(), errOut.String())
+	}
+	if r := ctl(t, ep, "watch "+p+"a --\n", "watch", "-i"); r.code != exitBadArgs || !strings.Contains(r.err, "found separator --, but no commands") {
+		t.Errorf("a watch line ending in --: exit %d, stderr %q", r.code, r.err)
+	}
+}
