@@ -91,6 +91,9 @@ prints the events of every watch it started as they come:
 				if args, err = watchKeyFromEnv(args); err != nil {
 					return err
 				}
+				if len(args) == 0 {
+					return badArgs("bad number of arguments") // etcdctl's words
+				}
 			}
 			var opts []clientv3.OpOption
 			if f.interactive {

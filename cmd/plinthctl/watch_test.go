@@ -179,6 +179,7 @@ func TestWatchInteractive(t *testing.T) {
 	// The end of the input ends it, with etcdctl's error.
 	wantFail(t, ep, exitInvalidInput, "error reading watch request line: EOF", "watch", "-i")
 	wantFail(t, ep, exitBadArgs, "takes no arguments", "watch", "-i", p)
+	wantFail(t, ep, exitBadArgs, "bad number of arguments", "watch")
 }
 
 // A watch line of interactive mode may end with a command to run for each
