@@ -293,6 +293,7 @@ func (s *Server) Start() error {
 	kv, leases := api.NewKV(s), api.NewLease(s)
 	pb.RegisterKVServer(s.grpc, kv)
 	pb.RegisterMaintenanceServer(s.grpc, api.NewMaintenance(s))
+	pb.RegisterAuthServer(s.grpc, api.NewAuth(s))
 	pb.RegisterClusterServer(s.grpc, api.NewCluster(s))
 	pb.RegisterLeaseServer(s.grpc, leases)
 	if !s.cfg.withoutRenewalService {

@@ -36,6 +36,7 @@ func TestEtcdctl(t *testing.T) {
 		{"member", "list", "-w", "table", "--consistency", "s"},
 		{"member", "list", "-w", "fields", "--hex"},
 		{"defrag"},
+		{"auth", "status"},
 	} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			ref := runEtcdctl(t, ctl, p.ref, args)
