@@ -74,34 +74,27 @@ prints the events of every watch it started as they come:
   progress    (asks the server for a progress notification on every watch)
 --progress-notify given on the command line applies to every watch line.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var command []string
-			if dash := cmd.ArgsLenAtDash(); dash >= 0 {
-				args, command = args[:dash], args[dash:]
-				if len(command) == 0 {
-					return badArgs("bad number of arguments (found separator --, but no commands)")
-				}
+			args, command, err := splitCommand(args, cmd.ArgsLenAtDash())
+			if err != nil {
+				return err
 			}
-			if f.interactive && len(args) == 0 {
-				// Lines without a key take the environment's.
-				if _, err := watchKeyFromEnv(nil); err != nil {
+			var opts []clientv3.OpOption
+			if f.interactive {
+				// Checked here: lines without a key take the
+				// environment's.
+				if _, err := watchKeyFromEnv(args); err != nil {
 					return err
 				}
+				if len(args) > 0 {
+					return badArgs("watch --interactive takes no arguments: it reads watch requests from standard input")
+				}
 			} else {
-				var err error
 				if args, err = watchKeyFromEnv(args); err != nil {
 					return err
 				}
 				if len(args) == 0 {
 					return badArgs("bad number of arguments") // etcdctl's words
 				}
-			}
-			var opts []clientv3.OpOption
-			if f.interactive {
-				if len(args) > 0 {
-					return badArgs("watch --interactive takes no arguments: it reads watch requests from standard input")
-				}
-			} else {
-				var err error
 				if opts, err = f.options(args); err != nil {
 					return err
 				}
@@ -197,11 +190,8 @@ func (a *app) watchInteractive(ctx context.Context, c *clientv3.Client, p printe
 			if err == nil {
 				// etcdctl ends here too, where the other
 				// errors of a line only skip it.
-				if dash := fs.ArgsLenAtDash(); dash >= 0 {
-					args, command = args[:dash], args[dash:]
-					if len(command) == 0 {
-						return badArgs("bad number of arguments (found separator --, but no commands)")
-					}
+				if args, command, err = splitCommand(args, fs.ArgsLenAtDash()); err != nil {
+					return err
 				}
 				if args, err = watchKeyFromEnv(args); err != nil {
 					return err
@@ -240,6 +230,19 @@ func (a *app) watchInteractive(ctx context.Context, c *clientv3.Client, p printe
 			fmt.Fprintf(a.errOut, "Invalid command %s (only support watch)\n", l)
 		}
 	}
+}
+
+// splitCommand splits a watch's arguments at dash, the position of "--"
+// among them (-1: none), into its key and range end and the command to run
+// for each event, refusing a "--" with no command after it, as etcdctl does.
+func splitCommand(args []string, dash int) (keyArgs, command []string, err error) {
+	if dash < 0 {
+		return args, nil, nil
+	}
+	if dash == len(args) {
+		return nil, nil, badArgs("bad number of arguments (found separator --, but no commands)")
+	}
+	return args[:dash], args[dash:], nil
 }
 
 // printWatch prints each response of wch as etcdctl does, holding mu (when
