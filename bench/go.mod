@@ -8,6 +8,7 @@ require (
 	go.etcd.io/etcd/server/v3 v3.6.6
 	go.etcd.io/etcd/v3 v3.6.6
 	go.uber.org/zap v1.27.0
+	golang.org/x/sys v0.31.0
 	google.golang.org/grpc v1.71.1
 )
 
@@ -70,7 +71,6 @@ require (
 	go.uber.org/multierr v1.11.0 // indirect
 	golang.org/x/crypto v0.36.0 // indirect
 	golang.org/x/net v0.38.0 // indirect
-	golang.org/x/sys v0.31.0 // indirect
 	golang.org/x/text v0.23.0 // indirect
 	golang.org/x/time v0.9.0 // indirect
 	google.golang.org/genproto/googleapis/api v0.0.0-20250303144028-a0af3efb3deb // indirect

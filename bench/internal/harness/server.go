@@ -119,11 +119,15 @@ type Server struct {
 
 // Start makes a fresh directory under root (os.TempDir() when root is ""), picks free
 // loopback ports, starts members processes of spec (one if spec.Single) as a new
-// cluster, and waits until a Get on every member succeeds, which for a cluster means
-// it has a leader. On error nothing is left running and the directory is removed.
+// cluster from an executable read afresh from the disk (see evictFromPageCache), and
+// waits until a Get on every member succeeds, which for a cluster means it has a
+// leader. On error nothing is left running and the directory is removed.
 func Start(ctx context.Context, spec Spec, root string, members int) (*Cluster, error) {
 	if members < 1 || spec.Single {
 		members = 1
+	}
+	if err := evictFromPageCache(spec.Bin); err != nil {
+		return nil, err
 	}
 	dir, err := os.MkdirTemp(root, "plinth-bench-"+spec.Name+"-")
 	if err != nil {
