@@ -175,6 +175,7 @@ type Node struct {
 	lead       atomic.Uint64
 	commitIdx  atomic.Uint64
 	appliedIdx atomic.Uint64
+	lastIdx    atomic.Uint64 // the log's last entry, persisted
 
 	reads readWaits
 	// readNonce starts every read index request context: random per
@@ -285,6 +286,7 @@ func New(cfg Config, db *pebble.DB, log *storage.LogStore, sm StateMachine) (*No
 		return nil, fmt.Errorf("raftnode: read nonce: %w", err)
 	}
 	n.appliedIdx.Store(cfg.Applied)
+	n.lastIdx.Store(last)
 	n.truncatedTo = cfg.Applied
 	log.SetSnapshotter(n.makeSnapshot)
 	n.soleVoter = isSoleVoter(log.ConfState(), cfg.ID)
@@ -348,6 +350,11 @@ func (n *Node) CommitIndex() uint64 { return n.commitIdx.Load() }
 
 // AppliedIndex returns the index of the last applied entry.
 func (n *Node) AppliedIndex() uint64 { return n.appliedIdx.Load() }
+
+// WritesInFlight reports whether this member's log holds entries not yet
+// known committed: writes on their way to the apply loop, whose events will
+// follow soon.
+func (n *Node) WritesInFlight() bool { return n.lastIdx.Load() > n.commitIdx.Load() }
 
 // Propose queues data for Raft under the caller's id and returns once it is
 // queued. The outcome arrives later: through the state machine once the entry
@@ -711,6 +718,9 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 		}
 		_ = b.Close()
 		n.log.AfterAppend(rd.HardState, rd.Entries)
+		if len(rd.Entries) > 0 {
+			n.lastIdx.Store(rd.Entries[len(rd.Entries)-1].GetIndex())
+		}
 	}
 	if rd.HardState != nil {
 		n.term.Store(rd.HardState.GetTerm())

@@ -199,6 +199,9 @@ func (n *Node) install(img snapshot.Image) error {
 		return fmt.Errorf("raftnode: reload the log after snapshot %d: %w", img.Index, err)
 	}
 	n.appliedIdx.Store(img.Index)
+	if img.Index > n.lastIdx.Load() {
+		n.lastIdx.Store(img.Index)
+	}
 	n.reads.advance(img.Index)
 	n.installed.Add(1)
 	return nil

@@ -149,7 +149,13 @@ func (s *Server) open(pacer *storage.SyncPacer) error {
 	if s.applier, err = apply.New(s.db, s.kv, s.logger); err != nil {
 		return err
 	}
-	s.watches = watch.NewHub(s.kv, watch.Config{ProgressInterval: s.cfg.WatchProgressNotifyInterval, MaxResponseBytes: s.cfg.MaxRequestBytes, Logger: s.logger})
+	s.watches = watch.NewHub(s.kv, watch.Config{
+		ProgressInterval: s.cfg.WatchProgressNotifyInterval,
+		MaxResponseBytes: s.cfg.MaxRequestBytes,
+		// s.node is made below, before any stream is served.
+		WritesInFlight: func() bool { return s.node.WritesInFlight() },
+		Logger:         s.logger,
+	})
 	// Images received but not installed before a stop are of no use now.
 	snapDir := filepath.Join(s.cfg.DataDir, "snap")
 	if err := mkdirSynced(s.cfg.FS, snapDir); err != nil {

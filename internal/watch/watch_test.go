@@ -567,3 +567,45 @@ func TestCatchingUpCounts(t *testing.T) {
 		t.Fatalf("%d events counted as sent, want 6", n)
 	}
 }
+
+// While writes are in flight, a round waits for them: the events of a burst
+// reach a watcher in one response.
+func TestWritesInFlightGathered(t *testing.T) {
+	var inFlight atomic.Bool
+	m := newMember(t, Config{WritesInFlight: inFlight.Load, WritesInFlightWait: time.Minute})
+	c := m.client(nil)
+	c.create(&pb.WatchCreateRequest{Key: []byte("k")})
+	created := c.next()
+	if !created.Created {
+		t.Fatalf("want the created response, got %v", created)
+	}
+	inFlight.Store(true)
+	m.put("k", "1")
+	m.put("k", "2")
+	m.put("k", "3")
+	c.none(200 * time.Millisecond)
+	inFlight.Store(false)
+	m.put("k", "4")
+	r := c.next()
+	if len(r.Events) != 4 {
+		t.Fatalf("want the burst's 4 events in one response, got %v", r)
+	}
+	checkEvs(t, r.Events, "PUT k=1@2", "PUT k=2@3", "PUT k=3@4", "PUT k=4@5")
+}
+
+// The wait for writes in flight is bounded: writes that never commit (a
+// leader that lost its quorum) hold events back no longer than
+// WritesInFlightWait.
+func TestWritesInFlightWaitBounded(t *testing.T) {
+	const wait = 100 * time.Millisecond
+	m := newMember(t, Config{WritesInFlight: func() bool { return true }, WritesInFlightWait: wait})
+	c := m.client(nil)
+	c.create(&pb.WatchCreateRequest{Key: []byte("k")})
+	c.next()
+	start := time.Now()
+	m.put("k", "1")
+	r := c.next()
+	if took := time.Since(start); took < wait/2 || len(r.Events) != 1 {
+		t.Fatalf("with writes always in flight: %v after %v, want the event after about %v", r, took, wait)
+	}
+}
