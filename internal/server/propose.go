@@ -139,6 +139,13 @@ func (w *waitRegistry) cancel(id uint64) {
 	w.mu.Unlock()
 }
 
+// pending reports whether any proposer is waiting.
+func (w *waitRegistry) pending() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.waiting) > 0
+}
+
 // trigger delivers r to its proposer, if it is still waiting on this member.
 func (w *waitRegistry) trigger(id uint64, r apply.Result) {
 	w.mu.Lock()

@@ -152,8 +152,10 @@ func (s *Server) open(pacer *storage.SyncPacer) error {
 	s.watches = watch.NewHub(s.kv, watch.Config{
 		ProgressInterval: s.cfg.WatchProgressNotifyInterval,
 		MaxResponseBytes: s.cfg.MaxRequestBytes,
+		// Entries in the log not yet committed, or this member's clients'
+		// writes not yet applied (a follower's go to the leader first).
 		// s.node is made below, before any stream is served.
-		WritesInFlight: func() bool { return s.node.WritesInFlight() },
+		WritesInFlight: func() bool { return s.node.WritesInFlight() || s.waits.pending() },
 		Logger:         s.logger,
 	})
 	// Images received but not installed before a stop are of no use now.
@@ -431,10 +433,12 @@ func (m stateMachine) Apply(ents []*raftpb.Entry, cs *raftpb.ConfState) error {
 	if err != nil {
 		return err
 	}
-	m.s.watches.Notify() // never blocks; the hub reads the new events itself
 	for _, r := range results {
 		m.s.waits.trigger(r.ID, r)
 	}
+	// After the triggers: a stream the hub wakes finds no write of this
+	// batch still waiting (see watch.Config.WritesInFlight).
+	m.s.watches.Notify() // never blocks; the hub reads the new events itself
 	return nil
 }
 
