@@ -48,9 +48,9 @@ var DefaultConfig = Config{
 }
 
 const (
-	metricAllocs = "/gc/heap/allocs:bytes"
-	metricLive   = "/gc/heap/live:bytes"
-	metricFreed  = "/memory/classes/heap/released:bytes"
+	metricAllocs   = "/gc/heap/allocs:bytes"
+	metricLive     = "/gc/heap/live:bytes"
+	metricReleased = "/memory/classes/heap/released:bytes"
 )
 
 // Run samples allocation every cfg.Interval and trims the heap when the
@@ -58,7 +58,7 @@ const (
 // not nil, is told after each trim how much memory the heap returned. Run
 // returns when ctx ends.
 func Run(ctx context.Context, cfg Config, onTrim func(released uint64)) {
-	samples := []metrics.Sample{{Name: metricAllocs}, {Name: metricLive}, {Name: metricFreed}}
+	samples := []metrics.Sample{{Name: metricAllocs}, {Name: metricLive}, {Name: metricReleased}}
 	read := func() (allocs, live, released uint64) {
 		metrics.Read(samples)
 		return samples[0].Value.Uint64(), samples[1].Value.Uint64(), samples[2].Value.Uint64()

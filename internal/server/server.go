@@ -235,7 +235,7 @@ func mkdirSynced(fs vfs.FS, dir string) error {
 
 // streamWorkers is the size of the gRPC stream worker pool. Requests beyond it
 // still get a goroutine of their own, whose stack grows (a copy) on the way
-// to the handler: with no pool that is ~8% of a put's CPU. An idle worker
+// to the handler: with no pool a put costs ~7% more CPU. An idle worker
 // holds ~2.5 KiB (a minimal stack and its g), so the pool is also memory an
 // idle member holds: 512 workers cost the same CPU per put as 1024 under the
 // benchmark's 1000 clients on one member, and 1.2 MiB less.

@@ -49,9 +49,10 @@ type Config struct {
 	// 1.5 MiB, etcd's request size limit).
 	MaxResponseBytes int
 	// WritesInFlight, when set, reports whether writes are on their way
-	// to the store (entries in the member's log not yet committed): a
-	// round woken by a change waits for them, up to WritesInFlightWait,
-	// so that a burst of writes reaches each watcher in few responses.
+	// to the store (entries in the member's log not yet committed, or its
+	// clients' writes not yet applied): a round woken by a change waits
+	// for them, up to WritesInFlightWait, so that a burst of writes
+	// reaches each watcher in few responses.
 	WritesInFlight func() bool
 	// WritesInFlightWait bounds that wait (default 5 ms).
 	WritesInFlightWait time.Duration
