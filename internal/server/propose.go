@@ -38,6 +38,7 @@ func (s *Server) Propose(ctx context.Context, req *pb.InternalRaftRequest) (prot
 // waits for its applied answer.
 func (s *Server) await(ctx context.Context, id uint64, propose func() error) (proto.Message, error) {
 	ch := s.waits.register(id)
+	s.watches.NoteWrite()
 	s.metrics.proposalsPending.Inc()
 	defer s.metrics.proposalsPending.Dec()
 	if err := propose(); err != nil {

@@ -247,41 +247,10 @@ func (s *Stream) Run(ctx context.Context, send func(*pb.WatchResponse) error) er
 				return err
 			}
 		case <-changed:
-			if err := s.awaitWritesInFlight(ctx); err != nil {
-				return err
-			}
 		case <-tick.C:
 			if err := s.progressTick(ringNext, send); err != nil {
 				return err
 			}
-		}
-	}
-}
-
-// awaitWritesInFlight returns once no write is in flight (see
-// Config.WritesInFlight), or after Config.WritesInFlightWait.
-func (s *Stream) awaitWritesInFlight(ctx context.Context) error {
-	inFlight := s.hub.cfg.WritesInFlight
-	if inFlight == nil || !inFlight() {
-		return nil
-	}
-	timer := time.NewTimer(s.hub.cfg.WritesInFlightWait)
-	defer timer.Stop()
-	for {
-		// The channel before the check: a commit between the two
-		// closes it, and the loop looks again.
-		changed, _ := s.hub.state()
-		if !inFlight() {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-s.hub.stopC:
-			return ErrStopped
-		case <-timer.C:
-			return nil
-		case <-changed:
 		}
 	}
 }

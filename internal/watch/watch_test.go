@@ -568,11 +568,55 @@ func TestCatchingUpCounts(t *testing.T) {
 	}
 }
 
-// While writes are in flight, a round waits for them: the events of a burst
-// reach a watcher in one response.
+// A write alone is sent at once: the hold for bursts costs it nothing.
+func TestWriteAloneNotHeld(t *testing.T) {
+	const quiet = 2 * time.Second
+	m := newMember(t, Config{BurstQuiet: quiet, BurstWait: time.Minute})
+	c := m.client(nil)
+	c.create(&pb.WatchCreateRequest{Key: []byte("k")})
+	c.next()
+	for i := range 2 {
+		if i > 0 {
+			time.Sleep(quiet + quiet/10) // the first write is long past
+		}
+		start := time.Now()
+		m.hub.NoteWrite()
+		m.put("k", "v")
+		r := c.next()
+		if took := time.Since(start); took > quiet/2 || len(r.Events) != 1 {
+			t.Fatalf("write %d alone: %v after %v, want its event at once", i, r, took)
+		}
+	}
+}
+
+// Writes that reach the member together are a burst: their events are held
+// back until the writes pause, and reach a watcher in one response.
+func TestBurstGathered(t *testing.T) {
+	const quiet = time.Second
+	m := newMember(t, Config{BurstQuiet: quiet, BurstWait: time.Minute})
+	c := m.client(nil)
+	c.create(&pb.WatchCreateRequest{Key: []byte("k")})
+	c.next()
+	for range 3 {
+		m.hub.NoteWrite() // three clients' writes arrive, then commit
+	}
+	start := time.Now()
+	m.put("k", "1")
+	m.put("k", "2")
+	m.put("k", "3")
+	c.none(quiet / 3)
+	r := c.next()
+	if took := time.Since(start); took < quiet/2 || len(r.Events) != 3 {
+		t.Fatalf("burst: %v after %v, want its 3 events in one response after about %v", r, took, quiet)
+	}
+	checkEvs(t, r.Events, "PUT k=1@2", "PUT k=2@3", "PUT k=3@4")
+}
+
+// While writes are in flight, events are held back past the quiet period:
+// the events of a burst reach a watcher in one response.
 func TestWritesInFlightGathered(t *testing.T) {
 	var inFlight atomic.Bool
-	m := newMember(t, Config{WritesInFlight: inFlight.Load, WritesInFlightWait: time.Minute})
+	m := newMember(t, Config{WritesInFlight: inFlight.Load, BurstQuiet: 10 * time.Millisecond, BurstWait: time.Minute})
 	c := m.client(nil)
 	c.create(&pb.WatchCreateRequest{Key: []byte("k")})
 	created := c.next()
@@ -593,12 +637,11 @@ func TestWritesInFlightGathered(t *testing.T) {
 	checkEvs(t, r.Events, "PUT k=1@2", "PUT k=2@3", "PUT k=3@4", "PUT k=4@5")
 }
 
-// The wait for writes in flight is bounded: writes that never commit (a
-// leader that lost its quorum) hold events back no longer than
-// WritesInFlightWait.
-func TestWritesInFlightWaitBounded(t *testing.T) {
+// The hold is bounded: writes that never commit (a leader that lost its
+// quorum), or that never pause, hold events back no longer than BurstWait.
+func TestBurstWaitBounded(t *testing.T) {
 	const wait = 100 * time.Millisecond
-	m := newMember(t, Config{WritesInFlight: func() bool { return true }, WritesInFlightWait: wait})
+	m := newMember(t, Config{WritesInFlight: func() bool { return true }, BurstQuiet: time.Millisecond, BurstWait: wait})
 	c := m.client(nil)
 	c.create(&pb.WatchCreateRequest{Key: []byte("k")})
 	c.next()
