@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -462,9 +463,27 @@ func (s *Stream) serveRound(ringNext int64, send func(*pb.WatchResponse) error) 
 // from: a response holds whole revisions, but not a catch-up's worth of
 // them at once.
 func (s *Stream) cut(evs []*mvccpb.Event, next int64) ([]*mvccpb.Event, int64) {
+	return cutAt(evs, next, s.hub.cfg.MaxResponseBytes)
+}
+
+// maxKeyValueOverhead bounds what a KeyValue's encoding adds to its key and
+// value: six field tags, two lengths and four varints.
+const maxKeyValueOverhead = 6 + 2*binary.MaxVarintLen32 + 4*binary.MaxVarintLen64
+
+func cutAt(evs []*mvccpb.Event, next int64, limit int) ([]*mvccpb.Event, int64) {
+	// Most rounds send a few small events: bounding their size from the
+	// lengths of their keys and values is enough to know that nothing is
+	// cut, without encoding each for its exact size, once per watcher.
+	bound := 0
+	for _, ev := range evs {
+		bound += len(ev.Kv.Key) + len(ev.Kv.Value) + maxKeyValueOverhead
+	}
+	if bound <= limit {
+		return evs, next
+	}
 	size := 0
 	for i, ev := range evs {
-		if i > 0 && size > s.hub.cfg.MaxResponseBytes && ev.Kv.ModRevision != evs[i-1].Kv.ModRevision {
+		if i > 0 && size > limit && ev.Kv.ModRevision != evs[i-1].Kv.ModRevision {
 			return evs[:i], ev.Kv.ModRevision
 		}
 		size += proto.Size(ev.Kv)

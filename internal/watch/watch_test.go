@@ -13,6 +13,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/plinthdb/plinth/internal/mvcc"
 	"github.com/plinthdb/plinth/internal/storage"
@@ -650,5 +651,27 @@ func TestBurstWaitBounded(t *testing.T) {
 	r := c.next()
 	if took := time.Since(start); took < wait/2 || len(r.Events) != 1 {
 		t.Fatalf("with writes always in flight: %v after %v, want the event after about %v", r, took, wait)
+	}
+}
+
+// cutAt's shortcut, a bound from the keys' and values' lengths, never keeps
+// a response whole that the exact sizes would cut: the bound is never below
+// the encoding, even with every varint at its longest.
+func TestCutBoundNeverBelowSize(t *testing.T) {
+	kv := &mvccpb.KeyValue{Key: []byte("k"), Value: []byte("v"), CreateRevision: -1, ModRevision: -1, Version: -1, Lease: -1}
+	if size, bound := proto.Size(kv), len(kv.Key)+len(kv.Value)+maxKeyValueOverhead; size > bound {
+		t.Fatalf("a KeyValue with the longest varints encodes in %d bytes, above its bound %d", size, bound)
+	}
+	// Events of revisions 1..6, two a revision, 100 bytes of value each: a
+	// limit of 250 bytes cuts after revision 2 (the first boundary past it).
+	var evs []*mvccpb.Event
+	for i := range 12 {
+		evs = append(evs, &mvccpb.Event{Kv: &mvccpb.KeyValue{Key: []byte{'a' + byte(i)}, Value: make([]byte, 100), ModRevision: int64(i/2 + 1)}})
+	}
+	if got, next := cutAt(evs, 7, 250); len(got) != 4 || next != 3 {
+		t.Fatalf("cut at 250 bytes: %d events, next %d; want 4 events, next 3", len(got), next)
+	}
+	if got, next := cutAt(evs, 7, 1<<20); len(got) != 12 || next != 7 {
+		t.Fatalf("cut at 1 MiB: %d events, next %d; want all 12, next 7", len(got), next)
 	}
 }
