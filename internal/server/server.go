@@ -436,8 +436,9 @@ func (m stateMachine) Apply(ents []*raftpb.Entry, cs *raftpb.ConfState) error {
 	for _, r := range results {
 		m.s.waits.trigger(r.ID, r)
 	}
-	// After the triggers: a stream the hub wakes finds no write of this
-	// batch still waiting (see watch.Config.WritesInFlight).
+	// After the triggers: the hub, deciding whether to hold this batch's
+	// events back, finds none of its writes still waiting (see
+	// watch.Config.WritesInFlight).
 	m.s.watches.Notify() // never blocks; the hub reads the new events itself
 	return nil
 }
