@@ -741,6 +741,58 @@ func TestClusterPartitions(t *testing.T) {
 	}
 }
 
+// A member removed while cut off from its peers never receives the entry
+// that removed it: the leader stops sending to a removed member. Once the
+// network heals it must still learn of its removal, from the peers that
+// refuse it, and stop; not campaign forever over the streams it opened before
+// the cut.
+func TestClusterRemovedWhileCutOff(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := newTestCluster(t, 3, "removed-cut-off")
+	var p partition
+	for i := range 3 {
+		c.cfgs[i].PeerBlocked = p.blocked
+		c.start(i)
+	}
+	lead := c.leader(ctx)
+	cli := c.client(lead)
+	put, err := cli.Put(ctx, "k", "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := (lead + 1) % 3
+	waitFor(ctx, t, func() bool { return c.servers[f].kv.Rev() >= put.Header.Revision })
+	p.set(c.servers[f].memberID)
+	for {
+		// Members connected for less than etcd's health interval refuse
+		// a removal with ErrUnhealthy.
+		_, err := cli.MemberRemove(ctx, c.servers[f].memberID)
+		if err == nil {
+			break
+		}
+		if err != rpctypes.ErrUnhealthy || ctx.Err() != nil {
+			t.Fatalf("member remove of the cut-off member: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := cli.Put(ctx, "k", "after-removal"); err != nil {
+		t.Fatal(err)
+	}
+	if c.servers[f].Err() != nil {
+		t.Fatalf("the cut-off member stopped before the network healed: %v", c.servers[f].Err())
+	}
+	p.set()
+	healed := time.Now()
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	waitFor(wctx, t, func() bool { return c.servers[f].Err() != nil })
+	if !errors.Is(c.servers[f].Err(), ErrRemoved) {
+		t.Fatalf("the removed member stopped with %v, want ErrRemoved", c.servers[f].Err())
+	}
+	t.Logf("the removed member stopped %v after the network healed", time.Since(healed).Round(time.Millisecond))
+}
+
 // Maintenance.MoveLeader hands leadership to the member named, as etcd's:
 // only the leader takes it, and only a voter can receive it.
 func TestClusterMoveLeader(t *testing.T) {

@@ -92,7 +92,7 @@ type Transport struct {
 	peers     map[uint64]*peer
 	removed   map[uint64]bool
 	listeners []net.Listener
-	conns     map[net.Conn]struct{} // accepted, open
+	conns     map[net.Conn]uint64 // accepted and open, with the peer each comes from (0 until known)
 	stopped   bool
 
 	wg      sync.WaitGroup
@@ -108,7 +108,7 @@ func New(cfg Config) *Transport {
 		cfg:     cfg,
 		peers:   map[uint64]*peer{},
 		removed: map[uint64]bool{},
-		conns:   map[net.Conn]struct{}{},
+		conns:   map[net.Conn]uint64{},
 		metrics: newTransportMetrics(),
 	}
 }
@@ -135,12 +135,20 @@ func (t *Transport) AddPeer(id uint64, addrs []string) {
 }
 
 // RemovePeer stops sending to member id, for good: a removed member's
-// connections are refused from then on.
+// connections are refused from then on, and those it has open are closed, so
+// that its next message finds out. The removed member may never see the entry
+// that removed it (the leader stops sending to it), and then this refusal is
+// how it learns to stop.
 func (t *Transport) RemovePeer(id uint64) {
 	t.mu.Lock()
 	p := t.peers[id]
 	delete(t.peers, id)
 	t.removed[id] = true
+	for c, from := range t.conns {
+		if from == id {
+			_ = c.Close()
+		}
+	}
 	t.mu.Unlock()
 	if p != nil {
 		p.stop()
@@ -210,7 +218,7 @@ func (t *Transport) track(c net.Conn) bool {
 	if t.stopped {
 		return false
 	}
-	t.conns[c] = struct{}{}
+	t.conns[c] = 0
 	return true
 }
 
@@ -322,7 +330,7 @@ func (t *Transport) serveConn(c net.Conn) {
 	case to != t.cfg.ID:
 		answer = refuseWrongPeer
 		t.cfg.Logger.Warn("refused a peer connection meant for another member", "remote", c.RemoteAddr().String(), "for", fmt.Sprintf("%x", to), "self", fmt.Sprintf("%x", t.cfg.ID))
-	case t.isRemoved(from):
+	case !t.admit(c, from):
 		answer = refuseRemoved
 	}
 	if _, err := c.Write([]byte{answer}); err != nil || answer != acceptOK {
@@ -341,10 +349,18 @@ func (t *Transport) blocked(from, to uint64) bool {
 	return t.cfg.Blocked != nil && t.cfg.Blocked(from, to)
 }
 
-func (t *Transport) isRemoved(id uint64) bool {
+// admit records that c comes from member from, unless from was removed: under
+// one lock, so that RemovePeer either closes c or admit refuses it.
+func (t *Transport) admit(c net.Conn, from uint64) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.removed[id]
+	if t.removed[from] {
+		return false
+	}
+	if _, open := t.conns[c]; open {
+		t.conns[c] = from
+	}
+	return true
 }
 
 func (t *Transport) readStream(r *bufio.Reader, from uint64) {

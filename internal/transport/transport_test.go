@@ -116,6 +116,37 @@ func TestARemovedMemberIsToldSo(t *testing.T) {
 	}
 }
 
+// A member removed while its stream to a peer is open must be told too: it
+// may have missed the entry that removed it, and then only its peers know.
+func TestARemovedMemberWithAnOpenStreamIsToldSo(t *testing.T) {
+	a, ha, _ := startTransport(t, 7, 1)
+	b, hb, addrB := startTransport(t, 7, 2)
+	a.AddPeer(2, []string{addrB})
+	a.Send([]*raftpb.Message{heartbeat(1, 2, 1)})
+	select {
+	case <-hb.msgs:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first message did not arrive")
+	}
+	b.RemovePeer(1)
+	deadline := time.After(5 * time.Second)
+	for term := uint64(2); ; term++ {
+		a.Send([]*raftpb.Message{heartbeat(1, 2, term)})
+		select {
+		case m := <-ha.msgs:
+			if !IsRemovedNotice(m) {
+				t.Fatalf("got %v, want the removed notice", m)
+			}
+			return
+		case m := <-hb.msgs:
+			t.Fatalf("the peer took %v from a member it removed", m)
+		case <-deadline:
+			t.Fatal("the removed member was not told")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 func TestADeadPeerNeverBlocksSend(t *testing.T) {
 	a, ha, _ := startTransport(t, 7, 1)
 	a.AddPeer(2, []string{"127.0.0.1:1"}) // nothing listens there
