@@ -486,7 +486,7 @@ func (n *Node) raftLoop() {
 // Raft's RecentActive flags are cleared at every quorum check (each election
 // timeout) and set again as each follower answers, so one reading can find
 // them all cleared: a member counts as active if the flag was seen set within
-// the last election timeout.
+// the last election timeout, once it has acknowledged an entry.
 func (n *Node) publishProgress(now uint64) {
 	st := n.rn.Status()
 	if st.RaftState != raft.StateLeader {
@@ -499,7 +499,9 @@ func (n *Node) publishProgress(now uint64) {
 	}
 	p := &Progress{LastIndex: st.Progress[n.cfg.ID].Match, Members: make(map[uint64]MemberProgress, len(st.Progress))}
 	for id, pr := range st.Progress {
-		if pr.RecentActive || id == n.cfg.ID {
+		// Raft marks a member it adds as active until its next quorum
+		// check; one that never acknowledged an entry is not.
+		if (pr.RecentActive && pr.Match > 0) || id == n.cfg.ID {
 			n.activeAt[id] = now
 		}
 		seen, ok := n.activeAt[id]

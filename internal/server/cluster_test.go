@@ -546,6 +546,91 @@ func TestClusterJoin(t *testing.T) {
 	}
 }
 
+// A lone member grows to three as etcd's do: a voter added with member add
+// and started with --initial-cluster-state=existing, then a third with
+// --join, promoted once in sync. Every check that protects a quorum lets a
+// lone member take a second one (there is no quorum of others to protect).
+func TestClusterGrowsFromOneMember(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := startTestCluster(t, 1, "grow")
+	c.leader(ctx)
+	cli := c.client(0)
+	if _, err := cli.Put(ctx, "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	c.waitMembers(ctx, cli, allPublished)
+
+	n := c.addMember("second")
+	add, err := cli.MemberAdd(ctx, []string{c.cfgs[n].AdvertisePeerURLs[0].String()})
+	if err != nil {
+		t.Fatalf("member add to a lone member: %v; etcd allows it", err)
+	}
+	c.cfgs[n].InitialClusterState = "existing"
+	c.cfgs[n].InitialCluster = map[string][]url.URL{c.cfgs[0].Name: c.cfgs[0].AdvertisePeerURLs, "second": c.cfgs[n].AdvertisePeerURLs}
+	c.start(n)
+	if c.servers[n].memberID != add.Member.ID {
+		t.Fatalf("the second member took ID %x, member add gave %x", c.servers[n].memberID, add.Member.ID)
+	}
+	c.waitMembers(ctx, cli, func(ms []*etcdserverpb.Member) bool { return len(ms) == 2 && allPublished(ms) })
+
+	j := c.addMember("third")
+	c.cfgs[j].Join = "http://" + c.cfgs[0].AdvertiseClientURLs[0].Host
+	c.start(j)
+	c.waitMembers(ctx, cli, func(ms []*etcdserverpb.Member) bool {
+		return len(ms) == 3 && allPublished(ms) && !slices.ContainsFunc(ms, func(m *etcdserverpb.Member) bool { return m.IsLearner })
+	})
+	get, err := c.client(j).Get(ctx, "k")
+	if err != nil || len(get.Kvs) != 1 || string(get.Kvs[0].Value) != "v" {
+		t.Fatalf("the third member reads k: %+v %v", get, err)
+	}
+}
+
+// The quorum checks of membership changes, as etcd v3.7 makes them and
+// answers them: a member may not be added (learner or voter) while the
+// active voters would not form a quorum with the newcomer counted as down;
+// a voter may not be added while too few have started; a voter that is down
+// may be removed.
+func TestClusterMembershipQuorumChecks(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := startTestCluster(t, 3, "quorum-checks")
+	lead := c.leader(ctx)
+	cli := c.client(lead)
+	c.waitMembers(ctx, cli, allPublished)
+
+	// Two voters that never start: five voters, three started.
+	for _, u := range []string{"http://127.0.0.1:1", "http://127.0.0.1:2"} {
+		if _, err := cli.MemberAdd(ctx, []string{u}); err != nil {
+			t.Fatalf("member add %s: %v", u, err)
+		}
+	}
+	// A sixth voter: three started of six is below a quorum.
+	if _, err := cli.MemberAdd(ctx, []string{"http://127.0.0.1:3"}); err != rpctypes.ErrMemberNotEnoughStarted {
+		t.Fatalf("a voter while too few started: %v, want %v", err, rpctypes.ErrMemberNotEnoughStarted)
+	}
+	// Before the peer URL check, as in etcd.
+	if _, err := cli.MemberAdd(ctx, []string{"http://127.0.0.1:1"}); err != rpctypes.ErrMemberNotEnoughStarted {
+		t.Fatalf("a voter with a taken peer URL while too few started: %v, want %v", err, rpctypes.ErrMemberNotEnoughStarted)
+	}
+	// A learner: three active of a quorum of six (four) is too few.
+	if _, err := cli.MemberAddAsLearner(ctx, []string{"http://127.0.0.1:4"}); err != rpctypes.ErrUnhealthy {
+		t.Fatalf("a learner while the active voters are no quorum of the grown cluster: %v, want %v", err, rpctypes.ErrUnhealthy)
+	}
+	// The members that never started are down: they may go.
+	members := c.waitMembers(ctx, cli, func([]*etcdserverpb.Member) bool { return true })
+	for _, m := range members {
+		if m.Name == "" {
+			if _, err := cli.MemberRemove(ctx, m.ID); err != nil {
+				t.Fatalf("member remove of a member that never started: %v", err)
+			}
+		}
+	}
+	if _, err := cli.MemberAddAsLearner(ctx, []string{"http://127.0.0.1:4"}); err != nil {
+		t.Fatalf("a learner in a healthy cluster: %v", err)
+	}
+}
+
 // A long apply (a DeleteRange of 100,000 keys) holds the apply loop for a
 // long time; the raft loop goes on heartbeating meanwhile, so no follower
 // starts an election.

@@ -25,11 +25,15 @@ import (
 // logs: a change that reaches a follower is forwarded to the leader's client
 // URL, and answered once this member has applied it too.
 //
-// The checks are etcd's (with its strict reconfiguration check on): at most
-// maxLearners learners; a voter is added or promoted only while a quorum of
-// the grown cluster has started; a voter is removed only if the active
-// voters left still form a quorum; a learner is promoted only once its log
-// matches at least learnerReadyFraction of the leader's.
+// The checks are etcd's (v3.7, with its strict reconfiguration check on), in
+// its order: a voter is added or promoted only while a quorum of the grown
+// cluster has started (published its name); any member, learner or voter, is
+// added only while the active voters would still form a quorum of the grown
+// cluster, the newcomer counted as down (a lone member may always grow); at
+// most maxLearners learners; a voter is removed only if the started voters
+// left form a quorum and, unless it is down itself, the active ones too; a
+// learner is promoted only once its log matches at least
+// learnerReadyFraction of the leader's.
 const (
 	maxLearners          = 1
 	learnerReadyFraction = 0.9
@@ -91,6 +95,9 @@ func (s *Server) AddMember(ctx context.Context, peerURLs []string, learner bool)
 		added = api.Member{ID: m.GetID(), Name: m.GetName(), PeerURLs: m.GetPeerURLs(), ClientURLs: m.GetClientURLs(), IsLearner: m.GetIsLearner()}
 		return nil
 	}, func(members []membership.Member, removed []uint64) error {
+		if err := s.mayAddMember(members, learner); err != nil {
+			return err
+		}
 		if err := peerURLTaken(members, peerURLs, 0); err != nil {
 			return err
 		}
@@ -104,8 +111,6 @@ func (s *Server) AddMember(ctx context.Context, peerURLs []string, learner bool)
 			if learners >= maxLearners {
 				return api.ErrTooManyLearners
 			}
-		} else if err := s.mayAddVoter(members); err != nil {
-			return err
 		}
 		id := newMemberID(peerURLs, s.cfg.InitialClusterToken, time.Now(), func(id uint64) bool {
 			_, err := findMember(members, id)
@@ -183,8 +188,9 @@ func (s *Server) PromoteMember(ctx context.Context, id uint64) error {
 		if float64(p.Members[id].Match) < learnerReadyFraction*float64(p.LastIndex) {
 			return api.ErrLearnerNotReady
 		}
-		if err := s.mayAddVoter(members); err != nil {
-			return err
+		if voters, started := countVoters(members); started+1 < (voters+1)/2+1 {
+			// The learner counts as started: it is in sync.
+			return api.ErrNotEnoughStarted
 		}
 		m := members[i]
 		m.IsLearner = false
@@ -192,12 +198,9 @@ func (s *Server) PromoteMember(ctx context.Context, id uint64) error {
 	})
 }
 
-// mayAddVoter refuses a new voter while fewer members than a quorum of the
-// grown cluster have started (published their name), or while a voter is
-// not active: the new member counts as down until it catches up, so the
-// others must all be up to keep a quorum.
-func (s *Server) mayAddVoter(members []membership.Member) error {
-	voters, started := 1, 0
+// countVoters counts the voters among members, and those of them that have
+// started (published their name, as etcd's members do when they start).
+func countVoters(members []membership.Member) (voters, started int) {
 	for _, m := range members {
 		if m.IsLearner {
 			continue
@@ -207,8 +210,21 @@ func (s *Server) mayAddVoter(members []membership.Member) error {
 			started++
 		}
 	}
-	// A lone member may always take a second one: etcd allows it too.
-	if !(voters == 2 && started == 1) && started < voters/2+1 {
+	return voters, started
+}
+
+// mayAddMember refuses a new member, learner or voter, that could cost the
+// cluster its quorum: a voter while fewer members than a quorum of the grown
+// cluster have started, and any member while the active voters, the new one
+// counted as down until it catches up, would not form a quorum of the grown
+// cluster. A lone member may always take a second one, the way out of a
+// restore from backup: etcd allows it too.
+func (s *Server) mayAddMember(members []membership.Member, learner bool) error {
+	voters, started := countVoters(members)
+	if voters == 1 {
+		return nil
+	}
+	if !learner && started < (voters+1)/2+1 {
 		return api.ErrNotEnoughStarted
 	}
 	p, err := s.leaderProgress()
@@ -221,16 +237,21 @@ func (s *Server) mayAddVoter(members []membership.Member) error {
 			active++
 		}
 	}
-	if active < voters/2+1 {
+	if active < (voters+1)/2+1 {
 		return api.ErrUnhealthy
 	}
 	return nil
 }
 
-// mayRemoveVoter refuses to remove voter id when the active voters left would
-// not form a quorum of the shrunk cluster. A voter that is down may always
-// go: it is not part of the active quorum.
+// mayRemoveVoter refuses to remove voter id when the started voters left, or
+// (unless id is down: it is not part of the active quorum then) the active
+// voters left, would not form a quorum of the shrunk cluster.
 func (s *Server) mayRemoveVoter(members []membership.Member, id uint64) error {
+	others := slices.DeleteFunc(slices.Clone(members), func(m membership.Member) bool { return m.ID == id })
+	voters, started := countVoters(others)
+	if started < voters/2+1 {
+		return api.ErrNotEnoughStarted
+	}
 	p, err := s.leaderProgress()
 	if err != nil {
 		return err
@@ -238,17 +259,13 @@ func (s *Server) mayRemoveVoter(members []membership.Member, id uint64) error {
 	if !p.Members[id].RecentActive {
 		return nil
 	}
-	voters, active := 0, 0
-	for _, m := range members {
-		if m.IsLearner {
-			continue
-		}
-		voters++
-		if m.ID != id && p.Members[m.ID].RecentActive {
+	active := 0
+	for _, m := range others {
+		if !m.IsLearner && p.Members[m.ID].RecentActive {
 			active++
 		}
 	}
-	if active < (voters-1)/2+1 {
+	if active < voters/2+1 {
 		return api.ErrUnhealthy
 	}
 	return nil
