@@ -73,7 +73,9 @@ func toGRPC(err error) error {
 	case errors.Is(err, ErrTooManyLearners):
 		return rpctypes.ErrGRPCTooManyLearners
 	case errors.Is(err, ErrNotEnoughStarted):
-		return rpctypes.ErrGRPCMemberNotEnoughStarted
+		// etcd maps it to its client-side error value, which gRPC sends
+		// as Unknown: the message is what clients match.
+		return status.Error(codes.Unknown, rpctypes.ErrorDesc(rpctypes.ErrGRPCMemberNotEnoughStarted))
 	case errors.Is(err, ErrUnhealthy):
 		return rpctypes.ErrGRPCUnhealthy
 	case errors.Is(err, ErrNotLeader):
