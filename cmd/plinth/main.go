@@ -1,6 +1,8 @@
 // Command plinth runs a plinth member: a strongly consistent key-value store
-// that speaks the etcd v3 API. Its flags carry etcd's names and meanings, so
-// an etcd command line for a single member starts plinth unchanged.
+// that speaks the etcd v3 API. Its flags carry etcd's names and meanings, and
+// are read from etcd's environment variables too (ETCD_INITIAL_CLUSTER for
+// --initial-cluster), so an etcd command line and environment start plinth
+// unchanged.
 package main
 
 import (
@@ -13,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -27,7 +30,7 @@ func main() {
 }
 
 func run(args []string, stderr io.Writer) int {
-	cfg, err := parseFlags(args, stderr)
+	cfg, err := parseFlags(args, os.Environ(), stderr)
 	if errors.Is(err, flag.ErrHelp) || errors.Is(err, errVersion) {
 		return 0
 	}
@@ -73,9 +76,15 @@ func run(args []string, stderr io.Writer) int {
 
 var errVersion = errors.New("version printed")
 
-func parseFlags(args []string, stderr io.Writer) (*server.Config, error) {
+// parseFlags reads the command line args and, for the flags it does not set,
+// the ETCD_ variables of environ.
+func parseFlags(args, environ []string, stderr io.Writer) (*server.Config, error) {
 	fs := flag.NewFlagSet("plinth", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: plinth [flags]\n\nEvery flag can also come from its etcd environment variable, %s and its name\nin upper case with dashes as underscores (ETCD_INITIAL_CLUSTER); the command\nline wins.\n\n", envPrefix)
+		fs.PrintDefaults()
+	}
 	var (
 		name            = fs.String("name", "default", "human-readable name for this member")
 		dataDir         = fs.String("data-dir", "plinth.data", "path to the data directory")
@@ -109,6 +118,9 @@ func parseFlags(args []string, stderr io.Writer) (*server.Config, error) {
 		version         = fs.Bool("version", false, "print the version and exit")
 	)
 	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if err := flagsFromEnv(fs, environ, stderr); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
@@ -216,4 +228,56 @@ func parseLevel(s string) (slog.Level, error) {
 		return slog.LevelError, nil
 	}
 	return 0, fmt.Errorf("--log-level is %q, want debug, info, warn or error", s)
+}
+
+// envPrefix starts the environment variables etcd reads its flags from.
+const envPrefix = "ETCD_"
+
+// flagsFromEnv sets each flag of fs that the command line left unset from its
+// variable in environ, as etcd does: ETCD_ and the flag's name in upper case,
+// dashes as underscores (ETCD_INITIAL_CLUSTER_STATE). A flag given on the
+// command line wins over its variable, and a variable that names no flag is
+// reported, both on stderr, as etcd warns of them.
+func flagsFromEnv(fs *flag.FlagSet, environ []string, stderr io.Writer) error {
+	env := map[string]string{}
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, envPrefix) {
+			env[k] = v
+		}
+	}
+	if len(env) == 0 {
+		return nil
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	known := map[string]bool{}
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		key := envPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		known[key] = true
+		v, ok := env[key]
+		switch {
+		case !ok || err != nil:
+		case given[f.Name]:
+			fmt.Fprintf(stderr, "plinth: ignoring %s: the command line sets --%s\n", key, f.Name)
+		default:
+			if serr := fs.Set(f.Name, v); serr != nil {
+				err = fmt.Errorf("invalid value %q for %s: %w", v, key, serr)
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	var unknown []string
+	for k := range env {
+		if !known[k] {
+			unknown = append(unknown, k)
+		}
+	}
+	slices.Sort(unknown)
+	for _, k := range unknown {
+		fmt.Fprintf(stderr, "plinth: ignoring %s: no such flag\n", k)
+	}
+	return nil
 }

@@ -14,7 +14,7 @@ func TestParseFlagsAcceptsAnEtcdCommandLine(t *testing.T) {
 		--initial-advertise-peer-urls http://127.0.0.1:2380 --initial-cluster infra0=http://127.0.0.1:2380
 		--initial-cluster-state new --initial-cluster-token tkn --max-request-bytes=2097152 --log-level=warn
 		--heartbeat-interval=50 --election-timeout=500 --snapshot-count=5000`)
-	cfg, err := parseFlags(args, &bytes.Buffer{})
+	cfg, err := parseFlags(args, nil, &bytes.Buffer{})
 	if err != nil {
 		t.Fatalf("parse: %v", err)
 	}
@@ -27,13 +27,53 @@ func TestParseFlagsAcceptsAnEtcdCommandLine(t *testing.T) {
 	}
 }
 
+// TestParseFlagsFromEtcdEnvironment: etcd reads every flag from an ETCD_
+// variable too, and its runtime reconfiguration guide has the operator
+// export what etcdctl member add prints. The command line wins.
+func TestParseFlagsFromEtcdEnvironment(t *testing.T) {
+	environ := []string{
+		`ETCD_NAME=infra3`,
+		`ETCD_INITIAL_CLUSTER=infra0=http://10.0.1.10:2380,infra3=http://10.0.1.13:2380`,
+		`ETCD_INITIAL_CLUSTER_STATE=existing`,
+		`ETCD_INITIAL_ADVERTISE_PEER_URLS=http://10.0.1.13:2380`,
+		`ETCD_SNAPSHOT_COUNT=5000`,
+		`ETCD_DATA_DIR=/from/env`,
+		`ETCD_NO_SUCH_FLAG=1`,
+		`ETCDCTL_API=3`,
+		`PATH=/bin`,
+	}
+	var stderr bytes.Buffer
+	cfg, err := parseFlags([]string{"--data-dir=/from/flag"}, environ, &stderr)
+	if err != nil {
+		t.Fatalf("parse: %v", err)
+	}
+	if cfg.Name != "infra3" || cfg.InitialClusterState != "existing" || len(cfg.InitialCluster) != 2 ||
+		cfg.AdvertisePeerURLs[0].Host != "10.0.1.13:2380" || cfg.SnapshotCount != 5000 {
+		t.Fatalf("parsed config: %+v", cfg)
+	}
+	if cfg.DataDir != "/from/flag" {
+		t.Fatalf("data dir %q: the command line must win over ETCD_DATA_DIR", cfg.DataDir)
+	}
+	for _, want := range []string{"ignoring ETCD_DATA_DIR: the command line sets --data-dir", "ignoring ETCD_NO_SUCH_FLAG: no such flag"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("stderr %q lacks %q", stderr.String(), want)
+		}
+	}
+	if strings.Contains(stderr.String(), "ETCDCTL_API") {
+		t.Errorf("stderr %q names ETCDCTL_API, which is etcdctl's", stderr.String())
+	}
+	if _, err := parseFlags(nil, []string{"ETCD_SNAPSHOT_COUNT=many"}, &stderr); err == nil || !strings.Contains(err.Error(), "ETCD_SNAPSHOT_COUNT") {
+		t.Fatalf("a bad ETCD_SNAPSHOT_COUNT: %v, want an error naming it", err)
+	}
+}
+
 // TestParseFlagsOperations: the maintenance flags of etcd, in both of their
 // spellings where etcd has two.
 func TestParseFlagsOperations(t *testing.T) {
 	cfg, err := parseFlags(strings.Fields(`--quota-backend-bytes=1048576 --auto-compaction-mode=revision
 		--auto-compaction-retention=1000 --feature-gates=InitialCorruptCheck=true,SomethingElse=false
 		--experimental-corrupt-check-time=3m --experimental-compact-hash-check-enabled
-		--experimental-compact-hash-check-time=2m`), &bytes.Buffer{})
+		--experimental-compact-hash-check-time=2m`), nil, &bytes.Buffer{})
 	if err != nil {
 		t.Fatalf("parse: %v", err)
 	}
@@ -42,7 +82,7 @@ func TestParseFlagsOperations(t *testing.T) {
 		t.Fatalf("parsed: quota %d, auto-compaction %+v, corrupt check %+v", cfg.QuotaBackendBytes, cfg.AutoCompaction, cfg.CorruptCheck)
 	}
 	cfg, err = parseFlags(strings.Fields(`--auto-compaction-retention=72h --corrupt-check-time=1m
-		--feature-gates=CompactHashCheck=true`), &bytes.Buffer{})
+		--feature-gates=CompactHashCheck=true`), nil, &bytes.Buffer{})
 	if err != nil {
 		t.Fatalf("parse: %v", err)
 	}
@@ -53,7 +93,7 @@ func TestParseFlagsOperations(t *testing.T) {
 }
 
 func TestParseFlagsDefaults(t *testing.T) {
-	cfg, err := parseFlags(nil, &bytes.Buffer{})
+	cfg, err := parseFlags(nil, nil, &bytes.Buffer{})
 	if err != nil {
 		t.Fatalf("parse: %v", err)
 	}
@@ -90,7 +130,7 @@ func TestParseFlagsRejectsBadInput(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var stderr bytes.Buffer
-			_, err := parseFlags(tc.args, &stderr)
+			_, err := parseFlags(tc.args, nil, &stderr)
 			if err == nil {
 				t.Fatalf("no error")
 			}
@@ -120,7 +160,7 @@ func TestParseFlagsWatchProgressInterval(t *testing.T) {
 		{[]string{"--watch-progress-notify-interval=5s"}, 5 * time.Second},
 		{[]string{"--experimental-watch-progress-notify-interval=7s"}, 7 * time.Second},
 	} {
-		cfg, err := parseFlags(tc.args, &bytes.Buffer{})
+		cfg, err := parseFlags(tc.args, nil, &bytes.Buffer{})
 		if err != nil {
 			t.Fatalf("%v: %v", tc.args, err)
 		}

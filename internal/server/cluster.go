@@ -163,11 +163,26 @@ func (s *Server) joinExisting() error {
 	return fmt.Errorf("--initial-cluster-state=existing: no member of --initial-cluster answered: %w", errors.Join(errs...))
 }
 
+// joinUnhealthyWait is how long --join asks again while the cluster answers
+// that it cannot take a new member safely; joinRetry, how often.
+const (
+	joinUnhealthyWait = 30 * time.Second
+	joinRetry         = time.Second
+)
+
+// isUnhealthy reports whether err is etcd's "unhealthy cluster".
+func isUnhealthy(err error) bool {
+	return status.Convert(err).Message() == rpctypes.ErrorDesc(rpctypes.ErrGRPCUnhealthy)
+}
+
 // joinByClientURL adds this member to the cluster that the member at
 // --join serves, as a learner, and learns the cluster's and its own ID. A
 // retry after a crash finds the learner it added before by its peer URLs.
 func (s *Server) joinByClientURL() error {
-	ctx, cancel := context.WithTimeout(context.Background(), s.requestTimeout())
+	// A cluster refuses a new member while its leader has not heard from
+	// enough voters lately (just started, or a member restarting): that
+	// passes, so the add is asked again for a while.
+	ctx, cancel := context.WithTimeout(context.Background(), s.requestTimeout()+joinUnhealthyWait)
 	defer cancel()
 	u, err := url.Parse(s.cfg.Join)
 	if err != nil || u.Host == "" {
@@ -186,6 +201,11 @@ func (s *Server) joinByClientURL() error {
 		members []*pb.Member
 	)
 	resp, err := cli.MemberAdd(ctx, &pb.MemberAddRequest{PeerURLs: self, IsLearner: true})
+	for retryUntil := time.Now().Add(joinUnhealthyWait); isUnhealthy(err) && time.Now().Before(retryUntil); {
+		s.logger.Warn("the cluster cannot take a new member yet; asking again", "via", s.cfg.Join, "err", err)
+		time.Sleep(joinRetry)
+		resp, err = cli.MemberAdd(ctx, &pb.MemberAddRequest{PeerURLs: self, IsLearner: true})
+	}
 	switch {
 	case err == nil:
 		cid, id, members = resp.GetHeader().GetClusterId(), resp.GetMember().GetID(), resp.GetMembers()

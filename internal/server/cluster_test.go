@@ -599,9 +599,16 @@ func TestClusterMembershipQuorumChecks(t *testing.T) {
 	cli := c.client(lead)
 	c.waitMembers(ctx, cli, allPublished)
 
-	// Two voters that never start: five voters, three started.
+	// Two voters that never start: five voters, three started. (Until the
+	// leader has heard from both followers in its term, it answers
+	// ErrUnhealthy.)
 	for _, u := range []string{"http://127.0.0.1:1", "http://127.0.0.1:2"} {
-		if _, err := cli.MemberAdd(ctx, []string{u}); err != nil {
+		_, err := cli.MemberAdd(ctx, []string{u})
+		for err == rpctypes.ErrUnhealthy && ctx.Err() == nil {
+			time.Sleep(20 * time.Millisecond)
+			_, err = cli.MemberAdd(ctx, []string{u})
+		}
+		if err != nil {
 			t.Fatalf("member add %s: %v", u, err)
 		}
 	}

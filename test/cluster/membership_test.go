@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -215,7 +218,14 @@ func memberAdd(t *testing.T, cli *clientv3.Client, name, peerURL string, learner
 	if learner {
 		add = cli.MemberAddAsLearner
 	}
+	// Like a removal (see memberRemove), an addition is refused with
+	// ErrUnhealthy until the leader has heard from enough of its peers.
+	deadline := time.Now().Add(15 * time.Second)
 	resp, err := add(t.Context(), []string{peerURL})
+	for err != nil && errors.Is(rpctypes.Error(err), rpctypes.ErrUnhealthy) && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+		resp, err = add(t.Context(), []string{peerURL})
+	}
 	if err != nil {
 		t.Fatalf("member add %s (learner %v): %v", name, learner, err)
 	}
@@ -479,6 +489,82 @@ func TestRemoveCutOffMember(t *testing.T) {
 	}
 	wantRemovedExit(t, victim, st.ID)
 	checkMembers(t, c)
+}
+
+// TestMemberAddThenStartFromEtcdEnvironment follows etcd's runtime
+// reconfiguration guide: member add prints ETCD_NAME, ETCD_INITIAL_CLUSTER
+// and ETCD_INITIAL_CLUSTER_STATE, the operator exports them and starts the
+// new member with its URLs alone on the command line. It must join the
+// cluster under that name, not start a cluster of its own.
+func TestMemberAddThenStartFromEtcdEnvironment(t *testing.T) {
+	ctx := t.Context()
+	c := startCluster(t, 3)
+	cli := client(t, c.Endpoints()...)
+	clientURL, peerURL := "http://"+testmember.FreeAddr(t), "http://"+testmember.FreeAddr(t)
+	id, initial := memberAdd(t, cli, "infra3", peerURL, false)
+
+	dir := t.TempDir()
+	cmd := exec.Command(plinthBin,
+		"--data-dir", filepath.Join(dir, "data"),
+		"--listen-client-urls", clientURL, "--advertise-client-urls", clientURL,
+		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL)
+	cmd.Env = append(os.Environ(),
+		"ETCD_NAME=infra3",
+		"ETCD_INITIAL_CLUSTER="+initial,
+		"ETCD_INITIAL_CLUSTER_STATE=existing",
+	)
+	// The cluster's timings, from the environment too.
+	flags := memberFlags()
+	for i := 0; i+1 < len(flags); i += 2 {
+		cmd.Env = append(cmd.Env, "ETCD_"+strings.ToUpper(strings.ReplaceAll(strings.TrimPrefix(flags[i], "--"), "-", "_"))+"="+flags[i+1])
+	}
+	logPath := filepath.Join(dir, "plinth.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case err := <-exited:
+			log, _ := os.ReadFile(logPath)
+			t.Fatalf("the new member exited (%v):\n%s", err, log)
+		default:
+		}
+		resp, err := cli.MemberList(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := slices.IndexFunc(resp.Members, func(m *pb.Member) bool { return m.ID == id })
+		if i >= 0 && resp.Members[i].Name == "infra3" && len(resp.Members[i].ClientURLs) == 1 && resp.Members[i].ClientURLs[0] == clientURL {
+			break
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(logPath)
+			t.Fatalf("member %x is not started as infra3 30s after its start: %v\nits log:\n%s", id, resp.Members, log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	ncli := client(t, strings.TrimPrefix(clientURL, "http://"))
+	if _, err := cli.Put(ctx, "through/the/others", "v"); err != nil {
+		t.Fatal(err)
+	}
+	get, err := ncli.Get(ctx, "through/the/others")
+	if err != nil || len(get.Kvs) != 1 {
+		t.Fatalf("the new member reads %+v, %v", get, err)
+	}
 }
 
 // TestRemoveLeader removes the leader through a follower, as etcd allows:

@@ -25,19 +25,21 @@ func TestEtcdctlMembership(t *testing.T) {
 	tgt := startCluster(t, "plinth", targetBin)
 
 	// etcd adds a member only once its peers have been connected for its
-	// health interval (5s); until then it answers "unhealthy cluster". The
-	// members added never start: their peer URLs are on 127.0.0.2, ports of
-	// one width, so that no URL is a prefix of another.
-	var refFirst string
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		refFirst = runMemberCmd(t, ctl, ref, []string{"member", "add", "l1", "--peer-urls=http://127.0.0.2:1001", "--learner"})
-		if !strings.Contains(refFirst, "unhealthy cluster") || time.Now().After(deadline) {
-			break
+	// health interval (5s), plinth once its leader has heard from them;
+	// until then they answer "unhealthy cluster". The members added never
+	// start: their peer URLs are on 127.0.0.2, ports of one width, so that
+	// no URL is a prefix of another.
+	addFirst := func(s *server) string {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			out := runMemberCmd(t, ctl, s, []string{"member", "add", "l1", "--peer-urls=http://127.0.0.2:1001", "--learner"})
+			if !strings.Contains(out, "unhealthy cluster") || time.Now().After(deadline) {
+				return out
+			}
+			time.Sleep(500 * time.Millisecond)
 		}
-		time.Sleep(500 * time.Millisecond)
 	}
-	tgtFirst := runMemberCmd(t, ctl, tgt, []string{"member", "add", "l1", "--peer-urls=http://127.0.0.2:1001", "--learner"})
+	refFirst, tgtFirst := addFirst(ref), addFirst(tgt)
 
 	steps := [][]string{
 		// An overlapping set of peer URLs: another member ID than l1's.
