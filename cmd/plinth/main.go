@@ -117,10 +117,14 @@ func parseFlags(args, environ []string, stderr io.Writer) (*server.Config, error
 		watchProgressX  = fs.Duration("experimental-watch-progress-notify-interval", 0, "older spelling of --watch-progress-notify-interval")
 		version         = fs.Bool("version", false, "print the version and exit")
 	)
+	etcdOnly := defineEtcdOnlyFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if err := flagsFromEnv(fs, environ, stderr); err != nil {
+		return nil, err
+	}
+	if err := checkEtcdOnlyFlags(fs, etcdOnly, stderr); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
@@ -280,4 +284,85 @@ func flagsFromEnv(fs *flag.FlagSet, environ []string, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "plinth: ignoring %s: no such flag\n", k)
 	}
 	return nil
+}
+
+// etcdOnlyFlag is an etcd flag that plinth takes so that an etcd command
+// line starts it unchanged, though plinth has nothing for it to change:
+// given the value etcd would be run with, it is accepted; given another,
+// plinth either goes on and says why the value cannot matter, or, where
+// going on would not be what the operator asked for (TLS), refuses to start.
+type etcdOnlyFlag struct {
+	name   string
+	isBool bool
+	// fine reports whether value asks for nothing plinth does not do.
+	fine func(value string) bool
+	// why explains what plinth does instead; refuse stops the start.
+	why    string
+	refuse bool
+}
+
+func isFalse(v string) bool { b, err := strconv.ParseBool(v); return err == nil && !b }
+func isTrue(v string) bool  { b, err := strconv.ParseBool(v); return err == nil && b }
+func isEmpty(v string) bool { return v == "" }
+func anyValue(string) bool  { return true }
+
+var etcdOnlyFlags = []etcdOnlyFlag{
+	{name: "logger", fine: func(v string) bool { return v == "zap" }, why: "plinth has one logger, which writes to stderr"},
+	{name: "log-outputs", fine: func(v string) bool { return v == "default" || v == "stderr" }, why: "plinth logs to stderr"},
+	{name: "max-snapshots", fine: anyValue},
+	{name: "max-wals", fine: anyValue},
+	{name: "pre-vote", isBool: true, fine: isTrue, why: "PreVote is always on"},
+	{name: "strict-reconfig-check", isBool: true, fine: isTrue, why: "membership changes are always checked"},
+	{name: "enable-grpc-gateway", isBool: true, fine: isFalse, why: "plinth serves gRPC only, no JSON gateway"},
+	{name: "experimental-enable-lease-checkpoint", isBool: true, fine: anyValue},
+	{name: "experimental-enable-lease-checkpoint-persist", isBool: true, fine: anyValue},
+	{name: "unsafe-no-fsync", isBool: true, fine: isFalse, why: "plinth always syncs what it acknowledges"},
+	{name: "cert-file", fine: isEmpty, why: "TLS is not supported yet", refuse: true},
+	{name: "key-file", fine: isEmpty, why: "TLS is not supported yet", refuse: true},
+	{name: "trusted-ca-file", fine: isEmpty, why: "TLS is not supported yet", refuse: true},
+	{name: "client-cert-auth", isBool: true, fine: isFalse, why: "TLS is not supported yet", refuse: true},
+	{name: "auto-tls", isBool: true, fine: isFalse, why: "TLS is not supported yet", refuse: true},
+	{name: "peer-cert-file", fine: isEmpty, why: "TLS is not supported yet", refuse: true},
+	{name: "peer-key-file", fine: isEmpty, why: "TLS is not supported yet", refuse: true},
+	{name: "peer-trusted-ca-file", fine: isEmpty, why: "TLS is not supported yet", refuse: true},
+	{name: "peer-client-cert-auth", isBool: true, fine: isFalse, why: "TLS is not supported yet", refuse: true},
+	{name: "peer-auto-tls", isBool: true, fine: isFalse, why: "TLS is not supported yet", refuse: true},
+}
+
+// defineEtcdOnlyFlags adds etcdOnlyFlags to fs; the values are read back by
+// name in checkEtcdOnlyFlags.
+func defineEtcdOnlyFlags(fs *flag.FlagSet) []etcdOnlyFlag {
+	for _, f := range etcdOnlyFlags {
+		usage := "etcd's flag, accepted; no effect in plinth"
+		if f.refuse {
+			usage = "etcd's flag; " + f.why + ": plinth refuses to start with it set"
+		}
+		if f.isBool {
+			fs.Bool(f.name, false, usage)
+		} else {
+			fs.String(f.name, "", usage)
+		}
+	}
+	return etcdOnlyFlags
+}
+
+// checkEtcdOnlyFlags refuses, or notes on stderr, each etcd-only flag given
+// with a value that plinth cannot honour.
+func checkEtcdOnlyFlags(fs *flag.FlagSet, flags []etcdOnlyFlag, stderr io.Writer) error {
+	var err error
+	fs.Visit(func(given *flag.Flag) {
+		i := slices.IndexFunc(flags, func(f etcdOnlyFlag) bool { return f.name == given.Name })
+		if i < 0 || err != nil {
+			return
+		}
+		f, v := flags[i], given.Value.String()
+		switch {
+		case f.fine(v):
+		case f.refuse:
+			err = fmt.Errorf("--%s=%s: %s", f.name, v, f.why)
+		default:
+			fmt.Fprintf(stderr, "plinth: --%s=%s has no effect: %s\n", f.name, v, f.why)
+		}
+	})
+	return err
 }

@@ -27,6 +27,31 @@ func TestParseFlagsAcceptsAnEtcdCommandLine(t *testing.T) {
 	}
 }
 
+// TestParseFlagsTakesEtcdOnlyFlags: flags of etcd's that change nothing in
+// plinth are taken, so that an etcd command line starts plinth unchanged;
+// a value plinth cannot honour is said on stderr, and TLS, which it cannot
+// serve yet, stops it.
+func TestParseFlagsTakesEtcdOnlyFlags(t *testing.T) {
+	var stderr bytes.Buffer
+	_, err := parseFlags(strings.Fields(`--name a --logger=zap --log-outputs=stderr --pre-vote --strict-reconfig-check=true
+		--max-snapshots=5 --max-wals=5 --experimental-enable-lease-checkpoint --enable-grpc-gateway --client-cert-auth=false`), nil, &stderr)
+	if err != nil {
+		t.Fatalf("parse: %v", err)
+	}
+	if got := stderr.String(); got != "plinth: --enable-grpc-gateway=true has no effect: plinth serves gRPC only, no JSON gateway\n" {
+		t.Fatalf("stderr %q", got)
+	}
+	for _, args := range []string{"--cert-file=/etc/etcd/server.crt", "--peer-client-cert-auth", "--auto-tls=true"} {
+		_, err := parseFlags([]string{args}, nil, &stderr)
+		if err == nil || !strings.Contains(err.Error(), "TLS is not supported yet") {
+			t.Errorf("%s: %v, want a refusal naming TLS", args, err)
+		}
+	}
+	if _, err := parseFlags([]string{"--logger=capnslog"}, nil, &stderr); err != nil {
+		t.Errorf("--logger=capnslog: %v; want it taken with a note", err)
+	}
+}
+
 // TestParseFlagsFromEtcdEnvironment: etcd reads every flag from an ETCD_
 // variable too, and its runtime reconfiguration guide has the operator
 // export what etcdctl member add prints. The command line wins.
