@@ -202,6 +202,8 @@ type Node struct {
 	steppedImages []string             // raft loop only: images handed to Raft by the last step
 	leading       bool                 // raft loop only: this member is the leader
 	remoteReads   []*raftpb.Message    // raft loop only: followers' reads for the next round
+	heldProps     []*raftpb.Message    // raft loop only: followers' proposals held while Raft would drop them
+	heldSince     uint64               // raft loop only: the tick the oldest of heldProps came
 	lastHeartbeat map[uint64]time.Time // raft loop only: see observeHeartbeats
 	metrics       nodeMetrics
 }
@@ -433,10 +435,12 @@ func (n *Node) raftLoop() {
 		for _, m := range msgs {
 			n.step(m)
 		}
+		n.releaseHeldProposals(ticks, readTimeoutTicks)
 		// Proposals are taken only while a leader is known, as raft's
 		// own node does: without one raft would drop them. Until then
-		// they wait queued (the server times them out).
-		if n.lead.Load() != raft.None && !n.applyQ.full() {
+		// they wait queued (the server times them out); so they do
+		// while this member hands leadership over.
+		if n.lead.Load() != raft.None && !n.transferring() && !n.applyQ.full() {
 			proposals = n.dropExpired(n.proposalQueue.drain(proposals), ticks, readTimeoutTicks)
 			for batch := proposals; len(batch) > 0; {
 				k := min(len(batch), maxEntriesPerProposal)
@@ -569,6 +573,21 @@ func (n *Node) step(m *raftpb.Message) {
 			return
 		}
 		n.stepRaft(m)
+	case raftpb.MessageType_MsgProp:
+		// A leader handing over drops proposals, and so does a member
+		// that knows no leader (the old leader, a moment after it
+		// stepped down): a follower's would be lost without a word to
+		// it, and its client would wait out the request timeout. Held,
+		// it goes to whoever leads once one is known and not handing
+		// over (releaseHeldProposals).
+		if m.GetFrom() != n.cfg.ID && !n.canTakeProposals() {
+			if len(n.heldProps) == 0 {
+				n.heldSince = n.ticks.Load()
+			}
+			n.heldProps = append(n.heldProps, m)
+			return
+		}
+		n.stepRaft(m)
 	default:
 		if m.GetType() == raftpb.MessageType_MsgApp && n.applyQ.full() {
 			return // the leader resends once the apply loop caught up
@@ -578,6 +597,43 @@ func (n *Node) step(m *raftpb.Message) {
 		}
 		n.stepRaft(m)
 	}
+}
+
+// transferring reports whether this member leads and is handing leadership
+// over (Raft drops proposals meanwhile).
+func (n *Node) transferring() bool {
+	st := n.rn.BasicStatus()
+	return st.RaftState == raft.StateLeader && st.LeadTransferee != raft.None
+}
+
+// canTakeProposals reports whether Raft, in its own current view, would take
+// a proposal (as leader) or forward it (to a leader it knows) rather than drop
+// it.
+func (n *Node) canTakeProposals() bool {
+	st := n.rn.BasicStatus()
+	return st.Lead != raft.None && !(st.RaftState == raft.StateLeader && st.LeadTransferee != raft.None)
+}
+
+// releaseHeldProposals steps the followers' proposals held while this member
+// could not take them (see step) once it can: its Raft takes them as leader,
+// or forwards them, from their proposer still, to the leader it now knows
+// (transport.relayed). Those held past the request timeout are dropped:
+// their proposers have given up.
+func (n *Node) releaseHeldProposals(now, timeoutTicks uint64) {
+	if len(n.heldProps) == 0 {
+		return
+	}
+	if now-n.heldSince >= timeoutTicks {
+		n.heldProps = nil
+		return
+	}
+	if !n.canTakeProposals() {
+		return
+	}
+	for _, m := range n.heldProps {
+		n.stepRaft(m)
+	}
+	n.heldProps = nil
 }
 
 func (n *Node) stepRaft(m *raftpb.Message) {

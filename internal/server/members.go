@@ -375,6 +375,46 @@ func (s *Server) MoveLeader(ctx context.Context, to uint64) error {
 	return nil
 }
 
+// handOffLeadership moves leadership, when this member leads, to the voter
+// that is active and furthest along, before this member stops, as etcd does
+// on a graceful stop: the cluster then has a leader again within a round trip
+// instead of after an election timeout with no leader. Raft gives a transfer
+// up after an election timeout; so does this.
+func (s *Server) handOffLeadership() {
+	p := s.node.Progress()
+	if p == nil {
+		return // not leading
+	}
+	var to, match uint64
+	for id, m := range p.Members {
+		if id != s.memberID && !m.IsLearner && m.RecentActive && (to == 0 || m.Match > match) {
+			to, match = id, m.Match
+		}
+	}
+	if to == 0 {
+		return
+	}
+	start := time.Now()
+	if err := s.node.TransferLeadership(to); err != nil {
+		s.logger.Warn("could not hand leadership over before stopping", "to", fmt.Sprintf("%x", to), "err", err)
+		return
+	}
+	// Until the successor is known here: the proposals followers sent
+	// this member meanwhile are held, and go to it then.
+	deadline := start.Add(s.cfg.ElectionTimeout + 2*s.cfg.HeartbeatInterval)
+	for lead := s.node.Leader(); (lead == s.memberID || lead == 0) && time.Now().Before(deadline); lead = s.node.Leader() {
+		time.Sleep(s.cfg.HeartbeatInterval / 4)
+	}
+	if lead := s.node.Leader(); lead != s.memberID && lead != 0 {
+		// What the raft loop forwarded to it is in the transport's
+		// queues: a heartbeat's time to send it before they close.
+		time.Sleep(s.cfg.HeartbeatInterval)
+		s.logger.Info("handed leadership over before stopping", "to", fmt.Sprintf("%x", lead), "took", time.Since(start).Round(time.Millisecond).String())
+		return
+	}
+	s.logger.Warn("could not hand leadership over before stopping", "to", fmt.Sprintf("%x", to), "waited", time.Since(start).Round(time.Millisecond).String())
+}
+
 // newMemberID derives the ID of a member added at now from its peer URLs and
 // the cluster token, as etcd does, skipping IDs taken (by a member, or by a
 // removed one).

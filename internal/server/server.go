@@ -377,6 +377,9 @@ func (s *Server) watchNode() {
 // get a few seconds to finish.
 func (s *Server) Stop() {
 	s.stopOnce.Do(func() {
+		if s.Err() == nil {
+			s.handOffLeadership()
+		}
 		close(s.stopping)
 		// Watch streams never end on their own: end them first, or
 		// the graceful stop below waits for them in vain.

@@ -375,7 +375,7 @@ func (t *Transport) readStream(r *bufio.Reader, from uint64) {
 			return
 		}
 		received.Add(float64(4 + len(buf)))
-		if m.GetFrom() != from {
+		if m.GetFrom() != from && !relayed(m) {
 			t.cfg.Logger.Warn("dropped a message whose sender is not the stream's peer", "peer", fmt.Sprintf("%x", from), "from", fmt.Sprintf("%x", m.GetFrom()))
 			continue
 		}
@@ -389,6 +389,18 @@ func (t *Transport) readStream(r *bufio.Reader, from uint64) {
 		}
 		t.cfg.Handler.Process(m)
 	}
+}
+
+// relayed reports whether m is of a type Raft passes on unchanged, its sender
+// still the member that first sent it: a follower hands a proposal or a read
+// index request it got to the leader it knows, when the member it was meant
+// for no longer leads.
+func relayed(m *raftpb.Message) bool {
+	switch m.GetType() {
+	case raftpb.MessageType_MsgProp, raftpb.MessageType_MsgReadIndex:
+		return true
+	}
+	return false
 }
 
 func (t *Transport) readSnapshot(c net.Conn, r *bufio.Reader, from uint64) {

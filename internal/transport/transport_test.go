@@ -171,3 +171,29 @@ func TestADeadPeerNeverBlocksSend(t *testing.T) {
 		t.Fatalf("the dead peer was never reported unreachable")
 	}
 }
+
+// Raft passes a proposal or a read index request on, its sender unchanged,
+// when the member it was sent to no longer leads: those arrive from another
+// member than their sender. Any other message must come from its sender.
+func TestRelayedProposalsArrive(t *testing.T) {
+	a, _, _ := startTransport(t, 7, 1)
+	_, hb, addrB := startTransport(t, 7, 2)
+	a.AddPeer(2, []string{addrB})
+	from, to := uint64(3), uint64(2)
+	prop, readIndex := raftpb.MessageType_MsgProp, raftpb.MessageType_MsgReadIndex
+	a.Send([]*raftpb.Message{
+		heartbeat(3, 2, 1), // not from member 1: dropped
+		{Type: &prop, From: &from, To: &to},
+		{Type: &readIndex, From: &from, To: &to},
+	})
+	for _, want := range []raftpb.MessageType{prop, readIndex} {
+		select {
+		case m := <-hb.msgs:
+			if m.GetType() != want || m.GetFrom() != 3 {
+				t.Fatalf("got %v, want the relayed %v from member 3", m, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("the relayed %v did not arrive", want)
+		}
+	}
+}
