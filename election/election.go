@@ -269,6 +269,9 @@ func (e *Elector) campaign(ctx context.Context) error {
 	// returned. It sends at most one error on lost and returns.
 	renewCtx, stopRenew := context.WithCancel(context.WithoutCancel(ctx))
 	lost := make(chan error, 1)
+	// Before the renewer runs, and so before this candidate can lead: a
+	// Check then never finds a term with no renewal time.
+	e.setRenewed(sent)
 	var renewer sync.WaitGroup
 	renewer.Add(1)
 	go func() {
@@ -295,7 +298,6 @@ func (e *Elector) campaign(ctx context.Context) error {
 // renew keeps lease alive from last, the time the grant was sent, until ctx
 // ends, and sends why on lost when it cannot.
 func (e *Elector) renew(ctx context.Context, lease clientv3.LeaseID, last time.Time, lost chan<- error) {
-	e.setRenewed(last)
 	for {
 		if !sleep(ctx, time.Until(last.Add(e.cfg.RetryPeriod))) {
 			return

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -363,9 +364,13 @@ func TestCheckAndMetric(t *testing.T) {
 	admin := client(t, m)
 	reg := prometheus.NewRegistry()
 	release := make(chan struct{})
+	var releaseOnce sync.Once
 	cfg := election.Config{Name: "ctl", LeaseDuration: 3 * time.Second, RenewDeadline: 2 * time.Second,
 		RetryPeriod: 500 * time.Millisecond, Registerer: reg}
 	c := campaign(t, m, "a", cfg, func(context.Context, *election.Leadership) { <-release })
+	// A failure before the test releases the work would leave Run
+	// waiting: cleanups run last first, so this one before campaign's.
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
 	other := cfg
 	other.Prefix = "/other"
 	other.Name = "other"
@@ -415,7 +420,7 @@ func TestCheckAndMetric(t *testing.T) {
 		t.Fatalf("Check while the deposed leader's work runs: %v", err)
 	}
 	t.Logf("Check: %v", err)
-	close(release)
+	releaseOnce.Do(func() { close(release) })
 	eventually(t, 5*time.Second, "Check passes once the work returned", func() bool { return c.e.Check() == nil })
 	// With nobody else in line, a leads again, in a new term.
 	_, again := firstLeader(t, 10*time.Second, c)
