@@ -731,6 +731,18 @@ type partition struct {
 	isolated map[uint64]bool
 }
 
+// startPartitionableCluster starts three members whose messages to each
+// other pass through the partition returned.
+func startPartitionableCluster(t *testing.T, token string) (*testCluster, *partition) {
+	c := newTestCluster(t, 3, token)
+	p := &partition{}
+	for i := range 3 {
+		c.cfgs[i].PeerBlocked = p.blocked
+		c.start(i)
+	}
+	return c, p
+}
+
 func (p *partition) blocked(from, to uint64) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -759,12 +771,7 @@ func refused(err error) bool {
 func TestClusterPartitions(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	c := newTestCluster(t, 3, "partition")
-	var p partition
-	for i := range 3 {
-		c.cfgs[i].PeerBlocked = p.blocked
-		c.start(i)
-	}
+	c, p := startPartitionableCluster(t, "partition")
 	lead := c.leader(ctx)
 	clis := []*clientv3.Client{c.client(0), c.client(1), c.client(2)}
 	put, err := clis[lead].Put(ctx, "k", "v1")
@@ -841,12 +848,7 @@ func TestClusterPartitions(t *testing.T) {
 func TestClusterRemovedWhileCutOff(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	c := newTestCluster(t, 3, "removed-cut-off")
-	var p partition
-	for i := range 3 {
-		c.cfgs[i].PeerBlocked = p.blocked
-		c.start(i)
-	}
+	c, p := startPartitionableCluster(t, "removed-cut-off")
 	lead := c.leader(ctx)
 	cli := c.client(lead)
 	put, err := cli.Put(ctx, "k", "v")

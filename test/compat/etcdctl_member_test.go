@@ -1,16 +1,12 @@
 package compat
 
 import (
-	"context"
 	"fmt"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 )
 
 // TestEtcdctlMembership runs the same etcdctl member commands against a
@@ -89,18 +85,7 @@ func TestEtcdctlMembership(t *testing.T) {
 // peerURL, or "none".
 func memberWithPeerURL(t *testing.T, s *server, peerURL string) string {
 	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{s.addr}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	resp, err := cli.MemberList(ctx)
-	if err != nil {
-		t.Fatalf("compat: member list of %s: %v", s.name, err)
-	}
-	for _, m := range resp.Members {
+	for _, m := range memberList(t, s).Members {
 		if len(m.PeerURLs) > 0 && m.PeerURLs[0] == peerURL {
 			return fmt.Sprintf("%x", m.ID)
 		}

@@ -83,17 +83,7 @@ func runEtcdctl(t *testing.T, ctl string, s *server, args []string) string {
 	}
 	out := fmt.Sprintf("stdout:\n%sstderr:\n%sexit %d\n", stdout.String(), stderr.String(), code)
 
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{s.addr}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	ml, err := cli.MemberList(ctx)
-	if err != nil {
-		t.Fatalf("compat: member list of %s: %v", s.name, err)
-	}
+	ml := memberList(t, s)
 	var pairs []string
 	for _, m := range ml.Members {
 		pairs = append(pairs, fmt.Sprintf("%x", m.ID), "MEMBER", fmt.Sprint(m.ID), "MEMBER")
@@ -109,6 +99,23 @@ func runEtcdctl(t *testing.T, ctl string, s *server, args []string) string {
 	// Durations, and the table widths they set.
 	out = tookRE.ReplaceAllString(out, "T")
 	return regexp.MustCompile(`[─ ]+`).ReplaceAllString(out, " ")
+}
+
+// memberList asks s for its member list, through a client of its own.
+func memberList(t *testing.T, s *server) *clientv3.MemberListResponse {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{s.addr}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ml, err := cli.MemberList(ctx)
+	if err != nil {
+		t.Fatalf("compat: member list of %s: %v", s.name, err)
+	}
+	return ml
 }
 
 // TestEtcdctlSnapshotSave runs etcdctl snapshot save against both servers:
