@@ -581,6 +581,9 @@ func (n *Node) step(m *raftpb.Message) {
 		// it goes to whoever leads once one is known and not handing
 		// over (releaseHeldProposals).
 		if m.GetFrom() != n.cfg.ID && !n.canTakeProposals() {
+			if len(n.heldProps) >= maxHeldProposals {
+				return // dropped, as Raft would: memory stays bounded
+			}
 			if len(n.heldProps) == 0 {
 				n.heldSince = n.ticks.Load()
 			}
@@ -598,6 +601,10 @@ func (n *Node) step(m *raftpb.Message) {
 		n.stepRaft(m)
 	}
 }
+
+// maxHeldProposals bounds the followers' proposal messages held while Raft
+// would drop them; each carries up to maxEntriesPerProposal entries.
+const maxHeldProposals = 1024
 
 // transferring reports whether this member leads and is handing leadership
 // over (Raft drops proposals meanwhile).
