@@ -38,7 +38,10 @@ import (
 var (
 	ErrStopped       = errors.New("raftnode: stopped")
 	ErrLeaderChanged = errors.New("raftnode: leader changed")
-	ErrDropped       = errors.New("raftnode: proposal dropped")
+	// ErrNotLeader drops a leader-only proposal (ProposeAsLeader) of a
+	// member that no longer leads in its term.
+	ErrNotLeader = errors.New("raftnode: not the leader of the proposal's term")
+	ErrDropped   = errors.New("raftnode: proposal dropped")
 	// ErrTooManyRequests is returned when requests queue faster than Raft
 	// takes them.
 	ErrTooManyRequests = errors.New("raftnode: too many requests")
@@ -140,6 +143,9 @@ type proposal struct {
 	data       []byte
 	confChange bool   // data is a raftpb.ConfChange
 	queuedAt   uint64 // the raft loop's tick count when it was queued
+	// leaderTerm, when not 0, makes the proposal the leader's of that term
+	// only (ProposeAsLeader): never forwarded to another member.
+	leaderTerm uint64
 }
 
 // applyTask is work for the apply loop: committed entries, or a snapshot to
@@ -375,6 +381,23 @@ func (n *Node) Propose(id uint64, data []byte) error {
 	return nil
 }
 
+// ProposeAsLeader proposes data only if, when Raft takes it, this member
+// still leads in term; otherwise it is dropped (OnDropped, ErrNotLeader),
+// never forwarded. It is for what a leader decides from its own clock (a
+// lease's expiry, its remaining time): a member deposed while it decided,
+// paused for instance, must not have a newer leader commit the decision.
+func (n *Node) ProposeAsLeader(id uint64, data []byte, term uint64) error {
+	select {
+	case <-n.stopC:
+		return ErrStopped
+	default:
+	}
+	if !n.proposalQueue.push(proposal{id: id, data: data, queuedAt: n.ticks.Load(), leaderTerm: term}) {
+		return ErrTooManyRequests
+	}
+	return nil
+}
+
 // Step hands Raft a message from a peer. It never blocks: when messages
 // arrive faster than the raft loop takes them, it drops m (Raft resends).
 // Messages of the kinds Raft only makes locally are refused.
@@ -442,6 +465,7 @@ func (n *Node) raftLoop() {
 		// while this member hands leadership over.
 		if n.lead.Load() != raft.None && !n.transferring() && !n.applyQ.full() {
 			proposals = n.dropExpired(n.proposalQueue.drain(proposals), ticks, readTimeoutTicks)
+			proposals = n.dropDeposed(proposals)
 			for batch := proposals; len(batch) > 0; {
 				k := min(len(batch), maxEntriesPerProposal)
 				n.propose(batch[:k])
@@ -658,6 +682,21 @@ func (n *Node) dropExpired(ps []proposal, now, timeoutTicks uint64) []proposal {
 	for _, p := range ps {
 		if now-p.queuedAt >= timeoutTicks {
 			n.cfg.OnDropped(p.id, ErrProposalExpired)
+			continue
+		}
+		kept = append(kept, p)
+	}
+	return kept
+}
+
+// dropDeposed fails the leader-only proposals (ProposeAsLeader) of a term in
+// which this member, in Raft's own view now, does not lead.
+func (n *Node) dropDeposed(ps []proposal) []proposal {
+	st := n.rn.BasicStatus()
+	kept := ps[:0]
+	for _, p := range ps {
+		if p.leaderTerm != 0 && (st.RaftState != raft.StateLeader || st.GetTerm() != p.leaderTerm) {
+			n.cfg.OnDropped(p.id, ErrNotLeader)
 			continue
 		}
 		kept = append(kept, p)

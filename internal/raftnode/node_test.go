@@ -362,3 +362,34 @@ func TestReadContextsAreUniqueAcrossRestarts(t *testing.T) {
 		t.Fatalf("this run's own round 1 read as %d, %v", seq, mine)
 	}
 }
+
+// A leader-only proposal goes in while its member leads in its term, and is
+// dropped, not forwarded, once the term it names is not the one this member
+// leads (a leader deposed, then the decision it made before).
+func TestLeaderOnlyProposalsNeedTheirTerm(t *testing.T) {
+	tn := startNode(t, t.TempDir())
+	defer tn.stop()
+	waitFor(t, "leadership", func() bool { return tn.n.Leader() == 1 && tn.n.Term() > 0 })
+	term := tn.n.Term()
+	if err := tn.n.ProposeAsLeader(1, []byte("in its term"), term); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the proposal of the current term applied", func() bool {
+		got := tn.sm.snapshot()
+		return len(got) == 1 && got[0] == "in its term"
+	})
+	if err := tn.n.ProposeAsLeader(2, []byte("of another term"), term+1); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case id := <-tn.dropped:
+		if id != 2 {
+			t.Fatalf("dropped proposal %d, want 2", id)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("a proposal of term %d was not dropped by the leader of term %d; applied: %q", term+1, term, tn.sm.snapshot())
+	}
+	if got := tn.sm.snapshot(); len(got) != 1 {
+		t.Fatalf("applied %q; the proposal of another term must not be", got)
+	}
+}

@@ -57,10 +57,11 @@ func (s *Server) runLeases() {
 			if !s.syncLeadership() {
 				continue
 			}
+			_, term := s.leases().Primary()
 			expired := s.leases().Expired(leaseRevokesPerTick, leaseRevokeRetry)
 			s.metrics.leasesExpired.Add(float64(len(expired)))
 			for _, id := range expired {
-				s.proposeLeaseChange(&pb.InternalRaftRequest{LeaseRevoke: &pb.LeaseRevokeRequest{ID: id}})
+				s.proposeLeaseChange(term, &pb.InternalRaftRequest{LeaseRevoke: &pb.LeaseRevokeRequest{ID: id}})
 			}
 			if now.Sub(lastCheckpoint) < s.checkpointInterval() {
 				continue
@@ -71,7 +72,7 @@ func (s *Server) runLeases() {
 				if len(cps) == 0 {
 					break
 				}
-				s.proposeLeaseChange(&pb.InternalRaftRequest{LeaseCheckpoint: &pb.LeaseCheckpointRequest{Checkpoints: cps}})
+				s.proposeLeaseChange(term, &pb.InternalRaftRequest{LeaseCheckpoint: &pb.LeaseCheckpointRequest{Checkpoints: cps}})
 			}
 		}
 	}
@@ -103,13 +104,16 @@ func (s *Server) syncLeadership() bool {
 	return primary
 }
 
-// proposeLeaseChange proposes a revoke or checkpoint the leader decided on,
-// without waiting for it: a lost one is proposed again later.
-func (s *Server) proposeLeaseChange(req *pb.InternalRaftRequest) {
+// proposeLeaseChange proposes a revoke or checkpoint the leader of term
+// decided on, without waiting for it: a lost one is proposed again later.
+// Only this member's Raft, as the leader of term, may take it: a leader paused
+// past its term finds its leases' time run out on its own clock, and a newer
+// leader must not commit that verdict for it.
+func (s *Server) proposeLeaseChange(term uint64, req *pb.InternalRaftRequest) {
 	req.ID = s.ids.next()
 	data, _, err := entry.Encode(req)
 	if err == nil {
-		err = s.node.Propose(req.ID, data)
+		err = s.node.ProposeAsLeader(req.ID, data, term)
 	}
 	if err != nil {
 		s.logger.Debug("propose lease change", "err", err)
