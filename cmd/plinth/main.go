@@ -117,14 +117,14 @@ func parseFlags(args, environ []string, stderr io.Writer) (*server.Config, error
 		watchProgressX  = fs.Duration("experimental-watch-progress-notify-interval", 0, "older spelling of --watch-progress-notify-interval")
 		version         = fs.Bool("version", false, "print the version and exit")
 	)
-	etcdOnly := defineEtcdOnlyFlags(fs)
+	defineEtcdOnlyFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if err := flagsFromEnv(fs, environ, stderr); err != nil {
 		return nil, err
 	}
-	if err := checkEtcdOnlyFlags(fs, etcdOnly, stderr); err != nil {
+	if err := checkEtcdOnlyFlags(fs, stderr); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
@@ -317,21 +317,31 @@ var etcdOnlyFlags = []etcdOnlyFlag{
 	{name: "experimental-enable-lease-checkpoint", isBool: true, fine: anyValue},
 	{name: "experimental-enable-lease-checkpoint-persist", isBool: true, fine: anyValue},
 	{name: "unsafe-no-fsync", isBool: true, fine: isFalse, why: "plinth always syncs what it acknowledges"},
-	{name: "cert-file", fine: isEmpty, why: "TLS is not supported yet", refuse: true},
-	{name: "key-file", fine: isEmpty, why: "TLS is not supported yet", refuse: true},
-	{name: "trusted-ca-file", fine: isEmpty, why: "TLS is not supported yet", refuse: true},
-	{name: "client-cert-auth", isBool: true, fine: isFalse, why: "TLS is not supported yet", refuse: true},
-	{name: "auto-tls", isBool: true, fine: isFalse, why: "TLS is not supported yet", refuse: true},
-	{name: "peer-cert-file", fine: isEmpty, why: "TLS is not supported yet", refuse: true},
-	{name: "peer-key-file", fine: isEmpty, why: "TLS is not supported yet", refuse: true},
-	{name: "peer-trusted-ca-file", fine: isEmpty, why: "TLS is not supported yet", refuse: true},
-	{name: "peer-client-cert-auth", isBool: true, fine: isFalse, why: "TLS is not supported yet", refuse: true},
-	{name: "peer-auto-tls", isBool: true, fine: isFalse, why: "TLS is not supported yet", refuse: true},
+	tlsFlag("cert-file", false),
+	tlsFlag("key-file", false),
+	tlsFlag("trusted-ca-file", false),
+	tlsFlag("client-cert-auth", true),
+	tlsFlag("auto-tls", true),
+	tlsFlag("peer-cert-file", false),
+	tlsFlag("peer-key-file", false),
+	tlsFlag("peer-trusted-ca-file", false),
+	tlsFlag("peer-client-cert-auth", true),
+	tlsFlag("peer-auto-tls", true),
 }
 
-// defineEtcdOnlyFlags adds etcdOnlyFlags to fs; the values are read back by
-// name in checkEtcdOnlyFlags.
-func defineEtcdOnlyFlags(fs *flag.FlagSet) []etcdOnlyFlag {
+// tlsFlag is one of etcd's TLS flags: plinth refuses to start with it set,
+// rather than serve in plain text what was meant to be encrypted.
+func tlsFlag(name string, isBool bool) etcdOnlyFlag {
+	fine := isEmpty
+	if isBool {
+		fine = isFalse
+	}
+	return etcdOnlyFlag{name: name, isBool: isBool, fine: fine, why: "TLS is not supported yet", refuse: true}
+}
+
+// defineEtcdOnlyFlags adds etcdOnlyFlags to fs; checkEtcdOnlyFlags reads
+// back the ones given.
+func defineEtcdOnlyFlags(fs *flag.FlagSet) {
 	for _, f := range etcdOnlyFlags {
 		usage := "etcd's flag, accepted; no effect in plinth"
 		if f.refuse {
@@ -343,19 +353,18 @@ func defineEtcdOnlyFlags(fs *flag.FlagSet) []etcdOnlyFlag {
 			fs.String(f.name, "", usage)
 		}
 	}
-	return etcdOnlyFlags
 }
 
 // checkEtcdOnlyFlags refuses, or notes on stderr, each etcd-only flag given
 // with a value that plinth cannot honour.
-func checkEtcdOnlyFlags(fs *flag.FlagSet, flags []etcdOnlyFlag, stderr io.Writer) error {
+func checkEtcdOnlyFlags(fs *flag.FlagSet, stderr io.Writer) error {
 	var err error
 	fs.Visit(func(given *flag.Flag) {
-		i := slices.IndexFunc(flags, func(f etcdOnlyFlag) bool { return f.name == given.Name })
+		i := slices.IndexFunc(etcdOnlyFlags, func(f etcdOnlyFlag) bool { return f.name == given.Name })
 		if i < 0 || err != nil {
 			return
 		}
-		f, v := flags[i], given.Value.String()
+		f, v := etcdOnlyFlags[i], given.Value.String()
 		switch {
 		case f.fine(v):
 		case f.refuse:

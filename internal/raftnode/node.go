@@ -632,8 +632,9 @@ const maxHeldProposals = 1024
 
 // transferring reports whether this member leads and is handing leadership
 // over (Raft drops proposals meanwhile).
-func (n *Node) transferring() bool {
-	st := n.rn.BasicStatus()
+func (n *Node) transferring() bool { return handingOver(n.rn.BasicStatus()) }
+
+func handingOver(st raft.BasicStatus) bool {
 	return st.RaftState == raft.StateLeader && st.LeadTransferee != raft.None
 }
 
@@ -642,7 +643,7 @@ func (n *Node) transferring() bool {
 // it.
 func (n *Node) canTakeProposals() bool {
 	st := n.rn.BasicStatus()
-	return st.Lead != raft.None && !(st.RaftState == raft.StateLeader && st.LeadTransferee != raft.None)
+	return st.Lead != raft.None && !handingOver(st)
 }
 
 // releaseHeldProposals steps the followers' proposals held while this member
@@ -692,6 +693,9 @@ func (n *Node) dropExpired(ps []proposal, now, timeoutTicks uint64) []proposal {
 // dropDeposed fails the leader-only proposals (ProposeAsLeader) of a term in
 // which this member, in Raft's own view now, does not lead.
 func (n *Node) dropDeposed(ps []proposal) []proposal {
+	if !slices.ContainsFunc(ps, func(p proposal) bool { return p.leaderTerm != 0 }) {
+		return ps // most turns: Raft's status is not needed
+	}
 	st := n.rn.BasicStatus()
 	kept := ps[:0]
 	for _, p := range ps {

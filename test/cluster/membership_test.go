@@ -218,14 +218,11 @@ func memberAdd(t *testing.T, cli *clientv3.Client, name, peerURL string, learner
 	if learner {
 		add = cli.MemberAddAsLearner
 	}
-	// Like a removal (see memberRemove), an addition is refused with
-	// ErrUnhealthy until the leader has heard from enough of its peers.
-	deadline := time.Now().Add(15 * time.Second)
-	resp, err := add(t.Context(), []string{peerURL})
-	for err != nil && errors.Is(rpctypes.Error(err), rpctypes.ErrUnhealthy) && time.Now().Before(deadline) {
-		time.Sleep(200 * time.Millisecond)
+	var resp *clientv3.MemberAddResponse
+	err := retryUnhealthy(func() (err error) {
 		resp, err = add(t.Context(), []string{peerURL})
-	}
+		return err
+	})
 	if err != nil {
 		t.Fatalf("member add %s (learner %v): %v", name, learner, err)
 	}
@@ -301,14 +298,22 @@ func wantRemovedExit(t *testing.T, m *testmember.Member, id uint64) {
 	t.Logf("removed %s (id %x): it exited (%v), and refuses to start again", m.Name(), id, exit)
 }
 
-// memberRemove removes member id through cli. While a member has been
-// connected to its peers for less than etcd's health interval (5s), etcd
-// (and plinth) refuse a removal that could cost the quorum with
-// ErrUnhealthy: it retries that for 15s.
+// memberRemove removes member id through cli, retrying ErrUnhealthy.
 func memberRemove(t *testing.T, cli *clientv3.Client, id uint64) error {
+	return retryUnhealthy(func() error {
+		_, err := cli.MemberRemove(t.Context(), id)
+		return err
+	})
+}
+
+// retryUnhealthy runs change, a membership change, again while it is refused
+// with ErrUnhealthy, for 15s at most. Until its leader has heard from enough
+// voters lately (etcd: connected for its health interval, 5s), a cluster
+// refuses a change that could cost its quorum that way.
+func retryUnhealthy(change func() error) error {
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		_, err := cli.MemberRemove(t.Context(), id)
+		err := change()
 		if err == nil || !errors.Is(rpctypes.Error(err), rpctypes.ErrUnhealthy) || time.Now().After(deadline) {
 			return err
 		}
