@@ -293,9 +293,11 @@ func (s *Server) addKnownPeers() error {
 		}
 		s.peers.RemovePeer(id)
 	}
-	for _, m := range append(members, s.joinMembers...) {
+	members = append(members, s.joinMembers...)
+	for _, m := range members {
 		s.peers.AddPeer(m.ID, peerAddrs(m.PeerURLs))
 	}
+	s.noteSelf(members)
 	return nil
 }
 
@@ -318,6 +320,14 @@ func peerAddrs(urls []string) []string {
 func (s *Server) confChanged(cc *raftpb.ConfChangeV2) {
 	for _, c := range cc.GetChanges() {
 		id := c.GetNodeId()
+		if id == s.memberID {
+			switch c.GetType() {
+			case raftpb.ConfChangeType_ConfChangeAddLearnerNode:
+				s.learner.Store(true)
+			case raftpb.ConfChangeType_ConfChangeAddNode: // a promotion
+				s.learner.Store(false)
+			}
+		}
 		switch c.GetType() {
 		case raftpb.ConfChangeType_ConfChangeRemoveNode:
 			if id == s.memberID {

@@ -457,6 +457,7 @@ func TestClusterMembershipChanges(t *testing.T) {
 		return st.IsLearner
 	}
 	waitFor(ctx, t, learnerStatus)
+	checkLearnerServes(ctx, t, c.client(n))
 	for {
 		_, err := cli.MemberPromote(ctx, add.Member.ID)
 		if err == nil {
@@ -910,5 +911,50 @@ func TestClusterMoveLeader(t *testing.T) {
 	}
 	if _, err := c.client(lead).Put(ctx, "after-move", "1"); err != nil {
 		t.Fatalf("put after move-leader: %v", err)
+	}
+}
+
+// checkLearnerServes checks that a learner serves what etcd's do (Status, a
+// serializable range, a snapshot) and refuses everything else, unary calls
+// and streams, with etcd's "rpc not supported for learner".
+func checkLearnerServes(ctx context.Context, t *testing.T, cli *clientv3.Client) {
+	t.Helper()
+	ep := cli.Endpoints()[0]
+	if _, err := cli.Status(ctx, ep); err != nil {
+		t.Fatalf("status on a learner: %v", err)
+	}
+	waitFor(ctx, t, func() bool {
+		get, err := cli.Get(ctx, "before", clientv3.WithSerializable())
+		if err != nil {
+			t.Fatalf("serializable get on a learner: %v", err)
+		}
+		return len(get.Kvs) == 1
+	})
+	snap, err := cli.Snapshot(ctx)
+	if err != nil {
+		t.Fatalf("snapshot on a learner: %v", err)
+	}
+	if n, err := io.Copy(io.Discard, snap); err != nil || n == 0 {
+		t.Fatalf("snapshot on a learner: %d bytes, %v", n, err)
+	}
+	refused := map[string]func() error{
+		"put":              func() error { _, err := cli.Put(ctx, "k", "v"); return err },
+		"linearizable get": func() error { _, err := cli.Get(ctx, "before"); return err },
+		"txn":              func() error { _, err := cli.Txn(ctx).Then(clientv3.OpGet("k")).Commit(); return err },
+		"member list":      func() error { _, err := cli.MemberList(ctx); return err },
+		"lease grant":      func() error { _, err := cli.Grant(ctx, 10); return err },
+		"alarm list":       func() error { _, err := cli.AlarmList(ctx); return err },
+		"keep-alive":       func() error { _, err := cli.KeepAliveOnce(ctx, 1); return err },
+		"watch": func() error {
+			wctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			resp := <-cli.Watch(wctx, "k")
+			return resp.Err()
+		},
+	}
+	for name, call := range refused {
+		if err := call(); err == nil || !strings.Contains(err.Error(), "rpc not supported for learner") {
+			t.Errorf("%s on a learner: %v, want %v", name, err, rpctypes.ErrGRPCNotSupportedForLearner)
+		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -59,6 +60,7 @@ type Server struct {
 	node       *raftnode.Node
 	peers      *transport.Transport
 	grpc       *grpc.Server
+	learner    atomic.Bool // this member is a learner (see learner.go)
 	listeners  []net.Listener
 	httpServer *http.Server // diagnostics; nil unless metrics URLs are set
 	clientHTTP *http.Server // /metrics, /health on the client URLs
@@ -292,8 +294,8 @@ func (s *Server) Start() error {
 	s.serveWG.Add(1)
 	go s.runLeases()
 	s.grpc = grpc.NewServer(
-		grpc.ChainUnaryInterceptor(s.metrics.grpc.unary),
-		grpc.ChainStreamInterceptor(s.metrics.grpc.stream),
+		grpc.ChainUnaryInterceptor(s.metrics.grpc.unary, s.refuseOnLearnerUnary),
+		grpc.ChainStreamInterceptor(s.metrics.grpc.stream, s.refuseOnLearnerStream),
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes+grpcOverheadBytes),
 		grpc.MaxSendMsgSize(math.MaxInt32),
 		grpc.MaxConcurrentStreams(math.MaxUint32),

@@ -32,6 +32,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
@@ -337,8 +338,9 @@ func (m *Member) Launch() error {
 	return nil
 }
 
-// WaitReady waits until the launched member answers a linearizable read, for
-// 30s at most, and fails at once if its process exits.
+// WaitReady waits until the launched member answers a linearizable read (a
+// serializable one if it is a learner), for 30s at most, and fails at once if
+// its process exits.
 func (m *Member) WaitReady(ctx context.Context) error {
 	if m.cmd == nil {
 		return errors.New("testmember: member not running")
@@ -353,6 +355,10 @@ func (m *Member) WaitReady(ctx context.Context) error {
 	for {
 		rctx, rcancel := context.WithTimeout(ctx, time.Second)
 		_, err := cli.Get(rctx, "testmember/ready")
+		if err != nil && rpctypes.ErrorDesc(err) == rpctypes.ErrorDesc(rpctypes.ErrGRPCNotSupportedForLearner) {
+			// A learner serves only serializable reads.
+			_, err = cli.Get(rctx, "testmember/ready", clientv3.WithSerializable())
+		}
 		rcancel()
 		if err == nil {
 			return nil
