@@ -61,7 +61,7 @@ type Config struct {
 	// new events back from its streams until no write has come or
 	// committed for BurstQuiet and none is in flight, or for BurstWait at
 	// most since the first was held: each watcher then gets the burst in
-	// few responses instead of one per commit. Defaults 5 ms and 15 ms.
+	// few responses instead of one per commit. Defaults 10 ms and 50 ms.
 	BurstQuiet, BurstWait time.Duration
 	Logger                *slog.Logger
 }
@@ -82,9 +82,13 @@ const (
 	// in clumps 20-40 ms apart, each a round of its own: 20,000-40,000
 	// responses instead of 10,000. Holding a burst until the writes pause
 	// raised the median events per second from 361,000 to 462,000 over 12
-	// alternating runs; a write alone waits for nothing.
-	DefaultBurstQuiet = 5 * time.Millisecond
-	DefaultBurstWait  = 15 * time.Millisecond
+	// alternating runs; a write alone waits for nothing. A quiet of 10 ms
+	// and a bound of 50 ms, against 5 and 15, took the median of 12
+	// alternating runs on another machine from 290,000 to 329,000, and
+	// its slowest run from 146,000 to 297,000 (docs/performance.md,
+	// machine L).
+	DefaultBurstQuiet = 10 * time.Millisecond
+	DefaultBurstWait  = 50 * time.Millisecond
 )
 
 // readBatchEvents bounds the events the hub reads from the store at once.
