@@ -70,6 +70,11 @@ type Stream struct {
 	// over every watcher: creating n watchers one at a time, as clientv3
 	// does, would take n² steps.
 	idleAt int64
+	// responded counts the event responses the rounds since the stream
+	// last went idle sent; paceUntil is when the next round may start
+	// (see Config.PacePerResponse).
+	responded int
+	paceUntil time.Time
 	// window holds, during a round, the ring's revisions from windowFrom
 	// on: watchers that far read it without the hub's lock. windowFrom is
 	// where the last round left the watchers in sync.
@@ -219,6 +224,9 @@ func (s *Stream) Close() {
 func (s *Stream) Run(ctx context.Context, send func(*pb.WatchResponse) error) error {
 	tick := time.NewTicker(s.hub.cfg.ProgressInterval)
 	defer tick.Stop()
+	pace := time.NewTimer(time.Hour)
+	pace.Stop()
+	defer pace.Stop()
 	for {
 		changed, ringNext := s.hub.state()
 		if err := s.drainRequests(send); err != nil {
@@ -226,6 +234,24 @@ func (s *Stream) Run(ctx context.Context, send func(*pb.WatchResponse) error) er
 		}
 		s.compact()
 		if ringNext != s.idleAt {
+			if wait := time.Until(s.paceUntil); wait > 0 {
+				// Paced: handle requests, and start the round when
+				// the pause is over.
+				pace.Reset(wait)
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-s.hub.stopC:
+					return ErrStopped
+				case req := <-s.in:
+					pace.Stop()
+					if err := s.handle(req, send); err != nil {
+						return err
+					}
+				case <-pace.C:
+				}
+				continue
+			}
 			worked, err := s.serveRound(ringNext, send)
 			if err != nil {
 				return err
@@ -234,6 +260,10 @@ func (s *Stream) Run(ctx context.Context, send func(*pb.WatchResponse) error) er
 				continue
 			}
 			s.idleAt = ringNext
+			if s.responded > 0 {
+				s.paceUntil = time.Now().Add(min(time.Duration(s.responded)*s.hub.cfg.PacePerResponse, s.hub.cfg.MaxPace))
+				s.responded = 0
+			}
 		}
 		if err := s.answerProgress(send); err != nil {
 			return err
@@ -530,6 +560,7 @@ func (s *Stream) withPrevKV(evs []*mvccpb.Event) []*mvccpb.Event {
 // event up to.
 func (s *Stream) sendEvents(w *watcher, evs []*mvccpb.Event, rev int64, send func(*pb.WatchResponse) error) error {
 	s.hub.sent.Add(int64(len(evs)))
+	s.responded++
 	hdrRev := rev
 	resp := &pb.WatchResponse{Header: &pb.ResponseHeader{Revision: hdrRev}, WatchId: w.id, Events: evs}
 	limit := s.hub.cfg.MaxResponseBytes

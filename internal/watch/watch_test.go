@@ -675,3 +675,46 @@ func TestCutBoundNeverBelowSize(t *testing.T) {
 		t.Fatalf("cut at 1 MiB: %d events, next %d; want all 12, next 7", len(got), next)
 	}
 }
+
+// A stream that has just sent many responses paces its next round: the
+// writes that commit meanwhile reach each watcher in one response, once the
+// pause is over. One that sent a single response waits next to nothing.
+func TestStreamPaced(t *testing.T) {
+	const watchers, per = 10, 100 * time.Millisecond // a round of 10 responses: a pause of 1 s
+	m := newMember(t, Config{BurstQuiet: time.Nanosecond, BurstWait: time.Nanosecond, PacePerResponse: per, MaxPace: time.Minute})
+	c := m.client(nil)
+	for range watchers {
+		c.create(&pb.WatchCreateRequest{Key: []byte("k")})
+		c.next()
+	}
+	m.put("k", "1")
+	for range watchers {
+		if r := c.next(); len(r.Events) != 1 {
+			t.Fatalf("first round: %v, want one event", r)
+		}
+	}
+	start := time.Now()
+	m.put("k", "2")
+	m.put("k", "3")
+	c.none(watchers * per / 2)
+	for range watchers {
+		r := c.next()
+		checkEvs(t, r.Events, "PUT k=2@3", "PUT k=3@4")
+	}
+	if took := time.Since(start); took < watchers*per*3/4 {
+		t.Fatalf("paced round after %v, want about %v", took, watchers*per)
+	}
+
+	// One watcher: a round of one response pauses the stream for per.
+	c = m.client(nil)
+	c.create(&pb.WatchCreateRequest{Key: []byte("j")})
+	c.next()
+	m.put("j", "1")
+	c.next()
+	time.Sleep(per) // the pause is over
+	start = time.Now()
+	m.put("j", "2")
+	if r := c.next(); len(r.Events) != 1 || time.Since(start) > per/2 {
+		t.Fatalf("a stream past its pause: %v after %v, want the event at once", r, time.Since(start))
+	}
+}
