@@ -916,7 +916,8 @@ func TestClusterMoveLeader(t *testing.T) {
 
 // checkLearnerServes checks that a learner serves what etcd's do (Status, a
 // serializable range, a snapshot) and refuses everything else, unary calls
-// and streams, with etcd's "rpc not supported for learner".
+// and streams, with etcd's "rpc not supported for learner"; a member's
+// corruption check still gets its hash.
 func checkLearnerServes(ctx context.Context, t *testing.T, cli *clientv3.Client) {
 	t.Helper()
 	ep := cli.Endpoints()[0]
@@ -944,6 +945,7 @@ func checkLearnerServes(ctx context.Context, t *testing.T, cli *clientv3.Client)
 		"member list":      func() error { _, err := cli.MemberList(ctx); return err },
 		"lease grant":      func() error { _, err := cli.Grant(ctx, 10); return err },
 		"alarm list":       func() error { _, err := cli.AlarmList(ctx); return err },
+		"hashkv":           func() error { _, err := cli.HashKV(ctx, ep, 0); return err },
 		"keep-alive":       func() error { _, err := cli.KeepAliveOnce(ctx, 1); return err },
 		"watch": func() error {
 			wctx, cancel := context.WithCancel(ctx)
@@ -956,5 +958,12 @@ func checkLearnerServes(ctx context.Context, t *testing.T, cli *clientv3.Client)
 		if err := call(); err == nil || !strings.Contains(err.Error(), "rpc not supported for learner") {
 			t.Errorf("%s on a learner: %v, want %v", name, err, rpctypes.ErrGRPCNotSupportedForLearner)
 		}
+	}
+	// Other members' corruption checks still get its hash.
+	if !strings.Contains(ep, "://") {
+		ep = "http://" + ep
+	}
+	if _, err := hashKVOf(ctx, ep, 0); err != nil {
+		t.Errorf("a member's corruption check asking a learner for its hash: %v", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/plinthdb/plinth/internal/membership"
 )
@@ -20,6 +21,12 @@ import (
 // snapshotMethod is the one stream a learner serves.
 const snapshotMethod = "/etcdserverpb.Maintenance/Snapshot"
 
+// memberCheckKey marks, in a request's metadata, the HashKV that another
+// member's corruption check asks (see hashKVOf): etcd's members ask each
+// other over the peer URLs, where learners answer too, so a learner's data
+// is checked like a voter's; its clients still get etcd's refusal.
+const memberCheckKey = "plinth-member-check"
+
 // noteSelf records whether this member is a learner, from a membership that
 // lists it; a membership without it changes nothing.
 func (s *Server) noteSelf(members []membership.Member) {
@@ -32,10 +39,12 @@ func (s *Server) noteSelf(members []membership.Member) {
 }
 
 // servedByLearner tells whether a learner answers the unary request req.
-func servedByLearner(req any) bool {
+func servedByLearner(ctx context.Context, req any) bool {
 	switch r := req.(type) {
 	case *pb.StatusRequest:
 		return true
+	case *pb.HashKVRequest:
+		return len(metadata.ValueFromIncomingContext(ctx, memberCheckKey)) > 0
 	case *pb.RangeRequest:
 		return r.GetSerializable()
 	default:
@@ -46,7 +55,7 @@ func servedByLearner(req any) bool {
 // refuseOnLearnerUnary is the unary interceptor that turns away what a
 // learner does not serve.
 func (s *Server) refuseOnLearnerUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if s.learner.Load() && !servedByLearner(req) {
+	if s.learner.Load() && !servedByLearner(ctx, req) {
 		return nil, rpctypes.ErrGRPCNotSupportedForLearner
 	}
 	return handler(ctx, req)
