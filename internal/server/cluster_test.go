@@ -946,7 +946,16 @@ func checkLearnerServes(ctx context.Context, t *testing.T, cli *clientv3.Client)
 		"lease grant":      func() error { _, err := cli.Grant(ctx, 10); return err },
 		"alarm list":       func() error { _, err := cli.AlarmList(ctx); return err },
 		"hashkv":           func() error { _, err := cli.HashKV(ctx, ep, 0); return err },
-		"keep-alive":       func() error { _, err := cli.KeepAliveOnce(ctx, 1); return err },
+		"keep-alive": func() error {
+			// The raw stream: clientv3's KeepAliveOnce sends first, and
+			// gets io.EOF when the refusal has closed the stream already.
+			stream, err := etcdserverpb.NewLeaseClient(cli.ActiveConnection()).LeaseKeepAlive(ctx)
+			if err != nil {
+				return err
+			}
+			_, err = stream.Recv()
+			return err
+		},
 		"watch": func() error {
 			wctx, cancel := context.WithCancel(ctx)
 			defer cancel()
