@@ -350,6 +350,27 @@ func TestPartitionLeader(t *testing.T) {
 	if err := nw.Heal(); err != nil {
 		t.Fatal(err)
 	}
+	healed := time.Now()
+	// Once the partition heals, the old leader is back within a couple
+	// of seconds: a linearizable read through it needs its streams to
+	// the new leader and back. Streams the partition stalled are aborted
+	// and redialed, not left to the kernel's retransmission backoff
+	// (seconds apart after seconds of loss; see transport's
+	// abortStalledStreams).
+	const backWithin = 4 * time.Second
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		_, err := rawGet(rctx, t, old.Endpoint(), "part/w0/00000")
+		cancel()
+		if err == nil {
+			t.Logf("a linearizable read through the old leader %s answered %v after the heal", old.Name(), time.Since(healed).Round(time.Millisecond))
+			break
+		}
+		if time.Since(healed) > backWithin {
+			t.Fatalf("%v after the heal, a linearizable read through the old leader %s still fails: %v", backWithin, old.Name(), err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	time.Sleep(time.Second)
 	stopLoad()
 	wg.Wait()
