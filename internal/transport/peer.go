@@ -102,6 +102,7 @@ func (p *peer) run() {
 			p.t.cfg.Logger.Info("peer reachable again", "peer", fmt.Sprintf("%x", p.id))
 		}
 		lastErr, backoff = "", minBackoff
+		boundRetransmits(conn)
 		err = p.stream(conn)
 		_ = conn.Close()
 		if err == nil {
