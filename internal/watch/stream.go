@@ -233,25 +233,13 @@ func (s *Stream) Run(ctx context.Context, send func(*pb.WatchResponse) error) er
 			return err
 		}
 		s.compact()
-		if ringNext != s.idleAt {
-			if wait := time.Until(s.paceUntil); wait > 0 {
-				// Paced: handle requests, and start the round when
-				// the pause is over.
-				pace.Reset(wait)
-				select {
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-s.hub.stopC:
-					return ErrStopped
-				case req := <-s.in:
-					pace.Stop()
-					if err := s.handle(req, send); err != nil {
-						return err
-					}
-				case <-pace.C:
-				}
-				continue
-			}
+		var paced <-chan time.Time
+		if wait := time.Until(s.paceUntil); ringNext != s.idleAt && wait > 0 {
+			// Paced: the round starts when the pause is over (or
+			// after a request); new commits need not wake the stream.
+			pace.Reset(wait)
+			paced, changed = pace.C, nil
+		} else if ringNext != s.idleAt {
 			worked, err := s.serveRound(ringNext, send)
 			if err != nil {
 				return err
@@ -278,11 +266,13 @@ func (s *Stream) Run(ctx context.Context, send func(*pb.WatchResponse) error) er
 				return err
 			}
 		case <-changed:
+		case <-paced:
 		case <-tick.C:
 			if err := s.progressTick(ringNext, send); err != nil {
 				return err
 			}
 		}
+		pace.Stop()
 	}
 }
 
