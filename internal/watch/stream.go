@@ -234,23 +234,25 @@ func (s *Stream) Run(ctx context.Context, send func(*pb.WatchResponse) error) er
 		}
 		s.compact()
 		var paced <-chan time.Time
-		if wait := time.Until(s.paceUntil); ringNext != s.idleAt && wait > 0 {
-			// Paced: the round starts when the pause is over (or
-			// after a request); new commits need not wake the stream.
-			pace.Reset(wait)
-			paced, changed = pace.C, nil
-		} else if ringNext != s.idleAt {
-			worked, err := s.serveRound(ringNext, send)
-			if err != nil {
-				return err
-			}
-			if worked {
-				continue
-			}
-			s.idleAt = ringNext
-			if s.responded > 0 {
-				s.paceUntil = time.Now().Add(min(time.Duration(s.responded)*s.hub.cfg.PacePerResponse, s.hub.cfg.MaxPace))
-				s.responded = 0
+		if ringNext != s.idleAt {
+			if wait := time.Until(s.paceUntil); wait > 0 {
+				// Paced: the round starts when the pause is over (or
+				// after a request); new commits need not wake the stream.
+				pace.Reset(wait)
+				paced, changed = pace.C, nil
+			} else {
+				worked, err := s.serveRound(ringNext, send)
+				if err != nil {
+					return err
+				}
+				if worked {
+					continue
+				}
+				s.idleAt = ringNext
+				if s.responded > 0 {
+					s.paceUntil = time.Now().Add(min(time.Duration(s.responded)*s.hub.cfg.PacePerResponse, s.hub.cfg.MaxPace))
+					s.responded = 0
+				}
 			}
 		}
 		if err := s.answerProgress(send); err != nil {
