@@ -20,8 +20,9 @@ const maxRetransmitGap = time.Second
 // silent after the partition heals until its next retransmission, seconds
 // later: a member cut off for three seconds heard nothing from the new
 // leader for three more, and reads through it timed out. Capped, the stream
-// resumes within a second of the heal. On kernels without the option it
-// does nothing.
+// resumes within a second of the heal. Only the writing end needs it: the
+// accepting end of a stream sends nothing after the handshake. On kernels
+// without the option it does nothing.
 func boundRetransmits(c net.Conn) {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {

@@ -339,7 +339,6 @@ func (t *Transport) serveConn(c net.Conn) {
 	r := bufio.NewReaderSize(c, 64<<10)
 	switch kind {
 	case kindStream:
-		boundRetransmits(c)
 		t.readStream(r, from)
 	case kindSnapshot:
 		t.readSnapshot(c, r, from)
