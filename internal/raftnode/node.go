@@ -370,15 +370,7 @@ func (n *Node) WritesInFlight() bool { return n.lastIdx.Load() > n.commitIdx.Loa
 // When too many proposals wait already, it fails with ErrTooManyRequests:
 // backpressure reaches the client instead of memory growing without bound.
 func (n *Node) Propose(id uint64, data []byte) error {
-	select {
-	case <-n.stopC:
-		return ErrStopped
-	default:
-	}
-	if !n.proposalQueue.push(proposal{id: id, data: data, queuedAt: n.ticks.Load()}) {
-		return ErrTooManyRequests
-	}
-	return nil
+	return n.enqueue(proposal{id: id, data: data})
 }
 
 // ProposeAsLeader proposes data only if, when Raft takes it, this member
@@ -387,12 +379,18 @@ func (n *Node) Propose(id uint64, data []byte) error {
 // lease's expiry, its remaining time): a member deposed while it decided,
 // paused for instance, must not have a newer leader commit the decision.
 func (n *Node) ProposeAsLeader(id uint64, data []byte, term uint64) error {
+	return n.enqueue(proposal{id: id, data: data, leaderTerm: term})
+}
+
+// enqueue queues p for the raft loop, stamped with the tick it came at.
+func (n *Node) enqueue(p proposal) error {
 	select {
 	case <-n.stopC:
 		return ErrStopped
 	default:
 	}
-	if !n.proposalQueue.push(proposal{id: id, data: data, queuedAt: n.ticks.Load(), leaderTerm: term}) {
+	p.queuedAt = n.ticks.Load()
+	if !n.proposalQueue.push(p) {
 		return ErrTooManyRequests
 	}
 	return nil
@@ -557,15 +555,7 @@ func (n *Node) ProposeConfChange(id uint64, cc *raftpb.ConfChange) error {
 	if err != nil {
 		return fmt.Errorf("raftnode: encode conf change: %w", err)
 	}
-	select {
-	case <-n.stopC:
-		return ErrStopped
-	default:
-	}
-	if !n.proposalQueue.push(proposal{id: id, data: data, confChange: true, queuedAt: n.ticks.Load()}) {
-		return ErrTooManyRequests
-	}
-	return nil
+	return n.enqueue(proposal{id: id, data: data, confChange: true})
 }
 
 // TransferLeadership asks the leader (this member) to hand leadership to
