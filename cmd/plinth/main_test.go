@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -192,5 +193,21 @@ func TestParseFlagsWatchProgressInterval(t *testing.T) {
 		if cfg.WatchProgressNotifyInterval != tc.want {
 			t.Fatalf("%v: interval %v, want %v", tc.args, cfg.WatchProgressNotifyInterval, tc.want)
 		}
+	}
+}
+
+// TestSetGCPercent: the GC's target is plinth's own unless GOGC is in the
+// environment, where the runtime has already read it.
+func TestSetGCPercent(t *testing.T) {
+	before := debug.SetGCPercent(100)
+	defer debug.SetGCPercent(before)
+
+	setGCPercent([]string{"HOME=/root", "GOGC=50"})
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Fatalf("with GOGC set: GC percent %d, want it left at 100", got)
+	}
+	setGCPercent([]string{"HOME=/root", "GOGCX=1"})
+	if got := debug.SetGCPercent(100); got != defaultGCPercent {
+		t.Fatalf("without GOGC: GC percent %d, want %d", got, defaultGCPercent)
 	}
 }

@@ -13,7 +13,7 @@ import (
 // Go heap and unmapped once owner is unreachable. The filter is 5 MiB,
 // fixed, and holds no pointers: in the heap it would only count as live
 // data, and the GC lets the heap grow past its live data by GOGC percent
-// (Go's 100 by default), so its 5 MiB would let as much garbage stay
+// (400 in cmd/plinth), so its 5 MiB would let 20 MiB of garbage stay
 // resident before a collection. Its pages, untouched until keys set their
 // bits, cost resident memory only as keys are written, as they do in the
 // heap. The heap is the fallback if the mapping fails.
