@@ -209,7 +209,7 @@ func (s *Server) joinByClientURL() error {
 	switch {
 	case err == nil:
 		cid, id, members = resp.GetHeader().GetClusterId(), resp.GetMember().GetID(), resp.GetMembers()
-	case errors.Is(err, rpctypes.ErrGRPCPeerURLExist) || status.Convert(err).Message() == rpctypes.ErrGRPCPeerURLExist.Error():
+	case status.Convert(err).Message() == rpctypes.ErrorDesc(rpctypes.ErrGRPCPeerURLExist):
 		// Added before (a crash after the add, before the identity was
 		// stored): the learner with our peer URLs that never started is
 		// us.

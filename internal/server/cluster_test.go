@@ -547,6 +547,34 @@ func TestClusterJoin(t *testing.T) {
 	}
 }
 
+// A --join that crashed after its learner was added, before it stored its
+// identity, finds that learner by its peer URLs on the next start and
+// becomes it, rather than failing on a peer URL already in use.
+func TestClusterJoinAfterCrashedAdd(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := startTestCluster(t, 3, "join-again")
+	c.leader(ctx)
+	cli := c.client(0)
+	c.waitMembers(ctx, cli, allPublished)
+	n := c.addMember("joiner")
+	added, err := cli.MemberAddAsLearner(ctx, []string{c.cfgs[n].AdvertisePeerURLs[0].String()})
+	if err != nil {
+		t.Fatalf("add the learner the crashed join left: %v", err)
+	}
+	c.cfgs[n].Join = "http://" + c.cfgs[2].AdvertiseClientURLs[0].Host
+	c.start(n)
+	if c.servers[n].memberID != added.Member.ID {
+		t.Fatalf("the joiner took ID %x, want the learner added before, %x", c.servers[n].memberID, added.Member.ID)
+	}
+	members := c.waitMembers(ctx, cli, func(ms []*etcdserverpb.Member) bool {
+		return len(ms) == 4 && !slices.ContainsFunc(ms, func(m *etcdserverpb.Member) bool { return m.IsLearner || m.Name == "" })
+	})
+	if i := slices.IndexFunc(members, func(m *etcdserverpb.Member) bool { return m.ID == added.Member.ID }); i < 0 || members[i].Name != "joiner" {
+		t.Fatalf("members after the join: %v", members)
+	}
+}
+
 // A lone member grows to three as etcd's do: a voter added with member add
 // and started with --initial-cluster-state=existing, then a third with
 // --join, promoted once in sync. Every check that protects a quorum lets a
