@@ -42,10 +42,10 @@ func main() {
 const defaultGCPercent = 400
 
 // setGCPercent sets the GC's target to defaultGCPercent unless the
-// environment sets GOGC, which then applies as to any Go program.
+// environment gives GOGC a value, which then applies as to any Go program.
 func setGCPercent(environ []string) {
 	for _, kv := range environ {
-		if strings.HasPrefix(kv, "GOGC=") {
+		if v, ok := strings.CutPrefix(kv, "GOGC="); ok && v != "" {
 			return
 		}
 	}

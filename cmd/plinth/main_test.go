@@ -196,8 +196,8 @@ func TestParseFlagsWatchProgressInterval(t *testing.T) {
 	}
 }
 
-// TestSetGCPercent: the GC's target is plinth's own unless GOGC is in the
-// environment, where the runtime has already read it.
+// TestSetGCPercent: the GC's target is plinth's own unless GOGC has a value
+// in the environment, where the runtime has already read it.
 func TestSetGCPercent(t *testing.T) {
 	before := debug.SetGCPercent(100)
 	defer debug.SetGCPercent(before)
@@ -206,7 +206,7 @@ func TestSetGCPercent(t *testing.T) {
 	if got := debug.SetGCPercent(100); got != 100 {
 		t.Fatalf("with GOGC set: GC percent %d, want it left at 100", got)
 	}
-	setGCPercent([]string{"HOME=/root", "GOGCX=1"})
+	setGCPercent([]string{"HOME=/root", "GOGCX=1", "GOGC="})
 	if got := debug.SetGCPercent(100); got != defaultGCPercent {
 		t.Fatalf("without GOGC: GC percent %d, want %d", got, defaultGCPercent)
 	}
