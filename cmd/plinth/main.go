@@ -15,13 +15,13 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
-	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/plinthdb/plinth/internal/gcpercent"
 	"github.com/plinthdb/plinth/internal/idlemem"
 	"github.com/plinthdb/plinth/internal/server"
 )
@@ -30,26 +30,24 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stderr))
 }
 
-// defaultGCPercent is the Go GC's target when GOGC is not set. A member's
-// large data lives outside the Go heap (Pebble's memtables and block cache
-// are allocated by hand), so the heap is mostly short-lived request garbage:
-// letting it grow to five times what is live rather than twice collects a
-// quarter as often. Alternating runs of the benchmark tool on one machine
-// (docs/performance.md, machine M): server CPU per request 7-10% lower than
-// at GOGC 100 for one member's random puts and txn-puts, three members' puts
-// and three members' lease keep-alives; the resident memory of idle watchers
-// the same (idle members return their free heap, see internal/idlemem).
-const defaultGCPercent = 400
-
-// setGCPercent sets the GC's target to defaultGCPercent unless the
-// environment gives GOGC a value, which then applies as to any Go program.
-func setGCPercent(environ []string) {
+// plinthSetsGCPercent reports whether plinth sets the GC's percent itself
+// (internal/gcpercent): unless the environment gives GOGC a value, which then
+// applies as to any Go program. A member's large data lives outside the Go
+// heap (Pebble's memtables and block cache are allocated by hand), so the
+// heap is mostly short-lived request garbage: letting it grow to five times
+// what is live rather than twice collects a quarter as often. Alternating
+// runs of the benchmark tool on one machine (docs/performance.md, machine
+// M): server CPU per request 7-10% lower at 400 than at 100 for one member's
+// random puts and txn-puts, three members' puts and three members' lease
+// keep-alives; the resident memory of idle watchers the same (idle members
+// return their free heap, see internal/idlemem).
+func plinthSetsGCPercent(environ []string) bool {
 	for _, kv := range environ {
 		if v, ok := strings.CutPrefix(kv, "GOGC="); ok && v != "" {
-			return
+			return false
 		}
 	}
-	debug.SetGCPercent(defaultGCPercent)
+	return true
 }
 
 func run(args []string, stderr io.Writer) int {
@@ -61,11 +59,15 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "plinth: %v\n", err)
 		return 2
 	}
-	setGCPercent(os.Environ())
 	if !cfg.EnablePprof {
 		// Nothing can read heap profiles then; the sampling's bucket table
 		// alone holds ~1.4 MiB.
 		runtime.MemProfileRate = 0
+	}
+	memCtx, stopMem := context.WithCancel(context.Background())
+	defer stopMem()
+	if plinthSetsGCPercent(os.Environ()) {
+		go gcpercent.Run(memCtx, gcpercent.DefaultConfig)
 	}
 	srv, err := server.New(*cfg)
 	if err != nil {
@@ -76,9 +78,7 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "plinth: %v\n", err)
 		return 1
 	}
-	trimCtx, stopTrim := context.WithCancel(context.Background())
-	defer stopTrim()
-	go idlemem.Run(trimCtx, idlemem.DefaultConfig, func(released uint64) {
+	go idlemem.Run(memCtx, idlemem.DefaultConfig, func(released uint64) {
 		cfg.Logger.Debug("quiet after a burst: returned free heap memory to the OS", "bytes", released)
 	})
 	cfg.Logger.Info("plinth member started", "name", cfg.Name, "data-dir", cfg.DataDir, "client-addrs", strings.Join(srv.ClientAddrs(), ","))

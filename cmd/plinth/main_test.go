@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -196,18 +195,20 @@ func TestParseFlagsWatchProgressInterval(t *testing.T) {
 	}
 }
 
-// TestSetGCPercent: the GC's target is plinth's own unless GOGC has a value
-// in the environment, where the runtime has already read it.
-func TestSetGCPercent(t *testing.T) {
-	before := debug.SetGCPercent(100)
-	defer debug.SetGCPercent(before)
-
-	setGCPercent([]string{"HOME=/root", "GOGC=50"})
-	if got := debug.SetGCPercent(100); got != 100 {
-		t.Fatalf("with GOGC set: GC percent %d, want it left at 100", got)
-	}
-	setGCPercent([]string{"HOME=/root", "GOGCX=1", "GOGC="})
-	if got := debug.SetGCPercent(100); got != defaultGCPercent {
-		t.Fatalf("without GOGC: GC percent %d, want %d", got, defaultGCPercent)
+// TestPlinthSetsGCPercent: plinth governs the GC's percent unless GOGC has
+// a value in the environment, where the runtime has already read it.
+func TestPlinthSetsGCPercent(t *testing.T) {
+	for _, tc := range []struct {
+		environ []string
+		want    bool
+	}{
+		{nil, true},
+		{[]string{"HOME=/root", "GOGCX=1", "GOGC="}, true},
+		{[]string{"HOME=/root", "GOGC=50"}, false},
+		{[]string{"GOGC=off"}, false},
+	} {
+		if got := plinthSetsGCPercent(tc.environ); got != tc.want {
+			t.Errorf("plinthSetsGCPercent(%q) = %v, want %v", tc.environ, got, tc.want)
+		}
 	}
 }

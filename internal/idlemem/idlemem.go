@@ -5,12 +5,13 @@
 // burst (a client creating a hundred thousand watchers, a bulk load, a
 // snapshot sent to a peer) the heap keeps the burst's garbage until the next
 // cycle, which an idle member may not reach for minutes, and the scavenger
-// keeps the heap's goal resident (five times the live heap at plinth's GOGC
-// of 400). A control-plane store is idle most of the time, so that is the
-// memory it is seen to use. Run notices the quiet after a burst (little
-// allocation for a few seconds) and then collects and returns the free pages
-// once, as the JVM's periodic collection of an idle heap does. Under load it
-// never acts: allocation is then far above the quiet rate.
+// keeps the heap's goal resident (up to five times the live heap at
+// plinth's GOGC, see internal/gcpercent). A control-plane store is idle most
+// of the time, so that is the memory it is seen to use. Run notices the
+// quiet after a burst (little allocation for a few seconds) and then
+// collects and returns the free pages once, as the JVM's periodic collection
+// of an idle heap does. Under load it never acts: allocation is then far
+// above the quiet rate.
 package idlemem
 
 import (
