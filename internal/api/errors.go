@@ -44,6 +44,10 @@ func toGRPC(err error) error {
 		return rpctypes.ErrGRPCFutureRev
 	case errors.Is(err, mvcc.ErrKeyNotFound):
 		return rpctypes.ErrGRPCKeyNotFound
+	case errors.Is(err, mvcc.ErrDeleteTooLarge):
+		// etcd has no such limit, so no rpctypes error: the message says
+		// what to do.
+		return status.Error(codes.InvalidArgument, "etcdserver: the range to delete is too large for one request; delete it in smaller ranges")
 	case errors.Is(err, mvcc.ErrLeaseNotFound), errors.Is(err, lease.ErrNotFound):
 		return rpctypes.ErrGRPCLeaseNotFound
 	case errors.Is(err, apply.ErrNoSpace), errors.Is(err, ErrNoSpace):

@@ -329,7 +329,7 @@ func (a *Applier) applyAlarm(w pebble.Writer, req *pb.AlarmRequest) (*pb.AlarmRe
 // isRequestError tells the errors that are a request's answer, and leave the
 // state untouched, from failures to read or write the state.
 func isRequestError(err error) bool {
-	for _, re := range []error{mvcc.ErrCompacted, mvcc.ErrFutureRev, mvcc.ErrKeyNotFound, mvcc.ErrLeaseNotFound,
+	for _, re := range []error{mvcc.ErrCompacted, mvcc.ErrFutureRev, mvcc.ErrKeyNotFound, mvcc.ErrLeaseNotFound, mvcc.ErrDeleteTooLarge,
 		lease.ErrNotFound, lease.ErrExists, lease.ErrTTLTooLarge, ErrNoSpace, ErrCorrupt} {
 		if errors.Is(err, re) {
 			return true

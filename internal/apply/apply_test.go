@@ -2,6 +2,7 @@ package apply
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"testing"
@@ -120,6 +121,14 @@ func TestApplyRequestErrorsAreAnswersNotFailures(t *testing.T) {
 	}
 	if m.a.AppliedIndex() != 3 || m.kv.Rev() != 2 {
 		t.Fatalf("applied %d revision %d, want 3 and 2", m.a.AppliedIndex(), m.kv.Rev())
+	}
+}
+
+// A delete refused for its size is an answer like any other request error:
+// the entry is applied (as nothing) and the member goes on.
+func TestDeleteTooLargeIsARequestError(t *testing.T) {
+	if !isRequestError(fmt.Errorf("delete range: %w", mvcc.ErrDeleteTooLarge)) {
+		t.Fatal("mvcc.ErrDeleteTooLarge stops the member instead of answering the request")
 	}
 }
 

@@ -28,7 +28,19 @@ var (
 	ErrFutureRev     = errors.New("mvcc: required revision is a future revision")
 	ErrKeyNotFound   = errors.New("mvcc: key not found")
 	ErrLeaseNotFound = errors.New("mvcc: requested lease not found")
+	// ErrDeleteTooLarge refuses a request whose deletions would stage more
+	// than the store's bound in one batch (see maxDeleteBytes).
+	ErrDeleteTooLarge = errors.New("mvcc: the range to delete is too large for one request")
 )
+
+// maxDeleteBytes bounds what one request's deletions may stage in a Pebble
+// batch. Deleting a key writes its tombstone, an event and the removal of its
+// latest version, and copies a first version's value into history, so a
+// delete of a large range stages about as much as the range holds, and
+// Pebble panics on a batch of 4 GiB: every member would fail applying the
+// entry, and again on every replay. A refused request changes nothing, on
+// every member alike (the cost is read from the state the request sees).
+const maxDeleteBytes = 512 << 20
 
 // Store is the MVCC key-value store. Reads may run on any goroutine; writes go
 // through Batch, from one goroutine at a time (the apply loop).
@@ -55,6 +67,8 @@ type Store struct {
 	filter     *keyFilter // see keyFilter
 	stopC      chan struct{}
 	filling    sync.WaitGroup // the goroutine building filter
+	// maxDeleteBytes is maxDeleteBytes; tests lower it.
+	maxDeleteBytes int64
 }
 
 // Open loads the store's revision from db and resumes an unfinished
@@ -68,7 +82,7 @@ func Open(db *pebble.DB, logger *slog.Logger) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{db: db, logger: logger, rev: revs.rev, compactRev: revs.compactRev, indexedFrom: indexedFrom, keys: newKeyCache(keyCacheEntries, keyCacheBytes)}
+	s := &Store{db: db, logger: logger, rev: revs.rev, compactRev: revs.compactRev, indexedFrom: indexedFrom, keys: newKeyCache(keyCacheEntries, keyCacheBytes), maxDeleteBytes: maxDeleteBytes}
 	s.startBackground(revs, nil)
 	return s, nil
 }

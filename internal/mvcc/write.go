@@ -111,10 +111,11 @@ type txn struct {
 	changed    bool
 	onLease    LeaseChanged // nil when nobody keeps a lease index
 	sub        uint32       // the sub-revision of the next change (see events.go)
+	maxDelete  int64        // the store's maxDeleteBytes
 }
 
 func (b *Batch) begin() *txn {
-	return &txn{r: b.b, w: b.b, keys: b.s.keys, filter: b.s.filter, buf: b.buf, keyBuf: b.keyBuf, begin: b.rev, compactRev: b.compactRev, onLease: b.onLease}
+	return &txn{r: b.b, w: b.b, keys: b.s.keys, filter: b.s.filter, buf: b.buf, keyBuf: b.keyBuf, begin: b.rev, compactRev: b.compactRev, onLease: b.onLease, maxDelete: b.s.maxDeleteBytes}
 }
 
 // finish takes a successful request's revision into the batch.
@@ -348,6 +349,9 @@ func (t *txn) putReq(req *pb.PutRequest) (*pb.PutResponse, error) {
 // DeleteRange executes a delete request.
 func (b *Batch) DeleteRange(req *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
 	t := b.begin()
+	if err := t.checkDeleteCost(newSpan(req.Key, req.RangeEnd), 0); err != nil {
+		return nil, err
+	}
 	resp, err := t.deleteReq(req)
 	if err != nil {
 		return nil, err
@@ -366,6 +370,49 @@ func (t *txn) deleteReq(req *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, er
 		resp.PrevKvs = deleted
 	}
 	return resp, nil
+}
+
+// deleteCost is what deleting a live version stages in the batch, near
+// enough: the removal of its latest version, a tombstone and an event, each
+// about a key long, and a first version's value copied into history.
+func deleteCost(key []byte, rec *record) int64 {
+	cost := 4*int64(len(key)) + 80
+	if rec.version == 1 {
+		cost += int64(len(rec.value))
+	}
+	return cost
+}
+
+// checkDeleteCost adds the cost of deleting the live keys in sp to spent and
+// fails with ErrDeleteTooLarge once the sum passes the store's bound; it
+// stops reading there, so a refused delete of a huge range costs no more
+// than the bound to find out.
+func (t *txn) checkDeleteCost(sp span, spent int64) error {
+	_, err := t.addDeleteCost(sp, spent)
+	return err
+}
+
+func (t *txn) addDeleteCost(sp span, spent int64) (int64, error) {
+	if sp.empty() {
+		return spent, nil
+	}
+	lower, upper := sp.latestBounds()
+	iter, err := t.r.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	if err != nil {
+		return 0, fmt.Errorf("mvcc: open iterator: %w", err)
+	}
+	var rec record
+	err = walkLatest(iter, false, func(key, v []byte) (bool, error) {
+		if err := decodeRecord(v, &rec); err != nil {
+			return false, fmt.Errorf("mvcc: key %q: %w", key, err)
+		}
+		spent += deleteCost(key, &rec)
+		if spent > t.maxDelete {
+			return false, ErrDeleteTooLarge
+		}
+		return true, nil
+	})
+	return spent, err
 }
 
 // DeleteKeys deletes every key of keys that is live, all at one revision (a
@@ -420,7 +467,7 @@ func (t *txn) run(req *pb.TxnRequest, leaseExists LeaseExists) (*pb.TxnResponse,
 	if err != nil {
 		return nil, err
 	}
-	if _, err := t.checkTxn(req, path, leaseExists, new([][]byte)); err != nil {
+	if _, err := t.checkTxn(req, path, leaseExists, new([][]byte), new(int64)); err != nil {
 		return nil, err
 	}
 	resp, _, err := t.executeTxn(req, path)
@@ -576,7 +623,7 @@ func compareInt(a, b int64) int {
 // delete runs to the end of the key space (range_end "\x00"), which etcd's
 // duplicate check lets through. It returns how many nested transactions it
 // walked.
-func (t *txn) checkTxn(req *pb.TxnRequest, path []bool, leaseExists LeaseExists, deletedFrom *[][]byte) (int, error) {
+func (t *txn) checkTxn(req *pb.TxnRequest, path []bool, leaseExists LeaseExists, deletedFrom *[][]byte, deleteCost *int64) (int, error) {
 	walked := 0
 	for _, op := range branch(req, path[0]) {
 		switch r := op.Request.(type) {
@@ -590,9 +637,18 @@ func (t *txn) checkTxn(req *pb.TxnRequest, path []bool, leaseExists LeaseExists,
 				return 0, ErrCompacted
 			}
 		case *pb.RequestOp_RequestDeleteRange:
-			if newSpan(r.RequestDeleteRange.GetKey(), r.RequestDeleteRange.GetRangeEnd()).fromKey {
+			sp := newSpan(r.RequestDeleteRange.GetKey(), r.RequestDeleteRange.GetRangeEnd())
+			if sp.fromKey {
 				*deletedFrom = append(*deletedFrom, r.RequestDeleteRange.GetKey())
 			}
+			// The transaction's deletes count together, against the state
+			// before it (a transaction may not put a key it deletes: the
+			// API refuses duplicate keys).
+			spent, err := t.addDeleteCost(sp, *deleteCost)
+			if err != nil {
+				return 0, err
+			}
+			*deleteCost = spent
 		case *pb.RequestOp_RequestPut:
 			put := r.RequestPut
 			// etcd checks the lease before the key.
@@ -615,7 +671,7 @@ func (t *txn) checkTxn(req *pb.TxnRequest, path []bool, leaseExists LeaseExists,
 				}
 			}
 		case *pb.RequestOp_RequestTxn:
-			n, err := t.checkTxn(r.RequestTxn, path[1+walked:], leaseExists, deletedFrom)
+			n, err := t.checkTxn(r.RequestTxn, path[1+walked:], leaseExists, deletedFrom, deleteCost)
 			if err != nil {
 				return 0, err
 			}
