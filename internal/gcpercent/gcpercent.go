@@ -56,8 +56,9 @@ func (c Config) For(live uint64) int {
 
 const metricLive = "/gc/heap/live:bytes"
 
-// Run sets the GC percent to cfg.For of the live heap at once and after
-// every change of the live heap that moves it, until ctx ends. Run is for a
+// Run sets the GC percent to cfg.For of the live heap at once, and again
+// whenever a reading every cfg.Interval gives another percent, until ctx
+// ends. Run is for a
 // process whose GOGC the environment leaves unset: it overrides whatever
 // percent is set.
 func Run(ctx context.Context, cfg Config) {
