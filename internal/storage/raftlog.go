@@ -11,12 +11,17 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// tailCacheSize is how many of the newest entries LogStore keeps in memory (at
-// least; up to twice as many between trims).
-// Raft reads the newest entries again right after appending them (to apply
-// them, and later to send them to followers), so they are served without a
-// Pebble read.
-const tailCacheSize = 4096
+// The newest entries LogStore keeps in memory: tailCacheSize of them, and
+// no more than tailCacheBytes of entry data (at least one entry; up to twice
+// either bound between trims). Raft reads the newest entries again right
+// after appending them (to apply them, and later to send them to followers),
+// so they are served without a Pebble read. The byte bound matters for large
+// entries: 4096 transactions of 128 puts of 1 KB (512 MiB), or of values
+// near --max-request-bytes (gigabytes), would otherwise stay in the heap.
+const (
+	tailCacheSize  = 4096
+	tailCacheBytes = 32 << 20
+)
 
 // LogStore keeps the Raft log, hard state and configuration in Pebble and
 // implements raft.Storage over them.
@@ -40,6 +45,7 @@ type LogStore struct {
 	truncTerm  uint64
 	lastIndex  uint64
 	tail       []*pb.Entry // the newest entries, contiguous, ending at lastIndex
+	tailBytes  int         // the entry data tail holds
 }
 
 var _ raft.Storage = (*LogStore)(nil)
@@ -112,7 +118,7 @@ func (s *LogStore) Reload() error {
 	s.hardState, s.confState = hardState, confState
 	s.truncIndex, s.truncTerm, s.lastIndex = truncIndex, truncTerm, lastIndex
 	clear(s.tail)
-	s.tail = s.tail[:0]
+	s.tail, s.tailBytes = s.tail[:0], 0
 	return nil
 }
 
@@ -329,27 +335,49 @@ func (s *LogStore) AfterAppend(hs *pb.HardState, ents []*pb.Entry) {
 	first := ents[0].GetIndex()
 	if len(s.tail) > 0 {
 		tailFirst := s.tail[0].GetIndex()
+		kept := len(s.tail)
 		switch {
 		case first <= tailFirst:
-			s.tail = s.tail[:0]
+			kept = 0
 		case first <= s.lastIndex+1:
-			s.tail = s.tail[:first-tailFirst]
+			kept = int(first - tailFirst)
 		default:
-			s.tail = s.tail[:0]
+			kept = 0
+		}
+		if kept < len(s.tail) {
+			// A follower's conflict (or a gap): rare, so counted again.
+			clear(s.tail[kept:])
+			s.tail = s.tail[:kept]
+			s.tailBytes = dataBytes(s.tail)
 		}
 	}
 	if len(s.tail) == 0 && first != s.lastIndex+1 && first > s.lastIndex {
 		panic(fmt.Sprintf("storage: append at %d leaves a gap after last index %d", first, s.lastIndex))
 	}
 	s.tail = append(s.tail, ents...)
-	if n := len(s.tail); n > 2*tailCacheSize {
-		// Slide the newest entries to the front of the same array, so the
-		// cache costs no allocation in the steady state.
-		kept := copy(s.tail, s.tail[n-tailCacheSize:])
+	s.tailBytes += dataBytes(ents)
+	if n := len(s.tail); n > 2*tailCacheSize || s.tailBytes > 2*tailCacheBytes {
+		// Keep the newest entries within both bounds, slid to the front
+		// of the same array, so the cache costs no allocation in the
+		// steady state.
+		from, bytes := n-1, len(s.tail[n-1].GetData())
+		for from > 0 && n-from < tailCacheSize && bytes+len(s.tail[from-1].GetData()) <= tailCacheBytes {
+			from--
+			bytes += len(s.tail[from].GetData())
+		}
+		kept := copy(s.tail, s.tail[from:])
 		clear(s.tail[kept:n])
-		s.tail = s.tail[:kept]
+		s.tail, s.tailBytes = s.tail[:kept], bytes
 	}
 	s.lastIndex = ents[len(ents)-1].GetIndex()
+}
+
+func dataBytes(ents []*pb.Entry) int {
+	n := 0
+	for _, e := range ents {
+		n += len(e.GetData())
+	}
+	return n
 }
 
 // GetConfState reads the configuration SaveConfState stored in r (empty when
@@ -420,9 +448,14 @@ func (s *LogStore) AfterTruncate(index, term uint64) {
 		return
 	}
 	s.truncIndex, s.truncTerm = index, term
-	for len(s.tail) > 0 && s.tail[0].GetIndex() <= index {
-		s.tail = s.tail[1:]
+	gone := 0
+	for gone < len(s.tail) && s.tail[gone].GetIndex() <= index {
+		s.tailBytes -= len(s.tail[gone].GetData())
+		gone++
 	}
+	// Cleared, not only sliced past: the array would keep them otherwise.
+	clear(s.tail[:gone])
+	s.tail = s.tail[gone:]
 }
 
 func limitSize(ents []*pb.Entry, maxSize uint64) []*pb.Entry {

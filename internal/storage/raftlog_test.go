@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -500,4 +501,30 @@ func FuzzLogStore(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestLogStoreTailCacheBytes: large entries are cached up to a byte bound,
+// not by count alone, and those past it are read back from Pebble; a
+// truncation releases what it drops.
+func TestLogStoreTailCacheBytes(t *testing.T) {
+	tl := newTestLog(t)
+	const size = 1 << 20 // 1 MiB of data an entry: 64 MiB is twice the bound
+	var want []*pb.Entry
+	for i := uint64(1); i <= 100; i++ {
+		e := &pb.Entry{Index: proto.Uint64(i), Term: proto.Uint64(1), Type: pb.EntryType_EntryNormal.Enum(), Data: bytes.Repeat([]byte{byte(i)}, size)}
+		tl.append(nil, []*pb.Entry{e})
+		want = append(want, e)
+		if tl.ls.tailBytes > 2*tailCacheBytes || tl.ls.tailBytes != dataBytes(tl.ls.tail) {
+			t.Fatalf("after entry %d: the cache holds %d bytes (counted %d), bound 2x%d", i, dataBytes(tl.ls.tail), tl.ls.tailBytes, tailCacheBytes)
+		}
+	}
+	if n := len(tl.ls.tail); n >= 100 || n == 0 {
+		t.Fatalf("the cache holds %d of 100 entries of 1 MiB", n)
+	}
+	tl.checkLog("100 entries of 1 MiB", 0, 0, want)
+	tl.truncate(90)
+	if tl.ls.tailBytes != dataBytes(tl.ls.tail) || tl.ls.tail[0].GetIndex() != 91 {
+		t.Fatalf("after truncating to 90: cache from %d, %d bytes counted, %d held", tl.ls.tail[0].GetIndex(), tl.ls.tailBytes, dataBytes(tl.ls.tail))
+	}
+	tl.checkLog("truncated to 90", 90, 1, want[90:])
 }
