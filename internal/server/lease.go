@@ -53,7 +53,7 @@ func (s *Server) runLeases() {
 		select {
 		case <-s.stopCtx.Done():
 			return
-		case now := <-t.C:
+		case <-t.C:
 			if !s.syncLeadership() {
 				continue
 			}
@@ -63,6 +63,11 @@ func (s *Server) runLeases() {
 			for _, id := range expired {
 				s.proposeLeaseChange(term, &pb.InternalRaftRequest{LeaseRevoke: &pb.LeaseRevokeRequest{ID: id}})
 			}
+			// The clock, not the tick's time: a tick read late (a busy
+			// machine) carries the time it was sent, and checkpoints
+			// spaced by tick times could go out closer together than the
+			// interval.
+			now := time.Now()
 			if now.Sub(lastCheckpoint) < s.checkpointInterval() {
 				continue
 			}
