@@ -349,7 +349,7 @@ func (t *txn) putReq(req *pb.PutRequest) (*pb.PutResponse, error) {
 // DeleteRange executes a delete request.
 func (b *Batch) DeleteRange(req *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
 	t := b.begin()
-	if err := t.checkDeleteCost(newSpan(req.Key, req.RangeEnd), 0); err != nil {
+	if _, err := t.addDeleteCost(newSpan(req.Key, req.RangeEnd), 0); err != nil {
 		return nil, err
 	}
 	resp, err := t.deleteReq(req)
@@ -383,15 +383,10 @@ func deleteCost(key []byte, rec *record) int64 {
 	return cost
 }
 
-// checkDeleteCost adds the cost of deleting the live keys in sp to spent and
-// fails with ErrDeleteTooLarge once the sum passes the store's bound; it
-// stops reading there, so a refused delete of a huge range costs no more
-// than the bound to find out.
-func (t *txn) checkDeleteCost(sp span, spent int64) error {
-	_, err := t.addDeleteCost(sp, spent)
-	return err
-}
-
+// addDeleteCost adds the cost of deleting the live keys in sp to spent and
+// returns the sum, or fails with ErrDeleteTooLarge once it passes the store's
+// bound; it stops reading there, so a refused delete of a huge range costs no
+// more than the bound to find out.
 func (t *txn) addDeleteCost(sp span, spent int64) (int64, error) {
 	if sp.empty() {
 		return spent, nil
@@ -623,7 +618,7 @@ func compareInt(a, b int64) int {
 // delete runs to the end of the key space (range_end "\x00"), which etcd's
 // duplicate check lets through. It returns how many nested transactions it
 // walked.
-func (t *txn) checkTxn(req *pb.TxnRequest, path []bool, leaseExists LeaseExists, deletedFrom *[][]byte, deleteCost *int64) (int, error) {
+func (t *txn) checkTxn(req *pb.TxnRequest, path []bool, leaseExists LeaseExists, deletedFrom *[][]byte, deleteSpent *int64) (int, error) {
 	walked := 0
 	for _, op := range branch(req, path[0]) {
 		switch r := op.Request.(type) {
@@ -644,11 +639,11 @@ func (t *txn) checkTxn(req *pb.TxnRequest, path []bool, leaseExists LeaseExists,
 			// The transaction's deletes count together, against the state
 			// before it (a transaction may not put a key it deletes: the
 			// API refuses duplicate keys).
-			spent, err := t.addDeleteCost(sp, *deleteCost)
+			spent, err := t.addDeleteCost(sp, *deleteSpent)
 			if err != nil {
 				return 0, err
 			}
-			*deleteCost = spent
+			*deleteSpent = spent
 		case *pb.RequestOp_RequestPut:
 			put := r.RequestPut
 			// etcd checks the lease before the key.
@@ -671,7 +666,7 @@ func (t *txn) checkTxn(req *pb.TxnRequest, path []bool, leaseExists LeaseExists,
 				}
 			}
 		case *pb.RequestOp_RequestTxn:
-			n, err := t.checkTxn(r.RequestTxn, path[1+walked:], leaseExists, deletedFrom, deleteCost)
+			n, err := t.checkTxn(r.RequestTxn, path[1+walked:], leaseExists, deletedFrom, deleteSpent)
 			if err != nil {
 				return 0, err
 			}
