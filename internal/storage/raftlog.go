@@ -334,15 +334,11 @@ func (s *LogStore) AfterAppend(hs *pb.HardState, ents []*pb.Entry) {
 	}
 	first := ents[0].GetIndex()
 	if len(s.tail) > 0 {
-		tailFirst := s.tail[0].GetIndex()
-		kept := len(s.tail)
-		switch {
-		case first <= tailFirst:
-			kept = 0
-		case first <= s.lastIndex+1:
+		// The cached entries before first stay; a gap after the tail
+		// empties it.
+		tailFirst, kept := s.tail[0].GetIndex(), 0
+		if first > tailFirst && first <= s.lastIndex+1 {
 			kept = int(first - tailFirst)
-		default:
-			kept = 0
 		}
 		if kept < len(s.tail) {
 			// A follower's conflict (or a gap): rare, so counted again.
