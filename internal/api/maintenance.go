@@ -2,9 +2,14 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"slices"
 
+	"github.com/coreos/go-semver/semver"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/plinthdb/plinth/internal/mvcc"
 )
@@ -39,9 +44,8 @@ type HashSource interface {
 }
 
 // Maintenance serves the parts of the etcd Maintenance service this member
-// supports (Status, Alarm, MoveLeader, Hash, HashKV, Defragment, Snapshot);
-// the rest answer
-// Unimplemented.
+// supports (Status, Alarm, MoveLeader, Hash, HashKV, Defragment, Snapshot,
+// and Downgrade's checks); the rest answer Unimplemented.
 type Maintenance struct {
 	pb.UnimplementedMaintenanceServer
 	src StatusSource
@@ -156,4 +160,50 @@ func (m *Maintenance) MoveLeader(ctx context.Context, req *pb.MoveLeaderRequest)
 	resp := &pb.MoveLeaderResponse{Header: &pb.ResponseHeader{}}
 	m.src.FillHeader(resp.Header)
 	return resp, nil
+}
+
+// errNoDowngrade answers a downgrade to a version etcd would accept: plinth
+// cannot hand its data directory to an older etcd, which reads only its own
+// bbolt files. Moving to etcd goes through a snapshot instead.
+var errNoDowngrade = status.Error(codes.FailedPrecondition,
+	"etcdserver: plinth cannot be downgraded: etcd cannot read its data directory; move to etcd with etcdctl snapshot save and etcdutl snapshot restore")
+
+// Downgrade implements Maintenance.Downgrade with etcd's checks and errors
+// (a malformed version, a target other than one minor version below the
+// cluster's), then refuses what etcd would do next. A downgrade never starts;
+// cancelling succeeds, as etcd's does when none is in progress.
+func (m *Maintenance) Downgrade(ctx context.Context, req *pb.DowngradeRequest) (*pb.DowngradeResponse, error) {
+	cluster, err := semver.NewVersion(m.src.Status().Version)
+	if err != nil {
+		return nil, rpctypes.ErrGRPCClusterVersionUnavailable
+	}
+	switch req.GetAction() {
+	case pb.DowngradeRequest_CANCEL:
+		// etcd answers with the cluster version (major.minor) and no
+		// header.
+		return &pb.DowngradeResponse{Version: fmt.Sprintf("%d.%d", cluster.Major, cluster.Minor)}, nil
+	case pb.DowngradeRequest_VALIDATE, pb.DowngradeRequest_ENABLE:
+	default:
+		return nil, status.Errorf(codes.InvalidArgument, "etcdserver: unknown downgrade action %d", req.GetAction())
+	}
+	target, err := downgradeTarget(req.GetVersion())
+	if err != nil {
+		return nil, err
+	}
+	if target.Major != cluster.Major || target.Minor+1 != cluster.Minor {
+		return nil, rpctypes.ErrGRPCInvalidDowngradeTargetVersion
+	}
+	return nil, errNoDowngrade
+}
+
+// downgradeTarget parses a downgrade's target version as etcd does:
+// major.minor.patch or major.minor, of which only major.minor counts.
+func downgradeTarget(v string) (semver.Version, error) {
+	parsed, err := semver.NewVersion(v)
+	if err != nil {
+		if parsed, err = semver.NewVersion(v + ".0"); err != nil {
+			return semver.Version{}, rpctypes.ErrGRPCWrongDowngradeVersionFormat
+		}
+	}
+	return semver.Version{Major: parsed.Major, Minor: parsed.Minor}, nil
 }

@@ -199,3 +199,63 @@ func TestEtcdctlClusterHashKV(t *testing.T) {
 		t.Fatalf("hashed revision %d with compaction %d, want %d and %d", answers[0].HashKV.HashRevision, answers[0].HashKV.CompactRevision, last, last-10)
 	}
 }
+
+// TestEtcdctlDowngradeErrors runs etcdctl downgrade's checks against both
+// servers: a malformed version and a target that is not one minor version
+// below the cluster's get etcd's errors from plinth too, and a cancel with no
+// downgrade in progress succeeds on both. (A valid target differs by design:
+// etcd starts the downgrade, plinth refuses it, see internal/server's
+// TestDowngradeRefused.)
+func TestEtcdctlDowngradeErrors(t *testing.T) {
+	ctl := buildEtcdctl(t)
+	p := startPair(t, oneMember)
+	for _, args := range [][]string{
+		{"downgrade", "validate", "three"},
+		{"downgrade", "enable", "3"},
+		{"downgrade", "validate", "2.3"},
+		{"downgrade", "enable", "3.4.1"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			ref, refCode := etcdctlError(t, ctl, p.ref, args)
+			tgt, tgtCode := etcdctlError(t, ctl, p.tgt, args)
+			if ref != tgt || refCode != tgtCode {
+				t.Errorf("etcdctl %s: etcd %q (exit %d), %s %q (exit %d)", strings.Join(args, " "), ref, refCode, p.tgt.name, tgt, tgtCode)
+			}
+			if refCode == 0 {
+				t.Errorf("etcdctl %s succeeded against etcd: the case tests nothing", strings.Join(args, " "))
+			}
+		})
+	}
+	// The answer names the cluster's version, which differs (etcd's 3.7,
+	// plinth's 3.6).
+	versionRE := regexp.MustCompile(`cluster version [0-9]+\.[0-9]+$`)
+	for _, s := range []*server{p.ref, p.tgt} {
+		out, err := exec.Command(ctl, "--endpoints", s.addr, "downgrade", "cancel").Output()
+		if err != nil || !versionRE.MatchString(strings.TrimSpace(string(out))) || !strings.HasPrefix(string(out), "Downgrade cancel success") {
+			t.Errorf("etcdctl downgrade cancel against %s: %v\n%s", s.name, err, out)
+		}
+	}
+}
+
+// etcdctlError runs etcdctl against s and returns the error line it printed
+// (the client's retry warnings before it carry times and addresses) and its
+// exit code.
+func etcdctlError(t *testing.T, ctl string, s *server, args []string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(ctl, append([]string{"--endpoints", s.addr, "--command-timeout", "10s"}, args...)...)
+	out, err := cmd.CombinedOutput()
+	code := 0
+	if err != nil {
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			t.Fatalf("compat: run etcdctl: %v", err)
+		}
+		code = ee.ExitCode()
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(line, "Error:") {
+			return line, code
+		}
+	}
+	return "", code
+}
