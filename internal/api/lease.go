@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"sync"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -78,100 +79,154 @@ type renewal struct {
 	err  error
 }
 
+// recvEnd is how a keep-alive stream's receiving goroutine stopped: the
+// client closed its side or went away (sent false), or an answer could not be
+// sent (sent true).
+type recvEnd struct {
+	err  error
+	sent bool
+}
+
 // LeaseKeepAlive implements Lease.LeaseKeepAlive: each request renews one
 // lease and gets one answer; a lease that is gone gets a TTL of 0, as from
 // etcd. Renewals are answered as they complete, up to keepAlivesInFlight at
 // once, so answers to different leases may come in another order than the
 // requests (clients match them by lease ID).
+//
+// Most streams carry one renewal (etcd's client opens a stream for each
+// KeepAliveOnce), so the common path is short: a goroutine of the stream's
+// own receives the requests and answers those that complete at once (every
+// renewal on the leader) itself. The handler's goroutine only answers
+// renewals that waited (a follower's, for the leader) and watches for the
+// member stopping, which a goroutine blocked in Recv cannot.
 func (s *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
-	ctx, cancel := context.WithCancel(stream.Context())
-	defer cancel()
-	// Recv blocks; a goroutine of the stream's own takes requests so that
-	// the loop can also watch for the member stopping and for renewals
-	// completing. It ends with the stream, whose context ends when this
-	// method returns.
-	reqs := make(chan *pb.LeaseKeepAliveRequest)
-	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			req, err := stream.Recv()
-			if err != nil {
-				recvErr <- err
-				return
-			}
-			select {
-			case reqs <- req:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	// Renewals that wait (a follower's, for the leader) complete into
-	// done, which has room for every one in flight: the callbacks never
-	// block, and no goroutine per renewal waits. Only this goroutine sends.
-	done := make(chan renewal, keepAlivesInFlight)
-	inFlight := 0
-	answer := func(r renewal) error {
-		inFlight--
-		if errors.Is(r.err, lease.ErrNotFound) {
-			r.resp.TTL, r.err = 0, nil
-		}
-		if r.err != nil {
-			return toGRPC(r.err)
-		}
-		return stream.Send(r.resp)
+	ka := &keepAlive{
+		stream: stream,
+		ended:  make(chan recvEnd, 1),
+		done:   make(chan renewal, keepAlivesInFlight),
+		slots:  make(chan struct{}, keepAlivesInFlight),
 	}
+	// The receiving goroutine ends with the stream: Recv fails once this
+	// method returns, and so does the wait for a slot.
+	go ka.receive(s.b)
+	defer ka.close()
 	for {
-		next := reqs
-		if inFlight == keepAlivesInFlight {
-			next = nil // until one completes
-		}
-		var req *pb.LeaseKeepAliveRequest
 		select {
 		case <-s.b.Stopping():
 			return rpctypes.ErrGRPCStopped
-		case <-recvErr:
+		case r := <-ka.done:
+			if err := ka.answer(r); err != nil {
+				return err
+			}
+		case end := <-ka.ended:
+			if end.sent {
+				return end.err
+			}
 			// The client closed its side (its renewals still get
 			// their answers), or went away: either ends the stream.
-			for inFlight > 0 {
+			// Nothing takes a slot any more.
+			for len(ka.slots) > 0 {
 				select {
 				case <-s.b.Stopping():
 					return rpctypes.ErrGRPCStopped
-				case <-ctx.Done():
-					return ctx.Err() // gone: no one to answer
-				case r := <-done:
-					if err := answer(r); err != nil {
+				case <-stream.Context().Done():
+					return stream.Context().Err() // gone: no one to answer
+				case r := <-ka.done:
+					if err := ka.answer(r); err != nil {
 						return err
 					}
 				}
 			}
 			return nil
-		case r := <-done:
-			if err := answer(r); err != nil {
-				return err
-			}
-			continue
-		case req = <-next:
+		}
+	}
+}
+
+// keepAlive is one LeaseKeepAlive stream.
+type keepAlive struct {
+	stream pb.Lease_LeaseKeepAliveServer
+	// ended has the receiving goroutine's last word.
+	ended chan recvEnd
+	// done takes renewals that waited, as they complete: it has room for
+	// every one in flight, so the callbacks never block, and no goroutine
+	// per renewal waits.
+	done chan renewal
+	// slots holds a token per renewal in flight (taken by the receiving
+	// goroutine, given back by the handler's once answered).
+	slots chan struct{}
+
+	sendMu sync.Mutex // serializes Send, which both goroutines call
+	closed bool       // under sendMu: the handler returned; no more sends
+}
+
+// receive takes the stream's requests until Recv fails, answering at once the
+// renewals this member can make at once and handing the rest to
+// LeaseRenewLater.
+func (ka *keepAlive) receive(b LeaseBackend) {
+	ctx := ka.stream.Context()
+	for {
+		req, err := ka.stream.Recv()
+		if err != nil {
+			ka.ended <- recvEnd{err: err}
+			return
 		}
 		// The header is filled before the renewal, as etcd does: its
 		// revision is never one at which the lease was already revoked.
 		resp := &pb.LeaseKeepAliveResponse{Header: &pb.ResponseHeader{}, ID: req.ID}
-		s.b.FillHeader(resp.Header)
+		b.FillHeader(resp.Header)
 		// On the leader a renewal is a memory operation, answered here.
-		if ttl, ok := s.b.LeaseRenewHere(req.ID); ok {
+		if ttl, ok := b.LeaseRenewHere(req.ID); ok {
 			resp.TTL = ttl
-			if err := stream.Send(resp); err != nil {
-				return err
+			if err := ka.send(resp); err != nil {
+				ka.ended <- recvEnd{err: err, sent: true}
+				return
 			}
 			continue
 		}
-		inFlight++
-		s.b.LeaseRenewLater(ctx, req.ID, func(ttl int64, err error) {
+		select {
+		case ka.slots <- struct{}{}:
+		case <-ctx.Done():
+			ka.ended <- recvEnd{err: ctx.Err()}
+			return
+		}
+		b.LeaseRenewLater(ctx, req.ID, func(ttl int64, err error) {
 			resp.TTL = ttl
-			done <- renewal{resp: resp, err: err}
+			ka.done <- renewal{resp: resp, err: err}
 		})
 	}
 }
+
+// answer sends the outcome of a renewal that waited, and frees its slot.
+func (ka *keepAlive) answer(r renewal) error {
+	<-ka.slots
+	if errors.Is(r.err, lease.ErrNotFound) {
+		r.resp.TTL, r.err = 0, nil
+	}
+	if r.err != nil {
+		return toGRPC(r.err)
+	}
+	return ka.send(r.resp)
+}
+
+// send answers on the stream, unless the handler has returned.
+func (ka *keepAlive) send(resp *pb.LeaseKeepAliveResponse) error {
+	ka.sendMu.Lock()
+	defer ka.sendMu.Unlock()
+	if ka.closed {
+		return errKeepAliveEnded
+	}
+	return ka.stream.Send(resp)
+}
+
+// close keeps the receiving goroutine from sending once the handler returns
+// (gRPC forbids it); a Send already under way finishes first.
+func (ka *keepAlive) close() {
+	ka.sendMu.Lock()
+	ka.closed = true
+	ka.sendMu.Unlock()
+}
+
+var errKeepAliveEnded = errors.New("api: keep-alive stream ended")
 
 // LeaseTimeToLive implements Lease.LeaseTimeToLive. An unknown lease is
 // answered with a TTL of -1, as etcd does, not with an error.

@@ -487,3 +487,46 @@ func TestClusterLeasesSurviveARestart(t *testing.T) {
 		})
 	}
 }
+
+// TestKeepAliveStreamsEndAtStop: a keep-alive stream that a client holds open
+// between renewals, and one that waits for its first, end when the member
+// stops, with etcd's stopping error, instead of holding up the graceful stop
+// for its whole grace period (3 s).
+func TestKeepAliveStreamsEndAtStop(t *testing.T) {
+	srv, cli := startServer(t, t.TempDir())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	g, err := cli.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lc := pb.NewLeaseClient(cli.ActiveConnection())
+	renewed, err := lc.LeaseKeepAlive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := renewed.Send(&pb.LeaseKeepAliveRequest{ID: int64(g.ID)}); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := renewed.Recv(); err != nil || resp.TTL != 60 {
+		t.Fatalf("keep-alive: %v, %v", resp, err)
+	}
+	idle, err := lc.LeaseKeepAlive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The server has the idle stream once its metrics count it started.
+	waitFor(ctx, t, func() bool {
+		return value(t, scrape(t, srv.ClientAddrs()[0]), "grpc_server_started_total", "grpc_method=LeaseKeepAlive") >= 2
+	})
+	start := time.Now()
+	srv.Stop()
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("stop took %v with two keep-alive streams open, want them ended at once", took)
+	}
+	for name, stream := range map[string]pb.Lease_LeaseKeepAliveClient{"renewed": renewed, "idle": idle} {
+		if _, err := stream.Recv(); rpctypes.Error(err) != rpctypes.ErrStopped {
+			t.Errorf("the %s stream ended with %v, want %v", name, err, rpctypes.ErrStopped)
+		}
+	}
+}
