@@ -37,7 +37,8 @@ type LeaseBackend interface {
 	LeaseIDs() []int64
 	// Stopping is closed when the member begins to stop: keep-alive
 	// streams, which clients hold open, end then instead of holding up
-	// the stop.
+	// the stop. The backend ends their contexts then too, so that a
+	// handler waiting in Recv returns.
 	Stopping() <-chan struct{}
 }
 
@@ -94,25 +95,85 @@ type recvEnd struct {
 // requests (clients match them by lease ID).
 //
 // Most streams carry one renewal (etcd's client opens a stream for each
-// KeepAliveOnce), so the common path is short: a goroutine of the stream's
-// own receives the requests and answers those that complete at once (every
-// renewal on the leader) itself. The handler's goroutine only answers
-// renewals that waited (a follower's, for the leader) and watches for the
-// member stopping, which a goroutine blocked in Recv cannot.
+// KeepAliveOnce), so a stream starts on the handler's goroutine alone: it
+// receives, renews and answers in turn, the leader at once, a follower after
+// waiting for its first renewal's answer from the leader. A stream that then
+// sends another renewal the leader must answer is one that renews many
+// leases, and answering those one round trip at a time would hold it back:
+// it goes on with a goroutine of its own receiving (see serve). The member
+// stopping ends the stream's context (LeaseBackend.Stopping), so a handler
+// waiting in Recv does not hold up the stop.
 func (s *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
-	ka := &keepAlive{
-		stream: stream,
-		ended:  make(chan recvEnd, 1),
-		done:   make(chan renewal, keepAlivesInFlight),
-		slots:  make(chan struct{}, keepAlivesInFlight),
-	}
-	// The receiving goroutine ends with the stream: Recv fails once this
-	// method returns, and so does the wait for a slot.
-	go ka.receive(s.b)
+	ka := &keepAlive{stream: stream}
 	defer ka.close()
+	ctx := stream.Context()
+	var first chan renewal // the first renewal that waited, once there was one
 	for {
+		req, err := stream.Recv()
+		if err != nil {
+			select {
+			case <-s.b.Stopping():
+				return rpctypes.ErrGRPCStopped
+			default:
+				return nil // the client closed its side, or went away
+			}
+		}
+		resp := keepAliveResponse(s.b, req)
+		// On the leader a renewal is a memory operation, answered here.
+		if ttl, ok := s.b.LeaseRenewHere(req.ID); ok {
+			resp.TTL = ttl
+			if err := ka.send(resp); err != nil {
+				return err
+			}
+			continue
+		}
+		if first != nil {
+			return ka.serve(s.b, req.ID, resp)
+		}
+		first = make(chan renewal, 1)
+		s.b.LeaseRenewLater(ctx, req.ID, func(ttl int64, err error) {
+			resp.TTL = ttl
+			first <- renewal{resp: resp, err: err}
+		})
 		select {
 		case <-s.b.Stopping():
+			return rpctypes.ErrGRPCStopped
+		case <-ctx.Done():
+			return ctx.Err()
+		case r := <-first:
+			if err := ka.answer(r); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// keepAliveResponse starts the answer to req. The header is filled before
+// the renewal, as etcd does: its revision is never one at which the lease was
+// already revoked.
+func keepAliveResponse(b LeaseBackend, req *pb.LeaseKeepAliveRequest) *pb.LeaseKeepAliveResponse {
+	resp := &pb.LeaseKeepAliveResponse{Header: &pb.ResponseHeader{}, ID: req.ID}
+	b.FillHeader(resp.Header)
+	return resp
+}
+
+// serve carries on a stream whose renewals wait for the leader, starting with
+// the renewal of lease id (answered with resp), with up to keepAlivesInFlight
+// of them in flight: a goroutine of the stream's own receives the requests and
+// answers those that complete at once itself, and this one answers the rest
+// and watches for the member stopping.
+func (ka *keepAlive) serve(b LeaseBackend, id int64, resp *pb.LeaseKeepAliveResponse) error {
+	ka.ended = make(chan recvEnd, 1)
+	ka.done = make(chan renewal, keepAlivesInFlight)
+	ka.slots = make(chan struct{}, keepAlivesInFlight)
+	ka.slots <- struct{}{}
+	ka.renewLater(b, id, resp)
+	// The receiving goroutine ends with the stream: Recv fails once the
+	// handler returns, and so does the wait for a slot.
+	go ka.receive(b)
+	for {
+		select {
+		case <-b.Stopping():
 			return rpctypes.ErrGRPCStopped
 		case r := <-ka.done:
 			if err := ka.answer(r); err != nil {
@@ -127,10 +188,10 @@ func (s *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 			// Nothing takes a slot any more.
 			for len(ka.slots) > 0 {
 				select {
-				case <-s.b.Stopping():
+				case <-b.Stopping():
 					return rpctypes.ErrGRPCStopped
-				case <-stream.Context().Done():
-					return stream.Context().Err() // gone: no one to answer
+				case <-ka.stream.Context().Done():
+					return ka.stream.Context().Err() // gone: no one to answer
 				case r := <-ka.done:
 					if err := ka.answer(r); err != nil {
 						return err
@@ -142,7 +203,8 @@ func (s *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 	}
 }
 
-// keepAlive is one LeaseKeepAlive stream.
+// keepAlive is one LeaseKeepAlive stream. The channels are made when it
+// starts its receiving goroutine (serve).
 type keepAlive struct {
 	stream pb.Lease_LeaseKeepAliveServer
 	// ended has the receiving goroutine's last word.
@@ -161,7 +223,7 @@ type keepAlive struct {
 
 // receive takes the stream's requests until Recv fails, answering at once the
 // renewals this member can make at once and handing the rest to
-// LeaseRenewLater.
+// LeaseRenewLater, once a slot is free.
 func (ka *keepAlive) receive(b LeaseBackend) {
 	ctx := ka.stream.Context()
 	for {
@@ -170,11 +232,7 @@ func (ka *keepAlive) receive(b LeaseBackend) {
 			ka.ended <- recvEnd{err: err}
 			return
 		}
-		// The header is filled before the renewal, as etcd does: its
-		// revision is never one at which the lease was already revoked.
-		resp := &pb.LeaseKeepAliveResponse{Header: &pb.ResponseHeader{}, ID: req.ID}
-		b.FillHeader(resp.Header)
-		// On the leader a renewal is a memory operation, answered here.
+		resp := keepAliveResponse(b, req)
 		if ttl, ok := b.LeaseRenewHere(req.ID); ok {
 			resp.TTL = ttl
 			if err := ka.send(resp); err != nil {
@@ -189,16 +247,25 @@ func (ka *keepAlive) receive(b LeaseBackend) {
 			ka.ended <- recvEnd{err: ctx.Err()}
 			return
 		}
-		b.LeaseRenewLater(ctx, req.ID, func(ttl int64, err error) {
-			resp.TTL = ttl
-			ka.done <- renewal{resp: resp, err: err}
-		})
+		ka.renewLater(b, req.ID, resp)
 	}
 }
 
-// answer sends the outcome of a renewal that waited, and frees its slot.
+// renewLater hands the renewal of lease id, which holds a slot, to
+// LeaseRenewLater; its outcome goes to done.
+func (ka *keepAlive) renewLater(b LeaseBackend, id int64, resp *pb.LeaseKeepAliveResponse) {
+	b.LeaseRenewLater(ka.stream.Context(), id, func(ttl int64, err error) {
+		resp.TTL = ttl
+		ka.done <- renewal{resp: resp, err: err}
+	})
+}
+
+// answer sends the outcome of a renewal that waited, and frees its slot if
+// it held one.
 func (ka *keepAlive) answer(r renewal) error {
-	<-ka.slots
+	if ka.slots != nil {
+		<-ka.slots
+	}
 	if errors.Is(r.err, lease.ErrNotFound) {
 		r.resp.TTL, r.err = 0, nil
 	}

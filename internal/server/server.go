@@ -91,8 +91,11 @@ type Server struct {
 	stopCtx    context.Context
 	cancelStop context.CancelFunc
 	// stopping is closed when Stop begins, before the gRPC server drains:
-	// long-lived streams (keep-alives) end on it.
-	stopping chan struct{}
+	// long-lived streams (keep-alives) end on it. stoppingCtx ends with it
+	// (see endAtStop).
+	stopping       chan struct{}
+	stoppingCtx    context.Context
+	cancelStopping context.CancelFunc
 
 	failOnce sync.Once
 	failErr  error
@@ -118,6 +121,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, logger: logger, db: db, failedC: make(chan struct{}), stopping: make(chan struct{})}
 	s.stopCtx, s.cancelStop = context.WithCancel(context.Background())
+	s.stoppingCtx, s.cancelStopping = context.WithCancel(context.Background())
 	s.waits.init()
 	s.forwarder = &leaseForwarder{s: s}
 	if err := s.open(pacer); err != nil {
@@ -295,7 +299,8 @@ func (s *Server) Start() error {
 	go s.runLeases()
 	s.grpc = grpc.NewServer(
 		grpc.ChainUnaryInterceptor(s.metrics.grpc.unary, s.refuseOnLearnerUnary),
-		grpc.ChainStreamInterceptor(s.metrics.grpc.stream, s.refuseOnLearnerStream),
+		grpc.ChainStreamInterceptor(releaseAtEnd, s.metrics.grpc.stream, s.refuseOnLearnerStream),
+		grpc.InTapHandle(s.endAtStop),
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes+grpcOverheadBytes),
 		grpc.MaxSendMsgSize(math.MaxInt32),
 		grpc.MaxConcurrentStreams(math.MaxUint32),
@@ -383,6 +388,7 @@ func (s *Server) Stop() {
 			s.handOffLeadership()
 		}
 		close(s.stopping)
+		s.cancelStopping()
 		// Watch streams never end on their own: end them first, or
 		// the graceful stop below waits for them in vain.
 		s.watches.Close()
