@@ -37,8 +37,8 @@ type LeaseBackend interface {
 	LeaseIDs() []int64
 	// Stopping is closed when the member begins to stop: keep-alive
 	// streams, which clients hold open, end then instead of holding up
-	// the stop. The backend ends their contexts then too, so that a
-	// handler waiting in Recv returns.
+	// the stop. (A handler waiting in Recv does not see it; the server
+	// does not wait for such streams when it stops.)
 	Stopping() <-chan struct{}
 }
 
@@ -100,9 +100,10 @@ type recvEnd struct {
 // waiting for its first renewal's answer from the leader. A stream that then
 // sends another renewal the leader must answer is one that renews many
 // leases, and answering those one round trip at a time would hold it back:
-// it goes on with a goroutine of its own receiving (see serve). The member
-// stopping ends the stream's context (LeaseBackend.Stopping), so a handler
-// waiting in Recv does not hold up the stop.
+// it goes on with a goroutine of its own receiving (see serve). A handler
+// waiting for a renewal's answer returns when the member begins to stop
+// (LeaseBackend.Stopping); one waiting in Recv is cut off with its
+// connection.
 func (s *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 	ka := &keepAlive{stream: stream}
 	defer ka.close()

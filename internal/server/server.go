@@ -91,11 +91,11 @@ type Server struct {
 	stopCtx    context.Context
 	cancelStop context.CancelFunc
 	// stopping is closed when Stop begins, before the gRPC server drains:
-	// long-lived streams (keep-alives) end on it. stoppingCtx ends with it
-	// (see endAtStop).
-	stopping       chan struct{}
-	stoppingCtx    context.Context
-	cancelStopping context.CancelFunc
+	// long-lived streams (keep-alives) end on it.
+	stopping chan struct{}
+	// unaryInFlight counts the unary requests being served: Stop waits
+	// for them, not for the streams clients hold open (see Stop).
+	unaryInFlight atomic.Int64
 
 	failOnce sync.Once
 	failErr  error
@@ -121,7 +121,6 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, logger: logger, db: db, failedC: make(chan struct{}), stopping: make(chan struct{})}
 	s.stopCtx, s.cancelStop = context.WithCancel(context.Background())
-	s.stoppingCtx, s.cancelStopping = context.WithCancel(context.Background())
 	s.waits.init()
 	s.forwarder = &leaseForwarder{s: s}
 	if err := s.open(pacer); err != nil {
@@ -298,9 +297,8 @@ func (s *Server) Start() error {
 	s.serveWG.Add(1)
 	go s.runLeases()
 	s.grpc = grpc.NewServer(
-		grpc.ChainUnaryInterceptor(s.metrics.grpc.unary, s.refuseOnLearnerUnary),
-		grpc.ChainStreamInterceptor(releaseAtEnd, s.metrics.grpc.stream, s.refuseOnLearnerStream),
-		grpc.InTapHandle(s.endAtStop),
+		grpc.ChainUnaryInterceptor(s.countUnary, s.metrics.grpc.unary, s.refuseOnLearnerUnary),
+		grpc.ChainStreamInterceptor(s.metrics.grpc.stream, s.refuseOnLearnerStream),
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes+grpcOverheadBytes),
 		grpc.MaxSendMsgSize(math.MaxInt32),
 		grpc.MaxConcurrentStreams(math.MaxUint32),
@@ -388,19 +386,15 @@ func (s *Server) Stop() {
 			s.handOffLeadership()
 		}
 		close(s.stopping)
-		s.cancelStopping()
 		// Watch streams never end on their own: end them first, or
 		// the graceful stop below waits for them in vain.
 		s.watches.Close()
 		if s.grpc != nil {
 			done := make(chan struct{})
 			go func() { s.grpc.GracefulStop(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(3 * time.Second):
-				s.grpc.Stop()
-				<-done
-			}
+			s.awaitUnary(done, 3*time.Second)
+			s.grpc.Stop()
+			<-done
 		}
 		if s.httpServer != nil {
 			_ = s.httpServer.Close()
@@ -524,3 +518,31 @@ func (s *Server) encodedMembers() [][]byte {
 
 // HashKV implements api.HashSource.
 func (s *Server) HashKV(rev int64) (mvcc.KVHash, error) { return s.kv.HashKV(rev) }
+
+// countUnary is the outermost unary interceptor: it keeps unaryInFlight.
+func (s *Server) countUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	s.unaryInFlight.Add(1)
+	defer s.unaryInFlight.Add(-1)
+	return handler(ctx, req)
+}
+
+// awaitUnary waits, while the gRPC server stops gracefully (done closes when
+// it has), until no unary request is being served, or for grace at most.
+// Streams are not waited for: a keep-alive stream's handler waits in Recv
+// between a client's renewals, where nothing in the server can reach it, and
+// a graceful stop would wait its whole grace period for every such stream.
+// Streams that wait on something else return when stopping closes (watches,
+// keep-alives waiting for the leader's answer); the rest end when the
+// connections close, and their clients retry another member.
+func (s *Server) awaitUnary(done <-chan struct{}, grace time.Duration) {
+	deadline := time.Now().Add(grace)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for s.unaryInFlight.Load() > 0 && time.Now().Before(deadline) {
+		select {
+		case <-done:
+			return
+		case <-tick.C:
+		}
+	}
+}
