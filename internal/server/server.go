@@ -533,12 +533,15 @@ func (s *Server) countUnary(ctx context.Context, req any, _ *grpc.UnaryServerInf
 // a graceful stop would wait its whole grace period for every such stream.
 // Streams that wait on something else return when stopping closes (watches,
 // keep-alives waiting for the leader's answer); the rest end when the
-// connections close, and their clients retry another member.
+// connections close, and their clients retry another member. It waits
+// settle at least, so that requests that reached the server before the
+// graceful stop began are counted before it looks.
 func (s *Server) awaitUnary(done <-chan struct{}, grace time.Duration) {
-	deadline := time.Now().Add(grace)
+	const settle = 50 * time.Millisecond
+	start := time.Now()
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
-	for s.unaryInFlight.Load() > 0 && time.Now().Before(deadline) {
+	for time.Since(start) < settle || (s.unaryInFlight.Load() > 0 && time.Since(start) < grace) {
 		select {
 		case <-done:
 			return
