@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/url"
 	"os"
 	"slices"
@@ -19,6 +20,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/plinthdb/plinth/internal/raftnode"
 	"github.com/plinthdb/plinth/internal/testmember"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -416,6 +418,14 @@ func TestClusterMembershipChanges(t *testing.T) {
 	// Wait until every member has published its client URLs: a follower
 	// forwards changes to the leader's.
 	c.waitMembers(ctx, cli, allPublished)
+	// And until the leader has heard from every member: before that a
+	// change is refused as unhealthy, as etcd's is, before the peer URL
+	// is looked at (a follower that has not acknowledged an entry of the
+	// new leader's yet is not active).
+	waitFor(ctx, t, func() bool {
+		p := c.servers[c.leader(ctx)].node.Progress()
+		return p != nil && !slices.ContainsFunc(slices.Collect(maps.Values(p.Members)), func(m raftnode.MemberProgress) bool { return !m.RecentActive })
+	})
 
 	n := c.addMember("learner")
 	peerURL := c.cfgs[n].AdvertisePeerURLs[0].String()
