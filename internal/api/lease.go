@@ -108,7 +108,6 @@ func (s *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 	ka := &keepAlive{stream: stream}
 	defer ka.close()
 	ctx := stream.Context()
-	var first chan renewal // the first renewal that waited, once there was one
 	for {
 		req, err := stream.Recv()
 		if err != nil {
@@ -119,29 +118,25 @@ func (s *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 				return nil // the client closed its side, or went away
 			}
 		}
-		resp := keepAliveResponse(s.b, req)
-		// On the leader a renewal is a memory operation, answered here.
-		if ttl, ok := s.b.LeaseRenewHere(req.ID); ok {
-			resp.TTL = ttl
-			if err := ka.send(resp); err != nil {
-				return err
-			}
+		resp, answered, err := ka.renewHere(s.b, req)
+		if err != nil {
+			return err
+		}
+		if answered {
 			continue
 		}
-		if first != nil {
+		if ka.done != nil {
+			// Not the first renewal to wait.
 			return ka.serve(s.b, req.ID, resp)
 		}
-		first = make(chan renewal, 1)
-		s.b.LeaseRenewLater(ctx, req.ID, func(ttl int64, err error) {
-			resp.TTL = ttl
-			first <- renewal{resp: resp, err: err}
-		})
+		ka.done = make(chan renewal, 1)
+		ka.renewLater(s.b, req.ID, resp)
 		select {
 		case <-s.b.Stopping():
 			return rpctypes.ErrGRPCStopped
 		case <-ctx.Done():
 			return ctx.Err()
-		case r := <-first:
+		case r := <-ka.done:
 			if err := ka.answer(r); err != nil {
 				return err
 			}
@@ -149,17 +144,24 @@ func (s *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 	}
 }
 
-// keepAliveResponse starts the answer to req. The header is filled before
-// the renewal, as etcd does: its revision is never one at which the lease was
-// already revoked.
-func keepAliveResponse(b LeaseBackend, req *pb.LeaseKeepAliveRequest) *pb.LeaseKeepAliveResponse {
-	resp := &pb.LeaseKeepAliveResponse{Header: &pb.ResponseHeader{}, ID: req.ID}
+// renewHere starts the answer to req and, when this member can renew the
+// lease at once (on the leader a renewal is a memory operation), renews it
+// and sends the answer. The header is filled before the renewal, as etcd
+// does: its revision is never one at which the lease was already revoked.
+func (ka *keepAlive) renewHere(b LeaseBackend, req *pb.LeaseKeepAliveRequest) (resp *pb.LeaseKeepAliveResponse, answered bool, err error) {
+	resp = &pb.LeaseKeepAliveResponse{Header: &pb.ResponseHeader{}, ID: req.ID}
 	b.FillHeader(resp.Header)
-	return resp
+	ttl, ok := b.LeaseRenewHere(req.ID)
+	if !ok {
+		return resp, false, nil
+	}
+	resp.TTL = ttl
+	return resp, true, ka.send(resp)
 }
 
-// serve carries on a stream whose renewals wait for the leader, starting with
-// the renewal of lease id (answered with resp), with up to keepAlivesInFlight
+// serve carries on a stream whose renewals wait for the leader (the first,
+// already answered, went through done), starting with the renewal of lease
+// id (answered with resp), with up to keepAlivesInFlight
 // of them in flight: a goroutine of the stream's own receives the requests and
 // answers those that complete at once itself, and this one answers the rest
 // and watches for the member stopping.
@@ -204,8 +206,9 @@ func (ka *keepAlive) serve(b LeaseBackend, id int64, resp *pb.LeaseKeepAliveResp
 	}
 }
 
-// keepAlive is one LeaseKeepAlive stream. The channels are made when it
-// starts its receiving goroutine (serve).
+// keepAlive is one LeaseKeepAlive stream. done is made for its first
+// renewal that waits; the rest, and done again, when it starts its receiving
+// goroutine (serve).
 type keepAlive struct {
 	stream pb.Lease_LeaseKeepAliveServer
 	// ended has the receiving goroutine's last word.
@@ -233,13 +236,12 @@ func (ka *keepAlive) receive(b LeaseBackend) {
 			ka.ended <- recvEnd{err: err}
 			return
 		}
-		resp := keepAliveResponse(b, req)
-		if ttl, ok := b.LeaseRenewHere(req.ID); ok {
-			resp.TTL = ttl
-			if err := ka.send(resp); err != nil {
-				ka.ended <- recvEnd{err: err, sent: true}
-				return
-			}
+		resp, answered, err := ka.renewHere(b, req)
+		if err != nil {
+			ka.ended <- recvEnd{err: err, sent: true}
+			return
+		}
+		if answered {
 			continue
 		}
 		select {
@@ -252,8 +254,9 @@ func (ka *keepAlive) receive(b LeaseBackend) {
 	}
 }
 
-// renewLater hands the renewal of lease id, which holds a slot, to
-// LeaseRenewLater; its outcome goes to done.
+// renewLater hands the renewal of lease id to LeaseRenewLater; its outcome
+// goes to done, which has room for it (once serve runs, the renewal holds a
+// slot).
 func (ka *keepAlive) renewLater(b LeaseBackend, id int64, resp *pb.LeaseKeepAliveResponse) {
 	b.LeaseRenewLater(ka.stream.Context(), id, func(ttl int64, err error) {
 		resp.TTL = ttl
