@@ -399,6 +399,18 @@ func (c *testCluster) waitMembers(ctx context.Context, cli *clientv3.Client, con
 	}
 }
 
+// waitAllActive waits until the leader has heard from every member in its
+// term: before that a membership change is refused as unhealthy, as etcd's
+// is, before anything else about it is looked at (a follower that has not
+// acknowledged an entry of the new leader's yet is not active).
+func (c *testCluster) waitAllActive(ctx context.Context) {
+	c.t.Helper()
+	waitFor(ctx, c.t, func() bool {
+		p := c.servers[c.leader(ctx)].node.Progress()
+		return p != nil && !slices.ContainsFunc(slices.Collect(maps.Values(p.Members)), func(m raftnode.MemberProgress) bool { return !m.RecentActive })
+	})
+}
+
 func allPublished(ms []*etcdserverpb.Member) bool {
 	return !slices.ContainsFunc(ms, func(m *etcdserverpb.Member) bool { return m.Name == "" || len(m.ClientURLs) == 0 })
 }
@@ -418,14 +430,7 @@ func TestClusterMembershipChanges(t *testing.T) {
 	// Wait until every member has published its client URLs: a follower
 	// forwards changes to the leader's.
 	c.waitMembers(ctx, cli, allPublished)
-	// And until the leader has heard from every member: before that a
-	// change is refused as unhealthy, as etcd's is, before the peer URL
-	// is looked at (a follower that has not acknowledged an entry of the
-	// new leader's yet is not active).
-	waitFor(ctx, t, func() bool {
-		p := c.servers[c.leader(ctx)].node.Progress()
-		return p != nil && !slices.ContainsFunc(slices.Collect(maps.Values(p.Members)), func(m raftnode.MemberProgress) bool { return !m.RecentActive })
-	})
+	c.waitAllActive(ctx)
 
 	n := c.addMember("learner")
 	peerURL := c.cfgs[n].AdvertisePeerURLs[0].String()
@@ -528,6 +533,7 @@ func TestClusterJoin(t *testing.T) {
 		}
 	}
 	c.waitMembers(ctx, cli, allPublished)
+	c.waitAllActive(ctx)
 	n := c.addMember("joiner")
 	c.cfgs[n].Join = "http://" + c.cfgs[1].AdvertiseClientURLs[0].Host
 	c.start(n)
@@ -567,6 +573,7 @@ func TestClusterJoinAfterCrashedAdd(t *testing.T) {
 	c.leader(ctx)
 	cli := c.client(0)
 	c.waitMembers(ctx, cli, allPublished)
+	c.waitAllActive(ctx)
 	n := c.addMember("joiner")
 	added, err := cli.MemberAddAsLearner(ctx, []string{c.cfgs[n].AdvertisePeerURLs[0].String()})
 	if err != nil {
