@@ -106,7 +106,7 @@ type Config struct {
 	Logger    *slog.Logger
 	// SyncPacer, when not nil, is the pacer of the WAL the log is written
 	// to: the raft loop asks it to hold the next sync back while it is
-	// under load (see syncHold).
+	// under load (see syncHoldFor).
 	SyncPacer *storage.SyncPacer
 }
 
@@ -118,24 +118,39 @@ const (
 )
 
 // Group commit. A Ready that persists at least loadedBatch entries shows many
-// proposals in flight; the WAL then holds its next sync back for syncHold,
-// so that the next Ready's sync covers more entries. Under the benchmark's
-// put load (1000 clients) a third of the syncs go: from one per ~30 puts to
-// one per ~46, with a hold after about a quarter of them, and server CPU per
-// put falls by 5-15% (docs/performance.md). A client that waits for each
-// answer before sending the next put makes Readies of one entry, and never
-// waits for a hold.
+// proposals in flight; the WAL then holds its next sync back, so that the
+// next Ready's sync covers more entries. A member with peers holds
+// clusterSyncHold: under the benchmark's put load (1000 clients) that took
+// syncs from one per ~30 puts to one per ~46 and server CPU per put down
+// 5-15%; longer holds there gained nothing and raised p99, as a follower's
+// hold delays the acknowledgement a commit waits for. A sole voter's sync
+// alone commits its entries, and its hold grows with the Ready:
+// syncHoldPerEntry for each entry (1 ms for loadedBatch) up to maxSyncHold.
+// A Ready of n entries means at least n requests in flight whose answers
+// already wait for each other's; a larger one costs fewer syncs, and lets the
+// apply loop answer more requests at once, which gRPC writes to each client
+// connection together: under the same load that took syncs to one per ~100
+// puts and server CPU per put down another 3-7%, with more requests/s and
+// p50 no higher at 100 clients (docs/performance.md). A client that waits for
+// each answer before sending the next put makes Readies of one entry, and
+// never waits for a hold.
 const (
-	loadedBatch = 32
-	syncHold    = 500 * time.Microsecond
+	loadedBatch      = 32
+	clusterSyncHold  = 500 * time.Microsecond
+	syncHoldPerEntry = 32 * time.Microsecond
+	maxSyncHold      = 4 * time.Millisecond
 )
 
-// syncHoldFor is the hold after persisting a Ready of n entries.
-func syncHoldFor(n int) time.Duration {
-	if n >= loadedBatch {
-		return syncHold
+// syncHoldFor is the hold after persisting a Ready of n entries; soleVoter
+// says that this member's sync alone commits them.
+func syncHoldFor(n int, soleVoter bool) time.Duration {
+	switch {
+	case n < loadedBatch:
+		return 0
+	case !soleVoter:
+		return clusterSyncHold
 	}
-	return 0
+	return min(time.Duration(n)*syncHoldPerEntry, maxSyncHold)
 }
 
 type proposal struct {
@@ -803,7 +818,7 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 		if rd.MustSync {
 			opts = pebble.Sync
 			if n.cfg.SyncPacer != nil {
-				n.cfg.SyncPacer.HoldAfterSync(syncHoldFor(len(rd.Entries)))
+				n.cfg.SyncPacer.HoldAfterSync(syncHoldFor(len(rd.Entries), n.soleVoter))
 			}
 		}
 		start := time.Now()

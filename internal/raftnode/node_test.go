@@ -300,15 +300,26 @@ func TestInboxIsBounded(t *testing.T) {
 	}
 }
 
-// Only a Ready that shows many proposals in flight holds the next sync back:
-// a lone client's one-entry Readies never wait.
+// Only a Ready that shows many proposals in flight holds the next sync back
+// (a lone client's one-entry Readies never wait); a sole voter's hold grows
+// with the Ready, within its bound, and a member with peers holds the same
+// whatever the Ready.
 func TestSyncHoldOnlyUnderLoad(t *testing.T) {
 	for _, tc := range []struct {
-		entries int
-		want    time.Duration
-	}{{0, 0}, {1, 0}, {loadedBatch - 1, 0}, {loadedBatch, syncHold}, {maxEntriesPerProposal, syncHold}} {
-		if got := syncHoldFor(tc.entries); got != tc.want {
-			t.Errorf("syncHoldFor(%d) = %v, want %v", tc.entries, got, tc.want)
+		entries         int
+		sole, withPeers time.Duration
+	}{
+		{0, 0, 0}, {1, 0, 0}, {loadedBatch - 1, 0, 0},
+		{loadedBatch, loadedBatch * syncHoldPerEntry, clusterSyncHold},
+		{100, 100 * syncHoldPerEntry, clusterSyncHold},
+		{int(maxSyncHold / syncHoldPerEntry), maxSyncHold, clusterSyncHold},
+		{maxEntriesPerProposal, maxSyncHold, clusterSyncHold},
+	} {
+		if got := syncHoldFor(tc.entries, true); got != tc.sole {
+			t.Errorf("syncHoldFor(%d, sole voter) = %v, want %v", tc.entries, got, tc.sole)
+		}
+		if got := syncHoldFor(tc.entries, false); got != tc.withPeers {
+			t.Errorf("syncHoldFor(%d, with peers) = %v, want %v", tc.entries, got, tc.withPeers)
 		}
 	}
 }
