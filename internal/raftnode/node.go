@@ -130,7 +130,7 @@ const (
 // already wait for each other's; a larger one costs fewer syncs, and lets the
 // apply loop answer more requests at once, which gRPC writes to each client
 // connection together: under the same load that took syncs to one per ~100
-// puts and server CPU per put down another 3-7%, with more requests/s and
+// puts and server CPU per put down another 1-7%, with more requests/s and
 // p50 no higher at 100 clients (docs/performance.md). A client that waits for
 // each answer before sending the next put makes Readies of one entry, and
 // never waits for a hold.
