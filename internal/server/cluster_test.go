@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net/url"
 	"os"
 	"slices"
@@ -20,7 +19,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/plinthdb/plinth/internal/raftnode"
 	"github.com/plinthdb/plinth/internal/testmember"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -407,7 +405,15 @@ func (c *testCluster) waitAllActive(ctx context.Context) {
 	c.t.Helper()
 	waitFor(ctx, c.t, func() bool {
 		p := c.servers[c.leader(ctx)].node.Progress()
-		return p != nil && !slices.ContainsFunc(slices.Collect(maps.Values(p.Members)), func(m raftnode.MemberProgress) bool { return !m.RecentActive })
+		if p == nil {
+			return false
+		}
+		for _, m := range p.Members {
+			if !m.RecentActive {
+				return false
+			}
+		}
+		return true
 	})
 }
 
