@@ -130,6 +130,20 @@ func TestCloseStopsEverything(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer silent.Close()
+	// Close only once the mux holds the connection: one still in the
+	// listener's backlog is reset by the kernel when the listener closes,
+	// which is not the Mux's doing.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		m.mu.Lock()
+		held := len(m.sniffing)
+		m.mu.Unlock()
+		if held == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the mux never took the silent connection")
+		}
+	}
 	done := make(chan struct{})
 	go func() { wait(); close(done) }()
 	select {
