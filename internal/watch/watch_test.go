@@ -693,6 +693,15 @@ func TestStreamPaced(t *testing.T) {
 			t.Fatalf("first round: %v, want one event", r)
 		}
 	}
+	// The pause begins when the stream finds its watchers with nothing
+	// more to send. Writes committed before it looks are sent at once, with
+	// no pause (the test's one failure: both events within 10 ms). A
+	// progress request is answered only after that look, so waiting for
+	// its answer puts the writes after it.
+	c.send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_ProgressRequest{ProgressRequest: &pb.WatchProgressRequest{}}})
+	if r := c.next(); len(r.Events) != 0 || r.WatchId != InvalidWatchID {
+		t.Fatalf("progress after the first round: %v", r)
+	}
 	start := time.Now()
 	m.put("k", "2")
 	m.put("k", "3")
