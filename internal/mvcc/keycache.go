@@ -21,10 +21,12 @@ type keyCache struct {
 	entries    map[string]keyMeta
 }
 
-// keyMeta is a key's newest version as far as a put is concerned.
+// keyMeta is a key's newest version as far as a put, or a compare of
+// anything but its value, is concerned.
 type keyMeta struct {
 	exists         bool
 	createRevision int64
+	modRevision    int64 // kept in the cache only; lookups for a put leave it 0
 	version        int64
 	lease          int64 // the lease the version is attached to, 0 for none
 }

@@ -385,3 +385,70 @@ func TestTxnFailureLeavesNoTrace(t *testing.T) {
 		})
 	}
 }
+
+// TestTxnCompareSeesBatchAndTables checks how a single-key compare reads its
+// key (the key filter, the key cache, or a point lookup): it sees the writes
+// of the requests before it in its batch, and keys that left the memtable
+// for the tables.
+func TestTxnCompareSeesBatchAndTables(t *testing.T) {
+	ts := newTestStore(t)
+	ts.put("flushed", "1") // 2
+	if err := ts.s.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	b := ts.s.NewBatch()
+	if _, err := b.Put(&pb.PutRequest{Key: []byte("staged"), Value: []byte("v")}, noLeases); err != nil { // 3
+		t.Fatal(err)
+	}
+	if _, err := b.DeleteRange(&pb.DeleteRangeRequest{Key: []byte("flushed")}); err != nil { // 4
+		t.Fatal(err)
+	}
+	if _, err := b.Put(&pb.PutRequest{Key: []byte("twice"), Value: []byte("1")}, noLeases); err != nil { // 5
+		t.Fatal(err)
+	}
+	if _, err := b.Put(&pb.PutRequest{Key: []byte("twice"), Value: []byte("2"), Lease: 7}, lease7); err != nil { // 6: in the key cache now
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name string
+		cmp  *pb.Compare
+		want bool
+	}{
+		{"a put earlier in the batch", cmpMod("staged", pb.Compare_EQUAL, 3), true},
+		{"its value", cmpValue("staged", pb.Compare_EQUAL, "v"), true},
+		{"a key deleted earlier in the batch", cmpVersion("flushed", pb.Compare_EQUAL, 0), true},
+		{"the deleted key's value", cmpValue("flushed", pb.Compare_EQUAL, "1"), false},
+		{"an overwrite earlier in the batch", cmpMod("twice", pb.Compare_EQUAL, 6), true},
+		{"its mod revision is not the first", cmpMod("twice", pb.Compare_LESS, 6), false},
+		{"its create revision", cmpCreate("twice", pb.Compare_EQUAL, 5), true},
+		{"its version", cmpVersion("twice", pb.Compare_EQUAL, 2), true},
+		{"its lease", cmpLease("twice", pb.Compare_EQUAL, 7), true},
+		{"its value", cmpValue("twice", pb.Compare_EQUAL, "2"), true},
+		{"a key never written", cmpMod("never", pb.Compare_EQUAL, 0), true},
+		{"a key never written has no version", cmpVersion("never", pb.Compare_GREATER, 0), false},
+	}
+	for _, c := range cases {
+		resp, err := b.Txn(&pb.TxnRequest{Compare: []*pb.Compare{c.cmp}}, noLeases)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.Succeeded != c.want {
+			t.Errorf("%s: succeeded %v, want %v", c.name, resp.Succeeded, c.want)
+		}
+	}
+	b.Abort()
+
+	// Committed state in the tables, through a batch and a read-only txn.
+	for _, c := range []*pb.Compare{cmpMod("flushed", pb.Compare_EQUAL, 2), cmpValue("flushed", pb.Compare_EQUAL, "1"), cmpCreate("flushed", pb.Compare_EQUAL, 2)} {
+		b := ts.s.NewBatch()
+		resp, err := b.Txn(&pb.TxnRequest{Compare: []*pb.Compare{c}}, noLeases)
+		b.Abort()
+		if err != nil || !resp.Succeeded {
+			t.Errorf("compare %v on a flushed key in a batch: succeeded %v, err %v", c, resp.GetSucceeded(), err)
+		}
+		ro, err := ts.s.ReadTxn(&pb.TxnRequest{Compare: []*pb.Compare{c}})
+		if err != nil || !ro.Succeeded {
+			t.Errorf("compare %v on a flushed key in a read-only txn: succeeded %v, err %v", c, ro.GetSucceeded(), err)
+		}
+	}
+}

@@ -158,7 +158,7 @@ func (t *txn) put(key, value []byte, lease int64) error {
 		if err := t.w.Set(t.keyBuf, t.buf, nil); err != nil {
 			return fmt.Errorf("mvcc: stage put %q: %w", key, err)
 		}
-		t.keys.set(key, keyMeta{exists: true, createRevision: rec.createRevision, version: rec.version, lease: lease})
+		t.keys.set(key, keyMeta{exists: true, createRevision: rec.createRevision, modRevision: rev, version: rec.version, lease: lease})
 	}
 	t.filter.add(key)
 	t.changed = true
@@ -283,6 +283,13 @@ func (t *txn) rangeReq(req *pb.RangeRequest) (*pb.RangeResponse, error) {
 	plan, err := planRange(req, cur, t.compactRev)
 	if err != nil {
 		return nil, err
+	}
+	if plan.pointLatest() {
+		kv, err := getLatest(t.r, req.Key)
+		if err != nil {
+			return nil, err
+		}
+		return plan.answerPoint(req, cur, kv), nil
 	}
 	c, err := plan.open(t.r)
 	if err != nil {
@@ -551,6 +558,9 @@ func (t *txn) compares(cmps []*pb.Compare) (bool, error) {
 // value compare fails (a missing value cannot be told from an empty one) and
 // the others compare against zero.
 func (t *txn) compare(c *pb.Compare) (bool, error) {
+	if len(c.RangeEnd) == 0 {
+		return t.compareKey(c)
+	}
 	sc := scan{}
 	if err := readLatest(t.r, newSpan(c.Key, c.RangeEnd), &sc); err != nil {
 		return false, err
@@ -567,6 +577,40 @@ func (t *txn) compare(c *pb.Compare) (bool, error) {
 		}
 	}
 	return true, nil
+}
+
+// compareKey is compare for a single key, the commonest (Kubernetes guards
+// every write with one). A key never written, or one the key cache knows,
+// needs no read unless its value is compared; the others take a point
+// lookup, which Pebble's bloom filters answer for most tables, where a scan
+// would open an iterator over every level.
+func (t *txn) compareKey(c *pb.Compare) (bool, error) {
+	if c.Target != pb.Compare_VALUE && t.keys != nil && t.filter != nil {
+		if !t.filter.mayContain(c.Key) {
+			return compareKV(c, &mvccpb.KeyValue{}), nil
+		}
+		if m, ok := t.keys.get(c.Key); ok {
+			kv := mvccpb.KeyValue{}
+			if m.exists {
+				kv = mvccpb.KeyValue{CreateRevision: m.createRevision, ModRevision: m.modRevision, Version: m.version, Lease: m.lease}
+			}
+			return compareKV(c, &kv), nil
+		}
+	}
+	var ok bool
+	found, err := withLatest(t.r, c.Key, func(rec *record) {
+		// The value is the lookup's memory: compared here, not kept.
+		ok = compareKV(c, &mvccpb.KeyValue{Key: c.Key, CreateRevision: rec.createRevision, ModRevision: rec.modRevision, Version: rec.version, Lease: rec.lease, Value: rec.value})
+	})
+	switch {
+	case err != nil:
+		return false, err
+	case found:
+		return ok, nil
+	case c.Target == pb.Compare_VALUE:
+		return false, nil
+	}
+	return compareKV(c, &mvccpb.KeyValue{}), nil
 }
 
 func compareKV(c *pb.Compare, kv *mvccpb.KeyValue) bool {
