@@ -70,12 +70,12 @@ type config struct {
 func main() {
 	var c config
 	flag.IntVar(&c.rounds, "rounds", 3, "rounds per load; each round runs every server once, in turn")
-	flag.StringVar(&c.loads, "loads", "put,range-l,range-s", "loads to run: put (sequential keys), put-rand (random keys), txn-put, range-l (linearizable), range-s (serializable), lease-keepalive, watch, watch-latency, watch-idle; put loads take a key space as put-rand:10000 (or :10k), watch loads their watchers as watch-idle:100k")
+	flag.StringVar(&c.loads, "loads", "put,range-l,range-s", "loads to run: put (sequential keys), put-rand (random keys), txn-put, stm (a read, then a write guarded by the mod revision read, as Kubernetes updates), range-l (linearizable), range-s (serializable), lease-keepalive, watch, watch-latency, watch-idle; put, txn-put and stm loads take a key space as put-rand:10000 (or :10k), watch loads their watchers as watch-idle:100k")
 	flag.StringVar(&c.members, "members", "1", "cluster sizes to run, e.g. 3 or 1,3: plinth and etcd run as that many member processes on loopback, the floor as one process")
 	flag.StringVar(&c.servers, "servers", "plinth,etcd,floor", "servers to race, in the order each round runs them; floor-each (one floor process per member, no peers) is a diagnostic for -members > 1")
 	flag.IntVar(&c.clients, "clients", 1000, "benchmark --clients")
 	flag.IntVar(&c.conns, "conns", 100, "benchmark --conns")
-	flag.IntVar(&c.putTotal, "put-total", 100000, "requests per put round")
+	flag.IntVar(&c.putTotal, "put-total", 100000, "requests per round of the put, txn-put and stm loads")
 	flag.IntVar(&c.rangeTotal, "range-total", 200000, "requests per range round")
 	flag.IntVar(&c.leaseTotal, "lease-total", 100000, "keep-alives per lease-keepalive round")
 	flag.IntVar(&c.total, "total", 0, "requests per round for every load (overrides -put-total, -range-total and -lease-total)")
@@ -297,6 +297,8 @@ func makeLoads(c config) ([]harness.Load, error) {
 				return nil, fmt.Errorf("-txn-ops %d: want 1 to the key space (%d)", c.txnOps, space)
 			}
 			l = harness.TxnPutLoad(c.putTotal, c.keySize, c.valSize, space, c.txnOps)
+		case "stm":
+			l = harness.GuardedUpdateLoad(c.putTotal, c.valSize, space)
 		case "range-l", "range-s":
 			if base != name {
 				return nil, fmt.Errorf("load %q: range loads take no key space", name)
@@ -330,7 +332,7 @@ func makeLoads(c config) ([]harness.Load, error) {
 			}
 			l = harness.IdleWatchLoad(watchers, c.watchStreams, c.watchSettle)
 		default:
-			return nil, fmt.Errorf("unknown load %q (want put, put-rand, txn-put, range-l, range-s, lease-keepalive, watch, watch-latency, watch-idle)", name)
+			return nil, fmt.Errorf("unknown load %q (want put, put-rand, txn-put, stm, range-l, range-s, lease-keepalive, watch, watch-latency, watch-idle)", name)
 		}
 		l.Name = name
 		loads = append(loads, l)

@@ -45,6 +45,7 @@ func TestRoundAgainstFloor(t *testing.T) {
 		PutLoad(requests, 8, 256, 1000, true),
 		PutLoad(requests, 8, 256, 100, false),
 		TxnPutLoad(requests, 8, 256, 100, 2),
+		GuardedUpdateLoad(requests, 256, 100),
 		RangeLoad(requests, 256, "s"),
 		RangeLoad(requests, 256, "l"),
 	} {

@@ -68,6 +68,22 @@ func TxnPutLoad(total, keySize, valSize, keySpace, ops int) Load {
 	}}
 }
 
+// GuardedUpdateLoad runs total software transactions of the tool's stm
+// command, each Kubernetes' update in miniature: read one key of keySpace (a
+// linearizable Range; the tool's keys are 16 bytes), then write it back with
+// a value of valSize bytes in a Txn guarded by the key's mod revision as read
+// (repeatable reads isolation). A txn that finds its key changed meanwhile
+// is run again, so a request here is at least a Range and a Txn.
+func GuardedUpdateLoad(total, valSize, keySpace int) Load {
+	return Load{Name: "stm", Total: total, Args: []string{"stm",
+		"--isolation=r",
+		"--keys=" + strconv.Itoa(keySpace),
+		"--keys-per-txn=1",
+		"--txn-wr-percent=100",
+		"--val-size=" + strconv.Itoa(valSize),
+	}}
+}
+
 // LeaseKeepAliveLoad sends total lease keep-alives: each of the tool's clients
 // grants one lease of TTL 100s, then sends keep-alives for it, one at a time,
 // each on a new LeaseKeepAlive stream (clientv3's KeepAliveOnce). The grants (one
