@@ -3,6 +3,7 @@ package mvcc
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -31,6 +32,9 @@ func newSpan(key, rangeEnd []byte) span {
 		return span{key: key, end: rangeEnd}
 	}
 }
+
+// oneKey reports whether the span is the single key s.key.
+func (s span) oneKey() bool { return s.end == nil && !s.fromKey }
 
 // empty reports whether the span cannot hold any key ([key, end) with end <= key).
 func (s span) empty() bool {
@@ -74,15 +78,34 @@ func (sc *scan) wantMore() bool {
 
 // readLatest scans the newest versions in sp from r.
 func readLatest(r pebble.Reader, sp span, sc *scan) error {
+	return visitLatestSpan(r, sp, sc.visit)
+}
+
+// visitLatestSpan visits the live keys of sp in ascending order: a single
+// key with a point lookup, which Pebble's bloom filters answer for most
+// tables, and a range with an iterator.
+func visitLatestSpan(r pebble.Reader, sp span, visit visitFunc) error {
 	if sp.empty() {
 		return nil
+	}
+	if sp.oneKey() {
+		v, closer, err := r.Get(latestKey(sp.key))
+		if errors.Is(err, pebble.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("mvcc: get %q: %w", sp.key, err)
+		}
+		defer func() { _ = closer.Close() }()
+		_, err = visit(sp.key, v)
+		return err
 	}
 	lower, upper := sp.latestBounds()
 	iter, err := r.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
 	if err != nil {
 		return fmt.Errorf("mvcc: open iterator: %w", err)
 	}
-	return walkLatest(iter, false, sc.visit)
+	return walkLatest(iter, false, visit)
 }
 
 // visitFunc is called for each live version a walk meets, in walk order: key

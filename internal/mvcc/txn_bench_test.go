@@ -67,3 +67,48 @@ func BenchmarkBatchGuardedUpdate(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkBatchDeleteKey measures a delete of one key on the apply path
+// (Kubernetes deletes one object at a time), each of b.N keys held in a
+// later version, deleted in random order.
+func BenchmarkBatchDeleteKey(b *testing.B) {
+	const perBatch = 500
+	value := make([]byte, 256)
+	key := func(n int) []byte {
+		k := make([]byte, 8)
+		binary.PutVarint(k, int64(n))
+		return k
+	}
+	ts := newTestStore(b)
+	for v := 0; v < 2; v++ {
+		for lo := 0; lo < b.N; lo += perBatch {
+			batch := ts.s.NewBatch()
+			for k := lo; k < min(lo+perBatch, b.N); k++ {
+				if _, err := batch.Put(&pb.PutRequest{Key: key(k), Value: value}, noLeases); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if err := batch.Commit(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	order := rand.New(rand.NewPCG(1, 2)).Perm(b.N)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; {
+		batch := ts.s.NewBatch()
+		for j := 0; j < perBatch && i < b.N; j, i = j+1, i+1 {
+			resp, err := batch.DeleteRange(&pb.DeleteRangeRequest{Key: key(order[i])})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if resp.Deleted != 1 {
+				b.Fatalf("deleted %d keys, want 1", resp.Deleted)
+			}
+		}
+		if err := batch.Commit(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

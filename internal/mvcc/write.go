@@ -226,9 +226,17 @@ func (t *txn) forgetTombstone(key []byte) error {
 }
 
 // deleteRange deletes the live keys in sp and returns them as they were.
-func (t *txn) deleteRange(sp span) ([]*mvccpb.KeyValue, error) {
+// With bounded set it fails with ErrDeleteTooLarge, having staged nothing,
+// when deleting them would stage more than the store allows (see
+// addDeleteCost), which it learns while reading them.
+func (t *txn) deleteRange(sp span, bounded bool) ([]*mvccpb.KeyValue, error) {
 	sc := scan{}
-	if err := readLatest(t.r, sp, &sc); err != nil {
+	visit := sc.visit
+	if bounded {
+		var spent int64
+		visit = t.countDeleteCost(&spent, sc.visit)
+	}
+	if err := visitLatestSpan(t.r, sp, visit); err != nil {
 		return nil, err
 	}
 	if len(sc.kvs) == 0 {
@@ -356,10 +364,7 @@ func (t *txn) putReq(req *pb.PutRequest) (*pb.PutResponse, error) {
 // DeleteRange executes a delete request.
 func (b *Batch) DeleteRange(req *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
 	t := b.begin()
-	if _, err := t.addDeleteCost(newSpan(req.Key, req.RangeEnd), 0); err != nil {
-		return nil, err
-	}
-	resp, err := t.deleteReq(req)
+	resp, err := t.deleteReq(req, true)
 	if err != nil {
 		return nil, err
 	}
@@ -367,8 +372,9 @@ func (b *Batch) DeleteRange(req *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse
 	return resp, nil
 }
 
-func (t *txn) deleteReq(req *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
-	deleted, err := t.deleteRange(newSpan(req.Key, req.RangeEnd))
+// deleteReq executes a delete request; bounded as deleteRange.
+func (t *txn) deleteReq(req *pb.DeleteRangeRequest, bounded bool) (*pb.DeleteRangeResponse, error) {
+	deleted, err := t.deleteRange(newSpan(req.Key, req.RangeEnd), bounded)
 	if err != nil {
 		return nil, err
 	}
@@ -395,26 +401,28 @@ func deleteCost(key []byte, rec *record) int64 {
 // bound; it stops reading there, so a refused delete of a huge range costs no
 // more than the bound to find out.
 func (t *txn) addDeleteCost(sp span, spent int64) (int64, error) {
-	if sp.empty() {
-		return spent, nil
-	}
-	lower, upper := sp.latestBounds()
-	iter, err := t.r.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
-	if err != nil {
-		return 0, fmt.Errorf("mvcc: open iterator: %w", err)
-	}
+	err := visitLatestSpan(t.r, sp, t.countDeleteCost(&spent, nil))
+	return spent, err
+}
+
+// countDeleteCost returns a visit that adds the cost of deleting each live
+// version it meets to *spent, fails with ErrDeleteTooLarge once that passes
+// the store's bound, and otherwise hands the version on to next, if any.
+func (t *txn) countDeleteCost(spent *int64, next visitFunc) visitFunc {
 	var rec record
-	err = walkLatest(iter, false, func(key, v []byte) (bool, error) {
+	return func(key, v []byte) (bool, error) {
 		if err := decodeRecord(v, &rec); err != nil {
 			return false, fmt.Errorf("mvcc: key %q: %w", key, err)
 		}
-		spent += deleteCost(key, &rec)
-		if spent > t.maxDelete {
+		*spent += deleteCost(key, &rec)
+		if *spent > t.maxDelete {
 			return false, ErrDeleteTooLarge
 		}
-		return true, nil
-	})
-	return spent, err
+		if next == nil {
+			return true, nil
+		}
+		return next(key, v)
+	}
 }
 
 // DeleteKeys deletes every key of keys that is live, all at one revision (a
@@ -423,7 +431,7 @@ func (t *txn) addDeleteCost(sp span, spent int64) (int64, error) {
 func (b *Batch) DeleteKeys(keys [][]byte) (int64, error) {
 	t := b.begin()
 	for _, k := range keys {
-		if _, err := t.deleteRange(newSpan(k, nil)); err != nil {
+		if _, err := t.deleteRange(newSpan(k, nil), false); err != nil {
 			return 0, err
 		}
 	}
@@ -741,7 +749,8 @@ func (t *txn) executeTxn(req *pb.TxnRequest, path []bool) (*pb.TxnResponse, int,
 			}
 			resp.Responses[i] = &pb.ResponseOp{Response: &pb.ResponseOp_ResponsePut{ResponsePut: pr}}
 		case *pb.RequestOp_RequestDeleteRange:
-			dr, err := t.deleteReq(r.RequestDeleteRange)
+			// checkTxn has bounded the transaction's deletes together.
+			dr, err := t.deleteReq(r.RequestDeleteRange, false)
 			if err != nil {
 				return nil, 0, err
 			}
