@@ -8,28 +8,30 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 )
 
-// BenchmarkBatchGuardedUpdate measures Kubernetes' update on the apply path:
-// a transaction that puts a key if its mod revision is still the one the
-// writer read, and reads the key otherwise, over random keys of a space of
-// 100,000 that the store holds in later versions.
-func BenchmarkBatchGuardedUpdate(b *testing.B) {
-	const (
-		perBatch = 500
-		keySpace = 100_000
-	)
-	value := make([]byte, 256)
-	key := func(n int) []byte {
-		k := make([]byte, 8)
-		binary.PutVarint(k, int64(n))
-		return k
-	}
-	ts := newTestStore(b)
-	modRev := make([]int64, keySpace)
-	for v := 0; v < 2; v++ {
-		for lo := 0; lo < keySpace; lo += perBatch {
+// Shape of the benchmarks below: 256-byte values, batches of a few hundred
+// requests (what one Raft Ready carries under load).
+const (
+	benchPerBatch  = 500
+	benchValueSize = 256
+)
+
+// benchKey is key number n as the etcd benchmark tool makes it: a varint.
+func benchKey(n int) []byte {
+	k := make([]byte, 8)
+	binary.PutVarint(k, int64(n))
+	return k
+}
+
+// populateBench writes keys [0, n) versions times each and returns the mod
+// revision of each key's newest version.
+func populateBench(b *testing.B, ts *testStore, n, versions int) []int64 {
+	value := make([]byte, benchValueSize)
+	modRev := make([]int64, n)
+	for v := 0; v < versions; v++ {
+		for lo := 0; lo < n; lo += benchPerBatch {
 			batch := ts.s.NewBatch()
-			for k := lo; k < min(lo+perBatch, keySpace); k++ {
-				resp, err := batch.Put(&pb.PutRequest{Key: key(k), Value: value}, noLeases)
+			for k := lo; k < min(lo+benchPerBatch, n); k++ {
+				resp, err := batch.Put(&pb.PutRequest{Key: benchKey(k), Value: value}, noLeases)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -40,14 +42,26 @@ func BenchmarkBatchGuardedUpdate(b *testing.B) {
 			}
 		}
 	}
+	return modRev
+}
+
+// BenchmarkBatchGuardedUpdate measures Kubernetes' update on the apply path:
+// a transaction that puts a key if its mod revision is still the one the
+// writer read, and reads the key otherwise, over random keys of a space of
+// 100,000 that the store holds in later versions.
+func BenchmarkBatchGuardedUpdate(b *testing.B) {
+	const keySpace = 100_000
+	ts := newTestStore(b)
+	modRev := populateBench(b, ts, keySpace, 2)
+	value := make([]byte, benchValueSize)
 	rnd := rand.New(rand.NewPCG(1, 2))
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; {
 		batch := ts.s.NewBatch()
-		for j := 0; j < perBatch && i < b.N; j, i = j+1, i+1 {
+		for j := 0; j < benchPerBatch && i < b.N; j, i = j+1, i+1 {
 			k := rnd.IntN(keySpace)
-			kb := key(k)
+			kb := benchKey(k)
 			req := &pb.TxnRequest{
 				Compare: []*pb.Compare{{Key: kb, Target: pb.Compare_MOD, Result: pb.Compare_EQUAL, TargetUnion: &pb.Compare_ModRevision{ModRevision: modRev[k]}}},
 				Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: kb, Value: value}}}},
@@ -72,34 +86,15 @@ func BenchmarkBatchGuardedUpdate(b *testing.B) {
 // (Kubernetes deletes one object at a time), each of b.N keys held in a
 // later version, deleted in random order.
 func BenchmarkBatchDeleteKey(b *testing.B) {
-	const perBatch = 500
-	value := make([]byte, 256)
-	key := func(n int) []byte {
-		k := make([]byte, 8)
-		binary.PutVarint(k, int64(n))
-		return k
-	}
 	ts := newTestStore(b)
-	for v := 0; v < 2; v++ {
-		for lo := 0; lo < b.N; lo += perBatch {
-			batch := ts.s.NewBatch()
-			for k := lo; k < min(lo+perBatch, b.N); k++ {
-				if _, err := batch.Put(&pb.PutRequest{Key: key(k), Value: value}, noLeases); err != nil {
-					b.Fatal(err)
-				}
-			}
-			if err := batch.Commit(); err != nil {
-				b.Fatal(err)
-			}
-		}
-	}
+	populateBench(b, ts, b.N, 2)
 	order := rand.New(rand.NewPCG(1, 2)).Perm(b.N)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; {
 		batch := ts.s.NewBatch()
-		for j := 0; j < perBatch && i < b.N; j, i = j+1, i+1 {
-			resp, err := batch.DeleteRange(&pb.DeleteRangeRequest{Key: key(order[i])})
+		for j := 0; j < benchPerBatch && i < b.N; j, i = j+1, i+1 {
+			resp, err := batch.DeleteRange(&pb.DeleteRangeRequest{Key: benchKey(order[i])})
 			if err != nil {
 				b.Fatal(err)
 			}
