@@ -566,8 +566,8 @@ func (t *txn) compares(cmps []*pb.Compare) (bool, error) {
 // value compare fails (a missing value cannot be told from an empty one) and
 // the others compare against zero.
 func (t *txn) compare(c *pb.Compare) (bool, error) {
-	if len(c.RangeEnd) == 0 {
-		return t.compareKey(c)
+	if kv, known := t.knownKey(c); known {
+		return compareKV(c, kv), nil
 	}
 	sc := scan{}
 	if err := readLatest(t.r, newSpan(c.Key, c.RangeEnd), &sc); err != nil {
@@ -587,38 +587,26 @@ func (t *txn) compare(c *pb.Compare) (bool, error) {
 	return true, nil
 }
 
-// compareKey is compare for a single key, the commonest (Kubernetes guards
-// every write with one). A key never written, or one the key cache knows,
-// needs no read unless its value is compared; the others take a point
-// lookup, which Pebble's bloom filters answer for most tables, where a scan
-// would open an iterator over every level.
-func (t *txn) compareKey(c *pb.Compare) (bool, error) {
-	if c.Target != pb.Compare_VALUE && t.keys != nil && t.filter != nil {
-		if !t.filter.mayContain(c.Key) {
-			return compareKV(c, &mvccpb.KeyValue{}), nil
-		}
-		if m, ok := t.keys.get(c.Key); ok {
-			kv := mvccpb.KeyValue{}
-			if m.exists {
-				kv = mvccpb.KeyValue{CreateRevision: m.createRevision, ModRevision: m.modRevision, Version: m.version, Lease: m.lease}
-			}
-			return compareKV(c, &kv), nil
-		}
+// knownKey answers a compare of a single key, the commonest (Kubernetes
+// guards every write with one), without reading it when the write path
+// already knows the key: one the key filter never saw is absent, and one the
+// key cache holds is as cached, for every compare but a value's. Otherwise
+// known is false, and the key is read (a point lookup: see visitLatestSpan).
+func (t *txn) knownKey(c *pb.Compare) (kv *mvccpb.KeyValue, known bool) {
+	if len(c.RangeEnd) != 0 || c.Target == pb.Compare_VALUE || t.keys == nil || t.filter == nil {
+		return nil, false
 	}
-	var ok bool
-	found, err := withLatest(t.r, c.Key, func(rec *record) {
-		// The value is the lookup's memory: compared here, not kept.
-		ok = compareKV(c, &mvccpb.KeyValue{Key: c.Key, CreateRevision: rec.createRevision, ModRevision: rec.modRevision, Version: rec.version, Lease: rec.lease, Value: rec.value})
-	})
-	switch {
-	case err != nil:
-		return false, err
-	case found:
-		return ok, nil
-	case c.Target == pb.Compare_VALUE:
-		return false, nil
+	if !t.filter.mayContain(c.Key) {
+		return &mvccpb.KeyValue{}, true
 	}
-	return compareKV(c, &mvccpb.KeyValue{}), nil
+	m, ok := t.keys.get(c.Key)
+	if !ok {
+		return nil, false
+	}
+	if !m.exists {
+		return &mvccpb.KeyValue{}, true
+	}
+	return &mvccpb.KeyValue{CreateRevision: m.createRevision, ModRevision: m.modRevision, Version: m.version, Lease: m.lease}, true
 }
 
 func compareKV(c *pb.Compare, kv *mvccpb.KeyValue) bool {
