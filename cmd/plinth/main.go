@@ -137,6 +137,7 @@ func parseFlags(args, environ []string, stderr io.Writer) (*server.Config, error
 		compactionKeep  = fs.String("auto-compaction-retention", "0", "history the leader keeps by compacting on its own: a duration or hours (periodic), or revisions (revision); 0 turns it off")
 		metricsURLs     = fs.String("listen-metrics-urls", "", "comma-separated URLs to serve /metrics, /health (and /debug/pprof/ with --enable-pprof) on, besides the client URLs")
 		enablePprof     = fs.Bool("enable-pprof", false, "serve runtime profiling data at /debug/pprof/ on the client URLs and --listen-metrics-urls")
+		readLease       = fs.Bool("read-lease", true, "let the leader answer linearizable reads without a quorum round for a while after one (less than an election timeout); turn off where a member's monotonic clock can stop while the others' runs on (a virtual machine its host freezes)")
 		watchProgress   = fs.Duration("watch-progress-notify-interval", 10*time.Minute, "period of progress notifications to watchers that ask for them")
 		watchProgressX  = fs.Duration("experimental-watch-progress-notify-interval", 0, "older spelling of --watch-progress-notify-interval")
 		version         = fs.Bool("version", false, "print the version and exit")
@@ -210,6 +211,7 @@ func parseFlags(args, environ []string, stderr io.Writer) (*server.Config, error
 		}
 	}
 	cfg.EnablePprof = *enablePprof
+	cfg.WithoutReadLease = !*readLease
 	cfg.WatchProgressNotifyInterval = *watchProgress
 	if *watchProgressX != 0 {
 		cfg.WatchProgressNotifyInterval = *watchProgressX

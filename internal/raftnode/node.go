@@ -108,6 +108,12 @@ type Config struct {
 	// to: the raft loop asks it to hold the next sync back while it is
 	// under load (see syncHoldFor).
 	SyncPacer *storage.SyncPacer
+	// ReadLease lets a leader answer linearizable reads without a read
+	// index round while a recent round's quorum guarantees that no other
+	// leader can have been elected (see lease.go). Members refuse votes
+	// for an election timeout after they start whether it is on or not,
+	// so that any member's lease can be trusted.
+	ReadLease bool
 }
 
 // Queue bounds: beyond them, requests fail with ErrTooManyRequests.
@@ -198,7 +204,8 @@ type Node struct {
 	appliedIdx atomic.Uint64
 	lastIdx    atomic.Uint64 // the log's last entry, persisted
 
-	reads readWaits
+	reads      readWaits
+	readRounds atomic.Uint64 // read index rounds started
 	// readNonce starts every read index request context: random per
 	// process, so that an answer meant for an earlier run of this member
 	// (delayed in the network) never matches a request of this one.
@@ -212,6 +219,8 @@ type Node struct {
 	soleVoter     bool          // raft loop only: the configuration is just this member
 	termStart     uint64        // raft loop only: first committed entry of this leader's term; 0 if not leader or unknown
 	localReadFrom atomic.Uint64 // termStart while local reads are safe, else 0
+
+	lease readLease
 
 	progress atomic.Pointer[Progress] // the leader's view of its followers; nil when not leader
 	activeAt map[uint64]uint64        // raft loop only: tick each member was last seen active
@@ -308,6 +317,7 @@ func New(cfg Config, db *pebble.DB, log *storage.LogStore, sm StateMachine) (*No
 	if _, err := rand.Read(n.readNonce[:]); err != nil {
 		return nil, fmt.Errorf("raftnode: read nonce: %w", err)
 	}
+	n.lease.init(cfg.ReadLease, cfg.TickInterval, cfg.ElectionTicks)
 	n.appliedIdx.Store(cfg.Applied)
 	n.lastIdx.Store(last)
 	n.truncatedTo = cfg.Applied
@@ -593,6 +603,11 @@ func (n *Node) step(m *raftpb.Message) {
 			status = raft.SnapshotFailure
 		}
 		n.rn.ReportSnapshot(m.GetFrom(), status)
+	case raftpb.MessageType_MsgVote, raftpb.MessageType_MsgPreVote:
+		if n.dropVoteAtStart(m) {
+			return // the candidate asks again
+		}
+		n.stepRaft(m)
 	case raftpb.MessageType_MsgReadIndex:
 		// A follower's read: a leader answers it from its own next
 		// round, shared with its own reads and every other follower's,
@@ -772,10 +787,15 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 	if rd.SoftState != nil {
 		leading = rd.SoftState.RaftState == raft.StateLeader
 	}
+	if !leading {
+		// Before anything of the new state (a vote, say) is sent.
+		n.revokeLease()
+	}
 	if leading {
 		if !n.leading {
 			clear(n.lastHeartbeat) // a new time as leader
 		}
+		n.noLeaseForTransfer(rd.Messages)
 		n.observeHeartbeats(rd.Messages)
 		n.send(coalesce(rd.Messages))
 	}
@@ -797,6 +817,7 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 		}
 		n.termStart = 0
 		n.publishLocalReads()
+		n.publishLease()
 		// A new leader's view of its followers is there at once, not
 		// a tick later: membership changes consult it.
 		n.publishProgress(n.ticks.Load())
@@ -853,6 +874,7 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 			continue
 		}
 		delete(inflight, seq)
+		n.extendLease(r)
 		n.reads.add(rs.Index, r.waiters, n.appliedIdx.Load())
 		n.answerRemoteReads(r.remote, rs.Index)
 	}
@@ -862,6 +884,7 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 			if n.termStart == 0 && e.GetTerm() == n.term.Load() && n.lead.Load() == n.cfg.ID {
 				n.termStart = e.GetIndex()
 				n.publishLocalReads()
+				n.publishLease()
 			}
 			if e.GetType() == raftpb.EntryType_EntryNormal {
 				continue
@@ -869,6 +892,7 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 			// Stop local reads before the configuration changes.
 			n.soleVoter = false
 			n.publishLocalReads()
+			n.leaseConfChanged()
 			c, err := n.applyConfChange(e)
 			if err != nil {
 				return err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"sync"
+	"time"
 
 	"go.etcd.io/raft/v3"
 	raftpb "go.etcd.io/raft/v3/raftpb"
@@ -28,6 +29,9 @@ const readRetryTicks = 5
 func (n *Node) ReadIndex(ctx context.Context) error {
 	if from := n.localReadFrom.Load(); from != 0 && n.appliedIdx.Load() >= from {
 		return nil
+	}
+	if index, ok := n.leaseReadIndex(); ok {
+		return n.waitApplied(ctx, index)
 	}
 	select {
 	case <-n.stopC:
@@ -76,6 +80,20 @@ func (n *Node) answerRemoteReads(reqs []*raftpb.Message, index uint64) {
 // asked again, and fails after the read timeout, so that a member cut off
 // from the leader answers with an error instead of never.
 func (n *Node) startReadRound(inflight map[uint64]*readRound, spare []chan error, seq *uint64, now uint64) []chan error {
+	if index, ok := n.leaseReadIndex(); ok {
+		// The lease answers whatever waits, and a round only
+		// extends it.
+		reads := n.readQueue.drain(spare)
+		if len(reads) > 0 {
+			n.reads.add(index, append([]chan error(nil), reads...), n.appliedIdx.Load())
+		}
+		n.answerRemoteReads(n.remoteReads, index)
+		n.remoteReads = nil
+		if len(inflight) == 0 && n.leaseRenewalDue() {
+			n.newReadRound(inflight, seq, &readRound{started: now}, now)
+		}
+		return reads
+	}
 	if len(inflight) > 0 {
 		return spare
 	}
@@ -83,13 +101,22 @@ func (n *Node) startReadRound(inflight map[uint64]*readRound, spare []chan error
 	if len(reads) == 0 && len(n.remoteReads) == 0 {
 		return reads
 	}
-	*seq++
-	r := &readRound{ctx: n.readContext(*seq), waiters: append([]chan error(nil), reads...), remote: n.remoteReads, started: now}
+	n.newReadRound(inflight, seq, &readRound{waiters: append([]chan error(nil), reads...), remote: n.remoteReads, started: now}, now)
 	n.remoteReads = nil
-	inflight[*seq] = r
-	n.askRead(r, now)
 	return reads
 }
+
+// newReadRound numbers round r, counts it in flight, and asks it.
+func (n *Node) newReadRound(inflight map[uint64]*readRound, seq *uint64, r *readRound, now uint64) {
+	*seq++
+	r.ctx = n.readContext(*seq)
+	inflight[*seq] = r
+	n.readRounds.Add(1)
+	n.askRead(r, now)
+}
+
+// ReadIndexRounds returns how many read index rounds this member has started.
+func (n *Node) ReadIndexRounds() uint64 { return n.readRounds.Load() }
 
 // readRound is one read index request and the reads that share it.
 type readRound struct {
@@ -100,6 +127,11 @@ type readRound struct {
 	remote  []*raftpb.Message
 	started uint64 // tick it was queued at
 	asked   uint64 // tick it was last asked at
+	// leaseFrom is when this member, leading in term leaseTerm, first
+	// asked it: a quorum that answers it acknowledged the leader after
+	// then, which is where the read lease it extends starts.
+	leaseFrom time.Time
+	leaseTerm uint64
 	// leader is the leader it was last asked under; 0 while it was never
 	// asked (no leader was known).
 	leader uint64
@@ -143,6 +175,9 @@ func (n *Node) retryReads(inflight map[uint64]*readRound, now, timeoutTicks uint
 func (n *Node) askRead(r *readRound, now uint64) {
 	if lead := n.lead.Load(); lead != raft.None {
 		r.asked, r.leader = now, lead
+		if n.leading && r.leaseFrom.IsZero() {
+			r.leaseFrom, r.leaseTerm = time.Now(), n.term.Load()
+		}
 		n.rn.ReadIndex(r.ctx)
 	}
 }

@@ -50,7 +50,11 @@ type Config struct {
 	// /debug/pprof/ when EnablePprof is set), as the client URLs do.
 	ListenMetricsURLs []url.URL
 	EnablePprof       bool
-	Logger            *slog.Logger
+	// WithoutReadLease makes the leader confirm its leadership with a
+	// quorum for every linearizable read, as etcd does, instead of
+	// answering from a read lease (raftnode.Config.ReadLease).
+	WithoutReadLease bool
+	Logger           *slog.Logger
 	// PeerBlocked injects network faults for tests: messages between two
 	// members it reports blocked are dropped (see transport.Config).
 	PeerBlocked func(from, to uint64) bool

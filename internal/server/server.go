@@ -201,6 +201,7 @@ func (s *Server) open(pacer *storage.SyncPacer) error {
 		OnDropped:     s.proposalDropped,
 		Logger:        s.logger,
 		SyncPacer:     pacer, // db's: the raft loop drives its syncs
+		ReadLease:     !s.cfg.WithoutReadLease,
 	}, s.db, logStore, stateMachine{s})
 	return err
 }
