@@ -195,6 +195,28 @@ func TestParseFlagsWatchProgressInterval(t *testing.T) {
 	}
 }
 
+// The read lease is on unless --read-lease=false (or ETCD_READ_LEASE=false)
+// turns it off.
+func TestParseFlagsReadLease(t *testing.T) {
+	for _, tc := range []struct {
+		args, env []string
+		without   bool
+	}{
+		{nil, nil, false},
+		{[]string{"--read-lease=false"}, nil, true},
+		{nil, []string{"ETCD_READ_LEASE=false"}, true},
+		{[]string{"--read-lease=true"}, []string{"ETCD_READ_LEASE=false"}, false},
+	} {
+		cfg, err := parseFlags(tc.args, tc.env, &bytes.Buffer{})
+		if err != nil {
+			t.Fatalf("%v %v: %v", tc.args, tc.env, err)
+		}
+		if cfg.WithoutReadLease != tc.without {
+			t.Fatalf("%v %v: without the read lease %v, want %v", tc.args, tc.env, cfg.WithoutReadLease, tc.without)
+		}
+	}
+}
+
 // TestPlinthSetsGCPercent: plinth governs the GC's percent unless GOGC has
 // a value in the environment, where the runtime has already read it.
 func TestPlinthSetsGCPercent(t *testing.T) {
