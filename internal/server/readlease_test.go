@@ -36,6 +36,9 @@ func TestClusterReadLease(t *testing.T) {
 		c := newTestCluster(t, 3, "read-lease")
 		for i := range 3 {
 			c.cfgs[i].WithoutReadLease = !on
+			// A lease of 882 ms, renewed every half of it: the bound
+			// below holds however slowly a loaded machine reads.
+			c.cfgs[i].ElectionTimeout = time.Second
 			c.start(i)
 		}
 		lead := c.leader(ctx)
