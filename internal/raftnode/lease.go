@@ -172,22 +172,16 @@ func (n *Node) leaseConfChanged() {
 func (n *Node) noLeaseForTransfer(msgs []*raftpb.Message) {
 	for _, m := range msgs {
 		if m.GetType() == raftpb.MessageType_MsgTimeoutNow {
-			n.lease.noLeaseFor = n.rn.BasicStatus().GetTerm()
+			n.lease.noLeaseFor = n.term.Load()
 			n.revokeLease()
 			return
 		}
 	}
 }
 
-// leaseRenewalDue reports whether the raft loop should ask a round only to
-// extend the lease: reads are using it, and it is more than half spent.
-func (n *Node) leaseRenewalDue() bool {
-	if n.lease.untilNanos.Load() == 0 || !n.lease.wanted.Load() {
-		return false
-	}
-	n.lease.wanted.Store(false)
-	return true
-}
+// leaseRenewalDue reports, while the lease holds, whether the raft loop
+// should ask a round only to extend it: reads found it more than half spent.
+func (n *Node) leaseRenewalDue() bool { return n.lease.wanted.Swap(false) }
 
 // dropVoteAtStart reports whether m, a vote or pre-vote request, comes within
 // ElectionTicks ticks of this member's start, when it must not be granted:

@@ -787,10 +787,6 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 	if rd.SoftState != nil {
 		leading = rd.SoftState.RaftState == raft.StateLeader
 	}
-	if !leading {
-		// Before anything of the new state (a vote, say) is sent.
-		n.revokeLease()
-	}
 	if leading {
 		if !n.leading {
 			clear(n.lastHeartbeat) // a new time as leader
@@ -798,6 +794,9 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 		n.noLeaseForTransfer(rd.Messages)
 		n.observeHeartbeats(rd.Messages)
 		n.send(coalesce(rd.Messages))
+	} else {
+		// Before anything of the new state (a vote, say) is sent.
+		n.revokeLease()
 	}
 	if rd.SoftState != nil {
 		n.leading = rd.SoftState.RaftState == raft.StateLeader
