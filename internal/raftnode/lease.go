@@ -41,6 +41,10 @@ import (
 //   - A leader that steps down revokes its lease before it sends anything
 //     of its new state (a vote, say), so a read that found the lease held
 //     found it while no other leader could have been elected.
+//   - A leader sends a new commit index before it persists the Ready that
+//     holds it, and a follower may apply a write and acknowledge it
+//     meanwhile: the lease answers with the commit index as sent
+//     (sentCommit), not as persisted.
 //
 // The lease counts time on the leader's monotonic clock: a process paused
 // (SIGSTOP, a long GC) wakes to a clock past its lease. A machine whose
@@ -90,9 +94,10 @@ func (l *readLease) init(on bool, tick time.Duration, electionTicks int) {
 // leaseReadIndex returns the index a linearizable read must wait for when
 // the lease answers it, and whether it does. The commit index is read before
 // the lease: at that moment this member led and no other could have been
-// elected, so every write acknowledged by then is at or below it.
+// elected, so every write acknowledged by then, here or at a follower, is at
+// or below the commit index it had sent (sentCommit).
 func (n *Node) leaseReadIndex() (uint64, bool) {
-	index := n.commitIdx.Load()
+	index := n.sentCommit.Load()
 	until := n.lease.untilNanos.Load()
 	if until == 0 {
 		return 0, false

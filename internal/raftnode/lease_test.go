@@ -1,11 +1,17 @@
 package raftnode
 
 import (
+	"context"
 	"log/slog"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
+	"github.com/plinthdb/plinth/internal/storage"
 	"go.etcd.io/raft/v3"
 	raftpb "go.etcd.io/raft/v3/raftpb"
 )
@@ -71,4 +77,205 @@ func TestVotesWaitAnElectionTimeoutAfterStart(t *testing.T) {
 	waitFor(t, "an election timeout of ticks", func() bool { return n.ticks.Load() >= 10 })
 	ask(raftpb.MessageType_MsgPreVote, 2, 60, nil)
 	waitFor(t, "the pre-vote answered", func() bool { return sent.count(raftpb.MessageType_MsgPreVoteResp, 2) == 1 })
+}
+
+// scriptedFollower plays member 2 of a three-member cluster for the node
+// under test: it grants every vote and acknowledges every heartbeat and
+// append, except that while withholding it keeps the appends' acknowledgments
+// back until ack releases them. Member 3 never answers.
+type scriptedFollower struct {
+	n        *Node
+	msgs     chan *raftpb.Message
+	withhold atomic.Bool
+
+	mu       sync.Mutex
+	withheld []*raftpb.Message // appends not yet acknowledged
+	commit   uint64            // the highest commit index member 2 was told
+}
+
+func (f *scriptedFollower) Send(msgs []*raftpb.Message) {
+	for _, m := range msgs {
+		if m.GetTo() == 2 {
+			f.msgs <- m
+		}
+	}
+}
+
+// run answers the node's messages until stop is closed.
+func (f *scriptedFollower) run(stop <-chan struct{}) {
+	for {
+		var m *raftpb.Message
+		select {
+		case <-stop:
+			return
+		case m = <-f.msgs:
+		}
+		f.mu.Lock()
+		f.commit = max(f.commit, m.GetCommit())
+		f.mu.Unlock()
+		switch m.GetType() {
+		case raftpb.MessageType_MsgPreVote:
+			f.reply(m, raftpb.MessageType_MsgPreVoteResp, 0, nil)
+		case raftpb.MessageType_MsgVote:
+			f.reply(m, raftpb.MessageType_MsgVoteResp, 0, nil)
+		case raftpb.MessageType_MsgHeartbeat:
+			f.reply(m, raftpb.MessageType_MsgHeartbeatResp, 0, m.GetContext())
+		case raftpb.MessageType_MsgApp:
+			if f.withhold.Load() {
+				f.mu.Lock()
+				f.withheld = append(f.withheld, m)
+				f.mu.Unlock()
+				continue
+			}
+			f.reply(m, raftpb.MessageType_MsgAppResp, m.GetIndex()+uint64(len(m.GetEntries())), nil)
+		}
+	}
+}
+
+func (f *scriptedFollower) reply(m *raftpb.Message, typ raftpb.MessageType, index uint64, context []byte) {
+	from, to, term := uint64(2), uint64(1), m.GetTerm()
+	f.n.Step(&raftpb.Message{Type: &typ, From: &from, To: &to, Term: &term, Index: &index, Context: context})
+}
+
+// ack acknowledges the withheld appends up to index, as member 2 would once
+// it persisted them.
+func (f *scriptedFollower) ack(index uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, m := range f.withheld {
+		if m.GetIndex()+uint64(len(m.GetEntries())) >= index {
+			f.reply(m, raftpb.MessageType_MsgAppResp, index, nil)
+			return
+		}
+	}
+}
+
+// withheldEntry returns the index of the withheld entry holding data, or 0.
+func (f *scriptedFollower) withheldEntry(data string) uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, m := range f.withheld {
+		for _, e := range m.GetEntries() {
+			if string(e.GetData()) == data {
+				return e.GetIndex()
+			}
+		}
+	}
+	return 0
+}
+
+func (f *scriptedFollower) toldCommit() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.commit
+}
+
+// A leader tells its followers of a new commit index before it persists the
+// Ready that carries it, and a follower may apply a write and acknowledge it
+// meanwhile. A read the leader answers from its lease must then wait for that
+// write: its index is the commit index sent, not the one persisted.
+func TestLeaseReadWaitsForWhatFollowersMayHaveApplied(t *testing.T) {
+	// The WAL's syncs can be held one at a time: syncWaiting says a sync
+	// waits, release lets one go.
+	var holdSyncs atomic.Bool
+	syncWaiting, release := make(chan struct{}), make(chan struct{})
+	fs := errorfs.Wrap(vfs.Default, errorfs.InjectorFunc(func(op errorfs.Op) error {
+		switch op.Kind {
+		case errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo:
+			if holdSyncs.Load() && strings.HasSuffix(op.Path, ".log") {
+				syncWaiting <- struct{}{}
+				<-release
+			}
+		}
+		return nil
+	}))
+	logger := slog.New(slog.DiscardHandler)
+	db, err := storage.OpenFS(fs, t.TempDir(), logger, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = db.Close() }()
+	log, err := storage.OpenLogStore(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	follower := &scriptedFollower{msgs: make(chan *raftpb.Message, 1024)}
+	sm := &recorder{db: db}
+	// A two-second election timeout: the lease (1.76s) outlasts the
+	// test's steps on a slow machine.
+	n, err := New(Config{
+		ID: 1, Peers: []raft.Peer{{ID: 1}, {ID: 2}, {ID: 3}}, TickInterval: 20 * time.Millisecond, ElectionTicks: 100,
+		ReadLease: true, Transport: follower, Logger: logger, OnDropped: func(uint64, error) {},
+	}, db, log, sm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	follower.n = n
+	stopFollower := make(chan struct{})
+	go follower.run(stopFollower)
+	n.Start()
+	defer func() {
+		holdSyncs.Store(false)
+		close(release)
+		n.Stop()
+		close(stopFollower)
+	}()
+
+	// Raft campaigns only once the bootstrap's configuration is applied.
+	waitFor(t, "the configuration applied", func() bool { return n.appliedIdx.Load() >= 3 })
+	n.ctrlQueue.push(func(rn *raft.RawNode) { _ = rn.Campaign() })
+	waitFor(t, "leadership", func() bool { return n.lead.Load() == 1 })
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if err := n.ReadIndex(ctx); err != nil { // a round, which gives the lease
+		t.Fatal(err)
+	}
+	if n.lease.untilNanos.Load() == 0 {
+		t.Fatal("no lease after a read index round that member 2 acknowledged")
+	}
+
+	// Write E; member 2 gets it but does not acknowledge it yet.
+	follower.withhold.Store(true)
+	if err := n.Propose(1, []byte("E")); err != nil {
+		t.Fatal(err)
+	}
+	var indexE uint64
+	waitFor(t, "E sent to member 2", func() bool { indexE = follower.withheldEntry("E"); return indexE != 0 })
+	waitFor(t, "E persisted", func() bool { return n.lastIdx.Load() >= indexE })
+
+	// Write F, whose sync the leader is held in.
+	holdSyncs.Store(true)
+	if err := n.Propose(2, []byte("F")); err != nil {
+		t.Fatal(err)
+	}
+	<-syncWaiting
+	// Member 2 acknowledges E, and G is proposed: the leader's next Ready
+	// commits E, sends member 2 that news with G, and is held in G's sync.
+	follower.ack(indexE)
+	if err := n.Propose(3, []byte("G")); err != nil {
+		t.Fatal(err)
+	}
+	release <- struct{}{}
+	<-syncWaiting
+	waitFor(t, "member 2 told E is committed", func() bool { return follower.toldCommit() >= indexE })
+	if n.lease.untilNanos.Load() == 0 {
+		t.Fatal("the lease was lost before the read")
+	}
+
+	// Member 2 may have applied E and acknowledged it. The leader's read
+	// must wait for E, which it applies once G is persisted.
+	readCtx, cancelRead := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancelRead()
+	err = n.ReadIndex(readCtx)
+	if applied := n.appliedIdx.Load(); err == nil && applied < indexE {
+		t.Fatalf("a lease read returned with %d applied, below E (%d), which member 2 may have acknowledged", applied, indexE)
+	}
+	holdSyncs.Store(false)
+	release <- struct{}{}
+	if err := n.ReadIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if applied := n.appliedIdx.Load(); applied < indexE {
+		t.Fatalf("a lease read returned with %d applied, below E (%d)", applied, indexE)
+	}
 }

@@ -198,9 +198,15 @@ type Node struct {
 	failErr  error
 	failedC  chan struct{} // closed when a loop failed; failErr says why
 
-	term       atomic.Uint64
-	lead       atomic.Uint64
-	commitIdx  atomic.Uint64
+	term      atomic.Uint64
+	lead      atomic.Uint64
+	commitIdx atomic.Uint64 // as persisted
+	// sentCommit is the commit index this member, leading, may have told
+	// its followers: stored before it sends it. A follower applies a
+	// committed write, and acknowledges it, while the leader still
+	// persists the Ready that carried the news; a lease read takes its
+	// index from here, never from commitIdx, so that it cannot miss one.
+	sentCommit atomic.Uint64
 	appliedIdx atomic.Uint64
 	lastIdx    atomic.Uint64 // the log's last entry, persisted
 
@@ -792,6 +798,9 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 			clear(n.lastHeartbeat) // a new time as leader
 		}
 		n.noLeaseForTransfer(rd.Messages)
+		if rd.HardState != nil {
+			n.sentCommit.Store(rd.HardState.GetCommit())
+		}
 		n.observeHeartbeats(rd.Messages)
 		n.send(coalesce(rd.Messages))
 	} else {

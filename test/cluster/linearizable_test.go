@@ -50,7 +50,7 @@ func (h *linHistory) now() int64 { return time.Since(h.epoch).Nanoseconds() }
 // record adds an op that was called at call. err nil: it returned out now.
 // A failed read tells nothing and is left out; a failed write may take
 // effect at any time after its call, so it returns at the end of time.
-func (h *linHistory) record(clientID int, in kvInput, call int64, out kvOutput, err error) {
+func (h *linHistory) record(clientID int, in kvInput, call int64, out kvOutput, answeredBy uint64, err error) {
 	ret := h.now()
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -68,7 +68,11 @@ func (h *linHistory) record(clientID int, in kvInput, call int64, out kvOutput, 
 			h.acked = append(h.acked, ackedWrite{key: in.key, value: in.value, rev: out.rev})
 		}
 	}
-	h.ops = append(h.ops, porcupine.Operation{ClientId: clientID, Input: in, Call: call, Output: out, Return: ret})
+	op := porcupine.Operation{ClientId: clientID, Input: in, Call: call, Output: out, Return: ret}
+	if answeredBy != 0 {
+		op.Metadata = fmt.Sprintf("member %x", answeredBy)
+	}
+	h.ops = append(h.ops, op)
 }
 
 // do issues one op through cli and records it.
@@ -78,16 +82,17 @@ func (h *linHistory) do(ctx context.Context, cli *clientv3.Client, clientID int,
 	defer cancel()
 	var out kvOutput
 	var err error
+	var answeredBy uint64
 	switch in.kind {
 	case kvPut:
 		var resp *clientv3.PutResponse
 		if resp, err = cli.Put(octx, in.key, in.value); err == nil {
-			out.rev = resp.Header.Revision
+			out.rev, answeredBy = resp.Header.Revision, resp.Header.MemberId
 		}
 	case kvGet:
 		var resp *clientv3.GetResponse
 		if resp, err = cli.Get(octx, in.key, linearizable()...); err == nil {
-			out.rev = resp.Header.Revision
+			out.rev, answeredBy = resp.Header.Revision, resp.Header.MemberId
 			switch len(resp.Kvs) {
 			case 0:
 			case 1:
@@ -103,10 +108,10 @@ func (h *linHistory) do(ctx context.Context, cli *clientv3.Client, clientID int,
 			Then(clientv3.OpPut(in.key, in.value)).
 			Commit()
 		if err == nil {
-			out.ok, out.rev = resp.Succeeded, resp.Header.Revision
+			out.ok, out.rev, answeredBy = resp.Succeeded, resp.Header.Revision, resp.Header.MemberId
 		}
 	}
-	h.record(clientID, in, call, out, err)
+	h.record(clientID, in, call, out, answeredBy, err)
 	return out, err
 }
 
@@ -241,7 +246,7 @@ func TestLinearizableUnderFaults(t *testing.T) {
 		if err := porcupine.VisualizePath(kvModel, info, path); err != nil {
 			path = fmt.Sprintf("(visualization failed: %v)", err)
 		}
-		t.Errorf("NOT LINEARIZABLE (seed %d): see %s", seed, path)
+		t.Errorf("NOT LINEARIZABLE (seed %d): see %s\n%s", seed, path, describeIllegal(h.ops, info))
 	case porcupine.Unknown:
 		t.Errorf("linearizability undecided after %v", linCheckBudget)
 	}

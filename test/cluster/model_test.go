@@ -1,9 +1,13 @@
 package cluster
 
 import (
+	"cmp"
 	"fmt"
 	"math"
+	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/anishathalye/porcupine"
 )
@@ -145,5 +149,100 @@ func TestKVModel(t *testing.T) {
 				t.Errorf("linearizable = %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+// describeIllegal tells in text where porcupine found a history illegal, for
+// where the visualization is out of reach (a CI log): for each key whose ops
+// have no linearization, the op that the longest partial linearization could
+// not take next (of the ops it left out, the first to return), and every op
+// of that key that overlaps the second before it, in call order, each with
+// its place in that partial linearization.
+func describeIllegal(ops []porcupine.Operation, info porcupine.LinearizationInfo) string {
+	type opID struct {
+		client int
+		call   int64
+	}
+	seconds := func(t int64) string {
+		if t == math.MaxInt64 {
+			return "never"
+		}
+		return fmt.Sprintf("%.3fs", float64(t)/1e9)
+	}
+	parts := kvModel.Partition(ops)
+	partials := info.PartialLinearizationsOperations()
+	var b strings.Builder
+	for p, part := range parts {
+		if p >= len(partials) {
+			break
+		}
+		var longest []porcupine.Operation
+		for _, l := range partials[p] {
+			if len(l) > len(longest) {
+				longest = l
+			}
+		}
+		if len(longest) == len(part) {
+			continue
+		}
+		place := map[opID]int{}
+		for i, op := range longest {
+			place[opID{op.ClientId, op.Call}] = i + 1
+		}
+		var stuck *porcupine.Operation
+		for i := range part {
+			if place[opID{part[i].ClientId, part[i].Call}] == 0 && (stuck == nil || part[i].Return < stuck.Return) {
+				stuck = &part[i]
+			}
+		}
+		fmt.Fprintf(&b, "%s: %d of %d ops linearized; none can take next: client %d %s [%s .. %s]\n",
+			part[0].Input.(kvInput).key, len(longest), len(part), stuck.ClientId,
+			kvModel.DescribeOperation(stuck.Input, stuck.Output), seconds(stuck.Call), seconds(stuck.Return))
+		window := slices.Clone(part)
+		slices.SortFunc(window, func(x, y porcupine.Operation) int { return cmp.Compare(x.Call, y.Call) })
+		for _, op := range window {
+			if op.Return < stuck.Call-int64(time.Second) || op.Call > stuck.Return {
+				continue
+			}
+			at := "-"
+			if i := place[opID{op.ClientId, op.Call}]; i != 0 {
+				at = fmt.Sprintf("#%d", i)
+			}
+			fmt.Fprintf(&b, "  %6s  [%s .. %s] client %d  %s  %v\n", at, seconds(op.Call), seconds(op.Return),
+				op.ClientId, kvModel.DescribeOperation(op.Input, op.Output), op.Metadata)
+		}
+	}
+	return b.String()
+}
+
+// TestDescribeIllegal: the text names the key, the op no linearization can
+// take, and the ops around it with their answering member.
+func TestDescribeIllegal(t *testing.T) {
+	ms := int64(time.Millisecond)
+	op := func(client int, in kvInput, out kvOutput, call, ret int64) porcupine.Operation {
+		return porcupine.Operation{ClientId: client, Input: in, Output: out, Call: call * ms, Return: ret * ms, Metadata: "member 7"}
+	}
+	hist := []porcupine.Operation{
+		op(1, kvInput{kind: kvPut, key: "b", value: "1"}, kvOutput{rev: 2}, 0, 10),
+		op(1, kvInput{kind: kvPut, key: "a", value: "1"}, kvOutput{rev: 3}, 20, 30),
+		op(2, kvInput{kind: kvPut, key: "a", value: "2"}, kvOutput{rev: 4}, 31, 35),
+		op(3, kvInput{kind: kvGet, key: "a"}, kvOutput{value: "1", rev: 3}, 40, 50),
+	}
+	res, info := porcupine.CheckOperationsVerbose(kvModel, hist, 0)
+	if res != porcupine.Illegal {
+		t.Fatalf("check: %v, want Illegal", res)
+	}
+	got := describeIllegal(hist, info)
+	for _, want := range []string{
+		`a: 2 of 3 ops linearized; none can take next: client 3 get(a) -> "1" @3 [0.040s .. 0.050s]`,
+		`#2  [0.031s .. 0.035s] client 2  put(a, "2") @4  member 7`,
+		`-  [0.040s .. 0.050s] client 3  get(a) -> "1" @3  member 7`,
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("description lacks %q:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "b:") {
+		t.Errorf("description names key b, which is linearizable:\n%s", got)
 	}
 }

@@ -139,15 +139,16 @@ func (nm *nemesis) run(d time.Duration) int {
 			f = tour[n]
 		}
 		leader, term := findLeader(t, nm.c)
-		start := time.Now()
+		start, at := time.Now(), time.Duration(nm.h.now())
 		what, err := f.run(nm, leader)
 		if err != nil {
 			t.Fatalf("fault %d (%s: %s): %v", n+1, f.name, what, err)
 		}
 		took := time.Since(start)
 		after, afterTerm := findLeader(t, nm.c)
-		t.Logf("fault %d, %s: %s (leader was %s, term %d); %v; now %s leads in term %d (%v after the fault ended)",
-			n+1, f.name, what, leader.Name(), term, took.Round(time.Millisecond), after.Name(), afterTerm, (time.Since(start) - took).Round(time.Millisecond))
+		// at is on the history's clock, as the ops' times are.
+		t.Logf("fault %d at %.3fs, %s: %s (leader was %s, term %d); %v; now %s leads in term %d (%v after the fault ended)",
+			n+1, at.Seconds(), f.name, what, leader.Name(), term, took.Round(time.Millisecond), after.Name(), afterTerm, (time.Since(start) - took).Round(time.Millisecond))
 	}
 	return n
 }
