@@ -91,6 +91,7 @@ type scriptedFollower struct {
 	mu       sync.Mutex
 	withheld []*raftpb.Message // appends not yet acknowledged
 	commit   uint64            // the highest commit index member 2 was told
+	entries  map[string]uint64 // the index of each entry member 2 got, by its data
 }
 
 func (f *scriptedFollower) Send(msgs []*raftpb.Message) {
@@ -112,6 +113,11 @@ func (f *scriptedFollower) run(stop <-chan struct{}) {
 		}
 		f.mu.Lock()
 		f.commit = max(f.commit, m.GetCommit())
+		for _, e := range m.GetEntries() {
+			if len(e.GetData()) > 0 {
+				f.entries[string(e.GetData())] = e.GetIndex()
+			}
+		}
 		f.mu.Unlock()
 		switch m.GetType() {
 		case raftpb.MessageType_MsgPreVote:
@@ -150,24 +156,63 @@ func (f *scriptedFollower) ack(index uint64) {
 	}
 }
 
-// withheldEntry returns the index of the withheld entry holding data, or 0.
-func (f *scriptedFollower) withheldEntry(data string) uint64 {
+// sentEntry returns the index of the entry holding data that member 2 got,
+// or 0.
+func (f *scriptedFollower) sentEntry(data string) uint64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for _, m := range f.withheld {
-		for _, e := range m.GetEntries() {
-			if string(e.GetData()) == data {
-				return e.GetIndex()
-			}
-		}
-	}
-	return 0
+	return f.entries[data]
 }
 
 func (f *scriptedFollower) toldCommit() uint64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.commit
+}
+
+// leadWithScriptedFollower starts member 1 of a cluster of members 1 to
+// voters, over fs, with sm as its state machine (its db is set here), member
+// 2 played by a scriptedFollower and the rest silent, and makes it the
+// leader. Its two-second election timeout gives a lease (1.76s) that
+// outlasts a test's steps on a slow machine. The test's cleanup stops it.
+func leadWithScriptedFollower(t *testing.T, fs vfs.FS, voters uint64, sm *recorder) (*Node, *scriptedFollower, *recorder) {
+	t.Helper()
+	logger := slog.New(slog.DiscardHandler)
+	db, err := storage.OpenFS(fs, t.TempDir(), logger, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	log, err := storage.OpenLogStore(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sm.db = db
+	var peers []raft.Peer
+	for id := range voters {
+		peers = append(peers, raft.Peer{ID: id + 1})
+	}
+	follower := &scriptedFollower{msgs: make(chan *raftpb.Message, 1024), entries: map[string]uint64{}}
+	n, err := New(Config{
+		ID: 1, Peers: peers, TickInterval: 20 * time.Millisecond, ElectionTicks: 100,
+		ReadLease: true, Transport: follower, Logger: logger, OnDropped: func(uint64, error) {},
+	}, db, log, sm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	follower.n = n
+	stopFollower := make(chan struct{})
+	go follower.run(stopFollower)
+	n.Start()
+	t.Cleanup(func() {
+		n.Stop()
+		close(stopFollower)
+	})
+	// Raft campaigns only once the bootstrap's configuration is applied.
+	waitFor(t, "the configuration applied", func() bool { return n.appliedIdx.Load() >= voters })
+	n.ctrlQueue.push(func(rn *raft.RawNode) { _ = rn.Campaign() })
+	waitFor(t, "leadership", func() bool { return n.lead.Load() == 1 })
+	return n, follower, sm
 }
 
 // A leader tells its followers of a new commit index before it persists the
@@ -189,42 +234,11 @@ func TestLeaseReadWaitsForWhatFollowersMayHaveApplied(t *testing.T) {
 		}
 		return nil
 	}))
-	logger := slog.New(slog.DiscardHandler)
-	db, err := storage.OpenFS(fs, t.TempDir(), logger, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = db.Close() }()
-	log, err := storage.OpenLogStore(db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	follower := &scriptedFollower{msgs: make(chan *raftpb.Message, 1024)}
-	sm := &recorder{db: db}
-	// A two-second election timeout: the lease (1.76s) outlasts the
-	// test's steps on a slow machine.
-	n, err := New(Config{
-		ID: 1, Peers: []raft.Peer{{ID: 1}, {ID: 2}, {ID: 3}}, TickInterval: 20 * time.Millisecond, ElectionTicks: 100,
-		ReadLease: true, Transport: follower, Logger: logger, OnDropped: func(uint64, error) {},
-	}, db, log, sm)
-	if err != nil {
-		t.Fatal(err)
-	}
-	follower.n = n
-	stopFollower := make(chan struct{})
-	go follower.run(stopFollower)
-	n.Start()
-	defer func() {
+	n, follower, _ := leadWithScriptedFollower(t, fs, 3, &recorder{})
+	t.Cleanup(func() {
 		holdSyncs.Store(false)
 		close(release)
-		n.Stop()
-		close(stopFollower)
-	}()
-
-	// Raft campaigns only once the bootstrap's configuration is applied.
-	waitFor(t, "the configuration applied", func() bool { return n.appliedIdx.Load() >= 3 })
-	n.ctrlQueue.push(func(rn *raft.RawNode) { _ = rn.Campaign() })
-	waitFor(t, "leadership", func() bool { return n.lead.Load() == 1 })
+	})
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
 	if err := n.ReadIndex(ctx); err != nil { // a round, which gives the lease
@@ -240,7 +254,7 @@ func TestLeaseReadWaitsForWhatFollowersMayHaveApplied(t *testing.T) {
 		t.Fatal(err)
 	}
 	var indexE uint64
-	waitFor(t, "E sent to member 2", func() bool { indexE = follower.withheldEntry("E"); return indexE != 0 })
+	waitFor(t, "E sent to member 2", func() bool { indexE = follower.sentEntry("E"); return indexE != 0 })
 	waitFor(t, "E persisted", func() bool { return n.lastIdx.Load() >= indexE })
 
 	// Write F, whose sync the leader is held in.
@@ -266,7 +280,7 @@ func TestLeaseReadWaitsForWhatFollowersMayHaveApplied(t *testing.T) {
 	// must wait for E, which it applies once G is persisted.
 	readCtx, cancelRead := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancelRead()
-	err = n.ReadIndex(readCtx)
+	err := n.ReadIndex(readCtx)
 	if applied := n.appliedIdx.Load(); err == nil && applied < indexE {
 		t.Fatalf("a lease read returned with %d applied, below E (%d), which member 2 may have acknowledged", applied, indexE)
 	}
@@ -277,5 +291,52 @@ func TestLeaseReadWaitsForWhatFollowersMayHaveApplied(t *testing.T) {
 	}
 	if applied := n.appliedIdx.Load(); applied < indexE {
 		t.Fatalf("a lease read returned with %d applied, below E (%d)", applied, indexE)
+	}
+}
+
+// A leader that a configuration change leaves the only voter reads locally,
+// without asking anyone. The voter removed may have applied and acknowledged
+// a write committed before the change that the leader has not applied yet:
+// local reads must wait until the change, and so that write, is applied here.
+func TestLocalReadsWaitForTheChangeThatMadeThemSafe(t *testing.T) {
+	sm := &recorder{holdEntry: "X", holdEntryC: make(chan struct{})}
+	n, follower, _ := leadWithScriptedFollower(t, vfs.Default, 2, sm)
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(sm.holdEntryC)
+		}
+	}
+	t.Cleanup(release)
+
+	// X commits (member 2 acknowledges it, and may apply it and answer its
+	// client); its apply here is held.
+	if err := n.Propose(1, []byte("X")); err != nil {
+		t.Fatal(err)
+	}
+	var indexX uint64
+	waitFor(t, "X sent to member 2", func() bool { indexX = follower.sentEntry("X"); return indexX != 0 })
+	waitFor(t, "member 2 told X is committed", func() bool { return follower.toldCommit() >= indexX })
+	member2 := uint64(2)
+	if err := n.ProposeConfChange(2, &raftpb.ConfChange{Type: raftpb.ConfChangeType_ConfChangeRemoveNode.Enum(), NodeId: &member2}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the leader the only voter", func() bool { return n.localReadFrom.Load() != 0 })
+
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	readCtx, cancelRead := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancelRead()
+	err := n.ReadIndex(readCtx)
+	if applied := n.appliedIdx.Load(); err == nil && applied < indexX {
+		t.Fatalf("a local read returned with %d applied, below X (%d), which member 2 may have acknowledged", applied, indexX)
+	}
+	release()
+	if err := n.ReadIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if applied := n.appliedIdx.Load(); applied < indexX {
+		t.Fatalf("a local read returned with %d applied, below X (%d)", applied, indexX)
 	}
 }

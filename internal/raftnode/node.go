@@ -222,9 +222,13 @@ type Node struct {
 	// write acknowledged to a client has been applied here, so once the
 	// first entry of its term is applied (which puts every earlier
 	// entry in the state machine) its state is linearizable as it is.
+	// A voter that a configuration change removed may have applied and
+	// acknowledged writes before it that are not applied here yet: local
+	// reads wait for that change to be applied too (soleSince).
 	soleVoter     bool          // raft loop only: the configuration is just this member
+	soleSince     uint64        // raft loop only: the configuration entry that made it so; 0 if none
 	termStart     uint64        // raft loop only: first committed entry of this leader's term; 0 if not leader or unknown
-	localReadFrom atomic.Uint64 // termStart while local reads are safe, else 0
+	localReadFrom atomic.Uint64 // where local reads are safe from (the later of the two), else 0
 
 	lease readLease
 
@@ -778,7 +782,7 @@ func isSoleVoter(cs *raftpb.ConfState, id uint64) bool {
 // publishLocalReads decides whether ReadIndex may skip the read index round.
 func (n *Node) publishLocalReads() {
 	if n.soleVoter && n.termStart != 0 && n.lead.Load() == n.cfg.ID {
-		n.localReadFrom.Store(n.termStart)
+		n.localReadFrom.Store(max(n.termStart, n.soleSince))
 		return
 	}
 	n.localReadFrom.Store(0)
@@ -898,6 +902,7 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 				continue
 			}
 			// Stop local reads before the configuration changes.
+			wasSole := n.soleVoter
 			n.soleVoter = false
 			n.publishLocalReads()
 			n.leaseConfChanged()
@@ -906,7 +911,9 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 				return err
 			}
 			cs = c
-			n.soleVoter = isSoleVoter(cs, n.cfg.ID)
+			if n.soleVoter = isSoleVoter(cs, n.cfg.ID); n.soleVoter && !wasSole {
+				n.soleSince = e.GetIndex()
+			}
 			n.publishLocalReads()
 		}
 		n.applyQ.push(applyTask{ents: rd.CommittedEntries, cs: cs})

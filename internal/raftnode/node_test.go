@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -28,11 +29,18 @@ type recorder struct {
 	// closed.
 	hold    chan struct{}
 	batches int
+	// holdEntry, when set, stops the batch holding an entry of this data
+	// until holdEntryC is closed.
+	holdEntry  string
+	holdEntryC chan struct{}
 }
 
 func (r *recorder) Apply(ents []*raftpb.Entry, cs *raftpb.ConfState) error {
 	if r.batches++; r.batches == 2 && r.hold != nil {
 		<-r.hold
+	}
+	if r.holdEntry != "" && slices.ContainsFunc(ents, func(e *raftpb.Entry) bool { return string(e.GetData()) == r.holdEntry }) {
+		<-r.holdEntryC
 	}
 	b := r.db.NewBatch()
 	defer func() { _ = b.Close() }()
