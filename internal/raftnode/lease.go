@@ -3,6 +3,7 @@ package raftnode
 import (
 	"bytes"
 	"context"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -46,6 +47,13 @@ import (
 //     meanwhile: the lease answers with the commit index as sent
 //     (sentCommit), not as persisted.
 //
+// Each member tells its peers its vote hold (VoteHold: its election timeout
+// less two ticks, the least time it refuses votes for), and the lease lasts
+// no longer than the shortest of the voters' holds: a member run with a
+// shorter election timeout than the leader's shortens the lease, and one
+// whose hold is unknown (it has not connected since this member started)
+// withholds it.
+//
 // The lease counts time on the leader's monotonic clock: a process paused
 // (SIGSTOP, a long GC) wakes to a clock past its lease. A machine whose
 // monotonic clock stops while the others' runs on (a virtual machine frozen
@@ -71,6 +79,7 @@ type readLease struct {
 	until      time.Time // the lease ends then; zero when none is held
 	changedAt  time.Time // the last configuration change: rounds asked before it do not count
 	noLeaseFor uint64    // a transfer was started in this term: no lease until the next
+	voters     []uint64  // the other voters, incoming and outgoing, whose holds bound the lease
 
 	// untilNanos is until as nanoseconds since base, when the lease may
 	// be used; 0 when it may not. Read by ReadIndex on callers'
@@ -79,37 +88,84 @@ type readLease struct {
 	// wanted is set when a read used a lease that is more than half
 	// spent: the raft loop then asks a round to extend it.
 	wanted atomic.Bool
+	// halfSpan is half the span of the lease last extended, in
+	// nanoseconds: when it is more than half spent.
+	halfSpan atomic.Int64
 }
+
+// VoteHold is how long a member ticking every tick, with an election timeout
+// of electionTicks, refuses to vote for another leader at least, once it
+// heard from its own: a ticker delivers up to two ticks early.
+func VoteHold(tick time.Duration, electionTicks int) time.Duration {
+	return time.Duration(max(electionTicks-2, 0)) * tick
+}
+
+// leaseWithin is the part of a vote hold a lease may use.
+func leaseWithin(hold time.Duration) time.Duration { return hold - hold/leaseClockMargin }
 
 // init sets the lease up for a member with the given timing; with on false,
 // or an election timeout too short to leave any, it never holds.
 func (l *readLease) init(on bool, tick time.Duration, electionTicks int) {
 	l.base = time.Now()
 	if on && electionTicks > 3 {
-		d := time.Duration(electionTicks-2) * tick
-		l.duration = d - d/leaseClockMargin
+		l.duration = leaseWithin(VoteHold(tick, electionTicks))
 	}
 }
 
+// setVoters records the voters of cs other than self.
+func (l *readLease) setVoters(cs *raftpb.ConfState, self uint64) {
+	l.voters = l.voters[:0]
+	for _, ids := range [][]uint64{cs.GetVoters(), cs.GetVotersOutgoing()} {
+		for _, id := range ids {
+			if id != self && !slices.Contains(l.voters, id) {
+				l.voters = append(l.voters, id)
+			}
+		}
+	}
+}
+
+// leaseSpan returns how long a lease may last from a round's start: this
+// member's own span, or less when a voter holds votes back for less; false
+// when a voter's hold is unknown.
+func (n *Node) leaseSpan() (time.Duration, bool) {
+	d := n.lease.duration
+	if n.cfg.PeerVoteHold == nil {
+		return d, true
+	}
+	for _, id := range n.lease.voters {
+		hold, ok := n.cfg.PeerVoteHold(id)
+		if !ok {
+			return 0, false
+		}
+		d = min(d, leaseWithin(hold))
+	}
+	return d, true
+}
+
 // leaseReadIndex returns the index a linearizable read must wait for when
-// the lease answers it, and whether it does. The commit index is read before
-// the lease: at that moment this member led and no other could have been
-// elected, so every write acknowledged by then, here or at a follower, is at
-// or below the commit index it had sent (sentCommit).
-func (n *Node) leaseReadIndex() (uint64, bool) {
-	index := n.sentCommit.Load()
+// the lease answers it, how long the lease has left, and whether it does. The
+// commit index is read before the lease: at that moment this member led and
+// no other could have been elected, so every write acknowledged by then, here
+// or at a follower, is at or below the commit index it had sent (sentCommit).
+func (n *Node) leaseReadIndex() (index uint64, left time.Duration, ok bool) {
+	index = n.sentCommit.Load()
 	until := n.lease.untilNanos.Load()
 	if until == 0 {
-		return 0, false
+		return 0, 0, false
 	}
-	now := int64(time.Since(n.lease.base))
-	if now >= until {
-		return 0, false
+	left = time.Duration(until) - time.Since(n.lease.base)
+	if left <= 0 {
+		return 0, 0, false
 	}
-	if until-now < int64(n.lease.duration/2) && !n.lease.wanted.Load() {
+	return index, left, true
+}
+
+// leaseUsed notes that the lease, with left to run, answered reads: one more
+// than half spent is then wanted renewed (leaseRenewalDue).
+func (n *Node) leaseUsed(left time.Duration) {
+	if int64(left) < n.lease.halfSpan.Load() && !n.lease.wanted.Load() {
 		n.lease.wanted.Store(true)
 	}
-	return index, true
 }
 
 // waitApplied returns once the state machine has applied index.
@@ -138,9 +194,14 @@ func (n *Node) extendLease(r *readRound) {
 		r.leaseTerm != term || l.noLeaseFor == term || r.leaseFrom.Before(l.changedAt) {
 		return
 	}
-	until := r.leaseFrom.Add(l.duration)
+	span, ok := n.leaseSpan()
+	if !ok || span <= 0 {
+		return
+	}
+	until := r.leaseFrom.Add(span)
 	if l.term != term || until.After(l.until) {
 		l.term, l.until = term, until
+		l.halfSpan.Store(int64(span / 2))
 	}
 	n.publishLease()
 }

@@ -174,8 +174,9 @@ func (f *scriptedFollower) toldCommit() uint64 {
 // voters, over fs, with sm as its state machine (its db is set here), member
 // 2 played by a scriptedFollower and the rest silent, and makes it the
 // leader. Its two-second election timeout gives a lease (1.76s) that
-// outlasts a test's steps on a slow machine. The test's cleanup stops it.
-func leadWithScriptedFollower(t *testing.T, fs vfs.FS, voters uint64, sm *recorder) (*Node, *scriptedFollower, *recorder) {
+// outlasts a test's steps on a slow machine. peerVoteHold is its
+// Config.PeerVoteHold. The test's cleanup stops it.
+func leadWithScriptedFollower(t *testing.T, fs vfs.FS, voters uint64, sm *recorder, peerVoteHold func(uint64) (time.Duration, bool)) (*Node, *scriptedFollower, *recorder) {
 	t.Helper()
 	logger := slog.New(slog.DiscardHandler)
 	db, err := storage.OpenFS(fs, t.TempDir(), logger, nil)
@@ -196,6 +197,7 @@ func leadWithScriptedFollower(t *testing.T, fs vfs.FS, voters uint64, sm *record
 	n, err := New(Config{
 		ID: 1, Peers: peers, TickInterval: 20 * time.Millisecond, ElectionTicks: 100,
 		ReadLease: true, Transport: follower, Logger: logger, OnDropped: func(uint64, error) {},
+		PeerVoteHold: peerVoteHold,
 	}, db, log, sm)
 	if err != nil {
 		t.Fatal(err)
@@ -234,7 +236,7 @@ func TestLeaseReadWaitsForWhatFollowersMayHaveApplied(t *testing.T) {
 		}
 		return nil
 	}))
-	n, follower, _ := leadWithScriptedFollower(t, fs, 3, &recorder{})
+	n, follower, _ := leadWithScriptedFollower(t, fs, 3, &recorder{}, nil)
 	t.Cleanup(func() {
 		holdSyncs.Store(false)
 		close(release)
@@ -300,7 +302,7 @@ func TestLeaseReadWaitsForWhatFollowersMayHaveApplied(t *testing.T) {
 // local reads must wait until the change, and so that write, is applied here.
 func TestLocalReadsWaitForTheChangeThatMadeThemSafe(t *testing.T) {
 	sm := &recorder{holdEntry: "X", holdEntryC: make(chan struct{})}
-	n, follower, _ := leadWithScriptedFollower(t, vfs.Default, 2, sm)
+	n, follower, _ := leadWithScriptedFollower(t, vfs.Default, 2, sm, nil)
 	released := false
 	release := func() {
 		if !released {
@@ -338,5 +340,54 @@ func TestLocalReadsWaitForTheChangeThatMadeThemSafe(t *testing.T) {
 	}
 	if applied := n.appliedIdx.Load(); applied < indexX {
 		t.Fatalf("a local read returned with %d applied, below X (%d)", applied, indexX)
+	}
+}
+
+// A member run with a shorter election timeout than the leader's refuses
+// votes for less time: the lease lasts no longer than the shortest hold a
+// voter told, and not at all while a voter's is unknown.
+func TestLeaseLastsNoLongerThanTheShortestVoteHold(t *testing.T) {
+	var mu sync.Mutex
+	holds := map[uint64]time.Duration{2: 300 * time.Millisecond} // member 3's unknown
+	n, _, _ := leadWithScriptedFollower(t, vfs.Default, 3, &recorder{}, func(id uint64) (time.Duration, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		hold, ok := holds[id]
+		return hold, ok
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if err := n.ReadIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if until := n.lease.untilNanos.Load(); until != 0 {
+		t.Fatalf("a lease (%v left) while member 3's vote hold is unknown", time.Duration(until)-time.Since(n.lease.base))
+	}
+
+	mu.Lock()
+	holds[3] = 1500 * time.Millisecond
+	mu.Unlock()
+	start := time.Now()
+	if err := n.ReadIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	rounds := n.ReadIndexRounds()
+	until := n.lease.untilNanos.Load()
+	if until == 0 {
+		t.Fatal("no lease once every voter's vote hold is known")
+	}
+	// Member 2's hold (300ms) less the clock margin, from the round's
+	// start, which came within took of start.
+	if left := time.Duration(until) - start.Sub(n.lease.base); left > 270*time.Millisecond+took {
+		t.Fatalf("the lease runs %v past the read's call, %v after it answered: longer than member 2's hold allows (270ms)", left, left-took)
+	}
+	time.Sleep(time.Duration(until) - time.Since(n.lease.base))
+	if _, _, ok := n.leaseReadIndex(); ok {
+		t.Fatal("a lease read after the lease ended")
+	}
+	// No read used the lease: nothing renewed it.
+	if asked := n.ReadIndexRounds() - rounds; asked != 0 {
+		t.Fatalf("%d read index rounds asked while no read came", asked)
 	}
 }

@@ -114,6 +114,12 @@ type Config struct {
 	// for an election timeout after they start whether it is on or not,
 	// so that any member's lease can be trusted.
 	ReadLease bool
+	// PeerVoteHold returns how long member id refuses to vote for another
+	// leader after hearing from its own (its VoteHold), as the member last
+	// said, and whether it is known. The lease lasts no longer than the
+	// shortest of the voters', and not at all while one is unknown. Nil:
+	// every member's is this member's.
+	PeerVoteHold func(id uint64) (time.Duration, bool)
 }
 
 // Queue bounds: beyond them, requests fail with ErrTooManyRequests.
@@ -333,6 +339,7 @@ func New(cfg Config, db *pebble.DB, log *storage.LogStore, sm StateMachine) (*No
 	n.truncatedTo = cfg.Applied
 	log.SetSnapshotter(n.makeSnapshot)
 	n.soleVoter = isSoleVoter(log.ConfState(), cfg.ID)
+	n.lease.setVoters(log.ConfState(), cfg.ID)
 	return n, nil
 }
 
@@ -914,6 +921,7 @@ func (n *Node) handleReady(inflight map[uint64]*readRound) error {
 			if n.soleVoter = isSoleVoter(cs, n.cfg.ID); n.soleVoter && !wasSole {
 				n.soleSince = e.GetIndex()
 			}
+			n.lease.setVoters(cs, n.cfg.ID)
 			n.publishLocalReads()
 		}
 		n.applyQ.push(applyTask{ents: rd.CommittedEntries, cs: cs})

@@ -30,7 +30,8 @@ func (n *Node) ReadIndex(ctx context.Context) error {
 	if from := n.localReadFrom.Load(); from != 0 && n.appliedIdx.Load() >= from {
 		return nil
 	}
-	if index, ok := n.leaseReadIndex(); ok {
+	if index, left, ok := n.leaseReadIndex(); ok {
+		n.leaseUsed(left)
 		return n.waitApplied(ctx, index)
 	}
 	select {
@@ -80,10 +81,13 @@ func (n *Node) answerRemoteReads(reqs []*raftpb.Message, index uint64) {
 // asked again, and fails after the read timeout, so that a member cut off
 // from the leader answers with an error instead of never.
 func (n *Node) startReadRound(inflight map[uint64]*readRound, spare []chan error, seq *uint64, now uint64) []chan error {
-	if index, ok := n.leaseReadIndex(); ok {
+	if index, left, ok := n.leaseReadIndex(); ok {
 		// The lease answers whatever waits, and a round only
-		// extends it.
+		// extends it (when reads use it: not this loop's own look).
 		reads := n.readQueue.drain(spare)
+		if len(reads) > 0 || len(n.remoteReads) > 0 {
+			n.leaseUsed(left)
+		}
 		if len(reads) > 0 {
 			n.reads.add(index, append([]chan error(nil), reads...), n.appliedIdx.Load())
 		}

@@ -185,6 +185,7 @@ func (n *Node) installSnapshot(s *raftpb.Snapshot) error {
 	}
 	n.truncatedTo = img.Index
 	n.soleVoter = isSoleVoter(s.GetMetadata().GetConfState(), n.cfg.ID)
+	n.lease.setVoters(s.GetMetadata().GetConfState(), n.cfg.ID)
 	n.publishLocalReads()
 	n.cfg.Logger.Info("installed a snapshot", "index", img.Index, "term", img.Term)
 	return nil

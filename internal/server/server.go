@@ -174,6 +174,7 @@ func (s *Server) open(pacer *storage.SyncPacer) error {
 	if err := removeStaleBackups(s.cfg.FS, s.cfg.DataDir); err != nil {
 		return err
 	}
+	electionTicks := int(s.cfg.ElectionTimeout / s.cfg.HeartbeatInterval)
 	s.peers = transport.New(transport.Config{
 		ClusterID: s.clusterID,
 		ID:        s.memberID,
@@ -181,11 +182,11 @@ func (s *Server) open(pacer *storage.SyncPacer) error {
 		Logger:    s.logger,
 		Members:   s.encodedMembers,
 		Blocked:   s.cfg.PeerBlocked,
+		VoteHold:  raftnode.VoteHold(s.cfg.HeartbeatInterval, electionTicks),
 	})
 	if err := s.addKnownPeers(); err != nil {
 		return err
 	}
-	electionTicks := int(s.cfg.ElectionTimeout / s.cfg.HeartbeatInterval)
 	s.node, err = raftnode.New(raftnode.Config{
 		ID:            s.memberID,
 		Peers:         boot,
@@ -202,6 +203,7 @@ func (s *Server) open(pacer *storage.SyncPacer) error {
 		Logger:        s.logger,
 		SyncPacer:     pacer, // db's: the raft loop drives its syncs
 		ReadLease:     !s.cfg.WithoutReadLease,
+		PeerVoteHold:  s.peers.PeerVoteHold,
 	}, s.db, logStore, stateMachine{s})
 	return err
 }

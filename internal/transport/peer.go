@@ -201,7 +201,7 @@ func (p *peer) handshake(c net.Conn, kind byte) error {
 	cfg := p.t.cfg
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	defer func() { _ = c.SetDeadline(time.Time{}) }()
-	if _, err := c.Write(appendHandshake(nil, kind, cfg.ClusterID, cfg.ID, p.id)); err != nil {
+	if _, err := c.Write(appendHandshake(nil, kind, cfg.ClusterID, cfg.ID, p.id, cfg.VoteHold)); err != nil {
 		return err
 	}
 	var answer [1]byte

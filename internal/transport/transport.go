@@ -9,7 +9,9 @@
 //
 // Every connection opens with a handshake naming the cluster and both members;
 // the receiver refuses a peer of another cluster, or a message meant for
-// another member, and says why on both sides.
+// another member, and says why on both sides. The handshake also carries the
+// sender's vote hold (Config.VoteHold), which a leader's read lease must not
+// outlast.
 //
 // The transport knows nothing of what a snapshot holds: the Handler writes and
 // reads its bytes. It never steps Raft itself; it hands what it receives to the
@@ -23,6 +25,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"sync"
 	"time"
@@ -72,6 +75,10 @@ type Config struct {
 	// message between two members it reports blocked is dropped, sent or
 	// received, as a network partition drops it.
 	Blocked func(from, to uint64) bool
+	// VoteHold is how long this member, having heard from its leader,
+	// refuses to vote for another (raftnode.VoteHold): told to every peer
+	// it connects to (PeerVoteHold).
+	VoteHold time.Duration
 }
 
 // Queue and timing bounds.
@@ -92,7 +99,8 @@ type Transport struct {
 	peers     map[uint64]*peer
 	removed   map[uint64]bool
 	listeners []net.Listener
-	conns     map[net.Conn]uint64 // accepted and open, with the peer each comes from (0 until known)
+	conns     map[net.Conn]uint64      // accepted and open, with the peer each comes from (0 until known)
+	voteHolds map[uint64]time.Duration // each peer's, from its last handshake
 	stopped   bool
 
 	wg      sync.WaitGroup
@@ -105,11 +113,12 @@ func New(cfg Config) *Transport {
 		cfg.Dialer = &net.Dialer{Timeout: dialTimeout}
 	}
 	return &Transport{
-		cfg:     cfg,
-		peers:   map[uint64]*peer{},
-		removed: map[uint64]bool{},
-		conns:   map[net.Conn]uint64{},
-		metrics: newTransportMetrics(),
+		cfg:       cfg,
+		peers:     map[uint64]*peer{},
+		removed:   map[uint64]bool{},
+		conns:     map[net.Conn]uint64{},
+		voteHolds: map[uint64]time.Duration{},
+		metrics:   newTransportMetrics(),
 	}
 }
 
@@ -143,6 +152,7 @@ func (t *Transport) RemovePeer(id uint64) {
 	t.mu.Lock()
 	p := t.peers[id]
 	delete(t.peers, id)
+	delete(t.voteHolds, id)
 	t.removed[id] = true
 	for c, from := range t.conns {
 		if from == id {
@@ -267,19 +277,21 @@ const (
 
 var magic = [4]byte{'P', 'L', 'R', 'F'}
 
-const protocolVersion = 1
+const protocolVersion = 2
 
 // handshake is what a connection opens with: 4 magic bytes, the protocol
-// version, the connection kind, then the cluster ID and the sending and
-// receiving members' IDs (8 bytes each, big endian).
-const handshakeLen = 4 + 1 + 1 + 8 + 8 + 8
+// version, the connection kind, then the cluster ID, the sending and
+// receiving members' IDs and the sender's vote hold in nanoseconds (8 bytes
+// each, big endian).
+const handshakeLen = 4 + 1 + 1 + 8 + 8 + 8 + 8
 
-func appendHandshake(b []byte, kind byte, cluster, from, to uint64) []byte {
+func appendHandshake(b []byte, kind byte, cluster, from, to uint64, voteHold time.Duration) []byte {
 	b = append(b, magic[:]...)
 	b = append(b, protocolVersion, kind)
 	b = binary.BigEndian.AppendUint64(b, cluster)
 	b = binary.BigEndian.AppendUint64(b, from)
-	return binary.BigEndian.AppendUint64(b, to)
+	b = binary.BigEndian.AppendUint64(b, to)
+	return binary.BigEndian.AppendUint64(b, uint64(max(voteHold, 0)))
 }
 
 // refusal explains a handshake answer other than acceptOK.
@@ -315,6 +327,7 @@ func (t *Transport) serveConn(c net.Conn) {
 	cluster := binary.BigEndian.Uint64(hs[6:])
 	from := binary.BigEndian.Uint64(hs[14:])
 	to := binary.BigEndian.Uint64(hs[22:])
+	voteHold := time.Duration(min(binary.BigEndian.Uint64(hs[30:]), math.MaxInt64))
 	answer := acceptOK
 	switch {
 	case hs[4] != protocolVersion:
@@ -330,7 +343,7 @@ func (t *Transport) serveConn(c net.Conn) {
 	case to != t.cfg.ID:
 		answer = refuseWrongPeer
 		t.cfg.Logger.Warn("refused a peer connection meant for another member", "remote", c.RemoteAddr().String(), "for", fmt.Sprintf("%x", to), "self", fmt.Sprintf("%x", t.cfg.ID))
-	case !t.admit(c, from):
+	case !t.admit(c, from, voteHold):
 		answer = refuseRemoved
 	}
 	if _, err := c.Write([]byte{answer}); err != nil || answer != acceptOK {
@@ -349,9 +362,11 @@ func (t *Transport) blocked(from, to uint64) bool {
 	return t.cfg.Blocked != nil && t.cfg.Blocked(from, to)
 }
 
-// admit records that c comes from member from, unless from was removed: under
-// one lock, so that RemovePeer either closes c or admit refuses it.
-func (t *Transport) admit(c net.Conn, from uint64) bool {
+// admit records that c comes from member from, and from's vote hold, unless
+// from was removed: under one lock, so that RemovePeer either closes c or
+// admit refuses it. The hold is recorded before anything c carries is read:
+// whatever from acknowledges on it, it acknowledges under that hold.
+func (t *Transport) admit(c net.Conn, from uint64, voteHold time.Duration) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.removed[from] {
@@ -360,7 +375,17 @@ func (t *Transport) admit(c net.Conn, from uint64) bool {
 	if _, open := t.conns[c]; open {
 		t.conns[c] = from
 	}
+	t.voteHolds[from] = voteHold
 	return true
+}
+
+// PeerVoteHold returns the vote hold member id gave in its last handshake,
+// and whether it has connected since this transport started.
+func (t *Transport) PeerVoteHold(id uint64) (time.Duration, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	hold, ok := t.voteHolds[id]
+	return hold, ok
 }
 
 func (t *Transport) readStream(r *bufio.Reader, from uint64) {
@@ -496,7 +521,7 @@ func FetchMembers(dialer Dialer, addr string) (clusterID uint64, records [][]byt
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Write(appendHandshake(nil, kindMembers, 0, 0, 0)); err != nil {
+	if _, err := c.Write(appendHandshake(nil, kindMembers, 0, 0, 0, 0)); err != nil {
 		return 0, nil, fmt.Errorf("transport: ask %s for the members: %w", addr, err)
 	}
 	r := bufio.NewReader(io.LimitReader(c, maxMembersAnswer))

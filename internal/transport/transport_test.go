@@ -76,6 +76,31 @@ func TestMessagesArriveInOrder(t *testing.T) {
 	}
 }
 
+// A peer's vote hold comes with its handshake, before anything it sends on
+// that connection; a member removed takes its hold with it.
+func TestAPeersVoteHoldComesWithItsHandshake(t *testing.T) {
+	a := New(Config{ClusterID: 7, ID: 1, Handler: newInbox(), Logger: slog.New(slog.DiscardHandler), VoteHold: 800 * time.Millisecond})
+	t.Cleanup(a.Stop)
+	b, h, addrB := startTransport(t, 7, 2)
+	if _, ok := b.PeerVoteHold(1); ok {
+		t.Fatal("a vote hold for a member that never connected")
+	}
+	a.AddPeer(2, []string{addrB})
+	a.Send([]*raftpb.Message{heartbeat(1, 2, 1)})
+	select {
+	case <-h.msgs:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no message arrived")
+	}
+	if hold, ok := b.PeerVoteHold(1); !ok || hold != 800*time.Millisecond {
+		t.Fatalf("member 1's vote hold: %v, %v; want 800ms", hold, ok)
+	}
+	b.RemovePeer(1)
+	if _, ok := b.PeerVoteHold(1); ok {
+		t.Fatal("a removed member's vote hold is still known")
+	}
+}
+
 func TestAPeerOfAnotherClusterIsRefused(t *testing.T) {
 	a, _, _ := startTransport(t, 7, 1)
 	_, hb, addrB := startTransport(t, 8, 2) // same member ID, other cluster
