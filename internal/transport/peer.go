@@ -182,34 +182,36 @@ func (p *peer) dial(kind byte) (net.Conn, error) {
 	}
 	var errs []error
 	for _, addr := range addrs {
-		c, err := p.t.cfg.Dialer.Dial("tcp", addr)
-		if err != nil {
-			errs = append(errs, err)
-			continue
+		for _, version := range handshakeVersions {
+			c, err := p.t.cfg.Dialer.Dial("tcp", addr)
+			if err != nil {
+				errs = append(errs, err)
+				break
+			}
+			if err := p.handshake(c, version, kind); err != nil {
+				_ = c.Close()
+				errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+				if errors.Is(err, errBadVersion) {
+					continue // an earlier build: its version next
+				}
+				break
+			}
+			return c, nil
 		}
-		if err := p.handshake(c, kind); err != nil {
-			_ = c.Close()
-			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
-			continue
-		}
-		return c, nil
 	}
 	return nil, errors.Join(errs...)
 }
 
-func (p *peer) handshake(c net.Conn, kind byte) error {
+func (p *peer) handshake(c net.Conn, version, kind byte) error {
 	cfg := p.t.cfg
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	defer func() { _ = c.SetDeadline(time.Time{}) }()
-	if _, err := c.Write(appendHandshake(nil, kind, cfg.ClusterID, cfg.ID, p.id, cfg.VoteHold)); err != nil {
+	answer, err := handshake(c, version, kind, cfg.ClusterID, cfg.ID, p.id, cfg.VoteHold)
+	if err != nil {
 		return err
 	}
-	var answer [1]byte
-	if _, err := io.ReadFull(c, answer[:]); err != nil {
-		return err
-	}
-	if answer[0] != acceptOK {
-		err := refusal(answer[0], cfg.ClusterID)
+	if answer != acceptOK {
+		err := refusal(answer, cfg.ClusterID)
 		if errors.Is(err, ErrRemoved) {
 			cfg.Handler.Process(removedNotice(p.id, cfg.ID))
 		}

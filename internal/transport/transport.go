@@ -273,26 +273,66 @@ const (
 	refuseWrongPeer  byte = 2
 	refuseRemoved    byte = 3
 	refuseBadVersion byte = 4
+	// askHold answers a version 2 handshake's first part: the sender's
+	// vote hold comes next, then the answer proper.
+	askHold byte = 5
 )
 
 var magic = [4]byte{'P', 'L', 'R', 'F'}
 
-const protocolVersion = 2
+// The handshake's versions. Version 1, of earlier builds, had no vote hold.
+// A member accepts both, and speaks version 1 to a peer that refuses version
+// 2, so that a cluster can be upgraded one member at a time: a peer heard
+// only in version 1 has no known hold, and no leader holds a read lease while
+// it votes.
+const (
+	protocolVersion        = 2
+	protocolVersionNoHolds = 1
+)
 
 // handshake is what a connection opens with: 4 magic bytes, the protocol
-// version, the connection kind, then the cluster ID, the sending and
-// receiving members' IDs and the sender's vote hold in nanoseconds (8 bytes
-// each, big endian).
-const handshakeLen = 4 + 1 + 1 + 8 + 8 + 8 + 8
+// version, the connection kind, then the cluster ID and the sending and
+// receiving members' IDs (8 bytes each, big endian). In version 2 the
+// receiver then asks for the sender's vote hold (askHold, but to a members
+// question), which follows in nanoseconds (8 bytes, big endian), before it
+// answers. An earlier build reads the first part whole and refuses its
+// version: the sender reads that refusal, where a second part sent at once
+// could have been met with a reset of the connection.
+const handshakeLen = 4 + 1 + 1 + 8 + 8 + 8
 
-func appendHandshake(b []byte, kind byte, cluster, from, to uint64, voteHold time.Duration) []byte {
+func appendHandshake(b []byte, version, kind byte, cluster, from, to uint64) []byte {
 	b = append(b, magic[:]...)
-	b = append(b, protocolVersion, kind)
+	b = append(b, version, kind)
 	b = binary.BigEndian.AppendUint64(b, cluster)
 	b = binary.BigEndian.AppendUint64(b, from)
-	b = binary.BigEndian.AppendUint64(b, to)
-	return binary.BigEndian.AppendUint64(b, uint64(max(voteHold, 0)))
+	return binary.BigEndian.AppendUint64(b, to)
 }
+
+// handshake opens connection c of kind to member to in version, and returns
+// the peer's answer (acceptOK, or why it refused).
+func handshake(c net.Conn, version, kind byte, cluster, from, to uint64, voteHold time.Duration) (byte, error) {
+	if _, err := c.Write(appendHandshake(nil, version, kind, cluster, from, to)); err != nil {
+		return 0, err
+	}
+	var answer [1]byte
+	if _, err := io.ReadFull(c, answer[:]); err != nil {
+		return 0, err
+	}
+	if answer[0] != askHold || version == protocolVersionNoHolds {
+		return answer[0], nil
+	}
+	if _, err := c.Write(binary.BigEndian.AppendUint64(nil, uint64(max(voteHold, 0)))); err != nil {
+		return 0, err
+	}
+	if _, err := io.ReadFull(c, answer[:]); err != nil {
+		return 0, err
+	}
+	return answer[0], nil
+}
+
+// handshakeVersions are the versions a connection tries, in turn, as long as
+// the peer refuses each for its version.
+var handshakeVersions = []byte{protocolVersion, protocolVersionNoHolds}
 
 // refusal explains a handshake answer other than acceptOK.
 func refusal(code byte, cluster uint64) error {
@@ -304,33 +344,47 @@ func refusal(code byte, cluster uint64) error {
 	case refuseRemoved:
 		return ErrRemoved
 	case refuseBadVersion:
-		return errors.New("peer speaks another transport protocol version")
+		return errBadVersion
 	}
 	return fmt.Errorf("peer refused the connection with code %d", code)
 }
+
+// errBadVersion is a peer's refusal of the handshake's version.
+var errBadVersion = errors.New("peer speaks another transport protocol version")
 
 // ErrRemoved is the answer of a peer to a member removed from the cluster.
 var ErrRemoved = errors.New("transport: this member was removed from the cluster")
 
 func (t *Transport) serveConn(c net.Conn) {
 	var hs [handshakeLen]byte
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.ReadFull(c, hs[:]); err != nil {
 		return
 	}
-	_ = c.SetReadDeadline(time.Time{})
 	if [4]byte(hs[:4]) != magic {
 		t.cfg.Logger.Warn("refused a peer connection: not a plinth peer", "remote", c.RemoteAddr().String())
 		return
 	}
-	kind := hs[5]
+	version, kind := hs[4], hs[5]
+	var voteHold time.Duration
+	holdKnown := false
+	if version == protocolVersion && kind != kindMembers {
+		var hold [8]byte
+		if _, err := c.Write([]byte{askHold}); err != nil {
+			return
+		}
+		if _, err := io.ReadFull(c, hold[:]); err != nil {
+			return
+		}
+		voteHold, holdKnown = time.Duration(min(binary.BigEndian.Uint64(hold[:]), math.MaxInt64)), true
+	}
+	_ = c.SetDeadline(time.Time{})
 	cluster := binary.BigEndian.Uint64(hs[6:])
 	from := binary.BigEndian.Uint64(hs[14:])
 	to := binary.BigEndian.Uint64(hs[22:])
-	voteHold := time.Duration(min(binary.BigEndian.Uint64(hs[30:]), math.MaxInt64))
 	answer := acceptOK
 	switch {
-	case hs[4] != protocolVersion:
+	case version != protocolVersion && version != protocolVersionNoHolds:
 		answer = refuseBadVersion
 	case kind == kindMembers:
 		// A member that is not in the cluster yet knows neither the
@@ -343,7 +397,7 @@ func (t *Transport) serveConn(c net.Conn) {
 	case to != t.cfg.ID:
 		answer = refuseWrongPeer
 		t.cfg.Logger.Warn("refused a peer connection meant for another member", "remote", c.RemoteAddr().String(), "for", fmt.Sprintf("%x", to), "self", fmt.Sprintf("%x", t.cfg.ID))
-	case !t.admit(c, from, voteHold):
+	case !t.admit(c, from, voteHold, holdKnown):
 		answer = refuseRemoved
 	}
 	if _, err := c.Write([]byte{answer}); err != nil || answer != acceptOK {
@@ -362,11 +416,12 @@ func (t *Transport) blocked(from, to uint64) bool {
 	return t.cfg.Blocked != nil && t.cfg.Blocked(from, to)
 }
 
-// admit records that c comes from member from, and from's vote hold, unless
-// from was removed: under one lock, so that RemovePeer either closes c or
-// admit refuses it. The hold is recorded before anything c carries is read:
-// whatever from acknowledges on it, it acknowledges under that hold.
-func (t *Transport) admit(c net.Conn, from uint64, voteHold time.Duration) bool {
+// admit records that c comes from member from, and from's vote hold (or that
+// it is not known), unless from was removed: under one lock, so that
+// RemovePeer either closes c or admit refuses it. The hold is recorded before
+// anything c carries is read: whatever from acknowledges on it, it
+// acknowledges under that hold.
+func (t *Transport) admit(c net.Conn, from uint64, voteHold time.Duration, holdKnown bool) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.removed[from] {
@@ -375,7 +430,11 @@ func (t *Transport) admit(c net.Conn, from uint64, voteHold time.Duration) bool 
 	if _, open := t.conns[c]; open {
 		t.conns[c] = from
 	}
-	t.voteHolds[from] = voteHold
+	if holdKnown {
+		t.voteHolds[from] = voteHold
+	} else {
+		delete(t.voteHolds, from)
+	}
 	return true
 }
 
@@ -515,22 +574,35 @@ func FetchMembers(dialer Dialer, addr string) (clusterID uint64, records [][]byt
 	if dialer == nil {
 		dialer = &net.Dialer{Timeout: dialTimeout}
 	}
+	for _, version := range handshakeVersions {
+		clusterID, records, err = fetchMembers(dialer, addr, version)
+		if !errors.Is(err, errBadVersion) {
+			break
+		}
+	}
+	return clusterID, records, err
+}
+
+func fetchMembers(dialer Dialer, addr string, version byte) (clusterID uint64, records [][]byte, err error) {
 	c, err := dialer.Dial("tcp", addr)
 	if err != nil {
 		return 0, nil, fmt.Errorf("transport: ask %s for the members: %w", addr, err)
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Write(appendHandshake(nil, kindMembers, 0, 0, 0, 0)); err != nil {
+	if _, err := c.Write(appendHandshake(nil, version, kindMembers, 0, 0, 0)); err != nil {
 		return 0, nil, fmt.Errorf("transport: ask %s for the members: %w", addr, err)
 	}
 	r := bufio.NewReader(io.LimitReader(c, maxMembersAnswer))
 	var head [1 + 8 + 4]byte
-	if _, err := io.ReadFull(r, head[:]); err != nil {
+	if _, err := io.ReadFull(r, head[:1]); err != nil {
 		return 0, nil, fmt.Errorf("transport: members answer from %s: %w", addr, err)
 	}
-	if head[0] != acceptOK {
+	if head[0] != acceptOK { // a refusal is the one byte
 		return 0, nil, fmt.Errorf("transport: members question to %s: %w", addr, refusal(head[0], 0))
+	}
+	if _, err := io.ReadFull(r, head[1:]); err != nil {
+		return 0, nil, fmt.Errorf("transport: members answer from %s: %w", addr, err)
 	}
 	clusterID = binary.BigEndian.Uint64(head[1:])
 	n := binary.BigEndian.Uint32(head[9:])

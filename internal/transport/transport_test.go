@@ -1,9 +1,12 @@
 package transport
 
 import (
+	"bufio"
+	"encoding/binary"
 	"io"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -220,5 +223,130 @@ func TestRelayedProposalsArrive(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("the relayed %v did not arrive", want)
 		}
+	}
+}
+
+// earlierBuildPeer listens as a member of a build before vote holds would:
+// it refuses a handshake of any version but 1, answers a members question
+// with cluster and no records, and keeps the messages a stream brings.
+type earlierBuildPeer struct {
+	addr    string
+	msgs    chan *raftpb.Message
+	refused atomic.Int32
+}
+
+func startEarlierBuildPeer(t *testing.T, cluster uint64) *earlierBuildPeer {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	p := &earlierBuildPeer{addr: l.Addr().String(), msgs: make(chan *raftpb.Message, 16)}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { _ = c.Close() })
+			go p.serve(c, cluster)
+		}
+	}()
+	return p
+}
+
+func (p *earlierBuildPeer) serve(c net.Conn, cluster uint64) {
+	var hs [handshakeLen]byte
+	if _, err := io.ReadFull(c, hs[:]); err != nil {
+		return
+	}
+	switch {
+	case hs[4] != protocolVersionNoHolds:
+		p.refused.Add(1)
+		_, _ = c.Write([]byte{refuseBadVersion})
+		_ = c.Close()
+	case hs[5] == kindMembers:
+		_, _ = c.Write(binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint64([]byte{acceptOK}, cluster), 0))
+	default:
+		_, _ = c.Write([]byte{acceptOK})
+		r := bufio.NewReader(c)
+		var buf []byte
+		for {
+			m, err := readMessage(r, &buf)
+			if err != nil {
+				return
+			}
+			p.msgs <- m
+		}
+	}
+}
+
+// A member of an earlier build refuses the handshake's version 2: a member
+// speaks version 1 to it, for its stream and for the members question.
+func TestAPeerOfAnEarlierBuildIsSpokenToInItsVersion(t *testing.T) {
+	old := startEarlierBuildPeer(t, 7)
+	a, _, _ := startTransport(t, 7, 1)
+	a.AddPeer(2, []string{old.addr})
+	a.Send([]*raftpb.Message{heartbeat(1, 2, 3)})
+	select {
+	case m := <-old.msgs:
+		if m.GetTerm() != 3 {
+			t.Fatalf("got a message of term %d, want 3", m.GetTerm())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no message reached the member of an earlier build")
+	}
+	if old.refused.Load() == 0 {
+		t.Fatal("version 2 was never tried")
+	}
+	cluster, records, err := FetchMembers(nil, old.addr)
+	if err != nil || cluster != 7 || len(records) != 0 {
+		t.Fatalf("members question: cluster %x, %d records, %v; want cluster 7, none", cluster, len(records), err)
+	}
+}
+
+// A member of an earlier build speaks version 1, with no vote hold: its
+// messages arrive, and its hold is not known, even if a later build's
+// connection of the same member told one before.
+func TestAPeerOfAnEarlierBuildIsHeardWithoutAHold(t *testing.T) {
+	b, hb, addrB := startTransport(t, 7, 2)
+	a := New(Config{ClusterID: 7, ID: 1, Handler: newInbox(), Logger: slog.New(slog.DiscardHandler), VoteHold: time.Second})
+	t.Cleanup(a.Stop)
+	a.AddPeer(2, []string{addrB})
+	a.Send([]*raftpb.Message{heartbeat(1, 2, 1)})
+	<-hb.msgs
+	if _, ok := b.PeerVoteHold(1); !ok {
+		t.Fatal("the hold of a member of this build is not known")
+	}
+	a.Stop()
+
+	c, err := net.Dial("tcp", addrB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write(appendHandshake(nil, protocolVersionNoHolds, kindStream, 7, 1, 2)); err != nil {
+		t.Fatal(err)
+	}
+	var answer [1]byte
+	if _, err := io.ReadFull(c, answer[:]); err != nil || answer[0] != acceptOK {
+		t.Fatalf("version 1 handshake answered %v, %v; want accepted", answer[0], err)
+	}
+	w := bufio.NewWriter(c)
+	var buf []byte
+	if err := writeMessage(w, heartbeat(1, 2, 9), &buf); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for m := range hb.msgs {
+		if m.GetTerm() == 9 {
+			break
+		}
+	}
+	if hold, ok := b.PeerVoteHold(1); ok {
+		t.Fatalf("member 1's hold is %v after it spoke version 1; want unknown", hold)
 	}
 }
