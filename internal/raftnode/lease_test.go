@@ -79,10 +79,10 @@ func TestVotesWaitAnElectionTimeoutAfterStart(t *testing.T) {
 	waitFor(t, "the pre-vote answered", func() bool { return sent.count(raftpb.MessageType_MsgPreVoteResp, 2) == 1 })
 }
 
-// scriptedFollower plays member 2 of a three-member cluster for the node
-// under test: it grants every vote and acknowledges every heartbeat and
-// append, except that while withholding it keeps the appends' acknowledgments
-// back until ack releases them. Member 3 never answers.
+// scriptedFollower plays member 2 of the cluster of the node under test
+// (member 1): it grants every vote and acknowledges every heartbeat and
+// append, except that while withholding it keeps the appends'
+// acknowledgments back until ack releases them. Other members never answer.
 type scriptedFollower struct {
 	n        *Node
 	msgs     chan *raftpb.Message
