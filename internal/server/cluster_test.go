@@ -632,6 +632,10 @@ func TestClusterGrowsFromOneMember(t *testing.T) {
 	c.waitMembers(ctx, cli, func(ms []*etcdserverpb.Member) bool {
 		return len(ms) == 3 && allPublished(ms) && !slices.ContainsFunc(ms, func(m *etcdserverpb.Member) bool { return m.IsLearner })
 	})
+	// That is the first member's view. The third serves linearizable reads
+	// once it has applied its own promotion, which may come a little later,
+	// as with etcd; until then it refuses them as a learner.
+	waitFor(ctx, t, func() bool { return !c.servers[j].learner.Load() })
 	get, err := c.client(j).Get(ctx, "k")
 	if err != nil || len(get.Kvs) != 1 || string(get.Kvs[0].Value) != "v" {
 		t.Fatalf("the third member reads k: %+v %v", get, err)
