@@ -59,8 +59,8 @@ func TestClientConnectionsHaveFixedWindows(t *testing.T) {
 		t.Fatalf("request body: %v", err)
 	}
 
-	// Read until the answer's trailers, then what follows them for a moment
-	// (gRPC queues its ping behind the answer).
+	// Read until the answer's trailers, then for a moment more: a ping is
+	// queued with the answer's frames and may be written after them.
 	var streamWindow, connWindowUpdate uint32
 	for answered, quiet := false, false; !quiet; {
 		f, err := fr.ReadFrame()
