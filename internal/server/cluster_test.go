@@ -552,9 +552,9 @@ func TestClusterJoin(t *testing.T) {
 	if c.servers[n].node.SnapshotsInstalled() == 0 {
 		t.Fatalf("the joiner caught up without a snapshot, though the log was truncated")
 	}
-	// The joiner applies its own promotion a little after the member asked
-	// shows it: the put through it below, after a restart, needs it to be a
-	// voter.
+	// The member list read above may show the joiner promoted a little
+	// before the joiner has applied that itself; the put through it below,
+	// after a restart, needs it to be a voter.
 	waitFor(ctx, t, func() bool { return !c.servers[n].learner.Load() })
 	jcli := c.client(n)
 	get, err := jcli.Get(ctx, "k29", clientv3.WithSerializable())
