@@ -256,11 +256,11 @@ const streamWorkers = 512
 // the benchmark tool's small requests those pings cost both sides:
 // alternating rounds, three members, ten pairs, medians (docs/performance.md,
 // machine R): server CPU per put 4% lower with fixed windows, per keep-alive
-// 7% lower, and the client's 5-7% lower; a member read 23% fewer times. The
-// stream window lets a request of the default largest size (1.5 MiB) go
-// without waiting for a window update; the connection's is the largest the
-// estimate ever grows to (16 MiB), so a connection may have as much in flight
-// as before, and no more.
+// 7% lower, and the client's 5-7% lower (one member under puts made 23% fewer
+// read system calls). The stream window lets a request of the default
+// largest size (1.5 MiB) go without waiting for a window update; the
+// connection's is the largest the estimate ever grows to (16 MiB), so a
+// connection never has more in flight than gRPC's estimate could have let it.
 const (
 	clientStreamWindow = 2 << 20
 	clientConnWindow   = 16 << 20
